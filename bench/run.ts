@@ -1,0 +1,175 @@
+/**
+ * `npm run bench`: end-to-end ingest over HTTP on the embedded default, side by side with the in-process
+ * compute floor on the same resources. Prints a table and writes bench/results.json.
+ * Figures are for comparison within one run; the machine is shared and noisy.
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadDevIssuer, mintToken } from '../src/access/tokens.ts';
+import { parseFhirJson } from '../src/fhir/json.ts';
+import { initValidation, validateResource } from '../src/fhir/validation/index.ts';
+import { canonicalize } from '../src/ledger/canonical-json.ts';
+
+const ROOT = join(import.meta.dirname, '..');
+const SYNTHEA = join(ROOT, '..', 'shared', 'fhir-data', 'synthea');
+const TARGET_RESOURCES = Number(process.env.BENCH_RESOURCES ?? 50_000);
+const CONCURRENCY = 2;
+
+interface BundleFile {
+  name: string;
+  text: string;
+  entries: number;
+}
+
+function loadBundles(): { info: BundleFile[]; patients: BundleFile[] } {
+  const info: BundleFile[] = [];
+  const patients: BundleFile[] = [];
+  for (const set of readdirSync(SYNTHEA)) {
+    for (const name of readdirSync(join(SYNTHEA, set)).sort()) {
+      const text = readFileSync(join(SYNTHEA, set, name), 'utf8');
+      const file = { name: `${set}/${name}`, text, entries: (JSON.parse(text).entry ?? []).length };
+      (/Information/.test(name) ? info : patients).push(file);
+    }
+  }
+  return { info, patients };
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = createServer().listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+function peakRssMb(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  return Number(/VmHWM:\s+(\d+) kB/.exec(status)![1]) / 1024;
+}
+
+async function startGateway(dataDir: string, port: number) {
+  const child = spawn(process.execPath, [join(ROOT, 'bin', 'medblock.js'), 'start'], {
+    env: { ...process.env, PORT: String(port), MEDBLOCK_DATA_DIR: dataDir, MEDBLOCK_LOG: 'on' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  await new Promise<void>((resolve, reject) => {
+    let log = '';
+    const onData = (d: Buffer) => {
+      log += d;
+      if (log.includes('"event":"started"')) {
+        child.stderr!.off('data', onData);
+        child.stderr!.resume();
+        resolve();
+      }
+    };
+    child.stderr!.on('data', onData);
+    child.once('exit', (code) => reject(new Error(`gateway exited ${code}: ${log}`)));
+  });
+  return child;
+}
+
+async function ingest(port: number, dataDir: string, info: BundleFile[], patients: BundleFile[]) {
+  const token = await mintToken(await loadDevIssuer(dataDir), { subject: 'bench', scope: 'system/*.cruds' });
+  const post = async (file: BundleFile) => {
+    const started = performance.now();
+    const res = await fetch(`http://127.0.0.1:${port}/fhir`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/fhir+json', Authorization: `Bearer ${token}`, Prefer: 'return=minimal' },
+      body: file.text,
+    });
+    const text = await res.text();
+    if (res.status !== 200 || text.includes('"outcome"')) throw new Error(`${file.name}: ${res.status} ${text.slice(0, 300)}`);
+    return performance.now() - started;
+  };
+  for (const file of info) await post(file);
+  const latencies: number[] = [];
+  let next = 0;
+  let resources = 0;
+  const started = performance.now();
+  const worker = async () => {
+    while (resources < TARGET_RESOURCES) {
+      const file = patients[next++ % patients.length];
+      resources += file.entries;
+      latencies.push(await post(file));
+    }
+  };
+  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+  const seconds = (performance.now() - started) / 1000;
+  latencies.sort((a, b) => a - b);
+  return { resources, seconds, bundles: latencies.length, p50: percentile(latencies, 50), p95: percentile(latencies, 95) };
+}
+
+/** Parse + validate + canonical JSON + SHA-256 of the same resources, in-process, no I/O. */
+function computeFloor(patients: BundleFile[], target: number) {
+  initValidation();
+  let resources = 0;
+  const started = performance.now();
+  for (let i = 0; resources < target; i++) {
+    const bundle = parseFhirJson(patients[i % patients.length].text) as { entry: Array<{ resource: unknown }> };
+    for (const { resource } of bundle.entry) {
+      if (validateResource(resource).some((issue) => issue.severity === 'error')) throw new Error('floor: invalid resource');
+      createHash('sha256').update(canonicalize(resource)).digest();
+      resources++;
+    }
+  }
+  const seconds = (performance.now() - started) / 1000;
+  return { resources, seconds, perSecond: resources / seconds };
+}
+
+async function main() {
+  const { info, patients } = loadBundles();
+  const dataDir = mkdtempSync(join(tmpdir(), 'medblock-bench-'));
+  const port = await freePort();
+  const gateway = await startGateway(dataDir, port);
+  let http;
+  let peakRss;
+  try {
+    http = await ingest(port, dataDir, info, patients);
+    peakRss = peakRssMb(gateway.pid!);
+  } finally {
+    gateway.kill('SIGTERM');
+    await new Promise((r) => gateway.once('exit', r));
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+  const floor = computeFloor(patients, Math.min(TARGET_RESOURCES, 20_000));
+  const ingestRate = http.resources / http.seconds;
+  const results = {
+    date: new Date().toISOString(),
+    machine: { cpus: (await import('node:os')).cpus().length, node: process.version },
+    ingest: {
+      store: 'sqlite',
+      resources: http.resources,
+      bundles: http.bundles,
+      seconds: Number(http.seconds.toFixed(2)),
+      resourcesPerSecond: Math.round(ingestRate),
+      bundleLatencyMs: { p50: Number(http.p50.toFixed(1)), p95: Number(http.p95.toFixed(1)) },
+      peakRssMb: Math.round(peakRss),
+      concurrency: CONCURRENCY,
+    },
+    computeFloor: { resources: floor.resources, resourcesPerSecond: Math.round(floor.perSecond) },
+    ratio: { ingestToFloor: Number((ingestRate / floor.perSecond).toFixed(2)) },
+  };
+  writeFileSync(join(ROOT, 'bench', 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
+  const rows: Array<[string, string]> = [
+    ['ingest over HTTP, SQLite (resources/s)', String(results.ingest.resourcesPerSecond)],
+    ['  resources / bundles', `${http.resources} / ${http.bundles}`],
+    ['  bundle latency p50 / p95 (ms)', `${results.ingest.bundleLatencyMs.p50} / ${results.ingest.bundleLatencyMs.p95}`],
+    ['  gateway peak RSS (MB)', String(results.ingest.peakRssMb)],
+    ['compute floor: parse+validate+JCS+SHA-256 (resources/s)', String(results.computeFloor.resourcesPerSecond)],
+    ['ratio ingest / floor', String(results.ratio.ingestToFloor)],
+  ];
+  const width = Math.max(...rows.map(([k]) => k.length));
+  console.log(`| ${'metric'.padEnd(width)} | value |\n| ${'-'.repeat(width)} | ----- |`);
+  for (const [k, v] of rows) console.log(`| ${k.padEnd(width)} | ${v} |`);
+}
+
+await main();

@@ -1,0 +1,36 @@
+/** The shape of a FHIR interaction, independent of HTTP: what handlers receive and return. */
+import type { AuthContext } from '../access/tokens.ts';
+import type { FhirRepository } from './repository.ts';
+
+export type PreferReturn = 'minimal' | 'representation' | 'OperationOutcome';
+
+export interface FhirRequest {
+  method: string;
+  /** Path segments after the FHIR base, e.g. ['Patient', '123', '_history', '2']. */
+  path: string[];
+  /** Query parameters in order (repeats allowed). */
+  query: Array<[string, string]>;
+  /** Parsed FHIR JSON body, if any. */
+  body?: unknown;
+  ifMatch?: string;
+  ifNoneExist?: string;
+  preferReturn?: PreferReturn;
+  auth: AuthContext;
+}
+
+export interface FhirResponse {
+  status: number;
+  /** A resource object, or JSON text already serialized (stored versions are served as stored). */
+  body?: object | string;
+  headers?: Record<string, string>;
+}
+
+export interface FhirContext {
+  repo: FhirRepository;
+  /** Absolute FHIR base URL without a trailing slash, e.g. http://localhost:8080/fhir. */
+  baseUrl: string;
+  /** Runs a request through the route table (used by bundles for their GET entries). */
+  dispatch?: (req: FhirRequest) => Promise<FhirResponse>;
+}
+
+export type Handler = (req: FhirRequest, ctx: FhirContext, params: Record<string, string>) => Promise<FhirResponse>;

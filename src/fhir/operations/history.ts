@@ -1,0 +1,92 @@
+import { authorize } from '../../access/policy.ts';
+import type { FhirContext, FhirRequest, Handler } from '../context.ts';
+import { serializeBundle } from '../bundle-json.ts';
+import { errors } from '../outcome.ts';
+import { dateRange, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from '../search/query.ts';
+import { assertVersionAccessible, requireAccess } from './common.ts';
+
+interface HistoryParams {
+  since?: string;
+  beforeSeq?: number;
+  limit: number;
+  applied: Array<[string, string]>;
+}
+
+function parseHistoryParams(query: Array<[string, string]>): HistoryParams {
+  const out: HistoryParams = { limit: DEFAULT_PAGE_SIZE, applied: [] };
+  for (const [key, value] of query) {
+    if (key === '_count') {
+      if (!/^\d+$/.test(value)) throw errors.badRequest('_count must be a non-negative integer');
+      out.limit = Math.min(Number(value), MAX_PAGE_SIZE);
+      out.applied.push([key, String(out.limit)]);
+    } else if (key === '_since') {
+      const range = dateRange(value);
+      if (!range || !value.includes('T')) throw errors.badRequest('_since must be an instant such as 2024-01-01T00:00:00Z');
+      out.since = range.start;
+      out.applied.push([key, value]);
+    } else if (key === '_cursor') {
+      if (!/^\d{1,15}$/.test(value)) throw errors.badRequest('_cursor is malformed');
+      out.beforeSeq = Number(value);
+    } else if (key !== '_format' && key !== '_pretty') {
+      throw errors.notSupported(`history parameter '${key}' is not supported (supported: _count, _since)`);
+    }
+  }
+  return out;
+}
+
+async function historyBundle(
+  req: FhirRequest,
+  ctx: FhirContext,
+  path: string,
+  type?: string,
+  id?: string,
+): Promise<string> {
+  const params = parseHistoryParams(req.query);
+  const { versions, nextCursor } = await ctx.repo.history({
+    type, id, since: params.since, beforeSeq: params.beforeSeq, limit: params.limit,
+  });
+  const self = (extra: Array<[string, string]>) => {
+    const qs = new URLSearchParams([...params.applied, ...extra]).toString();
+    return `${ctx.baseUrl}${path}${qs ? `?${qs}` : ''}`;
+  };
+  const link = [{ relation: 'self', url: self([]) }];
+  if (nextCursor !== undefined) link.push({ relation: 'next', url: self([['_cursor', String(nextCursor)]]) });
+  const entries = versions.map((v) => {
+    const url = `${v.type}/${v.id}`;
+    const method = v.deleted ? 'DELETE' : v.versionId === 1 ? 'POST' : 'PUT';
+    return {
+      fullUrl: `${ctx.baseUrl}/${url}`,
+      resourceJson: v.json,
+      request: { method, url: method === 'POST' ? v.type : url },
+      response: {
+        status: v.deleted ? '204 No Content' : v.versionId === 1 ? '201 Created' : '200 OK',
+        etag: `W/"${v.versionId}"`,
+        lastModified: v.lastUpdated,
+      },
+    };
+  });
+  return serializeBundle({ resourceType: 'Bundle', type: 'history', link }, entries);
+}
+
+/** GET [base]/[type]/[id]/_history */
+export const instanceHistory: Handler = async (req, ctx, { type, id }) => {
+  const access = requireAccess(req, type, 'r');
+  const current = await ctx.repo.store.current(type, id);
+  if (!current) throw errors.notFound(`${type}/${id} is not known`);
+  if (access.kind === 'patient') assertVersionAccessible(access, await ctx.repo.read(type, id));
+  return { status: 200, body: await historyBundle(req, ctx, `/${type}/${id}/_history`, type, id) };
+};
+
+/** GET [base]/[type]/_history */
+export const typeHistory: Handler = async (req, ctx, { type }) => {
+  const access = requireAccess(req, type, 'r');
+  if (access.kind === 'patient') throw errors.forbidden('type history needs a user/ or system/ scope');
+  return { status: 200, body: await historyBundle(req, ctx, `/${type}/_history`, type) };
+};
+
+/** GET [base]/_history */
+export const systemHistory: Handler = async (req, ctx) => {
+  const access = authorize(req.auth, '*', 'r');
+  if (access.kind === 'patient') throw errors.forbidden('system history needs a user/ or system/ scope');
+  return { status: 200, body: await historyBundle(req, ctx, '/_history') };
+};

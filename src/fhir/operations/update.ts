@@ -1,0 +1,68 @@
+import { randomUUID } from 'node:crypto';
+import type { FhirContext, FhirRequest, Handler } from '../context.ts';
+import { errors } from '../outcome.ts';
+import type { FhirResource, WriteSession } from '../repository.ts';
+import type { WriteOutcome } from './create.ts';
+import { assertAccessible, parseIfMatch, requireAccess, resourceBody, writeResponse } from './common.ts';
+
+/** Update, or create with the client's id when the resource does not exist (update-as-create). */
+export async function updateResource(
+  session: WriteSession,
+  resource: FhirResource,
+  id: string,
+  ifMatch?: number,
+): Promise<WriteOutcome> {
+  if (resource.id === undefined) throw errors.badRequest('an update must carry the resource id in the body', ['id']);
+  if (resource.id !== id) throw errors.badRequest(`the body's id does not match the URL's id`, ['id']);
+  const { version, created } = await session.update(resource, id, ifMatch);
+  const name = `${version.type}/${version.id}`;
+  return created
+    ? { status: 201, version, message: `created ${name}` }
+    : { status: 200, version, message: `updated ${name} to version ${version.versionId}` };
+}
+
+/** Conditional update: 0 matches → create, 1 → update it, more → 412. */
+export async function conditionalUpdate(
+  session: WriteSession,
+  resource: FhirResource,
+  query: string,
+  ifMatch?: number,
+): Promise<WriteOutcome> {
+  const matches = await session.findMatches(resource.resourceType, query);
+  if (matches.length > 1) {
+    throw errors.preconditionFailed(`the conditional update matched more than one ${resource.resourceType}`, 'multiple-matches');
+  }
+  const id = matches[0] ?? (typeof resource.id === 'string' ? resource.id : randomUUID());
+  if (resource.id !== undefined && resource.id !== id) {
+    throw errors.badRequest(`the body's id does not match the resource the condition selected`, ['id']);
+  }
+  return updateResource(session, { ...resource, id }, id, ifMatch);
+}
+
+/** PUT [base]/[type]/[id] */
+export const update: Handler = async (req: FhirRequest, ctx: FhirContext, { type, id }) => {
+  const access = requireAccess(req, type, 'u');
+  const resource = resourceBody(req, type);
+  assertAccessible(access, type, resource);
+  const ifMatch = parseIfMatch(req.ifMatch);
+  const result = await ctx.repo.write(async (session) => {
+    if (access.kind === 'patient') {
+      const current = await session.current(type, id);
+      if (current?.json) assertAccessible(access, type, JSON.parse(current.json));
+    }
+    return updateResource(session, resource, id, ifMatch);
+  });
+  return writeResponse(result.status, result.version, req, ctx, result.message);
+};
+
+/** PUT [base]/[type]?[criteria] */
+export const updateConditional: Handler = async (req, ctx, { type }) => {
+  requireAccess(req, type, 'u');
+  const access = requireAccess(req, type, 'c');
+  const resource = resourceBody(req, type);
+  assertAccessible(access, type, resource);
+  const query = new URLSearchParams(req.query).toString();
+  const ifMatch = parseIfMatch(req.ifMatch);
+  const result = await ctx.repo.write((session) => conditionalUpdate(session, resource, query, ifMatch));
+  return writeResponse(result.status, result.version, req, ctx, result.message);
+};

@@ -1,0 +1,317 @@
+/**
+ * FHIR semantics over the ResourceStore port: versions, ids, meta, validation, digests, index terms, and
+ * all-or-nothing write sessions. Handlers talk to this, never to a store directly.
+ */
+import { randomUUID } from 'node:crypto';
+import { canonicalDigestHex } from '../ledger/canonical-json.ts';
+import {
+  VersionConflictError,
+  type HistoryQuery,
+  type IndexTerm,
+  type ResourceStore,
+  type StoreQuery,
+  type StoredVersion,
+  type VersionRecord,
+  type VersionWrite,
+} from '../vault/store.ts';
+import { stringifyFhirJson } from './json.ts';
+import { errors, FhirError, type OutcomeIssue } from './outcome.ts';
+import { parseSearch } from './search/query.ts';
+import { extractTerms } from './search/terms.ts';
+import { isKnownResourceType, validateResource } from './validation/index.ts';
+
+export type FhirResource = Record<string, unknown> & { resourceType: string; id?: string; meta?: Record<string, unknown> };
+
+/** A version as handlers see it: the stored record plus its serialized JSON. */
+export interface ResourceVersion {
+  type: string;
+  id: string;
+  versionId: number;
+  lastUpdated: string;
+  deleted: boolean;
+  /** Serialized resource (absent for deletions). */
+  json?: string;
+}
+
+export const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+export function assertResourceType(type: string): void {
+  if (!isKnownResourceType(type)) throw errors.notFound(`'${type}' is not a FHIR R4 resource type`);
+}
+
+export function assertId(id: string): void {
+  if (!ID_PATTERN.test(id)) throw errors.badRequest(`'${id.slice(0, 70)}' is not a valid resource id`);
+}
+
+function toVersion(stored: VersionRecord): ResourceVersion {
+  return {
+    type: stored.type,
+    id: stored.id,
+    versionId: stored.versionId,
+    lastUpdated: stored.lastUpdated,
+    deleted: stored.deleted,
+    json: stored.content ? decoder.decode(stored.content) : undefined,
+  };
+}
+
+/** Validation errors as a 422; warnings and information do not block a write. */
+export function assertValid(resource: unknown, profiles?: string[]): OutcomeIssue[] {
+  const issues: OutcomeIssue[] = validateResource(resource, profiles ? { profiles } : undefined).map((i) => ({
+    severity: i.severity,
+    code: i.code,
+    diagnostics: i.message,
+    expression: [i.expression],
+  }));
+  if (issues.some((i) => i.severity === 'error')) throw errors.unprocessable(issues.filter((i) => i.severity !== 'information'));
+  return issues;
+}
+
+/** Puts id and meta first and stamps versionId/lastUpdated, keeping the client's other meta. */
+function stamp(resource: FhirResource, id: string, versionId: number, lastUpdated: string): FhirResource {
+  const { resourceType, id: _ignored, meta, ...rest } = resource;
+  return {
+    resourceType,
+    id,
+    meta: { ...(meta ?? {}), versionId: String(versionId), lastUpdated },
+    ...rest,
+  };
+}
+
+interface Staged {
+  write: VersionWrite;
+  version: ResourceVersion;
+}
+
+export interface SearchPage {
+  versions: ResourceVersion[];
+  total?: number;
+  /** Cursor for the next page, when there may be one. */
+  nextCursor?: string;
+  applied: Array<[string, string]>;
+}
+
+/** Serialises writers within this process; the store's version check catches writers elsewhere. */
+class Mutex {
+  private tail: Promise<void> = Promise.resolve();
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    const previous = this.tail;
+    let release!: () => void;
+    this.tail = new Promise((r) => (release = r));
+    await previous;
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+}
+
+export class FhirRepository {
+  private readonly writeLock = new Mutex();
+
+  constructor(readonly store: ResourceStore) {}
+
+  async read(type: string, id: string): Promise<ResourceVersion> {
+    assertResourceType(type);
+    assertId(id);
+    const stored = await this.store.current(type, id);
+    if (!stored) throw errors.notFound(`${type}/${id} is not known`);
+    if (stored.deleted) throw goneError(type, id, stored.versionId);
+    return toVersion(stored);
+  }
+
+  async vread(type: string, id: string, versionId: string): Promise<ResourceVersion> {
+    assertResourceType(type);
+    assertId(id);
+    if (!/^[1-9]\d{0,15}$/.test(versionId)) throw errors.notFound(`${type}/${id} has no version '${versionId}'`);
+    const stored = await this.store.version(type, id, Number(versionId));
+    if (!stored) throw errors.notFound(`${type}/${id} has no version ${versionId}`);
+    if (stored.deleted) throw goneError(type, id, stored.versionId);
+    return toVersion(stored);
+  }
+
+  /** `restrict` narrows the query further, e.g. to the patient compartment a token is bound to. */
+  async search(
+    type: string,
+    params: Array<[string, string]>,
+    restrict?: (query: StoreQuery) => StoreQuery,
+  ): Promise<SearchPage> {
+    assertResourceType(type);
+    const parsed = parseSearch(type, params);
+    const { countOnly, applied } = parsed;
+    const query = restrict ? restrict(parsed.query) : parsed.query;
+    const total = query.afterId === undefined || countOnly ? await this.store.count(query) : undefined;
+    if (countOnly || query.limit === 0) return { versions: [], total, applied };
+    const rows = await this.store.search({ ...query, limit: query.limit + 1 });
+    const hasMore = rows.length > query.limit;
+    const page = hasMore ? rows.slice(0, query.limit) : rows;
+    return {
+      versions: page.map(toVersion),
+      total,
+      nextCursor: hasMore ? page[page.length - 1].id : undefined,
+      applied,
+    };
+  }
+
+  async history(query: HistoryQuery): Promise<{ versions: Array<ResourceVersion & { seq: number }>; nextCursor?: number }> {
+    if (query.type) assertResourceType(query.type);
+    if (query.id) assertId(query.id);
+    const rows = await this.store.history({ ...query, limit: query.limit + 1 });
+    const hasMore = rows.length > query.limit;
+    const page = hasMore ? rows.slice(0, query.limit) : rows;
+    return {
+      versions: page.map((r) => ({ ...toVersion(r), seq: r.seq })),
+      nextCursor: hasMore ? page[page.length - 1].seq : undefined,
+    };
+  }
+
+  /**
+   * Runs `fn` with a write session and commits everything it staged in one store batch: all of it becomes
+   * visible, or (on any error) none of it.
+   */
+  async write<T>(fn: (session: WriteSession) => Promise<T>): Promise<T> {
+    return this.writeLock.run(async () => {
+      const session = new WriteSession(this.store);
+      const result = await fn(session);
+      await session.commit();
+      return result;
+    });
+  }
+}
+
+function goneError(type: string, id: string, versionId: number): FhirError {
+  const e = errors.gone(`${type}/${id} was deleted`);
+  return new FhirError(e.status, e.issues, { ETag: `W/"${versionId}"` });
+}
+
+/** Staged, not yet visible writes with read-your-own-writes for the session's own lookups. */
+export class WriteSession {
+  private readonly staged = new Map<string, Staged>();
+  /** One instant for everything the session writes: a transaction happens at one time. */
+  readonly now = new Date().toISOString();
+
+  constructor(private readonly store: ResourceStore) {}
+
+  private async currentVersion(type: string, id: string): Promise<ResourceVersion | undefined> {
+    const staged = this.staged.get(`${type}/${id}`);
+    if (staged) return staged.version;
+    const stored = await this.store.current(type, id);
+    return stored && toVersion(stored);
+  }
+
+  /** The current state of a resource as this session sees it (staged writes included). */
+  async current(type: string, id: string): Promise<ResourceVersion | undefined> {
+    assertResourceType(type);
+    assertId(id);
+    return this.currentVersion(type, id);
+  }
+
+  private stage(type: string, id: string, resource: FhirResource | null, previous: number): ResourceVersion {
+    const key = `${type}/${id}`;
+    if (this.staged.has(key)) {
+      throw errors.badRequest(`${key} is written more than once in one transaction`);
+    }
+    const versionId = previous + 1;
+    let record: VersionRecord;
+    let terms: IndexTerm[] = [];
+    let json: string | undefined;
+    if (resource) {
+      const stamped = stamp(resource, id, versionId, this.now);
+      assertValid(stamped);
+      json = stringifyFhirJson(stamped);
+      terms = extractTerms(type, stamped);
+      record = {
+        type, id, versionId, lastUpdated: this.now, deleted: false,
+        content: encoder.encode(json),
+        digest: canonicalDigestHex(stamped),
+      };
+    } else {
+      record = { type, id, versionId, lastUpdated: this.now, deleted: true, content: null, digest: null };
+    }
+    const version: ResourceVersion = { type, id, versionId, lastUpdated: this.now, deleted: !resource, json };
+    this.staged.set(key, { write: { record, terms, expectedVersion: previous }, version });
+    return version;
+  }
+
+  /** Creates a resource under a new server-assigned id (any id in the body is replaced). */
+  async create(resource: FhirResource, id: string = randomUUID()): Promise<ResourceVersion> {
+    assertResourceType(resource.resourceType);
+    return this.stage(resource.resourceType, id, resource, 0);
+  }
+
+  /** Updates (or creates with the client's id). `ifMatch` is the version the client expects to replace. */
+  async update(
+    resource: FhirResource,
+    id: string,
+    ifMatch?: number,
+  ): Promise<{ version: ResourceVersion; created: boolean }> {
+    assertResourceType(resource.resourceType);
+    assertId(id);
+    const current = await this.currentVersion(resource.resourceType, id);
+    if (ifMatch !== undefined && current?.versionId !== ifMatch) {
+      throw errors.preconditionFailed(
+        `If-Match expects version ${ifMatch} of ${resource.resourceType}/${id}, the current version is ${current?.versionId ?? 'none'}`,
+      );
+    }
+    const created = !current || current.deleted;
+    return { version: this.stage(resource.resourceType, id, resource, current?.versionId ?? 0), created };
+  }
+
+  /** Deletes; returns undefined when the resource never existed, the current state if already deleted. */
+  async delete(type: string, id: string, ifMatch?: number): Promise<ResourceVersion | undefined> {
+    assertResourceType(type);
+    assertId(id);
+    const current = await this.currentVersion(type, id);
+    if (ifMatch !== undefined && current?.versionId !== ifMatch) {
+      throw errors.preconditionFailed(`If-Match expects version ${ifMatch} of ${type}/${id}`);
+    }
+    if (!current || current.deleted) return current;
+    return this.stage(type, id, null, current.versionId);
+  }
+
+  /**
+   * Ids of current resources matching a search query (at most `limit`), seeing this session's staged
+   * writes: used by conditional create/update/delete and conditional references.
+   */
+  async findMatches(type: string, queryString: string, limit = 2): Promise<string[]> {
+    assertResourceType(type);
+    const params = [...new URLSearchParams(queryString)];
+    if (params.length === 0) throw errors.badRequest(`a conditional ${type} query must have criteria`);
+    const { query } = parseSearch(type, params);
+    const stagedOfType = [...this.staged.values()].filter((s) => s.write.record.type === type);
+    const stored = await this.store.search({ ...query, afterId: undefined, limit: limit + stagedOfType.length });
+    const ids = new Set<string>();
+    for (const r of stored) if (!this.staged.has(`${type}/${r.id}`)) ids.add(r.id);
+    for (const s of stagedOfType) if (matchesStaged(query, s.write)) ids.add(s.write.record.id);
+    return [...ids].slice(0, limit);
+  }
+
+  async commit(): Promise<void> {
+    if (this.staged.size === 0) return;
+    try {
+      await this.store.commit([...this.staged.values()].map((s) => s.write));
+    } catch (e) {
+      if (e instanceof VersionConflictError) {
+        throw errors.conflict(`${e.type}/${e.id} was changed concurrently; retry the request`);
+      }
+      throw e;
+    }
+  }
+}
+
+function matchesStaged(query: StoreQuery, write: VersionWrite): boolean {
+  const r = write.record;
+  if (r.deleted) return false;
+  if (query.ids && !query.ids.includes(r.id)) return false;
+  for (const b of query.lastUpdated) {
+    const ok =
+      b.op === 'gt' ? r.lastUpdated > b.value
+      : b.op === 'ge' ? r.lastUpdated >= b.value
+      : b.op === 'lt' ? r.lastUpdated < b.value
+      : r.lastUpdated <= b.value;
+    if (!ok) return false;
+  }
+  return query.clauses.every((c) => write.terms.some((t) => t.param === c.param && c.anyOf.includes(t.value)));
+}

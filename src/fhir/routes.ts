@@ -1,0 +1,90 @@
+/**
+ * The route table of the FHIR API, read top to bottom: the first pattern whose segments match wins.
+ * A path that matches some pattern but not with this method answers 405.
+ */
+import type { FhirContext, FhirRequest, FhirResponse, Handler } from './context.ts';
+import { errors } from './outcome.ts';
+import { capabilities } from './operations/capabilities.ts';
+import { processBundle } from './operations/bundle.ts';
+import { create } from './operations/create.ts';
+import { read } from './operations/read.ts';
+import { vread } from './operations/vread.ts';
+import { update, updateConditional } from './operations/update.ts';
+import { patch } from './operations/patch.ts';
+import { remove, removeConditional } from './operations/delete.ts';
+import { search } from './operations/search.ts';
+import { instanceHistory, systemHistory, typeHistory } from './operations/history.ts';
+import { validate } from './operations/validate.ts';
+
+export interface Route {
+  method: string;
+  /** Segments: literals, or `:name` captures. `?` marks routes that need a query string. */
+  pattern: string;
+  handler: Handler;
+  /** Name of the interaction, for metrics and logs (never carries ids or values). */
+  interaction: string;
+}
+
+export const ROUTES: Route[] = [
+  { method: 'GET', pattern: 'metadata', handler: capabilities, interaction: 'capabilities' },
+  { method: 'POST', pattern: '', handler: processBundle, interaction: 'batch/transaction' },
+  { method: 'GET', pattern: '_history', handler: systemHistory, interaction: 'history-system' },
+  { method: 'GET', pattern: ':type', handler: search, interaction: 'search-type' },
+  { method: 'POST', pattern: ':type', handler: create, interaction: 'create' },
+  { method: 'PUT', pattern: ':type?', handler: updateConditional, interaction: 'conditional-update' },
+  { method: 'DELETE', pattern: ':type?', handler: removeConditional, interaction: 'conditional-delete' },
+  { method: 'GET', pattern: ':type/_history', handler: typeHistory, interaction: 'history-type' },
+  { method: 'POST', pattern: ':type/$validate', handler: validate, interaction: 'validate' },
+  { method: 'GET', pattern: ':type/:id', handler: read, interaction: 'read' },
+  { method: 'PUT', pattern: ':type/:id', handler: update, interaction: 'update' },
+  { method: 'PATCH', pattern: ':type/:id', handler: patch, interaction: 'patch' },
+  { method: 'DELETE', pattern: ':type/:id', handler: remove, interaction: 'delete' },
+  { method: 'GET', pattern: ':type/:id/_history', handler: instanceHistory, interaction: 'history-instance' },
+  { method: 'GET', pattern: ':type/:id/_history/:vid', handler: vread, interaction: 'vread' },
+  { method: 'POST', pattern: ':type/:id/$validate', handler: validate, interaction: 'validate' },
+];
+
+interface Match {
+  route: Route;
+  params: Record<string, string>;
+}
+
+function matchPattern(route: Route, path: string[], hasQuery: boolean): Record<string, string> | undefined {
+  const needsQuery = route.pattern.endsWith('?');
+  const segments = (needsQuery ? route.pattern.slice(0, -1) : route.pattern).split('/').filter(Boolean);
+  if (segments.length !== path.length || (needsQuery && !hasQuery)) return undefined;
+  const params: Record<string, string> = {};
+  for (let i = 0; i < segments.length; i++) {
+    const seg = segments[i];
+    if (seg.startsWith(':')) {
+      // A capture never swallows a literal path keyword such as _history or an operation.
+      if (path[i].startsWith('_') || path[i].startsWith('$')) return undefined;
+      params[seg.slice(1)] = path[i];
+    } else if (seg !== path[i]) return undefined;
+  }
+  return params;
+}
+
+/** Query parameters that only shape the response do not make a request conditional. */
+function hasCriteria(query: Array<[string, string]>): boolean {
+  return query.some(([k]) => k !== '_format' && k !== '_pretty');
+}
+
+export function matchRoute(method: string, path: string[], query: Array<[string, string]>): Match {
+  const hasQuery = hasCriteria(query);
+  let pathMatched = false;
+  for (const route of ROUTES) {
+    const params = matchPattern(route, path, hasQuery);
+    if (!params) continue;
+    if (route.method === method || (method === 'HEAD' && route.method === 'GET')) return { route, params };
+    pathMatched = true;
+  }
+  if (pathMatched) throw errors.methodNotAllowed(`${method} is not allowed on this URL`);
+  throw errors.notFound('no FHIR interaction is defined at this URL');
+}
+
+/** Runs a request through the route table. */
+export async function routeRequest(req: FhirRequest, ctx: FhirContext): Promise<FhirResponse> {
+  const { route, params } = matchRoute(req.method, req.path, req.query);
+  return route.handler(req, ctx, params);
+}

@@ -1,0 +1,40 @@
+/** Composition root: wires the store, repository, token issuer and HTTP app from a configuration. */
+import type { Server } from 'node:http';
+import { join } from 'node:path';
+import { loadDevIssuer, type DevIssuer } from './access/tokens.ts';
+import { SqliteStore } from './adapters/sqlite/sqlite-store.ts';
+import type { GatewayConfig } from './config.ts';
+import { FhirRepository } from './fhir/repository.ts';
+import { initValidation } from './fhir/validation/index.ts';
+import { createApp } from './http/app.ts';
+import type { ResourceStore } from './vault/store.ts';
+
+export interface Gateway {
+  config: GatewayConfig;
+  store: ResourceStore;
+  repo: FhirRepository;
+  issuer: DevIssuer;
+  app: ReturnType<typeof createApp>;
+  close(): Promise<void>;
+}
+
+export function openStore(config: GatewayConfig): ResourceStore {
+  return new SqliteStore(join(config.dataDir, 'vault.sqlite'));
+}
+
+export async function createGateway(config: GatewayConfig): Promise<Gateway> {
+  const store = openStore(config);
+  await store.init();
+  initValidation();
+  const repo = new FhirRepository(store);
+  const issuer = await loadDevIssuer(config.dataDir);
+  const app = createApp({ repo, issuer, baseUrl: config.baseUrl, maxBodyBytes: config.maxBodyBytes });
+  return { config, store, repo, issuer, app, close: () => store.close() };
+}
+
+/** Listens on the configured host and port; resolves with the server once it accepts connections. */
+export function listen(gateway: Gateway): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    const server = gateway.app.listen(gateway.config.port, gateway.config.host, (err?: Error) => (err ? reject(err) : resolve(server)));
+  });
+}

@@ -1,0 +1,106 @@
+/**
+ * The ResourceStore port: where resource versions live.
+ *
+ * Shaped so that a document database without multi-document transactions (FerretDB, MongoDB without a
+ * replica set) can implement it: the only atomic unit asked of an adapter is `commit(writes)`, a batch of
+ * immutable version records plus the "current" pointer moves they imply. An adapter realises that
+ * atomicity however its engine allows (one SQL transaction; pending records made visible by one
+ * single-document commit marker, rolled forward or back on restart). Content is opaque bytes so the vault
+ * can store ciphertext; index terms are opaque strings so they can become keyed blind indexes.
+ */
+
+export interface VersionRecord {
+  type: string;
+  id: string;
+  /** 1, 2, 3 … per resource. */
+  versionId: number;
+  /** ISO-8601 instant in UTC with milliseconds (`2026-01-02T03:04:05.678Z`), so it orders as text. */
+  lastUpdated: string;
+  deleted: boolean;
+  /** The serialized resource version; null for a deletion. */
+  content: Uint8Array | null;
+  /** Hex SHA-256 of the version's canonical JSON; null for a deletion. */
+  digest: string | null;
+}
+
+/** A version as read back, with the store-wide sequence number it was committed under. */
+export interface StoredVersion extends VersionRecord {
+  seq: number;
+}
+
+/** One search index entry of the current version of a resource: e.g. `identifier` = `http://x|123`. */
+export interface IndexTerm {
+  param: string;
+  value: string;
+}
+
+export interface VersionWrite {
+  record: VersionRecord;
+  /** Index terms of this version (empty for a deletion); they replace the previous version's terms. */
+  terms: IndexTerm[];
+  /** The version this write supersedes: 0 when the resource must not exist yet. */
+  expectedVersion: number;
+}
+
+export interface TermClause {
+  param: string;
+  /** Matches when the resource has any of these values for `param`. */
+  anyOf: string[];
+}
+
+export interface InstantBound {
+  op: 'gt' | 'ge' | 'lt' | 'le';
+  value: string;
+}
+
+export interface StoreQuery {
+  type: string;
+  /** Restrict to these ids (`_id`). */
+  ids?: string[];
+  /** Every clause must match. */
+  clauses: TermClause[];
+  /** Every bound must hold for lastUpdated. */
+  lastUpdated: InstantBound[];
+  /** Keyset cursor: only ids strictly greater than this one (results are ordered by id). */
+  afterId?: string;
+  limit: number;
+}
+
+export interface HistoryQuery {
+  type?: string;
+  id?: string;
+  /** Only versions with lastUpdated ≥ since. */
+  since?: string;
+  /** Keyset cursor: only versions with seq strictly below this one (results are newest first). */
+  beforeSeq?: number;
+  limit: number;
+}
+
+/** A concurrent writer moved a resource first: the whole batch was rejected, nothing was written. */
+export class VersionConflictError extends Error {
+  constructor(
+    readonly type: string,
+    readonly id: string,
+  ) {
+    super(`version conflict on ${type}/${id}`);
+    this.name = 'VersionConflictError';
+  }
+}
+
+export interface ResourceStore {
+  /** Creates tables/indexes and finishes or undoes any batch a crash interrupted. */
+  init(): Promise<void>;
+  close(): Promise<void>;
+  /** True when the store answers queries. */
+  ping(): Promise<boolean>;
+  /** Writes every version and moves every current pointer, or nothing (throws VersionConflictError). */
+  commit(writes: VersionWrite[]): Promise<void>;
+  current(type: string, id: string): Promise<StoredVersion | undefined>;
+  version(type: string, id: string, versionId: number): Promise<StoredVersion | undefined>;
+  /** Current, non-deleted resources matching the query, ordered by id. */
+  search(query: StoreQuery): Promise<StoredVersion[]>;
+  /** Number of current, non-deleted resources matching the query (ignores limit and cursor). */
+  count(query: StoreQuery): Promise<number>;
+  /** Versions newest first. */
+  history(query: HistoryQuery): Promise<StoredVersion[]>;
+}

@@ -1,0 +1,113 @@
+/** The ResourceStore contract: every adapter runs this same suite against its real engine. */
+import assert from 'node:assert/strict';
+import { describe, it, before, after } from 'node:test';
+import { VersionConflictError, type IndexTerm, type ResourceStore, type VersionWrite } from '../../src/vault/store.ts';
+
+const enc = new TextEncoder();
+
+function write(type: string, id: string, versionId: number, lastUpdated: string, terms: IndexTerm[] = [], deleted = false): VersionWrite {
+  return {
+    record: {
+      type, id, versionId, lastUpdated, deleted,
+      content: deleted ? null : enc.encode(JSON.stringify({ resourceType: type, id, v: versionId })),
+      digest: deleted ? null : `digest-${id}-${versionId}`,
+    },
+    terms,
+    expectedVersion: versionId - 1,
+  };
+}
+
+const T1 = '2024-01-01T00:00:00.000Z';
+const T2 = '2024-06-01T12:00:00.000Z';
+const T3 = '2025-01-01T00:00:00.000Z';
+
+export function storeContract(name: string, open: () => Promise<ResourceStore>): void {
+  describe(`ResourceStore contract: ${name}`, () => {
+    let store: ResourceStore;
+    before(async () => {
+      store = await open();
+      await store.init();
+    });
+    after(async () => store.close());
+
+    it('answers ping', async () => {
+      assert.equal(await store.ping(), true);
+    });
+
+    it('commits versions and reads current and past versions back', async () => {
+      await store.commit([write('Patient', 'p1', 1, T1, [{ param: 'identifier', value: 'sys|1' }])]);
+      await store.commit([write('Patient', 'p1', 2, T2, [{ param: 'identifier', value: 'sys|2' }])]);
+      const current = await store.current('Patient', 'p1');
+      assert.equal(current?.versionId, 2);
+      assert.equal(current?.lastUpdated, T2);
+      assert.equal(current?.digest, 'digest-p1-2');
+      assert.deepEqual(JSON.parse(new TextDecoder().decode(current!.content!)), { resourceType: 'Patient', id: 'p1', v: 2 });
+      const first = await store.version('Patient', 'p1', 1);
+      assert.equal(first?.versionId, 1);
+      assert.equal(await store.version('Patient', 'p1', 3), undefined);
+      assert.equal(await store.current('Patient', 'nope'), undefined);
+    });
+
+    it('replaces index terms on update', async () => {
+      const q = (value: string) => ({ type: 'Patient', clauses: [{ param: 'identifier', anyOf: [value] }], lastUpdated: [], limit: 10 });
+      assert.deepEqual((await store.search(q('sys|1'))).map((r) => r.id), []);
+      assert.deepEqual((await store.search(q('sys|2'))).map((r) => r.id), ['p1']);
+    });
+
+    it('rejects a whole batch when one write conflicts, writing nothing', async () => {
+      const batch = [write('Patient', 'p2', 1, T1), write('Patient', 'p1', 2, T3) /* p1 is already at 2 */];
+      await assert.rejects(store.commit(batch), VersionConflictError);
+      assert.equal(await store.current('Patient', 'p2'), undefined);
+      assert.equal((await store.current('Patient', 'p1'))?.versionId, 2);
+    });
+
+    it('rejects a create of an existing resource', async () => {
+      await assert.rejects(store.commit([write('Patient', 'p1', 1, T3)]), VersionConflictError);
+    });
+
+    it('searches by terms (AND across clauses, OR within), ids and lastUpdated, ordered by id with a cursor', async () => {
+      const obs = (id: string, code: string, subject: string, at: string) =>
+        write('Observation', id, 1, at, [{ param: 'code', value: code }, { param: 'subject', value: subject }]);
+      await store.commit([
+        obs('o3', 'A', 'Patient/p1', T1),
+        obs('o1', 'A', 'Patient/p1', T2),
+        obs('o2', 'B', 'Patient/p1', T3),
+        obs('o4', 'A', 'Patient/p9', T3),
+      ]);
+      const base = { type: 'Observation', lastUpdated: [], limit: 10 };
+      const ids = async (q: object) => (await store.search({ ...base, clauses: [], ...q })).map((r) => r.id);
+      assert.deepEqual(await ids({ clauses: [{ param: 'code', anyOf: ['A'] }] }), ['o1', 'o3', 'o4']);
+      assert.deepEqual(await ids({ clauses: [{ param: 'code', anyOf: ['A', 'B'] }, { param: 'subject', anyOf: ['Patient/p1'] }] }), ['o1', 'o2', 'o3']);
+      assert.deepEqual(await ids({ ids: ['o2', 'o4', 'zz'] }), ['o2', 'o4']);
+      assert.deepEqual(await ids({ lastUpdated: [{ op: 'ge', value: T2 }, { op: 'lt', value: T3 }] }), ['o1']);
+      assert.deepEqual(await ids({ lastUpdated: [{ op: 'le', value: T2 }] }), ['o1', 'o3']);
+      assert.deepEqual(await ids({ lastUpdated: [{ op: 'gt', value: T2 }] }), ['o2', 'o4']);
+      assert.deepEqual(await ids({ afterId: 'o2', limit: 1 }), ['o3']);
+      assert.equal(await store.count({ ...base, clauses: [{ param: 'code', anyOf: ['A'] }], afterId: 'o3', limit: 1 }), 3);
+    });
+
+    it('hides deleted resources from search but keeps their history', async () => {
+      await store.commit([write('Observation', 'o4', 2, T3, [], true)]);
+      const current = await store.current('Observation', 'o4');
+      assert.equal(current?.deleted, true);
+      assert.equal(current?.content, null);
+      const found = await store.search({ type: 'Observation', clauses: [{ param: 'code', anyOf: ['A'] }], lastUpdated: [], limit: 10 });
+      assert.deepEqual(found.map((r) => r.id), ['o1', 'o3']);
+      const history = await store.history({ type: 'Observation', id: 'o4', limit: 10 });
+      assert.deepEqual(history.map((r) => [r.versionId, r.deleted]), [[2, true], [1, false]]);
+    });
+
+    it('lists history newest first with a sequence cursor, per instance, type and system', async () => {
+      const all = await store.history({ limit: 100 });
+      const seqs = all.map((r) => r.seq);
+      assert.deepEqual(seqs, [...seqs].sort((a, b) => b - a));
+      assert.equal(all.length, 7);
+      const page = await store.history({ limit: 2, beforeSeq: all[1].seq });
+      assert.deepEqual(page.map((r) => r.seq), [all[2].seq, all[3].seq]);
+      const patients = await store.history({ type: 'Patient', limit: 100 });
+      assert.deepEqual(patients.map((r) => `${r.id}@${r.versionId}`), ['p1@2', 'p1@1']);
+      const since = await store.history({ type: 'Observation', since: T3, limit: 100 });
+      assert.ok(since.every((r) => r.lastUpdated >= T3) && since.length === 3);
+    });
+  });
+}
