@@ -10,7 +10,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadDevIssuer, mintToken } from '../src/access/tokens.ts';
-import { parseFhirJson } from '../src/fhir/json.ts';
+import { parseFhirJson, stringifyFhirJson } from '../src/fhir/json.ts';
 import { initValidation, validateResource } from '../src/fhir/validation/index.ts';
 import { canonicalize } from '../src/ledger/canonical-json.ts';
 
@@ -25,12 +25,31 @@ interface BundleFile {
   entries: number;
 }
 
+/**
+ * smart-2019 patient bundles re-POST their Organization and Practitioner unconditionally. Ingested over and
+ * over, they would multiply those resources and make hiv-2021's conditional references (which match on the
+ * same Synthea identifiers) ambiguous, so the workload sends them as conditional creates on their identifier,
+ * as a well-behaved EHR would. Lexemes are untouched: only the request of those entries changes.
+ */
+function withConditionalReferenceData(text: string): string {
+  const bundle = parseFhirJson(text) as { entry?: Array<{ resource: { resourceType: string; identifier?: Array<{ system: string; value: string }> }; request: Record<string, string> }> };
+  let changed = false;
+  for (const entry of bundle.entry ?? []) {
+    const { resourceType, identifier } = entry.resource;
+    if ((resourceType === 'Organization' || resourceType === 'Practitioner') && !entry.request.ifNoneExist && identifier?.[0]) {
+      entry.request.ifNoneExist = `identifier=${identifier[0].system}|${identifier[0].value}`;
+      changed = true;
+    }
+  }
+  return changed ? stringifyFhirJson(bundle) : text;
+}
+
 function loadBundles(): { info: BundleFile[]; patients: BundleFile[] } {
   const info: BundleFile[] = [];
   const patients: BundleFile[] = [];
   for (const set of readdirSync(SYNTHEA)) {
     for (const name of readdirSync(join(SYNTHEA, set)).sort()) {
-      const text = readFileSync(join(SYNTHEA, set, name), 'utf8');
+      const text = withConditionalReferenceData(readFileSync(join(SYNTHEA, set, name), 'utf8'));
       const file = { name: `${set}/${name}`, text, entries: (JSON.parse(text).entry ?? []).length };
       (/Information/.test(name) ? info : patients).push(file);
     }

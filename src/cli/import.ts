@@ -92,7 +92,7 @@ async function inProcessSender(config: GatewayConfig): Promise<{ send: Send; clo
     send: async (bundle) => {
       try {
         const res = await routeRequest({ method: 'POST', path: [], query: [], body: bundle, auth }, ctx);
-        return { status: res.status, text: typeof res.body === 'string' ? res.body : JSON.stringify(res.body) };
+        return { status: res.status, text: typeof res.body === 'string' ? res.body : stringifyFhirJson(res.body) };
       } catch (e) {
         if (e instanceof FhirError) return { status: e.status, text: JSON.stringify(e.outcome) };
         throw e;

@@ -1,3 +1,5 @@
+import { stringifyFhirJson } from './json.ts';
+
 /**
  * Bundles serialized by splicing stored resource JSON into the envelope, so stored versions are served
  * byte-for-byte as stored (decimal lexemes included) without re-parsing them.
@@ -21,7 +23,7 @@ export function serializeBundle(envelope: Record<string, unknown>, entries: Bund
     const fields: string[] = [];
     if (e.fullUrl !== undefined) fields.push(`"fullUrl":${JSON.stringify(e.fullUrl)}`);
     if (e.resourceJson !== undefined) fields.push(`"resource":${e.resourceJson}`);
-    else if (e.resource !== undefined) fields.push(`"resource":${JSON.stringify(e.resource)}`);
+    else if (e.resource !== undefined) fields.push(`"resource":${stringifyFhirJson(e.resource)}`);
     if (e.search) fields.push(`"search":${JSON.stringify(e.search)}`);
     if (e.request) fields.push(`"request":${JSON.stringify(e.request)}`);
     if (e.response) fields.push(`"response":${JSON.stringify(e.response)}`);

@@ -12,8 +12,8 @@
  *      round-trip, by ordinal,
  *   3. one walk of the parsed tree in document order that counts the same tokens and swaps the
  *      recorded ordinals for `FhirDecimal`s.
- * A post-parse walk replaces the suggested `JSON.parse` reviver: on a Synthea bundle a reviver costs
- * ~3x the parse itself, the walk ~5% (see docs/proofs.md). The token counts must agree; they differ
+ * A post-parse walk replaces a `JSON.parse` reviver: on a Synthea bundle a reviver made JSON.parse
+ * ~3x slower, while the walk adds ~5-10% of the parse time. The token counts must agree; they differ
  * only when an object repeats a key (JSON.parse silently keeps the last one; FHIR forbids duplicates),
  * which is reported as a syntax error. Objects with keys that start with a digit (never in FHIR) are
  * enumerated by JS in a different order than the text, so when such a document also holds decimals it
@@ -484,9 +484,10 @@ export function parseFhirJson(text: string): unknown {
   let value: unknown;
   try {
     value = JSON.parse(text);
-  } catch {
+  } catch (e) {
     // The engine's message quotes the document; never pass it on.
-    throw syntaxError(text, offset, 'malformed document');
+    if (e instanceof SyntaxError) throw syntaxError(text, offset, 'malformed document');
+    throw e;
   }
 
   const scan = scanTokens(text);

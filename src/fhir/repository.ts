@@ -3,7 +3,7 @@
  * all-or-nothing write sessions. Handlers talk to this, never to a store directly.
  */
 import { randomUUID } from 'node:crypto';
-import { canonicalDigestHex } from '../ledger/canonical-json.ts';
+import { CanonicalJsonError, canonicalDigestHex } from '../ledger/canonical-json.ts';
 import {
   VersionConflictError,
   type HistoryQuery,
@@ -225,7 +225,7 @@ export class WriteSession {
       record = {
         type, id, versionId, lastUpdated: this.now, deleted: false,
         content: encoder.encode(json),
-        digest: canonicalDigestHex(stamped),
+        digest: digestOf(stamped),
       };
     } else {
       record = { type, id, versionId, lastUpdated: this.now, deleted: true, content: null, digest: null };
@@ -298,6 +298,18 @@ export class WriteSession {
       }
       throw e;
     }
+  }
+}
+
+/** The version's digest; content canonical JSON cannot represent (a lone surrogate) is a 422. */
+function digestOf(resource: FhirResource): string {
+  try {
+    return canonicalDigestHex(resource);
+  } catch (e) {
+    if (e instanceof CanonicalJsonError) {
+      throw errors.unprocessable([{ severity: 'error', code: 'invalid', diagnostics: `the resource cannot be canonicalized: ${e.message}` }]);
+    }
+    throw e;
   }
 }
 

@@ -37,7 +37,9 @@ export interface StartOptions {
   onProgress?: (line: string) => void;
 }
 
-export class EnginesError extends Error {}
+export class EnginesError extends Error {
+  override name = 'EnginesError';
+}
 
 type Progress = (line: string) => void;
 

@@ -8,7 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import type { FhirContext, FhirRequest, FhirResponse, Handler } from '../context.ts';
 import { serializeBundle, type BundleEntryParts } from '../bundle-json.ts';
-import { parseFhirJson } from '../json.ts';
+import { parseFhirJson, stringifyFhirJson } from '../json.ts';
 import { errors, FhirError } from '../outcome.ts';
 import { parseConditionalReference, rewriteReferences } from '../references.ts';
 import type { FhirResource, WriteSession } from '../repository.ts';
@@ -218,7 +218,7 @@ async function dispatchRead(p: PlannedEntry, req: FhirRequest, ctx: FhirContext)
     query: [...new URLSearchParams(p.query ?? '')],
     auth: req.auth,
   });
-  const body = typeof res.body === 'string' ? res.body : res.body ? JSON.stringify(res.body) : undefined;
+  const body = typeof res.body === 'string' ? res.body : res.body ? stringifyFhirJson(res.body) : undefined;
   return {
     resourceJson: p.method === 'HEAD' ? undefined : body,
     response: { status: STATUS_TEXT[res.status] ?? String(res.status), ...(res.headers?.ETag ? { etag: res.headers.ETag } : {}) },

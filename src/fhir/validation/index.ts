@@ -4,7 +4,11 @@
 //   validateResource(resource)               → issues (errors, warnings, information)
 //   validateResource(resource, { profiles }) → also check against held profiles ($validate?profile=)
 //
-// See walk.ts for the checks and why the hot path looks the way it does.
+// What is checked: JSON shape (unknown properties, arrays vs single values, empty/null values,
+// "_field" primitive extensions, one variant per choice type), cardinality, primitive formats
+// (primitives.ts), required ValueSet bindings (bindings.ts), reference format and target types
+// (references.ts), invariants (invariants.ts), contained / Bundle / Parameters resources recursively,
+// and held profiles (profiles.ts). Types are compiled once (schema.ts) and walked once (walk.ts).
 import { definitionIndex } from './definitions.ts';
 import { expandValueSet } from './bindings.ts';
 import type { ValidationIssue } from './issues.ts';

@@ -11,7 +11,7 @@
 //     a JavaScript predicate compiled from the expression (presence-expressions.ts);
 //  3. otherwise fhirpath.js, compiled once per expression and run after the walk (so LosslessNumber
 //     values can be converted to plain numbers for it first, and only when there are any).
-// Expressions that throw count as passed (see invariantStats()).
+// Expressions that throw count as passed; `stats` (exported as invariantStats) counts them.
 import fhirpath from 'fhirpath';
 import r4 from 'fhirpath/fhir-context/r4';
 import type { Constraint } from '@medplum/core';

@@ -5,7 +5,7 @@
 //
 // Answers follow the validator's reading of a FHIRPath result: only an explicit `false` fails.
 // The unit tests cross-check every native answer against fhirpath.js on the example and Synthea data.
-// Deliberate differences from fhirpath.js (see DELIBERATE_DIFFERENCES) are listed there.
+// Deliberate differences from fhirpath.js are listed, with reasons, in DELIBERATE_DIFFERENCES.
 import type { InvariantEnv } from './invariants.ts';
 import { isLosslessNumber } from './primitives.ts';
 
@@ -403,11 +403,3 @@ export function nativeInvariant(key: string, expression: string): NativeCheck | 
   const native = NATIVES[key];
   return native !== undefined && native.expression === expression ? native.check : undefined;
 }
-
-/** Keys with a native implementation (for tests and the docs). */
-export function nativeInvariantKeys(): string[] {
-  return Object.keys(NATIVES);
-}
-
-// Exposed for unit tests of the helpers with tricky semantics.
-export const _internals = { lessOrEqualDateTime, hasChoice };

@@ -30,10 +30,11 @@ const DATE_RE = new RegExp(`^${YEAR}(-${MONTH}(-${DAY})?)?$`);
 const DATETIME_RE = new RegExp(`^${YEAR}(-${MONTH}(-${DAY}(T${TIME}${ZONE})?)?)?$`);
 const INSTANT_RE = new RegExp(`^${YEAR}-${MONTH}-${DAY}T${TIME}${ZONE}$`);
 const TIME_RE = new RegExp(`^${TIME}$`);
+const OID_RE = /^urn:oid:[0-2](\.(0|[1-9][0-9]*))+$/;
+
 const ID_RE = /^[A-Za-z0-9\-.]{1,64}$/;
 const CODE_RE = /^[^ \t\r\n]+([ \t\r\n][^ \t\r\n]+)*$/;
 const URI_RE = /^[^ \t\r\n]*$/;
-const OID_RE = /^urn:oid:[0-2](\.(0|[1-9][0-9]*))+$/;
 const UUID_RE = /^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const XHTML_START_RE = /^[ \t\r\n]*<div[ \t\r\n>/]/;
 

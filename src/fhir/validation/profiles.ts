@@ -113,15 +113,15 @@ export function profileTypesFor(
     for (let i = 0; i < claimed.length; i++) {
       if (typeof claimed[i] !== 'string') continue; // the walk reports the type error
       const type = profileType(claimed[i]);
-      const where = `${sink.location.toString()}.meta.profile[${i}]`;
       if (type === undefined) {
         sink.report(
           'information',
           'informational',
           'Claimed profile is not held by this gateway; the resource was checked against base R4 only',
-          where,
+          `${sink.location.toString()}.meta.profile[${i}]`,
         );
       } else if (type.name !== base.name) {
+        const where = `${sink.location.toString()}.meta.profile[${i}]`;
         sink.report('error', 'invalid', `Profile ${type.profileUrl} constrains ${type.name}, not ${base.name}`, where);
       } else {
         (types ??= []).push(type);

@@ -5,8 +5,8 @@ import { isConcreteResourceType } from './definitions.ts';
 const RELATIVE_RE = /^([A-Z][A-Za-z]+)\/[A-Za-z0-9\-.]{1,64}(\/_history\/[A-Za-z0-9\-.]{1,64})?$/;
 /** Conditional references ("Type?query") are resolved by the server inside transaction bundles. */
 const CONDITIONAL_RE = /^([A-Z][A-Za-z]+)\?\S/;
-const LOCAL_RE = /^#([A-Za-z0-9\-.]{1,64})?$/;
 const UUID_RE = /^urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+const LOCAL_RE = /^#([A-Za-z0-9\-.]{1,64})?$/;
 const OID_RE = /^urn:oid:[0-2](\.(0|[1-9][0-9]*))+$/;
 const ABSOLUTE_RE = /^[A-Za-z][A-Za-z0-9+.\-]*:[^ \t\r\n]+$/;
 /** An absolute RESTful FHIR URL names its type too: http://server/fhir/Patient/123[/_history/1]. */

@@ -104,8 +104,8 @@ function compileType(schema: InternalTypeSchema): CompiledType {
     addElementFields(type, name, element);
   }
   type.required = requiredRules(type);
-  type.valueChoiceBit = 1 << type.choiceNames.indexOf('value[x]');
-  if (!type.choiceNames.includes('value[x]')) type.valueChoiceBit = 0;
+  const valueGroup = type.choiceNames.indexOf('value[x]');
+  type.valueChoiceBit = valueGroup < 0 ? 0 : 1 << valueGroup;
   type.invariants = compileInvariants(schema.constraints, type.path);
   return type;
 }

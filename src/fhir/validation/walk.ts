@@ -14,7 +14,7 @@ import {
   type PendingInvariant,
 } from './invariants.ts';
 import { LocationStack, safePropertyName, type IssueCode, type ValidationIssue } from './issues.ts';
-import { hasJsonKind } from './primitives.ts';
+import { hasJsonKind, isLosslessNumber } from './primitives.ts';
 import { profileTypesFor } from './profiles.ts';
 import { checkReference } from './references.ts';
 import { compiledType, fieldType, type CompiledType, type Field } from './schema.ts';
@@ -25,8 +25,9 @@ type Obj = Record<string, unknown>;
 /** How a resource sits in the tree: contained resources share their container's %rootResource. */
 export type ResourceRole = 'root' | 'contained' | 'entry';
 
+/** A JSON object (not an array, not a number kept as a LosslessNumber). */
 function isObject(value: unknown): value is Obj {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
+  return typeof value === 'object' && value !== null && !Array.isArray(value) && !isLosslessNumber(value);
 }
 
 function isEmptyObject(value: Obj): boolean {

@@ -1,0 +1,60 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { dateRange, parseSearch } from '../../src/fhir/search/query.ts';
+import { extractTerms } from '../../src/fhir/search/terms.ts';
+
+describe('search parameters', () => {
+  it('turns FHIR dates of every precision into UTC intervals', () => {
+    assert.deepEqual(dateRange('2024'), { start: '2024-01-01T00:00:00.000Z', end: '2025-01-01T00:00:00.000Z' });
+    assert.deepEqual(dateRange('2024-02'), { start: '2024-02-01T00:00:00.000Z', end: '2024-03-01T00:00:00.000Z' });
+    assert.deepEqual(dateRange('2024-12-31'), { start: '2024-12-31T00:00:00.000Z', end: '2025-01-01T00:00:00.000Z' });
+    assert.deepEqual(dateRange('2024-01-01T10:00+02:00'), { start: '2024-01-01T08:00:00.000Z', end: '2024-01-01T08:01:00.000Z' });
+    assert.deepEqual(dateRange('2024-01-01T10:00:05.250Z'), { start: '2024-01-01T10:00:05.250Z', end: '2024-01-01T10:00:05.251Z' });
+    assert.equal(dateRange('2024-13'), undefined);
+    assert.equal(dateRange('yesterday'), undefined);
+  });
+
+  it('parses token, reference, _id, _lastUpdated and paging parameters', () => {
+    const { query, countOnly } = parseSearch('Observation', [
+      ['code', 'http://loinc.org|8867-4,|x'],
+      ['patient', '123'],
+      ['subject:Patient', 'Patient/9'],
+      ['_lastUpdated', 'ge2024-01-01'],
+      ['_lastUpdated', 'lt2025'],
+      ['_count', '5000'],
+      ['_summary', 'count'],
+    ]);
+    assert.equal(countOnly, true);
+    assert.equal(query.limit, 1000);
+    assert.deepEqual(query.clauses, [
+      { param: 'code', anyOf: ['http://loinc.org|8867-4', '|x'] },
+      { param: 'patient', anyOf: ['Patient/123'] },
+      { param: 'subject', anyOf: ['Patient/9'] },
+    ]);
+    assert.deepEqual(query.lastUpdated, [{ op: 'ge', value: '2024-01-01T00:00:00.000Z' }, { op: 'lt', value: '2025-01-01T00:00:00.000Z' }]);
+    const subject = parseSearch('Observation', [['subject', 'abc']]).query.clauses[0].anyOf;
+    assert.ok(subject.includes('Patient/abc') && subject.includes('Group/abc') && subject.length > 3);
+  });
+
+  it('rejects what it does not support, with 400', () => {
+    for (const params of [[['name', 'x']], [['code:text', 'x']], [['_sort', 'date']], [['_lastUpdated', 'ap2024']], [['_count', 'ten']], [['subject:Medication', '1']]]) {
+      assert.throws(() => parseSearch('Observation', params as Array<[string, string]>), (e: { status?: number }) => e.status === 400, JSON.stringify(params));
+    }
+  });
+
+  it('extracts token terms for every query form and reference terms without version or base', () => {
+    const terms = extractTerms('Observation', {
+      resourceType: 'Observation',
+      code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }, { code: 'local' }] },
+      subject: { reference: 'Patient/p1/_history/3' },
+      identifier: [{ system: 'urn:x', value: 'v1' }],
+    }).map((t) => `${t.param}=${t.value}`).sort();
+    assert.deepEqual(terms, [
+      'code=8867-4', 'code=http://loinc.org|', 'code=http://loinc.org|8867-4', 'code=local', 'code=|local',
+      'identifier=urn:x|', 'identifier=urn:x|v1', 'identifier=v1',
+      'patient=Patient/p1', 'subject=Patient/p1',
+    ]);
+    const group = extractTerms('Observation', { resourceType: 'Observation', subject: { reference: 'Group/g1' } }).map((t) => `${t.param}=${t.value}`);
+    assert.deepEqual(group, ['subject=Group/g1'], 'patient only indexes references to a Patient');
+  });
+});
