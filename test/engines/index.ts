@@ -49,8 +49,12 @@ export async function provisionEngines(
   opts: { onProgress?: Progress; kafka?: boolean; mongodb?: boolean } = {},
 ): Promise<void> {
   const progress = opts.onProgress ?? (() => {});
-  if (opts.kafka !== false) await provisionKafka(progress);
-  if (opts.mongodb !== false) await provisionFerretDB(progress);
+  // In parallel: the Kafka download waits on the network, the FerretDB build on the CPU.
+  const results = await Promise.allSettled([
+    opts.kafka !== false && provisionKafka(progress),
+    opts.mongodb !== false && provisionFerretDB(progress),
+  ]);
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
 }
 
 function kafkaHome(): string {

@@ -220,7 +220,10 @@ function applyElement(type: CompiledType, name: string, element: ElementDefiniti
     const binding = bindingFor(element.binding, field.typeName);
     if (binding !== undefined) field.binding = binding;
     const targets = referenceTargets(element);
-    if (targets !== undefined) field.referenceTargets = targets;
+    if (targets !== undefined) {
+      field.referenceTargets = targets;
+      field.targetsFromProfile = true;
+    }
     if (element.constraint?.length) {
       const base = field.kind === 'complex' ? fieldType(field).path : element.path;
       field.invariants = [...field.invariants, ...profileInvariants(element, base, url)];

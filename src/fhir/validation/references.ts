@@ -13,16 +13,23 @@ const ABSOLUTE_RE = /^[A-Za-z][A-Za-z0-9+.\-]*:[^ \t\r\n]+$/;
 const ABSOLUTE_REST_RE = /^https?:\/\/[^ \t\r\n]*\/([A-Z][A-Za-z]+)\/[A-Za-z0-9\-.]{1,64}(\/_history\/[A-Za-z0-9\-.]{1,64})?$/;
 
 export interface ReferenceProblem {
+  /**
+   * A malformed reference is an error. A well-formed reference to a type the element does not list is a
+   * warning: real feeds (and four official R4 examples) carry such references, and medplum and HAPI accept
+   * them; $validate still reports it.
+   */
+  severity: 'error' | 'warning';
   code: 'value' | 'invalid';
   message: string;
 }
 
 const MALFORMED: ReferenceProblem = {
+  severity: 'error',
   code: 'value',
   message:
     'Invalid literal reference: expected Type/id, Type/id/_history/version, an absolute URL, #local, urn:uuid:, urn:oid: or a conditional Type?query',
 };
-const UNKNOWN_TYPE: ReferenceProblem = { code: 'value', message: 'Reference names an unknown resource type' };
+const UNKNOWN_TYPE: ReferenceProblem = { severity: 'error', code: 'value', message: 'Reference names an unknown resource type' };
 
 const VALID = null;
 
@@ -57,6 +64,7 @@ export function checkReference(
   if (typeof type !== 'string') return type;
   if (targets !== undefined && !targets.has(type)) {
     return {
+      severity: 'warning',
       code: 'invalid',
       message: `Reference to ${type} is not allowed here (allowed: ${[...targets].join(', ')})`,
     };

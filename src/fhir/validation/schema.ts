@@ -36,6 +36,8 @@ export interface Field {
   binding: RequiredBinding | undefined;
   /** Allowed resource types of a Reference; undefined means any. */
   referenceTargets: ReadonlySet<string> | undefined;
+  /** True when a profile narrowed the targets: then a reference to another type is an error, not a warning. */
+  targetsFromProfile?: boolean;
   /** Constraints declared on this element that its type does not already carry. */
   invariants: Invariant[];
   fixed: unknown;

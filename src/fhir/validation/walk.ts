@@ -250,7 +250,10 @@ export class Walker {
     this.walkObject(value, type);
     if (field.typeName === 'Reference') {
       const problem = checkReference(value, field.referenceTargets);
-      if (problem !== undefined) this.report('error', problem.code, problem.message, this.location.child('reference'));
+      if (problem !== undefined) {
+        const severity = problem.code === 'invalid' && field.targetsFromProfile ? 'error' : problem.severity;
+        this.report(severity, problem.code, problem.message, this.location.child('reference'));
+      }
     }
     this.checkConformance(value, field);
     for (let i = 0; i < field.invariants.length; i++) this.checkInvariant(field.invariants[i], value, type);
