@@ -57,6 +57,14 @@ function queryPairs(req: Request): Array<[string, string]> {
   return q < 0 ? [] : [...new URLSearchParams(req.originalUrl.slice(q + 1))];
 }
 
+function pathSegments(path: string): string[] {
+  try {
+    return path.split('/').filter(Boolean).map(decodeURIComponent);
+  } catch {
+    throw errors.badRequest('the URL path is not validly percent-encoded');
+  }
+}
+
 function parseBody(req: Request): unknown {
   if (!Buffer.isBuffer(req.body) || req.body.length === 0) return undefined;
   const type = mediaType(req.get('Content-Type'));
@@ -122,7 +130,7 @@ export function createApp(opts: AppOptions): express.Express {
       const auth = await verifyToken(opts.issuer, m[1]).catch((e: unknown) => {
         throw e instanceof InvalidTokenError ? errors.unauthorized(e.message) : e;
       });
-      const path = req.path.split('/').filter(Boolean).map(decodeURIComponent);
+      const path = pathSegments(req.path);
       const query = queryPairs(req);
       interaction = matchRoute(req.method === 'HEAD' ? 'GET' : req.method, path, query).route.interaction;
       const baseUrl = opts.baseUrl ?? `${req.protocol}://${req.get('host')}${req.baseUrl}`;

@@ -252,6 +252,7 @@ describe('errors are OperationOutcomes with the right status', () => {
     assertOutcome(await put('Patient/abc', { ...patient(), id: 'xyz' }), 400);
     assertOutcome(await put('Patient/abc', patient()), 400);
     assertOutcome(await get('Patient/bad%20id!'), 400);
+    assertOutcome(await get('Patient/%E0%A4%A'), 400);
   });
 
   it('401 without or with a bad token, 403 without the scope', async () => {

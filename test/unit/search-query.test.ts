@@ -58,3 +58,23 @@ describe('search parameters', () => {
     assert.deepEqual(group, ['subject=Group/g1'], 'patient only indexes references to a Patient');
   });
 });
+
+describe('index term extraction', () => {
+  it('walks plain member paths exactly as fhirpath.js evaluates them, on every official example', async () => {
+    const { readdirSync, readFileSync } = await import('node:fs');
+    const { join } = await import('node:path');
+    const { parseFhirJson } = await import('../../src/fhir/json.ts');
+    const { fhirpathExtractor, indexedParams } = await import('../../src/fhir/search/parameters.ts');
+    const dir = join(import.meta.dirname, '..', '..', '..', 'shared', 'fhir-data', 'examples');
+    let compared = 0;
+    for (const file of readdirSync(dir)) {
+      const resource = parseFhirJson(readFileSync(join(dir, file), 'utf8')) as { resourceType: string };
+      for (const param of indexedParams(resource.resourceType).values()) {
+        const reference = fhirpathExtractor(resource.resourceType, param.code)!;
+        assert.deepEqual(JSON.stringify(param.extract(resource)), JSON.stringify(reference(resource)), `${file} ${param.code}`);
+        compared++;
+      }
+    }
+    assert.ok(compared > 1000, `compared ${compared}`);
+  });
+});

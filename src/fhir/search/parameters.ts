@@ -67,13 +67,14 @@ function asToOfType(expression: string): string {
  * Compiles the branches of a definition's expression that apply to one resource type. fhirpath.js has no
  * resolver here, so `where(resolve() is X)` becomes a filter on the reference's type prefix.
  */
-function compileFor(resourceType: string, expression: string): (resource: unknown) => unknown[] {
+function compileFor(resourceType: string, expression: string, viaFhirpathOnly = false): (resource: unknown) => unknown[] {
   const branches = splitUnion(expression).filter(
     (b) => b.replace(/^\(+/, '').startsWith(`${resourceType}.`) || b.startsWith(`${resourceType} `),
   );
   const compiled = branches.map((branch) => {
     const resolveIs = RESOLVE_IS.exec(branch);
-    const fn = fhirpath.compile(asToOfType(branch.replace(RESOLVE_IS, '')), r4model);
+    const expression = branch.replace(RESOLVE_IS, '');
+    const fn = (viaFhirpathOnly ? undefined : simplePath(expression)) ?? fhirpath.compile(asToOfType(expression), r4model);
     if (!resolveIs) return (resource: unknown) => fn(resource) as unknown[];
     const target = resolveIs[1];
     return (resource: unknown) =>
@@ -83,6 +84,30 @@ function compileFor(resourceType: string, expression: string): (resource: unknow
   });
   if (compiled.length === 1) return compiled[0];
   return (resource) => compiled.flatMap((fn) => fn(resource));
+}
+
+/**
+ * Plain member paths (`Observation.subject`, `Claim.item.encounter`) are most of the indexed expressions;
+ * walking them directly is ~10x cheaper than fhirpath.js and gives the same collection (arrays flattened).
+ */
+function simplePath(expression: string): ((resource: unknown) => unknown[]) | undefined {
+  if (!/^[A-Z][A-Za-z]+(\.[a-z][A-Za-z]*)+$/.test(expression)) return undefined;
+  const steps = expression.split('.').slice(1);
+  return (resource) => {
+    let nodes: unknown[] = [resource];
+    for (const step of steps) {
+      const next: unknown[] = [];
+      for (const node of nodes) {
+        const value = (node as Record<string, unknown>)[step];
+        if (value === undefined || value === null) continue;
+        if (Array.isArray(value)) next.push(...value);
+        else next.push(value);
+      }
+      if (next.length === 0) return next;
+      nodes = next;
+    }
+    return nodes;
+  };
 }
 
 /** `Patient/123`, `http://x/fhir/Patient/123/_history/2` → `Patient`. */
@@ -115,6 +140,13 @@ function build(): Map<string, Map<string, IndexedParam>> {
     }
   }
   return byType;
+}
+
+/** The same extraction done by fhirpath.js alone, for tests that check the direct path walker against it. */
+export function fhirpathExtractor(resourceType: string, code: string): ((resource: unknown) => unknown[]) | undefined {
+  const bundle = readJson('fhir/r4/search-parameters.json') as { entry: Array<{ resource: SearchParameterDefinition }> };
+  const sp = bundle.entry.find((e) => e.resource.code === code && e.resource.base.includes(resourceType))?.resource;
+  return sp?.expression ? compileFor(resourceType, sp.expression, true) : undefined;
 }
 
 /** Indexed parameters of a resource type (empty map if none). */
