@@ -13,6 +13,7 @@ import { loadDevIssuer, mintToken } from '../src/access/tokens.ts';
 import { parseFhirJson, stringifyFhirJson } from '../src/fhir/json.ts';
 import { initValidation, validateResource } from '../src/fhir/validation/index.ts';
 import { canonicalize } from '../src/ledger/canonical-json.ts';
+import { measureValidation } from './validation.ts';
 
 const ROOT = join(import.meta.dirname, '..');
 const SYNTHEA = join(ROOT, '..', 'shared', 'fhir-data', 'synthea');
@@ -160,6 +161,7 @@ async function main() {
     rmSync(dataDir, { recursive: true, force: true });
   }
   const floor = computeFloor(patients, Math.min(TARGET_RESOURCES, 20_000));
+  const validation = measureValidation({ rounds: 2, maxPerType: 300 });
   const ingestRate = http.resources / http.seconds;
   const results = {
     date: new Date().toISOString(),
@@ -176,6 +178,11 @@ async function main() {
     },
     computeFloor: { resources: floor.resources, resourcesPerSecond: Math.round(floor.perSecond) },
     ratio: { ingestToFloor: Number((ingestRate / floor.perSecond).toFixed(2)) },
+    validation: {
+      oursUsPerResource: Number(validation.oursUs.toFixed(1)),
+      medplumUsPerResource: Number(validation.medplumUs.toFixed(1)),
+      speedup: Number(validation.speedup.toFixed(1)),
+    },
   };
   writeFileSync(join(ROOT, 'bench', 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
   const rows: Array<[string, string]> = [
@@ -185,6 +192,7 @@ async function main() {
     ['  gateway peak RSS (MB)', String(results.ingest.peakRssMb)],
     ['compute floor: parse+validate+JCS+SHA-256 (resources/s)', String(results.computeFloor.resourcesPerSecond)],
     ['ratio ingest / floor', String(results.ratio.ingestToFloor)],
+    ['validation µs/resource: ours / @medplum/core', `${results.validation.oursUsPerResource} / ${results.validation.medplumUsPerResource} (${results.validation.speedup}x)`],
   ];
   const width = Math.max(...rows.map(([k]) => k.length));
   console.log(`| ${'metric'.padEnd(width)} | value |\n| ${'-'.repeat(width)} | ----- |`);

