@@ -18,7 +18,7 @@ import { measureValidation } from './validation.ts';
 const ROOT = join(import.meta.dirname, '..');
 const SYNTHEA = join(ROOT, '..', 'shared', 'fhir-data', 'synthea');
 const TARGET_RESOURCES = Number(process.env.BENCH_RESOURCES ?? 50_000);
-const CONCURRENCY = 2;
+const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 4);
 
 interface BundleFile {
   name: string;

@@ -10,7 +10,9 @@ import { FHIR_DATA } from '../support/gateway.ts';
 const BIN = join(import.meta.dirname, '..', '..', 'bin', 'medblock.js');
 const dataDir = mkdtempSync(join(tmpdir(), 'medblock-cli-'));
 after(() => rmSync(dataDir, { recursive: true, force: true }));
-const env = { ...process.env, MEDBLOCK_DATA_DIR: dataDir, MEDBLOCK_LOG: 'on' };
+// The CLI runs on the embedded default here; the engine addresses of the test run are not passed on.
+const { MEDBLOCK_MONGODB_URI: _m, MEDBLOCK_KAFKA_BROKERS: _k, ...baseEnv } = process.env;
+const env = { ...baseEnv, MEDBLOCK_DATA_DIR: dataDir, MEDBLOCK_LOG: 'on' };
 
 function medblock(...args: string[]) {
   return spawnSync(process.execPath, [BIN, ...args], { env, encoding: 'utf8', timeout: 300_000 });

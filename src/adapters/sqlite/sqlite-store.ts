@@ -73,7 +73,7 @@ export class SqliteStore implements ResourceStore {
     if (this.file !== ':memory:') mkdirSync(dirname(this.file), { recursive: true });
     this.db = new Database(this.file);
     this.db.pragma('journal_mode = WAL');
-    this.db.pragma('synchronous = FULL');
+    this.db.pragma(`synchronous = ${process.env.MEDBLOCK_SQLITE_SYNC ?? 'FULL'}`);
     this.db.pragma('busy_timeout = 5000');
     // A 64 MiB page cache and fewer, larger checkpoints: ingest writes megabytes per bundle.
     this.db.pragma('cache_size = -65536');
