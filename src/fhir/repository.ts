@@ -5,6 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { CanonicalJsonError, canonicalDigestHex } from '../ledger/canonical-json.ts';
 import {
+  CommitAbortedError,
   VersionConflictError,
   type HistoryQuery,
   type IndexTerm,
@@ -110,6 +111,8 @@ class Mutex {
 
 export class FhirRepository {
   private readonly writeLock = new Mutex();
+  /** Submitted batches that are not durable yet, oldest first. */
+  private readonly inflight: WriteSession[] = [];
 
   constructor(readonly store: ResourceStore) {}
 
@@ -169,14 +172,29 @@ export class FhirRepository {
 
   /**
    * Runs `fn` with a write session and commits everything it staged in one store batch: all of it becomes
-   * visible, or (on any error) none of it.
+   * visible, or (on any error) none of it. Resolves once the batch is durable.
+   *
+   * Sessions are serialised by a lock, but when the store applies commits in order (pipelinedCommits) the
+   * lock is released as soon as a batch is submitted: the next session sees the submitted batches through
+   * the in-flight overlay, and if one of them fails the store aborts every later batch.
    */
   async write<T>(fn: (session: WriteSession) => Promise<T>): Promise<T> {
-    return this.writeLock.run(async () => {
-      const session = new WriteSession(this.store);
-      const result = await fn(session);
-      await session.commit();
-      return result;
+    let durable: Promise<void> | undefined;
+    const result = await this.writeLock.run(async () => {
+      const session = new WriteSession(this.store, [...this.inflight]);
+      const value = await fn(session);
+      durable = this.submit(session);
+      if (!this.store.pipelinedCommits) await durable;
+      return value;
+    });
+    await durable;
+    return result;
+  }
+
+  private submit(session: WriteSession): Promise<void> {
+    this.inflight.push(session);
+    return session.commit().finally(() => {
+      this.inflight.splice(this.inflight.indexOf(session), 1);
     });
   }
 }
@@ -192,11 +210,33 @@ export class WriteSession {
   /** One instant for everything the session writes: a transaction happens at one time. */
   readonly now = new Date().toISOString();
 
-  constructor(private readonly store: ResourceStore) {}
+  /** `predecessors`: submitted sessions not yet durable, oldest first; their writes count as current. */
+  constructor(
+    private readonly store: ResourceStore,
+    private readonly predecessors: WriteSession[] = [],
+  ) {}
+
+  /** The newest write to `key` not yet in the store: this session's own, else the latest in-flight one. */
+  private overlay(key: string): Staged | undefined {
+    const own = this.staged.get(key);
+    if (own) return own;
+    for (let i = this.predecessors.length - 1; i >= 0; i--) {
+      const theirs = this.predecessors[i].staged.get(key);
+      if (theirs) return theirs;
+    }
+    return undefined;
+  }
+
+  /** Every write of this session and its predecessors, newest per resource. */
+  private overlayWrites(): Map<string, Staged> {
+    const all = new Map<string, Staged>();
+    for (const session of [...this.predecessors, this]) for (const [key, staged] of session.staged) all.set(key, staged);
+    return all;
+  }
 
   private async currentVersion(type: string, id: string): Promise<ResourceVersion | undefined> {
-    const staged = this.staged.get(`${type}/${id}`);
-    if (staged) return staged.version;
+    const pending = this.overlay(`${type}/${id}`);
+    if (pending) return pending.version;
     const stored = await this.store.current(type, id);
     return stored && toVersion(stored);
   }
@@ -280,11 +320,11 @@ export class WriteSession {
     const params = [...new URLSearchParams(queryString)];
     if (params.length === 0) throw errors.badRequest(`a conditional ${type} query must have criteria`);
     const { query } = parseSearch(type, params);
-    const stagedOfType = [...this.staged.values()].filter((s) => s.write.record.type === type);
-    const stored = await this.store.search({ ...query, afterId: undefined, limit: limit + stagedOfType.length });
+    const pending = [...this.overlayWrites()].filter(([, s]) => s.write.record.type === type);
+    const stored = await this.store.search({ ...query, afterId: undefined, limit: limit + pending.length });
     const ids = new Set<string>();
-    for (const r of stored) if (!this.staged.has(`${type}/${r.id}`)) ids.add(r.id);
-    for (const s of stagedOfType) if (matchesStaged(query, s.write)) ids.add(s.write.record.id);
+    for (const r of stored) if (!this.overlay(`${type}/${r.id}`)) ids.add(r.id);
+    for (const [, s] of pending) if (matchesStaged(query, s.write)) ids.add(s.write.record.id);
     return [...ids].slice(0, limit);
   }
 
@@ -296,6 +336,7 @@ export class WriteSession {
       if (e instanceof VersionConflictError) {
         throw errors.conflict(`${e.type}/${e.id} was changed concurrently; retry the request`);
       }
+      if (e instanceof CommitAbortedError) throw errors.conflict(`${e.message}; retry the request`);
       throw e;
     }
   }

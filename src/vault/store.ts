@@ -87,7 +87,24 @@ export class VersionConflictError extends Error {
   }
 }
 
+/**
+ * Nothing of the batch was written because a batch submitted before it failed and this one may depend on it
+ * (see ResourceStore.pipelinedCommits). Safe to retry.
+ */
+export class CommitAbortedError extends Error {
+  constructor() {
+    super('an earlier write this one may depend on failed; nothing was written');
+    this.name = 'CommitAbortedError';
+  }
+}
+
 export interface ResourceStore {
+  /**
+   * True when commit() applies batches strictly in call order and fails (CommitAbortedError) every batch
+   * submitted after a failed one. Then a caller may submit the next batch before the previous one is durable,
+   * provided it read the previous batch's writes itself (the repository's in-flight overlay).
+   */
+  readonly pipelinedCommits: boolean;
   /** Creates tables/indexes and finishes or undoes any batch a crash interrupted. */
   init(): Promise<void>;
   close(): Promise<void>;

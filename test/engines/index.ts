@@ -3,7 +3,7 @@
 // See docs/engines.md.
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, existsSync, openSync, readFileSync, realpathSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, realpathSync, rmSync, statSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -272,44 +272,14 @@ async function startFerretDB(runDir: string, detached: boolean, pids: { ferretdb
 async function startKafka(runDir: string, detached: boolean, pids: { kafka?: number },
   progress: Progress, brokerJvm: string[] = []): Promise<string> {
   const t0 = Date.now();
-  const home = kafkaHome();
   const log = path.join(runDir, 'logs', 'kafka.log');
-  const log4j = path.join(runDir, 'kafka-log4j2.properties');
-  await fs.writeFile(log4j, [
-    'appender.out.type=Console', 'appender.out.name=OUT', 'appender.out.layout.type=PatternLayout',
-    'appender.out.layout.pattern=[%d] %p %m (%c)%n', 'rootLogger.level=INFO', 'rootLogger.appenderRef.out.ref=OUT',
-    // The broker's full config dump is long and rarely useful.
-    'logger.config.name=org.apache.kafka.common.config.AbstractConfig', 'logger.config.level=WARN', '',
-  ].join('\n'));
-  await fs.mkdir(path.dirname(log), { recursive: true });
-  const cds = cdsArchive();
-  // C1 only (TieredStopAtLevel=1) starts much faster; tests never run long enough to miss C2.
-  const jvm = ['-XX:+UseSerialGC', '-XX:TieredStopAtLevel=1', '-XX:-UsePerfData', '-Djava.awt.headless=true',
-    '-Dlog4j2.shutdownHookEnabled=false', // log Kafka's own shutdown to the end
-    ...(existsSync(cds) ? [`-XX:SharedArchiveFile=${cds}`] : []),
-    `-Dlog4j2.configurationFile=${log4j}`, '-cp', path.join(home, 'libs', '*')];
+  const jvm = await kafkaJvm(runDir);
 
   // Free ports are picked here and bound by Kafka later; retry if another process took one meanwhile.
   for (let attempt = 1; ; attempt++) {
     const [port, controllerPort] = await freePorts(2);
-    const data = path.join(runDir, `kafka-data-${attempt}`);
-    const props = path.join(runDir, 'kafka-server.properties');
-    await fs.writeFile(props, [
-      'process.roles=broker,controller', 'node.id=1',
-      `controller.quorum.bootstrap.servers=127.0.0.1:${controllerPort}`,
-      `listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${controllerPort}`,
-      `advertised.listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${controllerPort}`,
-      'inter.broker.listener.name=PLAINTEXT', 'controller.listener.names=CONTROLLER',
-      'listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT',
-      `log.dirs=${data}`, 'num.partitions=1',
-      'offsets.topic.replication.factor=1', 'offsets.topic.num.partitions=1',
-      'transaction.state.log.replication.factor=1', 'transaction.state.log.min.isr=1',
-      'transaction.state.log.num.partitions=1',
-      'share.coordinator.state.topic.replication.factor=1', 'share.coordinator.state.topic.min.isr=1',
-      'group.initial.rebalance.delay.ms=0', '',
-    ].join('\n'));
-    await run(javaCmd(), ['-Xmx256m', ...jvm, 'kafka.tools.StorageTool', 'format', '--standalone',
-      '--cluster-id', clusterId(), '--config', props], { cwd: runDir, log, what: 'Kafka storage format' });
+    const props = await formatKafka(runDir, jvm, { port: port!, controllerPort: controllerPort!,
+      dataDir: path.join(runDir, `kafka-data-${attempt}`) });
     const child = spawnEngine(javaCmd(),
       ['-Xms128m', '-Xmx512m', ...jvm, ...brokerJvm, 'kafka.Kafka', props], log, detached);
     pids.kafka = child.pid;
@@ -322,6 +292,151 @@ async function startKafka(runDir: string, detached: boolean, pids: { kafka?: num
       await stopProcesses([child.pid]);
       progress(`kafka: port taken, retrying (${attempt})`);
     }
+  }
+}
+
+/** Writes the run's log4j2 config and returns the JVM options (classpath included) for Kafka's tools. */
+async function kafkaJvm(runDir: string): Promise<string[]> {
+  const log4j = path.join(runDir, 'kafka-log4j2.properties');
+  await fs.writeFile(log4j, [
+    'appender.out.type=Console', 'appender.out.name=OUT', 'appender.out.layout.type=PatternLayout',
+    'appender.out.layout.pattern=[%d] %p %m (%c)%n', 'rootLogger.level=INFO', 'rootLogger.appenderRef.out.ref=OUT',
+    // The broker's full config dump is long and rarely useful.
+    'logger.config.name=org.apache.kafka.common.config.AbstractConfig', 'logger.config.level=WARN', '',
+  ].join('\n'));
+  await fs.mkdir(path.join(runDir, 'logs'), { recursive: true });
+  const cds = cdsArchive();
+  // C1 only (TieredStopAtLevel=1) starts much faster; tests never run long enough to miss C2.
+  return ['-XX:+UseSerialGC', '-XX:TieredStopAtLevel=1', '-XX:-UsePerfData', '-Djava.awt.headless=true',
+    '-Dlog4j2.shutdownHookEnabled=false', // log Kafka's own shutdown to the end
+    ...(existsSync(cds) ? [`-XX:SharedArchiveFile=${cds}`] : []),
+    `-Dlog4j2.configurationFile=${log4j}`, '-cp', path.join(kafkaHome(), 'libs', '*')];
+}
+
+/**
+ * Writes `kafka-server.properties` for a one-node KRaft cluster on these ports and data dir, and formats
+ * the data dir (the controller's port goes into its bootstrap checkpoint). Returns the properties path.
+ */
+async function formatKafka(runDir: string, jvm: string[],
+  at: { port: number; controllerPort: number; dataDir: string }): Promise<string> {
+  const props = path.join(runDir, 'kafka-server.properties');
+  await fs.writeFile(props, [
+    'process.roles=broker,controller', 'node.id=1',
+    `controller.quorum.bootstrap.servers=127.0.0.1:${at.controllerPort}`,
+    `listeners=PLAINTEXT://127.0.0.1:${at.port},CONTROLLER://127.0.0.1:${at.controllerPort}`,
+    `advertised.listeners=PLAINTEXT://127.0.0.1:${at.port},CONTROLLER://127.0.0.1:${at.controllerPort}`,
+    'inter.broker.listener.name=PLAINTEXT', 'controller.listener.names=CONTROLLER',
+    'listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT',
+    `log.dirs=${at.dataDir}`, 'num.partitions=1',
+    'offsets.topic.replication.factor=1', 'offsets.topic.num.partitions=1',
+    'transaction.state.log.replication.factor=1', 'transaction.state.log.min.isr=1',
+    'transaction.state.log.num.partitions=1',
+    'share.coordinator.state.topic.replication.factor=1', 'share.coordinator.state.topic.min.isr=1',
+    'group.initial.rebalance.delay.ms=0', '',
+  ].join('\n'));
+  await run(javaCmd(), ['-Xmx256m', ...jvm, 'kafka.tools.StorageTool', 'format', '--standalone',
+    '--cluster-id', clusterId(), '--config', props], { cwd: runDir, log: path.join(runDir, 'logs', 'kafka.log'),
+    what: 'Kafka storage format' });
+  return props;
+}
+
+// ------------------------------------------------------ a broker a test can crash
+
+/** A Kafka broker of its own for one test, which it can SIGKILL and restart on the same data and ports. */
+export interface KafkaBroker {
+  /** `127.0.0.1:<port>`, the same across restarts. */
+  brokers: string;
+  dataDir: string;
+  /** The broker's console log, appended to across restarts. */
+  logFile: string;
+  /** SIGKILLs the broker, as a crash would (no shutdown, nothing flushed by Kafka), and waits until it is gone. */
+  kill(): Promise<void>;
+  /** Starts it again on the same data dir and ports, without formatting, and waits until it serves. */
+  restart(): Promise<void>;
+  /** Stops it (SIGTERM, SIGKILL after 15 s) and removes its directory (logs kept with `keepLogs` or after a crash). */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts a dedicated one-node Kafka (provisioned like {@link startEngines}) that dies with this process.
+ * Throws an {@link EnginesError} when the toolchain is missing or Kafka does not start.
+ */
+export async function startKafkaBroker(opts: { keepLogs?: boolean; onProgress?: Progress } = {}): Promise<KafkaBroker> {
+  const progress = opts.onProgress ?? (() => {});
+  await provisionEngines({ onProgress: progress, kafka: true, mongodb: false });
+  const runDir = await fs.mkdtemp(path.join(os.tmpdir(), 'medblock-engines-'));
+  await fs.writeFile(path.join(runDir, 'owner.pid'), `${process.pid}\n`);
+  const logFile = path.join(runDir, 'logs', 'kafka.log');
+  let pid: number | undefined;
+  const killOnExit = () => { // this process exits without stop(): take the broker along
+    if (pid !== undefined) signalGroup(pid, 'SIGKILL');
+    if (!opts.keepLogs) rmSync(runDir, { recursive: true, force: true });
+  };
+  process.on('exit', killOnExit);
+
+  /** Starts Kafka on `props`; rejects with "Address already in use" in the log if a port was taken. */
+  const launch = async (jvm: string[], props: string): Promise<void> => {
+    const from = existsSync(logFile) ? statSync(logFile).size : 0; // earlier starts logged "started" too
+    const child = spawnEngine(javaCmd(), ['-Xms128m', '-Xmx512m', ...jvm, 'kafka.Kafka', props], logFile, false);
+    pid = child.pid;
+    try {
+      await waitForLog(child, logFile, /Kafka Server started/, 120_000, 'Kafka', from);
+    } catch (err) {
+      await stopProcesses([child.pid]);
+      pid = undefined;
+      throw err;
+    }
+  };
+  const portTaken = () => /Address already in use/.test(tail(logFile, 200));
+
+  try {
+    const t0 = Date.now();
+    const jvm = await kafkaJvm(runDir);
+    let props: string, port: number, dataDir: string;
+    for (let attempt = 1; ; attempt++) { // as in startKafka: new ports if one was taken meanwhile
+      const [p, controllerPort] = await freePorts(2);
+      port = p!;
+      dataDir = path.join(runDir, `kafka-data-${attempt}`);
+      props = await formatKafka(runDir, jvm, { port, controllerPort: controllerPort!, dataDir });
+      try {
+        await launch(jvm, props);
+        break;
+      } catch (err) {
+        if (attempt >= 3 || !portTaken()) throw err;
+      }
+    }
+    progress(`kafka (dedicated): ready in ${((Date.now() - t0) / 1000).toFixed(1)} s at 127.0.0.1:${port}`);
+    return {
+      brokers: `127.0.0.1:${port}`, dataDir, logFile,
+      async kill() {
+        if (pid === undefined) return;
+        signalGroup(pid, 'SIGKILL');
+        while (isAlive(pid)) await sleep(20);
+        pid = undefined;
+      },
+      async restart() {
+        if (pid !== undefined) throw new EnginesError('the dedicated Kafka broker is still running');
+        for (let attempt = 1; ; attempt++) { // the same ports are needed: wait for them instead
+          try {
+            return await launch(jvm, props);
+          } catch (err) {
+            if (attempt >= 3 || !portTaken()) throw err;
+            await sleep(1_000);
+          }
+        }
+      },
+      async stop() {
+        process.off('exit', killOnExit);
+        const clean = pid === undefined || await stopProcesses([pid]);
+        pid = undefined;
+        await removeRunDir(runDir, Boolean(opts.keepLogs) || !clean);
+      },
+    };
+  } catch (err) {
+    process.off('exit', killOnExit);
+    if (pid !== undefined) await stopProcesses([pid]);
+    await removeRunDir(runDir, true);
+    throw err;
   }
 }
 
@@ -376,13 +491,14 @@ function spawnEngine(cmd: string, args: string[], log: string, detached: boolean
   return { pid: child.pid, exit };
 }
 
+/** Waits until `ready` appears in `log` after byte `from` (earlier starts may have written it before). */
 async function waitForLog(child: EngineChild, log: string, ready: RegExp, timeoutMs: number,
-  name: string): Promise<RegExpMatchArray> {
+  name: string, from = 0): Promise<RegExpMatchArray> {
   let exited: number | null | undefined;
   void child.exit.then((code) => { exited = code; });
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const m = existsSync(log) ? readFileSync(log, 'utf8').match(ready) : null;
+    const m = existsSync(log) ? readFileSync(log).subarray(from).toString('utf8').match(ready) : null;
     if (m) return m;
     if (exited !== undefined || Date.now() > deadline) {
       const why = exited !== undefined ? `exited with code ${exited}` : `not ready after ${timeoutMs / 1000} s`;

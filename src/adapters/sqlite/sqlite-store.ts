@@ -1,7 +1,7 @@
-import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
+import type Database from 'better-sqlite3';
+import { Worker } from 'node:worker_threads';
 import {
+  CommitAbortedError,
   VersionConflictError,
   type HistoryQuery,
   type ResourceStore,
@@ -9,6 +9,9 @@ import {
   type StoredVersion,
   type VersionWrite,
 } from '../../vault/store.ts';
+import { openDatabase } from './schema.ts';
+import { SqliteWriter } from './sqlite-writer.ts';
+import type { WriterReply, WriterRequest } from './writer-protocol.ts';
 
 interface VersionRow {
   seq: number;
@@ -21,25 +24,6 @@ interface VersionRow {
   digest: string | null;
 }
 
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS versions (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
-  last_updated TEXT NOT NULL, deleted INTEGER NOT NULL, content BLOB, digest TEXT,
-  UNIQUE (type, id, version)
-);
-CREATE TABLE IF NOT EXISTS current (
-  type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, seq INTEGER NOT NULL,
-  last_updated TEXT NOT NULL, deleted INTEGER NOT NULL,
-  PRIMARY KEY (type, id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS current_by_last_updated ON current (type, last_updated);
-CREATE TABLE IF NOT EXISTS terms (
-  type TEXT NOT NULL, param TEXT NOT NULL, value TEXT NOT NULL, id TEXT NOT NULL,
-  PRIMARY KEY (type, param, value, id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS terms_by_resource ON terms (type, id);
-`;
 
 const VERSION_COLUMNS = 'v.seq, v.type, v.id, v.version, v.last_updated, v.deleted, v.content, v.digest';
 
@@ -59,71 +43,66 @@ function toStored(row: VersionRow): StoredVersion {
 const BOUND_SQL = { gt: '>', ge: '>=', lt: '<', le: '<=' } as const;
 
 /**
- * The embedded default store: one SQLite file in WAL mode with synchronous=FULL, so a commit that
- * returned survives a crash or power loss. A batch is one SQL transaction.
+ * The embedded default store: one SQLite file. Reads run on the main thread's connection; batches are
+ * committed by a writer thread (its own connection) in submission order, so the fsync of one bundle overlaps
+ * the processing of the next. `inlineWriter` commits on the calling thread instead (tools, crash tests).
  */
 export class SqliteStore implements ResourceStore {
+  readonly pipelinedCommits: boolean;
   private db!: Database.Database;
   private statements!: ReturnType<SqliteStore['prepare']>;
-  private applyBatch!: (writes: VersionWrite[]) => void;
+  private inline?: SqliteWriter;
+  private thread?: Worker;
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
 
-  constructor(private readonly file: string) {}
-
-  async init(): Promise<void> {
-    if (this.file !== ':memory:') mkdirSync(dirname(this.file), { recursive: true });
-    this.db = new Database(this.file);
-    this.db.pragma('journal_mode = WAL');
-    this.db.pragma(`synchronous = ${process.env.MEDBLOCK_SQLITE_SYNC ?? 'FULL'}`);
-    this.db.pragma('busy_timeout = 5000');
-    // A 64 MiB page cache and fewer, larger checkpoints: ingest writes megabytes per bundle.
-    this.db.pragma('cache_size = -65536');
-    this.db.pragma('wal_autocheckpoint = 4096');
-    this.db.exec(SCHEMA);
-    this.statements = this.prepare();
-    this.applyBatch = this.db.transaction((writes: VersionWrite[]) => {
-      for (const write of writes) {
-        try {
-          this.applyWrite(write);
-        } catch (e) {
-          // A taken (type, id, version) or an existing resource for a create: another writer came first.
-          const code = (e as { code?: string }).code;
-          if (code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
-            throw new VersionConflictError(write.record.type, write.record.id);
-          }
-          throw e;
-        }
-      }
-    });
+  constructor(
+    private readonly file: string,
+    private readonly options: { inlineWriter?: boolean } = {},
+  ) {
+    this.pipelinedCommits = !options.inlineWriter;
   }
 
-  private applyWrite({ record: r, terms, expectedVersion }: VersionWrite): void {
-    const s = this.statements;
-    if (r.versionId <= expectedVersion) throw new VersionConflictError(r.type, r.id);
-    const deleted = r.deleted ? 1 : 0;
-    const { lastInsertRowid: seq } = s.insertVersion.run(r.type, r.id, r.versionId, r.lastUpdated, deleted, r.content, r.digest);
-    // The current pointer moves only from the expected version: the optimistic concurrency check.
-    if (expectedVersion === 0) {
-      s.insertCurrent.run(r.type, r.id, r.versionId, seq, r.lastUpdated, deleted);
-    } else {
-      const moved = s.moveCurrent.run(r.versionId, seq, r.lastUpdated, deleted, r.type, r.id, expectedVersion);
-      if (moved.changes !== 1) throw new VersionConflictError(r.type, r.id);
-      s.deleteTerms.run(r.type, r.id);
+  /** The inline writer (only with `inlineWriter`), for fault-injection tests. */
+  get inlineWriter(): SqliteWriter | undefined {
+    return this.inline;
+  }
+
+  async init(): Promise<void> {
+    this.db = openDatabase(this.file);
+    this.statements = this.prepare();
+    if (this.options.inlineWriter) {
+      this.inline = new SqliteWriter(this.db);
+      return;
     }
-    for (const t of terms) s.insertTerm.run(r.type, t.param, t.value, r.id);
+    this.thread = new Worker(new URL('./writer-bootstrap.mjs', import.meta.url), { workerData: { file: this.file } });
+    this.thread.on('message', (reply: WriterReply) => this.settle(reply));
+    this.thread.on('error', (e) => this.failAll(e));
+    this.thread.on('exit', () => this.failAll(new Error('the vault writer thread stopped')));
+    // Do not keep the process alive for an idle writer.
+    this.thread.unref();
+  }
+
+  private settle(reply: WriterReply): void {
+    const waiter = this.pending.get(reply.id);
+    if (!waiter) return;
+    this.pending.delete(reply.id);
+    if (this.pending.size === 0) this.thread!.unref();
+    if (!reply.error) return waiter.resolve();
+    if (!reply.error.aborted) this.thread!.postMessage({ kind: 'resume' } satisfies WriterRequest);
+    if (reply.error.conflict) waiter.reject(new VersionConflictError(reply.error.conflict.type, reply.error.conflict.id));
+    else if (reply.error.aborted) waiter.reject(new CommitAbortedError());
+    else waiter.reject(new Error(`vault write failed (${reply.error.message})`));
+  }
+
+  private failAll(error: Error): void {
+    for (const waiter of this.pending.values()) waiter.reject(error);
+    this.pending.clear();
   }
 
   private prepare() {
     const db = this.db;
     return {
-      insertVersion: db.prepare(
-        'INSERT INTO versions (type, id, version, last_updated, deleted, content, digest) VALUES (?, ?, ?, ?, ?, ?, ?)',
-      ),
-      insertCurrent: db.prepare('INSERT INTO current (type, id, version, seq, last_updated, deleted) VALUES (?, ?, ?, ?, ?, ?)'),
-      moveCurrent: db.prepare(
-        'UPDATE current SET version = ?, seq = ?, last_updated = ?, deleted = ? WHERE type = ? AND id = ? AND version = ?',
-      ),
-      deleteTerms: db.prepare('DELETE FROM terms WHERE type = ? AND id = ?'),
-      insertTerm: db.prepare('INSERT OR IGNORE INTO terms (type, param, value, id) VALUES (?, ?, ?, ?)'),
       current: db.prepare(
         `SELECT ${VERSION_COLUMNS} FROM current c JOIN versions v ON v.seq = c.seq WHERE c.type = ? AND c.id = ?`,
       ),
@@ -132,6 +111,12 @@ export class SqliteStore implements ResourceStore {
   }
 
   async close(): Promise<void> {
+    if (this.thread) {
+      const exited = new Promise((resolve) => this.thread!.once('exit', resolve));
+      this.thread.ref();
+      this.thread.postMessage({ kind: 'close' } satisfies WriterRequest);
+      await exited;
+    }
     this.db?.close();
   }
 
@@ -140,7 +125,18 @@ export class SqliteStore implements ResourceStore {
   }
 
   async commit(writes: VersionWrite[]): Promise<void> {
-    if (writes.length > 0) this.applyBatch(writes);
+    if (writes.length === 0) return;
+    if (this.inline) {
+      this.inline.apply(writes);
+      return;
+    }
+    const id = this.nextId++;
+    await new Promise<void>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      // Keep the process alive while a commit is outstanding, and only then.
+      this.thread!.ref();
+      this.thread!.postMessage({ kind: 'commit', id, writes } satisfies WriterRequest);
+    });
   }
 
   async current(type: string, id: string): Promise<StoredVersion | undefined> {
