@@ -8,6 +8,8 @@ export interface GatewayConfig {
   /** Public FHIR base URL, e.g. https://gw.example.org/fhir; derived from requests when unset. */
   baseUrl?: string;
   maxBodyBytes: number;
+  /** Worker threads for validation and digests (default: one per core beyond the first; 0 = inline). */
+  workers?: number;
 }
 
 function integer(name: string, fallback: number, min: number, max: number): number {
@@ -30,5 +32,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig 
     dataDir: resolve(env.MEDBLOCK_DATA_DIR || './data'),
     baseUrl: env.MEDBLOCK_BASE_URL?.replace(/\/+$/, '') || undefined,
     maxBodyBytes: integer('MEDBLOCK_MAX_BODY_MB', 64, 1, 1024) * 1024 * 1024,
+    workers: env.MEDBLOCK_WORKERS ? integer('MEDBLOCK_WORKERS', 0, 0, 64) : undefined,
   };
 }

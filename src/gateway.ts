@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { loadDevIssuer, type DevIssuer } from './access/tokens.ts';
 import { SqliteStore } from './adapters/sqlite/sqlite-store.ts';
 import type { GatewayConfig } from './config.ts';
+import { createVersionChecker } from './fhir/checks/pool.ts';
 import { FhirRepository } from './fhir/repository.ts';
 import { initValidation } from './fhir/validation/index.ts';
 import { createApp } from './http/app.ts';
@@ -26,10 +27,15 @@ export async function createGateway(config: GatewayConfig): Promise<Gateway> {
   const store = openStore(config);
   await store.init();
   initValidation();
-  const repo = new FhirRepository(store);
+  const checker = createVersionChecker(config.workers);
+  const repo = new FhirRepository(store, checker);
   const issuer = await loadDevIssuer(config.dataDir);
   const app = createApp({ repo, issuer, baseUrl: config.baseUrl, maxBodyBytes: config.maxBodyBytes });
-  return { config, store, repo, issuer, app, close: () => store.close() };
+  const close = async () => {
+    await checker.close();
+    await store.close();
+  };
+  return { config, store, repo, issuer, app, close };
 }
 
 /** Listens on the configured host and port; resolves with the server once it accepts connections. */

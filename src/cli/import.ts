@@ -12,6 +12,7 @@ import type { GatewayConfig } from '../config.ts';
 import type { FhirContext } from '../fhir/context.ts';
 import { parseFhirJson, stringifyFhirJson } from '../fhir/json.ts';
 import { FhirError } from '../fhir/outcome.ts';
+import { createVersionChecker } from '../fhir/checks/pool.ts';
 import { FhirRepository } from '../fhir/repository.ts';
 import { routeRequest } from '../fhir/routes.ts';
 import { initValidation } from '../fhir/validation/index.ts';
@@ -84,7 +85,8 @@ async function inProcessSender(config: GatewayConfig): Promise<{ send: Send; clo
   const store = openStore(config);
   await store.init();
   initValidation();
-  const repo = new FhirRepository(store);
+  const checker = createVersionChecker(config.workers);
+  const repo = new FhirRepository(store, checker);
   const ctx: FhirContext = { repo, baseUrl: 'urn:medblock:import' };
   ctx.dispatch = (req) => routeRequest(req, ctx);
   const auth = { subject: 'medblock-import', grants: parseScopes('system/*.cruds') };
@@ -98,7 +100,10 @@ async function inProcessSender(config: GatewayConfig): Promise<{ send: Send; clo
         throw e;
       }
     },
-    close: () => store.close(),
+    close: async () => {
+      await checker.close();
+      await store.close();
+    },
   };
 }
 

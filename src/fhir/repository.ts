@@ -3,7 +3,7 @@
  * all-or-nothing write sessions. Handlers talk to this, never to a store directly.
  */
 import { randomUUID } from 'node:crypto';
-import { CanonicalJsonError, canonicalDigestHex } from '../ledger/canonical-json.ts';
+import { createVersionChecker, type VersionChecker } from './checks/pool.ts';
 import {
   CommitAbortedError,
   VersionConflictError,
@@ -16,10 +16,10 @@ import {
   type VersionWrite,
 } from '../vault/store.ts';
 import { stringifyFhirJson } from './json.ts';
-import { errors, FhirError, type OutcomeIssue } from './outcome.ts';
+import { errors, FhirError } from './outcome.ts';
 import { parseSearch } from './search/query.ts';
 import { extractTerms } from './search/terms.ts';
-import { isKnownResourceType, validateResource } from './validation/index.ts';
+import { isKnownResourceType } from './validation/index.ts';
 
 export type FhirResource = Record<string, unknown> & { resourceType: string; id?: string; meta?: Record<string, unknown> };
 
@@ -57,18 +57,6 @@ function toVersion(stored: VersionRecord): ResourceVersion {
   };
 }
 
-/** Validation errors as a 422; warnings and information do not block a write. */
-export function assertValid(resource: unknown, profiles?: string[]): OutcomeIssue[] {
-  const issues: OutcomeIssue[] = validateResource(resource, profiles ? { profiles } : undefined).map((i) => ({
-    severity: i.severity,
-    code: i.code,
-    diagnostics: i.message,
-    expression: [i.expression],
-  }));
-  if (issues.some((i) => i.severity === 'error')) throw errors.unprocessable(issues.filter((i) => i.severity !== 'information'));
-  return issues;
-}
-
 /** Puts id and meta first and stamps versionId/lastUpdated, keeping the client's other meta. */
 function stamp(resource: FhirResource, id: string, versionId: number, lastUpdated: string): FhirResource {
   const { resourceType, id: _ignored, meta, ...rest } = resource;
@@ -83,6 +71,8 @@ function stamp(resource: FhirResource, id: string, versionId: number, lastUpdate
 interface Staged {
   write: VersionWrite;
   version: ResourceVersion;
+  /** Where the write came from, for error locations (e.g. `Bundle.entry[3]`). */
+  label?: string;
 }
 
 export interface SearchPage {
@@ -114,7 +104,10 @@ export class FhirRepository {
   /** Submitted batches that are not durable yet, oldest first. */
   private readonly inflight: WriteSession[] = [];
 
-  constructor(readonly store: ResourceStore) {}
+  constructor(
+    readonly store: ResourceStore,
+    private readonly checker: VersionChecker = createVersionChecker(0),
+  ) {}
 
   async read(type: string, id: string): Promise<ResourceVersion> {
     assertResourceType(type);
@@ -181,9 +174,10 @@ export class FhirRepository {
   async write<T>(fn: (session: WriteSession) => Promise<T>): Promise<T> {
     let durable: Promise<void> | undefined;
     const result = await this.writeLock.run(async () => {
-      const session = new WriteSession(this.store, [...this.inflight]);
+      const session = new WriteSession(this.store, this.checker, [...this.inflight]);
       const value = await fn(session);
-      durable = this.submit(session);
+      this.inflight.push(session);
+      durable = this.finish(session);
       if (!this.store.pipelinedCommits) await durable;
       return value;
     });
@@ -191,11 +185,27 @@ export class FhirRepository {
     return result;
   }
 
-  private submit(session: WriteSession): Promise<void> {
-    this.inflight.push(session);
-    return session.commit().finally(() => {
-      this.inflight.splice(this.inflight.indexOf(session), 1);
-    });
+  /**
+   * Validates and digests the session's versions (on the checker's worker threads), waits for the in-flight
+   * sessions it read from, then commits. A failure of a session this one read from aborts this one too.
+   */
+  private finish(session: WriteSession): Promise<void> {
+    const done = (async () => {
+      try {
+        const failures = await session.check();
+        if (failures.length > 0) throw failures[0].error;
+        for (const dependency of session.readFrom) {
+          if (!(await dependency.durable!.then(() => true, () => false))) {
+            throw errors.conflict('an earlier write this request depends on failed; nothing was written; retry the request');
+          }
+        }
+        await session.commit();
+      } finally {
+        this.inflight.splice(this.inflight.indexOf(session), 1);
+      }
+    })();
+    session.durable = done;
+    return done;
   }
 }
 
@@ -209,10 +219,17 @@ export class WriteSession {
   private readonly staged = new Map<string, Staged>();
   /** One instant for everything the session writes: a transaction happens at one time. */
   readonly now = new Date().toISOString();
+  /** Location recorded with the next staged writes, for error messages (set by bundle processing). */
+  label?: string;
+  /** In-flight sessions whose writes this session read: it must not commit if one of them fails. */
+  readonly readFrom = new Set<WriteSession>();
+  /** Settles when this session's batch is durable (or failed); set by the repository when submitted. */
+  durable?: Promise<void>;
 
   /** `predecessors`: submitted sessions not yet durable, oldest first; their writes count as current. */
   constructor(
     private readonly store: ResourceStore,
+    private readonly checker: VersionChecker,
     private readonly predecessors: WriteSession[] = [],
   ) {}
 
@@ -222,15 +239,20 @@ export class WriteSession {
     if (own) return own;
     for (let i = this.predecessors.length - 1; i >= 0; i--) {
       const theirs = this.predecessors[i].staged.get(key);
-      if (theirs) return theirs;
+      if (theirs) {
+        this.readFrom.add(this.predecessors[i]);
+        return theirs;
+      }
     }
     return undefined;
   }
 
-  /** Every write of this session and its predecessors, newest per resource. */
-  private overlayWrites(): Map<string, Staged> {
-    const all = new Map<string, Staged>();
-    for (const session of [...this.predecessors, this]) for (const [key, staged] of session.staged) all.set(key, staged);
+  /** Every write of this session and its predecessors of one type, newest per resource, with its session. */
+  private overlayWrites(type: string): Map<string, { staged: Staged; session: WriteSession }> {
+    const all = new Map<string, { staged: Staged; session: WriteSession }>();
+    for (const session of [...this.predecessors, this]) {
+      for (const [key, staged] of session.staged) if (staged.write.record.type === type) all.set(key, { staged, session });
+    }
     return all;
   }
 
@@ -259,19 +281,15 @@ export class WriteSession {
     let json: string | undefined;
     if (resource) {
       const stamped = stamp(resource, id, versionId, this.now);
-      assertValid(stamped);
       json = stringifyFhirJson(stamped);
       terms = extractTerms(type, stamped);
-      record = {
-        type, id, versionId, lastUpdated: this.now, deleted: false,
-        content: encoder.encode(json),
-        digest: digestOf(stamped),
-      };
+      // The digest is set by check(), with validation, before the batch is committed.
+      record = { type, id, versionId, lastUpdated: this.now, deleted: false, content: encoder.encode(json), digest: null };
     } else {
       record = { type, id, versionId, lastUpdated: this.now, deleted: true, content: null, digest: null };
     }
     const version: ResourceVersion = { type, id, versionId, lastUpdated: this.now, deleted: !resource, json };
-    this.staged.set(key, { write: { record, terms, expectedVersion: previous }, version });
+    this.staged.set(key, { write: { record, terms, expectedVersion: previous }, version, label: this.label });
     return version;
   }
 
@@ -320,12 +338,37 @@ export class WriteSession {
     const params = [...new URLSearchParams(queryString)];
     if (params.length === 0) throw errors.badRequest(`a conditional ${type} query must have criteria`);
     const { query } = parseSearch(type, params);
-    const pending = [...this.overlayWrites()].filter(([, s]) => s.write.record.type === type);
-    const stored = await this.store.search({ ...query, afterId: undefined, limit: limit + pending.length });
+    const pending = this.overlayWrites(type);
+    const stored = await this.store.search({ ...query, afterId: undefined, limit: limit + pending.size });
     const ids = new Set<string>();
-    for (const r of stored) if (!this.overlay(`${type}/${r.id}`)) ids.add(r.id);
-    for (const [, s] of pending) if (matchesStaged(query, s.write)) ids.add(s.write.record.id);
+    for (const r of stored) if (!pending.has(`${type}/${r.id}`)) ids.add(r.id);
+    for (const { staged, session } of pending.values()) {
+      if (!matchesStaged(query, staged.write)) continue;
+      ids.add(staged.write.record.id);
+      if (session !== this) this.readFrom.add(session);
+    }
     return [...ids].slice(0, limit);
+  }
+
+  /**
+   * Validates and digests every staged version not checked yet. Returns the failures (422s located by their
+   * label); failed versions are dropped from the session, so the rest can still commit (batches).
+   */
+  async check(): Promise<Array<{ label?: string; error: FhirError }>> {
+    const toCheck = [...this.staged.entries()].filter(([, s]) => !s.write.record.deleted && s.write.record.digest === null);
+    const checks = await this.checker.check(toCheck.map(([, s]) => s.version.json!));
+    const failures: Array<{ label?: string; error: FhirError }> = [];
+    toCheck.forEach(([key, staged], i) => {
+      const { digest, issues } = checks[i];
+      if (digest !== undefined) {
+        staged.write.record.digest = digest;
+        return;
+      }
+      const error = errors.unprocessable(issues);
+      failures.push({ label: staged.label, error: staged.label ? error.within(staged.label) : error });
+      this.staged.delete(key);
+    });
+    return failures;
   }
 
   async commit(): Promise<void> {
@@ -339,18 +382,6 @@ export class WriteSession {
       if (e instanceof CommitAbortedError) throw errors.conflict(`${e.message}; retry the request`);
       throw e;
     }
-  }
-}
-
-/** The version's digest; content canonical JSON cannot represent (a lone surrogate) is a 422. */
-function digestOf(resource: FhirResource): string {
-  try {
-    return canonicalDigestHex(resource);
-  } catch (e) {
-    if (e instanceof CanonicalJsonError) {
-      throw errors.unprocessable([{ severity: 'error', code: 'invalid', diagnostics: `the resource cannot be canonicalized: ${e.message}` }]);
-    }
-    throw e;
   }
 }
 

@@ -318,7 +318,7 @@ async function kafkaJvm(runDir: string): Promise<string[]> {
  * the data dir (the controller's port goes into its bootstrap checkpoint). Returns the properties path.
  */
 async function formatKafka(runDir: string, jvm: string[],
-  at: { port: number; controllerPort: number; dataDir: string }): Promise<string> {
+  at: { port: number; controllerPort: number; dataDir: string }, extraProperties: string[] = []): Promise<string> {
   const props = path.join(runDir, 'kafka-server.properties');
   await fs.writeFile(props, [
     'process.roles=broker,controller', 'node.id=1',
@@ -332,7 +332,7 @@ async function formatKafka(runDir: string, jvm: string[],
     'transaction.state.log.replication.factor=1', 'transaction.state.log.min.isr=1',
     'transaction.state.log.num.partitions=1',
     'share.coordinator.state.topic.replication.factor=1', 'share.coordinator.state.topic.min.isr=1',
-    'group.initial.rebalance.delay.ms=0', '',
+    'group.initial.rebalance.delay.ms=0', ...extraProperties, '',
   ].join('\n'));
   await run(javaCmd(), ['-Xmx256m', ...jvm, 'kafka.tools.StorageTool', 'format', '--standalone',
     '--cluster-id', clusterId(), '--config', props], { cwd: runDir, log: path.join(runDir, 'logs', 'kafka.log'),
@@ -361,6 +361,12 @@ export interface KafkaBroker {
  * Starts a dedicated one-node Kafka (provisioned like {@link startEngines}) that dies with this process.
  * Throws an {@link EnginesError} when the toolchain is missing or Kafka does not start.
  */
+/**
+ * After a SIGKILL the restarted node's controller still holds the dead broker's registration and
+ * refuses the new one (DUPLICATE_BROKER_REGISTRATION) until its session expires: 9 s by default.
+ */
+const CRASHABLE_BROKER = ['broker.heartbeat.interval.ms=500', 'broker.session.timeout.ms=2000'];
+
 export async function startKafkaBroker(opts: { keepLogs?: boolean; onProgress?: Progress } = {}): Promise<KafkaBroker> {
   const progress = opts.onProgress ?? (() => {});
   await provisionEngines({ onProgress: progress, kafka: true, mongodb: false });
@@ -397,7 +403,7 @@ export async function startKafkaBroker(opts: { keepLogs?: boolean; onProgress?: 
       const [p, controllerPort] = await freePorts(2);
       port = p!;
       dataDir = path.join(runDir, `kafka-data-${attempt}`);
-      props = await formatKafka(runDir, jvm, { port, controllerPort: controllerPort!, dataDir });
+      props = await formatKafka(runDir, jvm, { port, controllerPort: controllerPort!, dataDir }, CRASHABLE_BROKER);
       try {
         await launch(jvm, props);
         break;

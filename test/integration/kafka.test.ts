@@ -7,9 +7,11 @@
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, test } from 'node:test';
 import kafkajs from 'kafkajs';
+import type { ISocketFactory } from 'kafkajs';
 import {
   ChannelConsumer, ChannelProducer, createKafkaClient, ensureChannelTopic, parseBrokerList, type ChannelRecord,
 } from '../../src/adapters/kafka/index.ts';
@@ -87,7 +89,7 @@ describeWithEngine('kafka', 'kafka adapter (shared broker)', (address) => {
       await assert.rejects(ensureChannelTopic({ brokers, channel: foreign, ...ONE_BROKER }),
         /cannot be used as a ledger channel: it has 2 partitions.*retention\.ms is "60000"/);
       // More replicas than brokers: Kafka's own error, not a silently weaker topic.
-      await assert.rejects(ensureChannelTopic({ brokers, channel: newChannel('rf3') }), /replication factor/i);
+      await assert.rejects(ensureChannelTopic({ brokers, channel: newChannel('rf3') }), /replication factor 3\) failed: Replication-factor is invalid/);
     } finally {
       await admin.disconnect();
     }
@@ -173,6 +175,42 @@ describeWithEngine('kafka', 'kafka adapter (shared broker)', (address) => {
     } finally {
       await producer.disconnect();
     }
+  });
+
+  test('a send whose acknowledgement was lost, then failed, does not swallow the next send', async () => {
+    // The broker appends batch X, but its response never reaches the producer and every reconnection
+    // fails until the retries run out: X is in the log, the send rejected. kafkajs would give the next
+    // batch X's sequence numbers, and the broker would drop it as a retry of X while acknowledging it.
+    const channel = newChannel('lost-ack');
+    await ensureChannelTopic({ brokers, channel, ...ONE_BROKER });
+    let cut = false; // while set, whatever the broker sends back is lost and the connection dropped
+    const socketFactory: ISocketFactory = ({ host, port, onConnect }) => {
+      const socket = net.connect({ host, port }, onConnect);
+      const emit = socket.emit.bind(socket) as (event: string, ...args: unknown[]) => boolean;
+      socket.emit = ((event: string, ...args: unknown[]) => {
+        if (event === 'data' && cut) {
+          socket.destroy(new Error('test: response lost'));
+          return true;
+        }
+        return emit(event, ...args);
+      }) as typeof socket.emit;
+      return socket;
+    };
+    const producer = await ChannelProducer.connect({
+      brokers, socketFactory, retry: { retries: 2, initialRetryTime: 50, maxRetryTime: 100 },
+    });
+    try {
+      const batch = (name: string) => ['1', '2', '3'].map((i) => ({ value: `${name}${i}` }));
+      assert.deepEqual(await producer.send(channel, batch('w')), [0, 1, 2]);
+      cut = true;
+      await assert.rejects(producer.send(channel, batch('x')), (err: Error) => err.name === 'ChannelSendError');
+      cut = false;
+      assert.deepEqual(await producer.send(channel, batch('y')), [6, 7, 8], 'y is appended after x, which was written');
+    } finally {
+      await producer.disconnect();
+    }
+    const records = await consume(brokers, channel, 0, 9);
+    assert.deepEqual(records.map(text), ['w1', 'w2', 'w3', 'x1', 'x2', 'x3', 'y1', 'y2', 'y3']);
   });
 
   test('a handler that throws stops the consumer; nothing is delivered after it', async () => {

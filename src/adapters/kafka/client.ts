@@ -5,7 +5,7 @@
  * topic creation anywhere, and offsets as plain numbers instead of kafkajs's strings.
  */
 import kafkajs from 'kafkajs';
-import type { Kafka, LogEntry, RetryOptions } from 'kafkajs';
+import type { ISocketFactory, Kafka, LogEntry, RetryOptions } from 'kafkajs';
 import { log } from '../../http/log.ts';
 
 export interface KafkaConnection {
@@ -15,6 +15,8 @@ export interface KafkaConnection {
   clientId?: string;
   /** Backoff for connecting, metadata and (for producers) each send; see {@link DEFAULT_RETRY}. */
   retry?: RetryOptions;
+  /** How broker connections are opened (kafkajs's option): TLS wrappers, or tests that inject network faults. */
+  socketFactory?: ISocketFactory;
 }
 
 /**
@@ -41,6 +43,7 @@ export function createKafkaClient(connection: KafkaConnection): Kafka {
     retry: { ...DEFAULT_RETRY, ...connection.retry },
     logLevel: kafkajs.logLevel.WARN,
     logCreator: quietLogCreator,
+    ...(connection.socketFactory ? { socketFactory: connection.socketFactory } : {}),
   });
 }
 

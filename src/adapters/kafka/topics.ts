@@ -60,6 +60,11 @@ export async function ensureChannelTopic(options: ChannelTopicOptions): Promise<
         configEntries: Object.entries(config).map(([name, value]) => ({ name, value })),
       }],
       waitForLeaders: true,
+    }).catch((err: Error & { errors?: Error[] }) => {
+      // kafkajs reports the broker's reasons only inside an aggregate "Topic creation errors".
+      const reasons = err.errors?.map((e) => e.message).join('; ') || err.message;
+      throw new Error(`creating Kafka topic "${topic}" (1 partition, replication factor ${replicationFactor}) failed: ${reasons}`,
+        { cause: err });
     });
     await verifyChannelTopic(admin, topic, replicationFactor, config);
     return { topic, created };

@@ -252,6 +252,7 @@ async function transaction(req: FhirRequest, ctx: FhirContext, planned: PlannedE
     }
     const writes = planned.filter((p) => ORDER[p.method] < 3).sort((a, b) => ORDER[a.method] - ORDER[b.method]);
     for (const p of writes) {
+      session.label = `Bundle.entry[${p.index}]`;
       try {
         results[p.index] = await executeWrite(session, p, req);
       } catch (e) {
@@ -281,17 +282,24 @@ async function batch(req: FhirRequest, ctx: FhirContext, entries: BundleEntry[])
       }
     }
     const conditional = new Map<string, string>();
+    const entryOfLabel = new Map<string, number>();
     for (const p of planned) {
       if (ORDER[p.method] === 3) {
         reads.push(p);
         continue;
       }
+      session.label = `Bundle.entry[${p.index}]`;
+      entryOfLabel.set(session.label, p.index);
       try {
         await resolveReferences(session, p, targets, conditional);
         results[p.index] = await executeWrite(session, p, req);
       } catch (e) {
         results[p.index] = failedEntry(entryError(p.index, e));
       }
+    }
+    // Entries that fail validation are dropped from the batch and answered with their outcome.
+    for (const { label, error } of await session.check()) {
+      results[entryOfLabel.get(label!)!] = failedEntry(error);
     }
   });
   for (const p of reads) results[p.index] = await executeRead(p, req, ctx);

@@ -1,0 +1,79 @@
+/**
+ * Runs version checks (validation + digest) on worker threads, one fewer than the machine's cores, so
+ * ingest uses every core; with no spare core (or `workers: 0`) they run inline on the calling thread.
+ */
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { checkVersion, type VersionCheck } from './check.ts';
+
+export interface VersionChecker {
+  check(jsons: string[]): Promise<VersionCheck[]>;
+  close(): Promise<void>;
+}
+
+interface Job {
+  resolve: (checks: VersionCheck[]) => void;
+  reject: (e: Error) => void;
+}
+
+class WorkerChecker implements VersionChecker {
+  private readonly workers: Worker[];
+  private readonly jobs = new Map<number, Job>();
+  private nextId = 1;
+  private turn = 0;
+
+  constructor(count: number) {
+    this.workers = Array.from({ length: count }, () => {
+      const worker = new Worker(new URL('./worker-bootstrap.mjs', import.meta.url));
+      worker.on('message', ({ id, checks, error }: { id: number; checks?: VersionCheck[]; error?: string }) => {
+        const job = this.jobs.get(id);
+        if (!job) return;
+        this.jobs.delete(id);
+        if (this.jobs.size === 0) for (const w of this.workers) w.unref();
+        if (checks) job.resolve(checks);
+        else job.reject(new Error(`version check failed (${error})`));
+      });
+      worker.on('error', (e) => {
+        for (const job of this.jobs.values()) job.reject(e);
+        this.jobs.clear();
+      });
+      worker.unref();
+      return worker;
+    });
+  }
+
+  /** Splits the batch across the workers and keeps the results in order. */
+  async check(jsons: string[]): Promise<VersionCheck[]> {
+    if (jsons.length === 0) return [];
+    const parts = Math.min(this.workers.length, Math.ceil(jsons.length / 64));
+    const size = Math.ceil(jsons.length / parts);
+    const chunks = await Promise.all(
+      Array.from({ length: parts }, (_, i) => this.run(jsons.slice(i * size, (i + 1) * size))),
+    );
+    return chunks.flat();
+  }
+
+  private run(jsons: string[]): Promise<VersionCheck[]> {
+    const id = this.nextId++;
+    const worker = this.workers[this.turn++ % this.workers.length];
+    return new Promise((resolve, reject) => {
+      this.jobs.set(id, { resolve, reject });
+      worker.ref();
+      worker.postMessage({ id, jsons });
+    });
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
+
+const inlineChecker: VersionChecker = {
+  check: async (jsons) => jsons.map(checkVersion),
+  close: async () => {},
+};
+
+/** `workers` defaults to one per core beyond the first. */
+export function createVersionChecker(workers = availableParallelism() - 1): VersionChecker {
+  return workers > 0 ? new WorkerChecker(workers) : inlineChecker;
+}
