@@ -71,6 +71,12 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 }
 
+/** CPU seconds (user + system, all threads) a process has used so far. */
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
 function peakRssMb(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   return Number(/VmHWM:\s+(\d+) kB/.exec(status)![1]) / 1024;
@@ -97,7 +103,7 @@ async function startGateway(dataDir: string, port: number) {
   return child;
 }
 
-async function ingest(port: number, dataDir: string, info: BundleFile[], patients: BundleFile[]) {
+async function ingest(port: number, dataDir: string, info: BundleFile[], patients: BundleFile[], pid: number) {
   const token = await mintToken(await loadDevIssuer(dataDir), { subject: 'bench', scope: 'system/*.cruds' });
   const post = async (file: BundleFile) => {
     const started = performance.now();
@@ -114,6 +120,7 @@ async function ingest(port: number, dataDir: string, info: BundleFile[], patient
   const latencies: number[] = [];
   let next = 0;
   let resources = 0;
+  const cpuBefore = cpuSeconds(pid);
   const started = performance.now();
   const worker = async () => {
     while (resources < TARGET_RESOURCES) {
@@ -124,14 +131,16 @@ async function ingest(port: number, dataDir: string, info: BundleFile[], patient
   };
   await Promise.all(Array.from({ length: CONCURRENCY }, worker));
   const seconds = (performance.now() - started) / 1000;
+  const cpu = cpuSeconds(pid) - cpuBefore;
   latencies.sort((a, b) => a - b);
-  return { resources, seconds, bundles: latencies.length, p50: percentile(latencies, 50), p95: percentile(latencies, 95) };
+  return { resources, seconds, cpu, bundles: latencies.length, p50: percentile(latencies, 50), p95: percentile(latencies, 95) };
 }
 
 /** Parse + validate + canonical JSON + SHA-256 of the same resources, in-process, no I/O. */
 function computeFloor(patients: BundleFile[], target: number) {
   initValidation();
   let resources = 0;
+  const cpuBefore = process.cpuUsage();
   const started = performance.now();
   for (let i = 0; resources < target; i++) {
     const bundle = parseFhirJson(patients[i % patients.length].text) as { entry: Array<{ resource: unknown }> };
@@ -142,7 +151,8 @@ function computeFloor(patients: BundleFile[], target: number) {
     }
   }
   const seconds = (performance.now() - started) / 1000;
-  return { resources, seconds, perSecond: resources / seconds };
+  const used = process.cpuUsage(cpuBefore);
+  return { resources, seconds, perSecond: resources / seconds, cpuUsPerResource: (used.user + used.system) / resources };
 }
 
 async function main() {
@@ -153,7 +163,7 @@ async function main() {
   let http;
   let peakRss;
   try {
-    http = await ingest(port, dataDir, info, patients);
+    http = await ingest(port, dataDir, info, patients, gateway.pid!);
     peakRss = peakRssMb(gateway.pid!);
   } finally {
     gateway.kill('SIGTERM');
@@ -175,9 +185,18 @@ async function main() {
       bundleLatencyMs: { p50: Number(http.p50.toFixed(1)), p95: Number(http.p95.toFixed(1)) },
       peakRssMb: Math.round(peakRss),
       concurrency: CONCURRENCY,
+      cpuUsPerResource: Math.round((http.cpu * 1e6) / http.resources),
     },
-    computeFloor: { resources: floor.resources, resourcesPerSecond: Math.round(floor.perSecond) },
-    ratio: { ingestToFloor: Number((ingestRate / floor.perSecond).toFixed(2)) },
+    computeFloor: {
+      resources: floor.resources,
+      resourcesPerSecond: Math.round(floor.perSecond),
+      cpuUsPerResource: Math.round(floor.cpuUsPerResource),
+    },
+    ratio: {
+      ingestToFloor: Number((ingestRate / floor.perSecond).toFixed(2)),
+      /** Floor CPU cost over ingest CPU cost per resource: the same ratio, robust to other load on the machine. */
+      ingestToFloorByCpu: Number((floor.cpuUsPerResource / ((http.cpu * 1e6) / http.resources)).toFixed(2)),
+    },
     validation: {
       oursUsPerResource: Number(validation.oursUs.toFixed(1)),
       medplumUsPerResource: Number(validation.medplumUs.toFixed(1)),
@@ -192,6 +211,8 @@ async function main() {
     ['  gateway peak RSS (MB)', String(results.ingest.peakRssMb)],
     ['compute floor: parse+validate+JCS+SHA-256 (resources/s)', String(results.computeFloor.resourcesPerSecond)],
     ['ratio ingest / floor', String(results.ratio.ingestToFloor)],
+    ['CPU µs/resource: gateway (all threads) / floor', `${results.ingest.cpuUsPerResource} / ${results.computeFloor.cpuUsPerResource}`],
+    ['ratio by CPU cost: floor / ingest', String(results.ratio.ingestToFloorByCpu)],
     ['validation µs/resource: ours / @medplum/core', `${results.validation.oursUsPerResource} / ${results.validation.medplumUsPerResource} (${results.validation.speedup}x)`],
   ];
   const width = Math.max(...rows.map(([k]) => k.length));

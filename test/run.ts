@@ -7,7 +7,7 @@
  * the tests that need it are skipped, loudly. Engine logs are kept when the run fails.
  */
 import { spawnSync } from 'node:child_process';
-import { readdirSync, rmSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { startEngines, type RunningEngines } from './engines/index.ts';
 
@@ -57,9 +57,6 @@ const result = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test
   env,
 });
 const status = result.status ?? 1;
-if (running) {
-  await running.stop();
-  if (status === 0) rmSync(running.logDir, { recursive: true, force: true });
-  else process.stderr.write(`test engines: logs kept in ${running.logDir}\n`);
-}
+// Engine logs are kept (and their place printed) only when the run failed.
+await running?.stop(status !== 0);
 process.exit(status);

@@ -27,7 +27,8 @@ export interface RunningEngines {
   /** `127.0.0.1:<port>`, or '' when Kafka was not started. */
   kafkaBrokers: string;
   logDir: string;
-  stop(): Promise<void>;
+  /** Stops the engines; logs are kept when `keepLogs` (default: the start option) or after an unclean stop. */
+  stop(keepLogs?: boolean): Promise<void>;
 }
 
 export interface StartOptions {
@@ -233,12 +234,12 @@ export async function launchEngines(opts: StartOptions & { detached: boolean }) 
     for (const pid of allPids()) signalGroup(pid, 'SIGKILL');
     if (!opts.keepLogs) rmSync(runDir, { recursive: true, force: true });
   };
-  const stop = async (): Promise<void> => {
+  const stop = async (keepLogs = Boolean(opts.keepLogs)): Promise<void> => {
     if (stopped) return;
     stopped = true;
     process.off('exit', killOnExit);
     const clean = await stopProcesses(allPids());
-    await removeRunDir(runDir, Boolean(opts.keepLogs) || !clean);
+    await removeRunDir(runDir, keepLogs || !clean);
   };
   if (!opts.detached) process.on('exit', killOnExit);
 

@@ -20,10 +20,11 @@ export interface KafkaConnection {
 }
 
 /**
- * About 30 s of retrying (100 ms doubling to 5 s per wait, 10 retries): long enough to ride out a broker
- * restart or a leader election without surfacing an error, short enough that a dead cluster is reported.
+ * About 30 s of retrying (waits of 100 ms doubling to at most 2 s, 18 retries): long enough to ride out a
+ * broker restart or a leader election without surfacing an error, short enough that a dead cluster is
+ * reported, and a recovered broker is noticed within about 2 s.
  */
-export const DEFAULT_RETRY: RetryOptions = { initialRetryTime: 100, maxRetryTime: 5_000, retries: 10 };
+export const DEFAULT_RETRY: RetryOptions = { initialRetryTime: 100, maxRetryTime: 2_000, retries: 18 };
 
 /** `"h1:9092, h2:9092"` → `["h1:9092", "h2:9092"]`; an empty or malformed list is an error. */
 export function parseBrokerList(value: string | undefined): string[] {
@@ -51,10 +52,10 @@ export function createKafkaClient(connection: KafkaConnection): Kafka {
 const SAFE_FIELDS = ['error', 'broker', 'groupId', 'topic', 'partition', 'retryCount', 'retryTime'] as const;
 
 /**
- * kafkajs's log entries, WARN and above, as MedBlock log lines (event `kafka`). A broker's error response
- * logged by kafkajs's connection layer is demoted to `warn`: kafkajs hands the error to its caller, which
- * retries it (e.g. "coordinator is loading" on a fresh broker) or fails the operation, and that failure is
- * what matters.
+ * kafkajs's log entries, WARN and above, as MedBlock log lines (event `kafka`), with only the fields in
+ * SAFE_FIELDS. Errors of kafkajs's connection layer (a refused connection, a broker's error response such
+ * as "coordinator is loading" on a fresh broker) are demoted to `warn`: kafkajs hands each of them to the
+ * operation, which retries it or fails, and that failure is what reaches the caller.
  */
 export function quietLogCreator(): (entry: LogEntry) => void {
   return ({ namespace, level, log: entry }) => {
@@ -62,8 +63,7 @@ export function quietLogCreator(): (entry: LogEntry) => void {
     // kafkajs wants an idempotent producer to retry forever; ours bounds retries and then replaces its
     // kafkajs producer, which keeps the guarantee (see producer.ts), so this warning does not apply.
     if (entry.message.startsWith('Limiting retries for the idempotent producer')) return;
-    const brokerResponse = namespace === 'Connection' && entry.message.startsWith('Response ');
-    const severity = level === kafkajs.logLevel.ERROR && !brokerResponse ? 'error' : 'warn';
+    const severity = level === kafkajs.logLevel.ERROR && namespace !== 'Connection' ? 'error' : 'warn';
     const fields: Record<string, string | number | boolean> = { namespace, message: entry.message };
     for (const name of SAFE_FIELDS) {
       const value: unknown = entry[name];

@@ -54,7 +54,9 @@ export async function ensureChannelTopic(options: ChannelTopicOptions): Promise<
   const admin = createKafkaClient(options).admin();
   await admin.connect();
   try {
-    const created = await admin.createTopics({
+    // Creating an existing topic works too, but kafkajs then logs the broker's refusal: look first.
+    const exists = (await admin.listTopics()).includes(topic);
+    const created = !exists && await admin.createTopics({
       topics: [{
         topic, numPartitions: 1, replicationFactor,
         configEntries: Object.entries(config).map(([name, value]) => ({ name, value })),
