@@ -13,6 +13,8 @@ import { loadDevIssuer, mintToken } from '../src/access/tokens.ts';
 import { parseFhirJson, stringifyFhirJson } from '../src/fhir/json.ts';
 import { initValidation, validateResource } from '../src/fhir/validation/index.ts';
 import { canonicalize } from '../src/ledger/canonical-json.ts';
+import { MongoClient } from 'mongodb';
+import { startEngines } from '../test/engines/index.ts';
 import { measureValidation } from './validation.ts';
 
 const ROOT = join(import.meta.dirname, '..');
@@ -82,9 +84,10 @@ function peakRssMb(pid: number): number {
   return Number(/VmHWM:\s+(\d+) kB/.exec(status)![1]) / 1024;
 }
 
-async function startGateway(dataDir: string, port: number) {
+async function startGateway(dataDir: string, port: number, extraEnv: NodeJS.ProcessEnv) {
+  const { MEDBLOCK_MONGODB_URI: _unused, ...baseEnv } = process.env;
   const child = spawn(process.execPath, [join(ROOT, 'bin', 'medblock.js'), 'start'], {
-    env: { ...process.env, PORT: String(port), MEDBLOCK_DATA_DIR: dataDir, MEDBLOCK_LOG: 'on' },
+    env: { ...baseEnv, ...extraEnv, PORT: String(port), MEDBLOCK_DATA_DIR: dataDir, MEDBLOCK_LOG: 'on' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   await new Promise<void>((resolve, reject) => {
@@ -155,48 +158,87 @@ function computeFloor(patients: BundleFile[], target: number) {
   return { resources, seconds, perSecond: resources / seconds, cpuUsPerResource: (used.user + used.system) / resources };
 }
 
-async function main() {
-  const { info, patients } = loadBundles();
+interface StoreRun {
+  store: 'sqlite' | 'mongodb';
+  resources: number;
+  bundles: number;
+  seconds: number;
+  resourcesPerSecond: number;
+  bundleLatencyMs: { p50: number; p95: number };
+  peakRssMb: number;
+  cpuUsPerResource: number;
+}
+
+/** One gateway process on a fresh vault (SQLite in its data dir, or a fresh MongoDB database), ingesting. */
+async function runOn(store: StoreRun['store'], mongodbUri: string | undefined, info: BundleFile[], patients: BundleFile[]): Promise<StoreRun> {
   const dataDir = mkdtempSync(join(tmpdir(), 'medblock-bench-'));
+  const database = `medblock_bench_${Date.now().toString(36)}`;
+  const env: NodeJS.ProcessEnv = {};
+  if (store === 'mongodb') env.MEDBLOCK_MONGODB_URI = `${mongodbUri!.replace(/\/+$/, '')}/${database}`;
   const port = await freePort();
-  const gateway = await startGateway(dataDir, port);
-  let http;
-  let peakRss;
+  const gateway = await startGateway(dataDir, port, env);
   try {
-    http = await ingest(port, dataDir, info, patients, gateway.pid!);
-    peakRss = peakRssMb(gateway.pid!);
+    const http = await ingest(port, dataDir, info, patients, gateway.pid!);
+    return {
+      store,
+      resources: http.resources,
+      bundles: http.bundles,
+      seconds: Number(http.seconds.toFixed(2)),
+      resourcesPerSecond: Math.round(http.resources / http.seconds),
+      bundleLatencyMs: { p50: Number(http.p50.toFixed(1)), p95: Number(http.p95.toFixed(1)) },
+      peakRssMb: Math.round(peakRssMb(gateway.pid!)),
+      cpuUsPerResource: Math.round((http.cpu * 1e6) / http.resources),
+    };
   } finally {
     gateway.kill('SIGTERM');
     await new Promise((r) => gateway.once('exit', r));
     rmSync(dataDir, { recursive: true, force: true });
+    if (store === 'mongodb') {
+      const client = await MongoClient.connect(mongodbUri!);
+      await client.db(database).dropDatabase();
+      await client.close();
+    }
+  }
+}
+
+/** MEDBLOCK_MONGODB_URI, or a FerretDB started for the run (test/engines). */
+async function mongoEngine(): Promise<{ uri: string; stop: () => Promise<void> }> {
+  if (process.env.MEDBLOCK_MONGODB_URI) return { uri: process.env.MEDBLOCK_MONGODB_URI, stop: async () => {} };
+  const engines = await startEngines({ mongodb: true, kafka: false });
+  return { uri: engines.mongodbUri, stop: () => engines.stop() };
+}
+
+async function main() {
+  const { info, patients } = loadBundles();
+  const mongo = await mongoEngine();
+  const runs: StoreRun[] = [];
+  try {
+    runs.push(await runOn('sqlite', undefined, info, patients));
+    runs.push(await runOn('mongodb', mongo.uri, info, patients));
+  } finally {
+    await mongo.stop();
   }
   const floor = computeFloor(patients, Math.min(TARGET_RESOURCES, 20_000));
   const validation = measureValidation({ rounds: 2, maxPerType: 300 });
-  const ingestRate = http.resources / http.seconds;
   const results = {
     date: new Date().toISOString(),
-    machine: { cpus: (await import('node:os')).cpus().length, node: process.version },
-    ingest: {
-      store: 'sqlite',
-      resources: http.resources,
-      bundles: http.bundles,
-      seconds: Number(http.seconds.toFixed(2)),
-      resourcesPerSecond: Math.round(ingestRate),
-      bundleLatencyMs: { p50: Number(http.p50.toFixed(1)), p95: Number(http.p95.toFixed(1)) },
-      peakRssMb: Math.round(peakRss),
-      concurrency: CONCURRENCY,
-      cpuUsPerResource: Math.round((http.cpu * 1e6) / http.resources),
-    },
+    machine: { cpus: (await import('node:os')).cpus().length, node: process.version, concurrency: CONCURRENCY },
+    ingest: runs,
     computeFloor: {
       resources: floor.resources,
       resourcesPerSecond: Math.round(floor.perSecond),
       cpuUsPerResource: Math.round(floor.cpuUsPerResource),
     },
-    ratio: {
-      ingestToFloor: Number((ingestRate / floor.perSecond).toFixed(2)),
-      /** Floor CPU cost over ingest CPU cost per resource: the same ratio, robust to other load on the machine. */
-      ingestToFloorByCpu: Number((floor.cpuUsPerResource / ((http.cpu * 1e6) / http.resources)).toFixed(2)),
-    },
+    ratios: Object.fromEntries(
+      runs.map((r) => [
+        r.store,
+        {
+          ingestToFloor: Number((r.resourcesPerSecond / floor.perSecond).toFixed(2)),
+          /** Floor CPU cost over ingest CPU cost per resource: robust to other load on the shared machine. */
+          ingestToFloorByCpu: Number((floor.cpuUsPerResource / r.cpuUsPerResource).toFixed(2)),
+        },
+      ]),
+    ),
     validation: {
       oursUsPerResource: Number(validation.oursUs.toFixed(1)),
       medplumUsPerResource: Number(validation.medplumUs.toFixed(1)),
@@ -204,20 +246,24 @@ async function main() {
     },
   };
   writeFileSync(join(ROOT, 'bench', 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
-  const rows: Array<[string, string]> = [
-    ['ingest over HTTP, SQLite (resources/s)', String(results.ingest.resourcesPerSecond)],
-    ['  resources / bundles', `${http.resources} / ${http.bundles}`],
-    ['  bundle latency p50 / p95 (ms)', `${results.ingest.bundleLatencyMs.p50} / ${results.ingest.bundleLatencyMs.p95}`],
-    ['  gateway peak RSS (MB)', String(results.ingest.peakRssMb)],
-    ['compute floor: parse+validate+JCS+SHA-256 (resources/s)', String(results.computeFloor.resourcesPerSecond)],
-    ['ratio ingest / floor', String(results.ratio.ingestToFloor)],
-    ['CPU µs/resource: gateway (all threads) / floor', `${results.ingest.cpuUsPerResource} / ${results.computeFloor.cpuUsPerResource}`],
-    ['ratio by CPU cost: floor / ingest', String(results.ratio.ingestToFloorByCpu)],
-    ['validation µs/resource: ours / @medplum/core', `${results.validation.oursUsPerResource} / ${results.validation.medplumUsPerResource} (${results.validation.speedup}x)`],
+  const rows: Array<[string, ...string[]]> = [
+    ['ingest over HTTP (resources/s)', ...runs.map((r) => String(r.resourcesPerSecond))],
+    ['  resources / bundles', ...runs.map((r) => `${r.resources} / ${r.bundles}`)],
+    ['  bundle latency p50 / p95 (ms)', ...runs.map((r) => `${r.bundleLatencyMs.p50} / ${r.bundleLatencyMs.p95}`)],
+    ['  gateway peak RSS (MB)', ...runs.map((r) => String(r.peakRssMb))],
+    ['  gateway CPU µs/resource (all threads)', ...runs.map((r) => String(r.cpuUsPerResource))],
+    ['ratio ingest / compute floor', ...runs.map((r) => String(results.ratios[r.store].ingestToFloor))],
+    ['ratio by CPU cost (floor / ingest)', ...runs.map((r) => String(results.ratios[r.store].ingestToFloorByCpu))],
+    ['compute floor: parse+validate+JCS+SHA-256 (resources/s)', String(results.computeFloor.resourcesPerSecond), ''],
+    ['compute floor CPU µs/resource', String(results.computeFloor.cpuUsPerResource), ''],
+    ['validation µs/resource: ours / @medplum/core', `${results.validation.oursUsPerResource} / ${results.validation.medplumUsPerResource} (${results.validation.speedup}x)`, ''],
   ];
-  const width = Math.max(...rows.map(([k]) => k.length));
-  console.log(`| ${'metric'.padEnd(width)} | value |\n| ${'-'.repeat(width)} | ----- |`);
-  for (const [k, v] of rows) console.log(`| ${k.padEnd(width)} | ${v} |`);
+  const header: [string, ...string[]] = ['metric', ...runs.map((r) => (r.store === 'sqlite' ? 'SQLite' : 'MongoDB wire (FerretDB)'))];
+  const widths = header.map((_, c) => Math.max(...[header, ...rows].map((r) => (r[c] ?? '').length)));
+  const line = (cells: string[]) => `| ${cells.map((v, c) => (v ?? '').padEnd(widths[c])).join(' | ')} |`;
+  console.log(line(header));
+  console.log(line(widths.map((w) => '-'.repeat(w))));
+  for (const row of rows) console.log(line(row));
 }
 
 await main();

@@ -65,7 +65,7 @@ mongodb_answers() {
 
 registered_brokers() {
   # One line per registered broker: "kafka-1:9092 (id: 1 rack: null isFenced: false) -> (".
-  "${KAFKA_BIN}/kafka-broker-api-versions.sh" --bootstrap-server "${BOOTSTRAP_SERVERS}" 2>/dev/null \
+  timeout 60 "${KAFKA_BIN}/kafka-broker-api-versions.sh" --bootstrap-server "${BOOTSTRAP_SERVERS}" 2>/dev/null \
     | grep -c ' (id: [0-9]*' || true
 }
 
@@ -99,8 +99,6 @@ check_channel_topic() {
 
 ensure_channel_topic() {
   local topic=$1 problems config_args=()
-  [[ ${topic} =~ ^[A-Za-z0-9._-]{1,249}$ && ${topic} != __* && ${topic} != . && ${topic} != .. ]] \
-    || die "invalid channel name '${topic}': use 1-249 of [A-Za-z0-9._-], not starting with __"
   for setting in "${CHANNEL_CONFIG[@]}"; do config_args+=(--config "${setting}"); done
   "${KAFKA_BIN}/kafka-topics.sh" --bootstrap-server "${BOOTSTRAP_SERVERS}" --create --if-not-exists \
     --topic "${topic}" --partitions 1 --replication-factor "${REPLICATION_FACTOR}" "${config_args[@]}"
@@ -109,19 +107,30 @@ ensure_channel_topic() {
     die "topic '${topic}' cannot be used as a ledger channel:"$'\n'"${problems}"$'\n'"Delete it or choose another channel name; it is not changed in place."
   fi
   log "channel '${topic}': 1 partition, replication factor ${REPLICATION_FACTOR}, $(IFS=' '; echo "${CHANNEL_CONFIG[*]}")"
+  # "Partition: 0  Leader: 2  Replicas: 2,3,1  Isr: 2,3,1 …"
+  "${KAFKA_BIN}/kafka-topics.sh" --bootstrap-server "${BOOTSTRAP_SERVERS}" --describe --topic "${topic}" \
+    | grep -o 'Partition: .*Isr: [0-9,]*' | tr -s '\t ' ' ' | sed "s/^/[consortium-setup]   /" || true
 }
 
-log "Kafka at ${BOOTSTRAP_SERVERS}; channels: ${LEDGER_CHANNELS}"
+# Channel names, checked before any waiting (a channel's topic has the channel's name, unchanged).
+channels=()
+IFS=',' read -r -a names <<<"${LEDGER_CHANNELS}"
+for name in "${names[@]}"; do
+  name=${name//[[:space:]]/}
+  [[ -z ${name} ]] && continue
+  [[ ${name} =~ ^[A-Za-z0-9._-]{1,249}$ && ${name} != __* && ${name} != . && ${name} != .. ]] \
+    || die "invalid channel name '${name}': use 1-249 of [A-Za-z0-9._-], not starting with __"
+  channels+=("${name}")
+done
+((${#channels[@]} > 0)) || die "LEDGER_CHANNELS names no channel"
+
+log "Kafka at ${BOOTSTRAP_SERVERS}; channels: ${channels[*]}"
 if [[ -n ${MONGODB_ADDRESS} ]]; then
   wait_until "MongoDB at ${MONGODB_ADDRESS}" mongodb_answers
 fi
 wait_until "${EXPECTED_BROKERS} Kafka brokers" all_brokers_registered
 
-IFS=',' read -r -a channels <<<"${LEDGER_CHANNELS}"
 for channel in "${channels[@]}"; do
-  channel=${channel//[[:space:]]/}
-  if [[ -n ${channel} ]]; then ensure_channel_topic "${channel}"; fi
+  ensure_channel_topic "${channel}"
 done
-
-"${KAFKA_BIN}/kafka-topics.sh" --bootstrap-server "${BOOTSTRAP_SERVERS}" --describe --exclude-internal
 log "done"

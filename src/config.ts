@@ -10,6 +10,16 @@ export interface GatewayConfig {
   maxBodyBytes: number;
   /** Worker threads for validation and digests (default: one per core beyond the first; 0 = inline). */
   workers?: number;
+  /** MongoDB vault instead of the embedded SQLite one. */
+  mongodb?: { uri: string; database: string };
+  /** Kafka brokers of the consortium's ordering service. */
+  kafkaBrokers?: string[];
+}
+
+/** The database named in a MongoDB URI's path (`mongodb://h1,h2/hospital_a?replicaSet=rs0`), if any. */
+export function mongoDatabase(uri: string): string | undefined {
+  const m = /^mongodb(?:\+srv)?:\/\/[^/]+\/([^?]+)/.exec(uri);
+  return m ? decodeURIComponent(m[1]) : undefined;
 }
 
 function integer(name: string, fallback: number, min: number, max: number): number {
@@ -21,11 +31,9 @@ function integer(name: string, fallback: number, min: number, max: number): numb
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig {
-  for (const name of ['MEDBLOCK_MONGODB_URI', 'MEDBLOCK_KAFKA_BROKERS']) {
-    if (env[name]) {
-      throw new Error(`${name} is set, but this build has only the embedded default (SQLite vault, solo orderer); unset it`);
-    }
-  }
+  const mongoUri = env.MEDBLOCK_MONGODB_URI?.trim();
+  if (mongoUri && !/^mongodb(\+srv)?:\/\//.test(mongoUri)) throw new Error('MEDBLOCK_MONGODB_URI must start with mongodb:// or mongodb+srv://');
+  const brokers = env.MEDBLOCK_KAFKA_BROKERS?.split(',').map((b) => b.trim()).filter(Boolean);
   return {
     host: env.HOST || '127.0.0.1',
     port: integer('PORT', 8080, 0, 65535),
@@ -33,5 +41,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig 
     baseUrl: env.MEDBLOCK_BASE_URL?.replace(/\/+$/, '') || undefined,
     maxBodyBytes: integer('MEDBLOCK_MAX_BODY_MB', 64, 1, 1024) * 1024 * 1024,
     workers: env.MEDBLOCK_WORKERS ? integer('MEDBLOCK_WORKERS', 0, 0, 64) : undefined,
+    mongodb: mongoUri ? { uri: mongoUri, database: mongoDatabase(mongoUri) ?? 'medblock' } : undefined,
+    kafkaBrokers: brokers?.length ? brokers : undefined,
   };
 }

@@ -2,6 +2,8 @@
 import type { Server } from 'node:http';
 import { join } from 'node:path';
 import { loadDevIssuer, type DevIssuer } from './access/tokens.ts';
+import { kafkaReachable } from './adapters/kafka/health.ts';
+import { MongoStore } from './adapters/mongodb/mongo-store.ts';
 import { SqliteStore } from './adapters/sqlite/sqlite-store.ts';
 import type { GatewayConfig } from './config.ts';
 import { createVersionChecker } from './fhir/checks/pool.ts';
@@ -19,7 +21,9 @@ export interface Gateway {
   close(): Promise<void>;
 }
 
+/** The vault: MongoDB when configured, else the embedded SQLite file in the data dir. */
 export function openStore(config: GatewayConfig): ResourceStore {
+  if (config.mongodb) return new MongoStore(config.mongodb.uri, config.mongodb.database);
   return new SqliteStore(join(config.dataDir, 'vault.sqlite'));
 }
 
@@ -30,7 +34,10 @@ export async function createGateway(config: GatewayConfig): Promise<Gateway> {
   const checker = createVersionChecker(config.workers);
   const repo = new FhirRepository(store, checker);
   const issuer = await loadDevIssuer(config.dataDir);
-  const app = createApp({ repo, issuer, baseUrl: config.baseUrl, maxBodyBytes: config.maxBodyBytes });
+  // The ordering service is used by the consortium ledger; until then the gateway only checks it is reachable.
+  const brokers = config.kafkaBrokers;
+  const readiness = brokers ? { kafka: () => kafkaReachable({ brokers }) } : undefined;
+  const app = createApp({ repo, issuer, baseUrl: config.baseUrl, maxBodyBytes: config.maxBodyBytes, readiness });
   const close = async () => {
     await checker.close();
     await store.close();

@@ -16,6 +16,8 @@ export interface AppOptions {
   baseUrl?: string;
   /** Request body limit in bytes. */
   maxBodyBytes: number;
+  /** Dependencies `/readyz` checks besides the store, e.g. the Kafka brokers. */
+  readiness?: Record<string, () => Promise<boolean>>;
   metrics?: Metrics;
 }
 
@@ -106,9 +108,13 @@ export function createApp(opts: AppOptions): express.Express {
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
   });
+  const readiness: Record<string, () => Promise<boolean>> = { store: () => opts.repo.store.ping(), ...opts.readiness };
   app.get('/readyz', async (_req, res) => {
-    const ok = await opts.repo.store.ping().catch(() => false);
-    res.status(ok ? 200 : 503).json({ status: ok ? 'ready' : 'unavailable', checks: { store: ok ? 'ok' : 'down' } });
+    const names = Object.keys(readiness);
+    const results = await Promise.all(names.map((n) => readiness[n]().catch(() => false)));
+    const ok = results.every(Boolean);
+    const checks = Object.fromEntries(names.map((n, i) => [n, results[i] ? 'ok' : 'down']));
+    res.status(ok ? 200 : 503).json({ status: ok ? 'ready' : 'unavailable', checks });
   });
   app.get('/metrics', async (_req, res) => {
     res.setHeader('Content-Type', metrics.registry.contentType);

@@ -4,85 +4,87 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { collectReferences } from '../../src/fhir/references.ts';
-import { body, FHIR_DATA, FHIR_JSON, startTestGateway, type TestGateway } from '../support/gateway.ts';
+import { body, FHIR_DATA, FHIR_JSON, forEachStore, type TestGateway } from '../support/gateway.ts';
 
-let t: TestGateway;
-before(async () => {
-  t = await startTestGateway();
-});
-after(async () => t.close());
-
-const SYNTHEA = join(FHIR_DATA, 'synthea');
-/** Resources the loads reported as created. */
-let created = 0;
-const isInfo = (f: string) => /^(hospital|practitioner)Information/.test(f);
-
-async function postBundle(file: string) {
-  const res = await t.http.post('/fhir').set('Authorization', `Bearer ${t.admin}`).set('Content-Type', FHIR_JSON).send(readFileSync(file, 'utf8'));
-  assert.equal(res.status, 200, `${file}: ${res.text.slice(0, 500)}`);
-  const out = body(res);
-  const failed = out.entry.filter((e: any) => !e.response.status.startsWith('2'));
-  assert.deepEqual(failed, [], `${file}: entries failed`);
-  created += out.entry.filter((e: any) => e.response.status === '201 Created').length;
-  return out;
-}
-
-const count = async (q: string) =>
-  body(await t.http.get(`/fhir/${q}${q.includes('?') ? '&' : '?'}_summary=count`).set('Authorization', `Bearer ${t.admin}`)).total as number;
-
-describe('Synthea bundles', () => {
-  const loadSet = async (set: string) => {
-    const dir = join(SYNTHEA, set);
-    const files = readdirSync(dir).sort((a, b) => Number(isInfo(b)) - Number(isInfo(a)) || a.localeCompare(b));
-    for (const file of files) await postBundle(join(dir, file));
-  };
-
-  it('loads hiv-2021: the hospital and practitioner batches first, then patients with conditional references', async () => {
-    await loadSet('hiv-2021');
+forEachStore((start) => {
+  let t: TestGateway;
+  before(async () => {
+    t = await start();
   });
+  after(async () => t.close());
 
-  it('creates no duplicate through ifNoneExist when the reference batches are loaded again', async () => {
-    const before = { practitioners: await count('Practitioner'), organizations: await count('Organization'), locations: await count('Location') };
-    const info = readdirSync(join(SYNTHEA, 'hiv-2021')).filter(isInfo);
-    for (const file of info) {
-      const requests = JSON.parse(readFileSync(join(SYNTHEA, 'hiv-2021', file), 'utf8')).entry.map((e: any) => e.request);
-      const out = await postBundle(join(SYNTHEA, 'hiv-2021', file));
-      const conditional = out.entry.filter((_: unknown, i: number) => requests[i].ifNoneExist);
-      assert.ok(conditional.length > 1000);
-      assert.ok(conditional.every((e: any) => e.response.status === '200 OK'), `${file}: ifNoneExist entries must create nothing`);
-    }
-    assert.deepEqual(
-      { practitioners: await count('Practitioner'), organizations: await count('Organization'), locations: await count('Location') },
-      before,
-    );
-    const npi = JSON.parse(readFileSync(join(SYNTHEA, 'hiv-2021', info.find((f) => f.startsWith('practitioner'))!), 'utf8'))
-      .entry[0].resource.identifier[0];
-    assert.equal(await count(`Practitioner?identifier=${npi.system}|${npi.value}`), 1);
-  });
+  const SYNTHEA = join(FHIR_DATA, 'synthea');
+  /** Resources the loads reported as created. */
+  let created = 0;
+  const isInfo = (f: string) => /^(hospital|practitioner)Information/.test(f);
 
-  it('loads smart-2019 (transactions that re-POST their organizations and practitioners)', async () => {
-    await loadSet('smart-2019');
-  });
+  async function postBundle(file: string) {
+    const res = await t.http.post('/fhir').set('Authorization', `Bearer ${t.admin}`).set('Content-Type', FHIR_JSON).send(readFileSync(file, 'utf8'));
+    assert.equal(res.status, 200, `${file}: ${res.text.slice(0, 500)}`);
+    const out = body(res);
+    const failed = out.entry.filter((e: any) => !e.response.status.startsWith('2'));
+    assert.deepEqual(failed, [], `${file}: entries failed`);
+    created += out.entry.filter((e: any) => e.response.status === '201 Created').length;
+    return out;
+  }
 
-  it('left every reference resolved to a stored resource, with no urn:uuid or conditional reference', async () => {
-    const store = t.gateway.store;
-    const seen = new Set<string>();
-    const references: string[] = [];
-    let stored = 0;
-    for (let cursor: number | undefined; ; ) {
-      const page = await store.history({ limit: 5000, beforeSeq: cursor });
-      for (const v of page) {
-        if (v.deleted || seen.has(`${v.type}/${v.id}`)) continue;
-        seen.add(`${v.type}/${v.id}`);
-        stored++;
-        references.push(...collectReferences(JSON.parse(new TextDecoder().decode(v.content!))));
+  const count = async (q: string) =>
+    body(await t.http.get(`/fhir/${q}${q.includes('?') ? '&' : '?'}_summary=count`).set('Authorization', `Bearer ${t.admin}`)).total as number;
+
+  describe('Synthea bundles', () => {
+    const loadSet = async (set: string) => {
+      const dir = join(SYNTHEA, set);
+      const files = readdirSync(dir).sort((a, b) => Number(isInfo(b)) - Number(isInfo(a)) || a.localeCompare(b));
+      for (const file of files) await postBundle(join(dir, file));
+    };
+
+    it('loads hiv-2021: the hospital and practitioner batches first, then patients with conditional references', async () => {
+      await loadSet('hiv-2021');
+    });
+
+    it('creates no duplicate through ifNoneExist when the reference batches are loaded again', async () => {
+      const before = { practitioners: await count('Practitioner'), organizations: await count('Organization'), locations: await count('Location') };
+      const info = readdirSync(join(SYNTHEA, 'hiv-2021')).filter(isInfo);
+      for (const file of info) {
+        const requests = JSON.parse(readFileSync(join(SYNTHEA, 'hiv-2021', file), 'utf8')).entry.map((e: any) => e.request);
+        const out = await postBundle(join(SYNTHEA, 'hiv-2021', file));
+        const conditional = out.entry.filter((_: unknown, i: number) => requests[i].ifNoneExist);
+        assert.ok(conditional.length > 1000);
+        assert.ok(conditional.every((e: any) => e.response.status === '200 OK'), `${file}: ifNoneExist entries must create nothing`);
       }
-      if (page.length < 5000) break;
-      cursor = page[page.length - 1].seq;
-    }
-    assert.equal(stored, created, "every resource reported created is stored, and nothing else");
-    assert.ok(references.length > 10_000);
-    const unresolved = references.filter((r) => !r.startsWith('#') && !seen.has(r));
-    assert.deepEqual(unresolved.slice(0, 10), [], `${unresolved.length} unresolved references`);
+      assert.deepEqual(
+        { practitioners: await count('Practitioner'), organizations: await count('Organization'), locations: await count('Location') },
+        before,
+      );
+      const npi = JSON.parse(readFileSync(join(SYNTHEA, 'hiv-2021', info.find((f) => f.startsWith('practitioner'))!), 'utf8'))
+        .entry[0].resource.identifier[0];
+      assert.equal(await count(`Practitioner?identifier=${npi.system}|${npi.value}`), 1);
+    });
+
+    it('loads smart-2019 (transactions that re-POST their organizations and practitioners)', async () => {
+      await loadSet('smart-2019');
+    });
+
+    it('left every reference resolved to a stored resource, with no urn:uuid or conditional reference', async () => {
+      const store = t.gateway.store;
+      const seen = new Set<string>();
+      const references: string[] = [];
+      let stored = 0;
+      for (let cursor: number | undefined; ; ) {
+        const page = await store.history({ limit: 5000, beforeSeq: cursor });
+        for (const v of page) {
+          if (v.deleted || seen.has(`${v.type}/${v.id}`)) continue;
+          seen.add(`${v.type}/${v.id}`);
+          stored++;
+          references.push(...collectReferences(JSON.parse(new TextDecoder().decode(v.content!))));
+        }
+        if (page.length < 5000) break;
+        cursor = page[page.length - 1].seq;
+      }
+      assert.equal(stored, created, "every resource reported created is stored, and nothing else");
+      assert.ok(references.length > 10_000);
+      const unresolved = references.filter((r) => !r.startsWith('#') && !seen.has(r));
+      assert.deepEqual(unresolved.slice(0, 10), [], `${unresolved.length} unresolved references`);
+    });
   });
 });

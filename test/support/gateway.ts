@@ -2,9 +2,12 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { MongoClient } from 'mongodb';
+import { describe } from 'node:test';
 import supertest from 'supertest';
 import { mintToken } from '../../src/access/tokens.ts';
 import { createGateway, type Gateway } from '../../src/gateway.ts';
+import { describeWithEngine } from './engines.ts';
 
 process.env.MEDBLOCK_LOG ??= 'off';
 
@@ -21,11 +24,16 @@ export interface TestGateway {
   close(): Promise<void>;
 }
 
-export async function startTestGateway(): Promise<TestGateway> {
+/** A gateway on the embedded SQLite vault, or on MongoDB at `mongodbUri` (in a fresh database dropped on close). */
+export async function startTestGateway(opts: { mongodbUri?: string } = {}): Promise<TestGateway> {
   const dataDir = mkdtempSync(join(tmpdir(), 'medblock-test-'));
+  const mongodb = opts.mongodbUri
+    ? { uri: opts.mongodbUri, database: `medblock_test_${Math.random().toString(36).slice(2, 10)}` }
+    : undefined;
   const gateway = await createGateway({
     host: '127.0.0.1', port: 0, dataDir, maxBodyBytes: 8 * 1024 * 1024,
     baseUrl: 'http://gateway.test/fhir',
+    mongodb,
   });
   const token = (scope: string, patient?: string) => mintToken(gateway.issuer, { subject: 'tester', scope, patient });
   return {
@@ -37,8 +45,22 @@ export async function startTestGateway(): Promise<TestGateway> {
     close: async () => {
       await gateway.close();
       rmSync(dataDir, { recursive: true, force: true });
+      if (mongodb) {
+        const client = await MongoClient.connect(mongodb.uri);
+        await client.db(mongodb.database).dropDatabase();
+        await client.close();
+      }
     },
   };
+}
+
+/**
+ * Declares `suite` once per vault adapter: SQLite always, MongoDB on the real engine the test run provides
+ * (failing under MEDBLOCK_REQUIRE_SERVICES=1 when there is none, see engines.ts).
+ */
+export function forEachStore(suite: (start: () => Promise<TestGateway>) => void): void {
+  describe('on SQLite', () => suite(() => startTestGateway()));
+  describeWithEngine('mongodb', 'on MongoDB', (uri) => suite(() => startTestGateway({ mongodbUri: uri })));
 }
 
 /** The JSON body of a FHIR response (supertest only parses application/json itself). */

@@ -7,3 +7,4 @@ export { createKafkaClient, DEFAULT_RETRY, parseBrokerList, quietLogCreator, typ
 export { channelTopic, channelTopicConfig, ensureChannelTopic, type ChannelTopicOptions } from './topics.ts';
 export { ChannelProducer, ChannelSendError, type OutgoingMessage } from './producer.ts';
 export { ChannelConsumer, type ChannelConsumerOptions, type ChannelRecord } from './consumer.ts';
+export { kafkaReachable } from './health.ts';
