@@ -210,13 +210,16 @@ async function mongoEngine(): Promise<{ uri: string; stop: () => Promise<void> }
 
 async function main() {
   const { info, patients } = loadBundles();
-  const mongo = await mongoEngine();
+  const stores = (process.env.BENCH_STORES ?? 'sqlite,mongodb').split(',');
   const runs: StoreRun[] = [];
-  try {
-    runs.push(await runOn('sqlite', undefined, info, patients));
-    runs.push(await runOn('mongodb', mongo.uri, info, patients));
-  } finally {
-    await mongo.stop();
+  if (stores.includes('sqlite')) runs.push(await runOn('sqlite', undefined, info, patients));
+  if (stores.includes('mongodb')) {
+    const mongo = await mongoEngine();
+    try {
+      runs.push(await runOn('mongodb', mongo.uri, info, patients));
+    } finally {
+      await mongo.stop();
+    }
   }
   const floor = computeFloor(patients, Math.min(TARGET_RESOURCES, 20_000));
   const validation = measureValidation({ rounds: 2, maxPerType: 300 });

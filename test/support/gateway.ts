@@ -58,9 +58,9 @@ export async function startTestGateway(opts: { mongodbUri?: string } = {}): Prom
  * Declares `suite` once per vault adapter: SQLite always, MongoDB on the real engine the test run provides
  * (failing under MEDBLOCK_REQUIRE_SERVICES=1 when there is none, see engines.ts).
  */
-export function forEachStore(suite: (start: () => Promise<TestGateway>) => void): void {
-  describe('on SQLite', () => suite(() => startTestGateway()));
-  describeWithEngine('mongodb', 'on MongoDB', (uri) => suite(() => startTestGateway({ mongodbUri: uri })));
+export function forEachStore(suite: (start: () => Promise<TestGateway>, store: 'sqlite' | 'mongodb') => void): void {
+  describe('on SQLite', () => suite(() => startTestGateway(), 'sqlite'));
+  describeWithEngine('mongodb', 'on MongoDB', (uri) => suite(() => startTestGateway({ mongodbUri: uri }), 'mongodb'));
 }
 
 /** The JSON body of a FHIR response (supertest only parses application/json itself). */
