@@ -109,5 +109,17 @@ export function storeContract(name: string, open: () => Promise<ResourceStore>):
       const since = await store.history({ type: 'Observation', since: T3, limit: 100 });
       assert.ok(since.every((r) => r.lastUpdated >= T3) && since.length === 3);
     });
+
+    it('writes a deleted resource again as its next version, current and searchable', async () => {
+      await store.commit([write('Observation', 'o4', 3, T3, [{ param: 'code', value: 'A' }])]);
+      const current = await store.current('Observation', 'o4');
+      assert.equal(current?.versionId, 3);
+      assert.equal(current?.deleted, false);
+      const found = await store.search({ type: 'Observation', clauses: [{ param: 'code', anyOf: ['A'] }], lastUpdated: [], limit: 10 });
+      assert.deepEqual(found.map((r) => r.id), ['o1', 'o3', 'o4']);
+      const history = await store.history({ type: 'Observation', id: 'o4', limit: 10 });
+      assert.deepEqual(history.map((r) => [r.versionId, r.deleted]), [[3, false], [2, true], [1, false]]);
+      assert.equal((await store.version('Observation', 'o4', 2))?.deleted, true);
+    });
   });
 }

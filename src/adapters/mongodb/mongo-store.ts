@@ -1,74 +1,110 @@
 /**
- * The MongoDB store: the ResourceStore port on the MongoDB wire protocol, for MongoDB ≥ 6 (standalone, replica
- * set or sharded) and for FerretDB 1.24 alike. It therefore uses NO multi-document transactions, change
+ * The MongoDB store: the ResourceStore port over the MongoDB wire protocol, for MongoDB ≥ 6 (standalone,
+ * replica set or sharded) and FerretDB 1.24 alike. It therefore uses no multi-document transactions, change
  * streams, `$lookup`, `$elemMatch` on subdocuments, partial or TTL indexes (see docs/engines.md).
  *
+ * What FerretDB 1.24.2 (SQLite backend) allows shaped the protocol. These were measured against it:
+ *   - An update is a read in Go followed by a write of the whole document, with no lock between them.
+ *     Concurrent updates of one document lose writes: 100 concurrent `$inc` left a counter at 2, and several
+ *     concurrent conditional updates all "matched". So no decision here rests on an update being atomic.
+ *   - What is atomic: an insert checked by a unique index (exactly one of N concurrent inserts of a key
+ *     succeeds) and a delete by `_id` (exactly one deleter gets deletedCount 1).
+ *   - No query uses an index: the index expressions (`sjson->"_id"`) differ from the query expressions
+ *     (`sjson->'$._id'`). Every statement scans its collection, and every updated document costs a scan.
+ *     Inserts are cheap. So a create touches pointers only by insert, and versions are never updated.
+ *   - An `update` command holds a pooled connection per statement until it ends, and the pool has 100
+ *     connections. A command with ≥ 100 statements, or concurrent commands that add up to that, hangs.
+ *     Update bulks are therefore sent in commands of at most 8 statements there.
+ * On FerretDB, which is detected through `buildInfo.ferretdbVersion`, no secondary index is created: they
+ * cost time on every write and never speed up a read.
+ *
  * Collections
- *   counters  `{_id: 'seq', value}`: the store-wide sequence; blocks are taken with one `$inc`.
- *   txs       one small document per in-flight batch: `{_id: txId, state: 'pending'|'committed'|'aborted',
- *             createdAt (server clock), writes}`. The collection is empty when nothing is in flight.
- *   versions  `{_id: seq, type, id, v, lastUpdated, deleted, content (binary), digest, tx, pending}`; immutable
- *             once published; unique on (type, id, v). `pending: true` versions are invisible to every read.
- *   current   one pointer per resource: `{_id: 'Type/id', type, id, version, seq, lastUpdated, deleted,
- *             terms, lock, next?}`. `terms` is a flat array of `param=value` strings (multikey index; param
- *             names never contain `=`), queried with `$in` per clause, `$and` across clauses. `version: 0`
- *             is a placeholder a create holds while in flight: readers treat it as absent. `lock` is the
- *             txId of the batch that claimed the pointer (null when free); `next` is what that batch will
- *             move the pointer to, so anyone can finish a committed batch from the pointers alone.
+ *   seqblocks  `{_id: k}`: block k holds the seqs [k·2^20, (k+1)·2^20). A batch claims one block with a
+ *              unique insert and uses k as its txId, so txIds are unique forever. These documents are
+ *              permanent. `counters {_id: 'seqblock', next}` is only a hint of the next free k.
+ *   txs        `{_id: txId, createdAt (server clock), writes}`: the batches in flight. A document is deleted
+ *              when its batch is finished or undone.
+ *   decisions  `{_id: txId, outcome: 'committed'|'aborted'}`: written once by a unique insert, and permanent.
+ *              The commit point is the insert of 'committed'; a recoverer aborts by inserting 'aborted'.
+ *              Whichever insert lands first wins, on FerretDB too.
+ *   versions   `{_id: 'Type/id/v', seq, type, id, v, lastUpdated, deleted, content (binary), digest, terms,
+ *              tx}`. These documents are immutable. The `_id` is the version's slot, so it is unique, and an
+ *              exact `_id` is the one filter FerretDB pushes down to SQLite; current() and version() use it.
+ *   current    one pointer per resource: `{_id: 'Type/id', type, id, version, seq, lastUpdated, deleted,
+ *              terms}`. `terms` is a flat array of `param=value` strings with a multikey index (param names
+ *              never contain `=`). A clause becomes `$in` and clauses are joined by `$and`.
  *
- * Commit protocol (the one atomic step is a single-document update of the tx document):
- *   1. allocate a block of seq numbers: `findOneAndUpdate($inc)` on the counter. txId = the first seq of
- *      the block (unique forever); writes get the block's seqs in batch order.
- *   2. insert the tx document `{state: 'pending'}` (createdAt by `$currentDate`, the server's clock).
- *   3. claim every pointer in ONE unordered bulkWrite: an update claims with
- *      `updateOne({_id, version: expected, lock: null}, {$set: {lock: txId, next}})`, a create inserts a
- *      placeholder `{version: 0, lock: txId, next}` relying on the unique `_id`. Claims before the versions
- *      so a conflict costs no content upload. Fewer claims than pointers ⇒ roll back, VersionConflictError.
- *      Several writes of one resource in a batch must chain (expected = the previous write's version);
- *      the pointer is claimed once from the first expected and moves to the last.
- *   4. insert the version documents `pending: true, tx: txId` (insertMany). A duplicate (type, id, v) is a
- *      conflict too (a dead batch's leftover: see recovery below).
- *   5. COMMIT POINT: `updateOne({_id: txId, state: 'pending'}, {$set: {state: 'committed'}})`. If it matches
- *      nothing, a recoverer declared this batch dead and aborted it: roll back, throw. If the engine does not
- *      answer, the outcome is settled by the same conditional update from 'pending' to 'aborted' (or by
- *      reading the tx), so commit() never throws for a batch that will become visible.
- *   6. roll forward (idempotent, anyone may do it once committed): `pending: false` on the versions
- *      (updateMany), move the pointers from `next` and clear `lock` (bulkWrite, each filtered on
- *      `lock: txId`), delete the tx document. A failure here does not fail commit(): the batch IS
- *      committed; whoever next meets one of its locks (a writer, or init()) finishes it.
- * Rolling back (before the commit point only): delete placeholders `{lock: txId, version: 0}`, release the
- * other locks, delete `{tx: txId, pending: true}` versions, then delete the tx document (last, so a crash
- * midway leaves it for recovery).
+ * Visibility rule. A version is visible iff the current pointer of its resource is at that version or
+ * beyond. Pointers move only after the commit point, so nothing else needs to be marked or unmarked.
  *
- * Visibility. Until the commit point nothing of a batch is visible: reads go through pointers whose lock
- * does not change what they point to, placeholders read as absent, pending versions are filtered out. A
- * failed batch therefore never shows. Between the commit point and the end of roll-forward (a few ms) a
- * reader may see a COMMITTED batch partially: its versions in history() before its pointers move, or some
- * pointers moved and others not yet. Writers never act on that window: a pointer still locked by a committed
- * batch refuses claims (VersionConflictError, or it is finished first, see below).
+ * Version slots are the claims. A write supersedes `expectedVersion` with `versionId = expectedVersion + 1`
+ * (enforced), and the unique `_id` 'Type/id/v' lets exactly one batch ever hold version v of a resource.
+ * So of the writers that start from the same version, exactly one can insert its successor. For a create,
+ * holding v1 also proves that the resource does not exist, because an existing resource has a committed
+ * v1 and committed versions are never deleted.
  *
- * Recovery. `init()` resolves every tx document older than `staleAfterMs` (server clock): 'pending' is
- * moved to 'aborted' by the same conditional update the commit point uses (exactly one of the two wins) and
- * rolled back; 'aborted' is rolled back; 'committed' is rolled forward. Then it removes orphans: pending
- * versions and locks whose tx document no longer exists (a write the engine applied after its batch was
- * already rolled back, e.g. after a client timeout); a tx document is created before any of its writes and
- * deleted only once its batch is finished, so an orphan is never part of a live or committed batch. Younger
- * txs belong to gateways that may still be running (several gateways share one database) and are left
- * alone. A writer whose claim is refused by a lock (or a version) of another batch resolves that batch the
- * same way (committed: roll it forward; pending and stale: abort it; gone: orphan) and retries once, so a
- * crashed gateway never blocks resources until the next restart. `staleAfterMs` must exceed the longest
- * commit (default 60 s; 0 is for tests). Clocks: only the server's clock is compared with itself.
+ * Commit protocol
+ *   1. Claim a seq block: `seqblocks.insertOne({_id: k})`. On a duplicate, try a higher k.
+ *   2. Insert the tx document. Its `createdAt` comes from `$currentDate`, and the seq hint moves on.
+ *   3. Updates only: read the pointers of the updated resources (one query). Each one must be at its
+ *      expected version. Only the holder of slot expected+1 can move it from there, so the check stays true.
+ *   4. `insertMany` the versions (`tx: txId`). They are invisible. A duplicate slot means another batch
+ *      holds it: VersionConflictError. The batch is undone: its versions, then its tx document.
+ *   5. COMMIT POINT: `decisions.insertOne({_id: txId, outcome: 'committed'})`.
+ *      - If the insert finds 'aborted' already there, a recoverer presumed the batch dead. The batch is
+ *        undone and commit() throws CommitAbandonedError.
+ *      - If the engine does not answer, the outcome is settled by inserting 'aborted' (or by reading the
+ *        decision that is there). So commit() does not throw for a batch that will become visible. The one
+ *        exception is CommitOutcomeUnknownError: the engine kept failing through about 30 s of retries.
+ *   6. Roll forward. This is idempotent and anyone may do it once the batch is committed.
+ *      - Pointers of creates: `insertMany`. A duplicate means an earlier run of this step inserted it, because
+ *        only the holder of v1 ever inserts a pointer.
+ *      - Pointers of updates: bulkWrite `updateOne({_id, version: expected}, {$set: …})`.
+ *      - Delete the tx document.
+ *      A failure after the commit point does not fail commit(): the batch IS committed, and recovery
+ *      finishes it.
+ *   After an engine error before the commit point, the batch is marked 'aborted' and its versions are
+ *   deleted. Its tx document is left for recovery, which deletes versions again once the batch is stale,
+ *   so a write the engine applied late (after its client gave up) is removed too.
  *
- * Concurrency. A pointer moves only from the claimed expected version, and a claim is one atomic
- * single-document update (or a unique insert), so of concurrent writers of one resource exactly one can
- * claim it; the others get VersionConflictError. Writers of overlapping batches may both lose (each holding
- * the other's key); they never both win and never lose an update. Seqs are allocated before the commit
- * point, so concurrent batches may become visible out of seq order.
+ * Visibility while committing. Until the commit point no pointer has moved, so nothing of the batch shows,
+ * and a failed batch never shows. Between the commit point and the end of roll-forward (milliseconds), a
+ * reader may see a COMMITTED batch partially: some resources at their new version and others not yet. If a
+ * gateway dies in that window, its batch becomes whole when recovery rolls it forward. A writer that starts
+ * from a version the batch superseded finds the slot taken and gets VersionConflictError.
  *
- * Durability: every write uses `{w: 'majority', j: true}`.
+ * Recovery. `init()` runs `recover()` on every tx document:
+ *   - 'committed' batches are rolled forward, whatever their age.
+ *   - Undecided batches older than `staleAfterMs` (server clock) are aborted, by inserting 'aborted', and
+ *     then undone.
+ *   - 'aborted' batches are undone, and their tx document is deleted once it is stale.
+ *   Younger undecided batches may belong to a live gateway (several gateways share one database) and are
+ *   left alone. A writer refused by a slot or pointer of a stale batch resolves that batch the same way and
+ *   retries once, so a crashed gateway does not block resources until the next restart. Versions of a batch
+ *   with no tx document and no 'committed' decision are leftovers of an undone batch and are deleted then.
+ *   `staleAfterMs` must exceed the longest commit. The default is 60 s; 0 is meant for tests.
+ *
+ * Concurrency. Writers of one resource from one version compete for one unique slot: exactly one wins and
+ * the others get VersionConflictError. No update is lost. Overlapping batches may both lose, because each
+ * holds a slot the other needs, but they never both win. Seq blocks are claimed before the commit point,
+ * so concurrent batches may become visible out of seq order.
+ * Caveat, on FerretDB only: a pointer move there is not a true compare-and-set. If a recoverer rolls a batch
+ * forward at the same moment as the batch's own gateway, and a third writer commits a newer version of the
+ * same resource inside that per-document read-then-write, the late write can put the pointer back. On
+ * MongoDB the conditional update is atomic.
+ *
+ * Durability: writes use `{w: 'majority', j: true}`.
  */
 import { Binary, MongoBulkWriteError, MongoClient, MongoServerError } from 'mongodb';
-import type { AnyBulkWriteOperation, Collection, Db, Document, Filter, MongoClientOptions } from 'mongodb';
+import type {
+  AnyBulkWriteOperation,
+  Collection,
+  Db,
+  Filter,
+  IndexDescription,
+  MongoClientOptions,
+  WriteError,
+} from 'mongodb';
 import {
   VersionConflictError,
   type HistoryQuery,
@@ -76,41 +112,48 @@ import {
   type ResourceStore,
   type StoreQuery,
   type StoredVersion,
-  type VersionRecord,
   type VersionWrite,
 } from '../../vault/store.ts';
 
-/** Points inside commit() where a test hook runs (fault injection: a child process kills itself there). */
+/** Points inside commit() where the test hook runs (fault injection: a child process kills itself there). */
 export type CommitStep =
-  | 'allocated' // seq block taken
+  | 'allocated' // seq block claimed
   | 'began' // tx document inserted
-  | 'claimed' // every pointer claimed
-  | 'staged' // pending versions inserted
+  | 'checked' // pointers of updated resources verified
+  | 'staged' // versions inserted (invisible)
   | 'committed' // commit point passed
-  | 'published' // versions no longer pending
-  | 'moved' // pointers moved, locks released
+  | 'created' // pointers of created resources inserted
+  | 'moved' // pointers of updated resources moved
   | 'finished'; // tx document deleted
 
 export interface MongoStoreOptions {
-  /** A tx document older than this is presumed dead (its gateway crashed) and may be recovered. Default 60 s. */
+  /** A batch in flight longer than this is presumed dead (its gateway crashed) and may be recovered. Default 60 s. */
   staleAfterMs?: number;
+  /** Statements per update command. Default: unlimited on MongoDB (the driver splits), 8 on FerretDB. */
+  maxUpdatesPerCommand?: number;
   /** Test hook, awaited at each step of commit(). */
   onStep?: (step: CommitStep, txId: number) => void | Promise<void>;
   /** Passed to MongoClient. */
   clientOptions?: MongoClientOptions;
 }
 
-type TxState = 'pending' | 'committed' | 'aborted';
+type Outcome = 'committed' | 'aborted';
 
 interface TxDoc {
   _id: number;
-  state: TxState;
   createdAt: Date;
   writes: number;
 }
 
-interface VersionDoc {
+interface DecisionDoc {
   _id: number;
+  outcome: Outcome;
+}
+
+interface VersionDoc {
+  /** The slot: `Type/id/v`. */
+  _id: string;
+  seq: number;
   type: string;
   id: string;
   v: number;
@@ -118,12 +161,14 @@ interface VersionDoc {
   deleted: boolean;
   content: Binary | null;
   digest: string | null;
+  terms: string[];
   tx: number;
-  pending: boolean;
 }
 
-/** Where a claimed pointer moves when its batch rolls forward. */
-interface NextPointer {
+interface PointerDoc {
+  _id: string;
+  type: string;
+  id: string;
   version: number;
   seq: number;
   lastUpdated: string;
@@ -131,48 +176,44 @@ interface NextPointer {
   terms: string[];
 }
 
-interface PointerDoc extends NextPointer {
-  _id: string;
-  type: string;
-  id: string;
-  lock: number | null;
-  next?: NextPointer;
-}
-
 interface CounterDoc {
   _id: string;
-  value: number;
+  next: number;
 }
 
-/** One resource of a batch: claimed once from `expected`, moved to `next`. */
-interface PlannedPointer {
-  key: string;
-  type: string;
-  id: string;
+/** One resource of a batch: its pointer moves from `expected` to `target` when the batch rolls forward. */
+interface Move {
   expected: number;
-  last: VersionWrite;
-  lastIndex: number;
+  target: PointerDoc;
 }
 
+/** Seqs per block: a batch holds at most this many writes. */
+const BLOCK = 2 ** 20;
 const DUPLICATE_KEY = 11000;
-const WRITE_CONCERN = { w: 'majority' as const, journal: true };
+const FERRETDB_UPDATES_PER_COMMAND = 8;
 
-function pointerKey(type: string, id: string): string {
-  return `${type}/${id}`;
-}
+const VERSION_INDEXES: IndexDescription[] = [
+  { key: { seq: -1 }, name: 'history' },
+  { key: { type: 1, seq: -1 }, name: 'history_by_type' },
+  { key: { type: 1, id: 1, seq: -1 }, name: 'history_by_id' },
+  { key: { tx: 1 }, name: 'by_tx' },
+];
+const POINTER_INDEXES: IndexDescription[] = [
+  { key: { type: 1, id: 1 }, name: 'by_id' },
+  { key: { terms: 1 }, name: 'by_term' },
+  { key: { type: 1, lastUpdated: 1 }, name: 'by_last_updated' },
+];
 
-function termStrings(write: VersionWrite): string[] {
-  return [...new Set(write.terms.map((t) => `${t.param}=${t.value}`))];
-}
+const pointerKey = (type: string, id: string): string => `${type}/${id}`;
+const slotKey = (type: string, id: string, v: number): string => `${type}/${id}/${v}`;
 
 function bytesOf(binary: Binary | null): Uint8Array | null {
-  if (!binary) return null;
-  return binary.buffer.subarray(0, binary.length());
+  return binary ? binary.buffer.subarray(0, binary.length()) : null;
 }
 
 function toStored(doc: VersionDoc): StoredVersion {
   return {
-    seq: doc._id,
+    seq: doc.seq,
     type: doc.type,
     id: doc.id,
     versionId: doc.v,
@@ -183,17 +224,20 @@ function toStored(doc: VersionDoc): StoredVersion {
   };
 }
 
-const BOUND_OPS = { gt: '$gt', ge: '$gte', lt: '$lt', le: '$lte' } as const;
+function writeErrorsOf(e: MongoBulkWriteError): WriteError[] {
+  const errors = e.writeErrors as WriteError | WriteError[];
+  return Array.isArray(errors) ? errors : [errors];
+}
 
 function isDuplicateKey(e: unknown): boolean {
   if (e instanceof MongoBulkWriteError) {
-    const errors = Array.isArray(e.writeErrors) ? e.writeErrors : [e.writeErrors];
+    const errors = writeErrorsOf(e);
     return errors.length > 0 && errors.every((w) => w.code === DUPLICATE_KEY);
   }
   return e instanceof MongoServerError && e.code === DUPLICATE_KEY;
 }
 
-/** A claim or version insert was refused; `blockers` are the other batches holding what we needed. */
+/** A slot or pointer is held by other batches; `blockers` are their txIds (recoverable when stale). */
 class RefusedError extends Error {
   constructor(
     readonly conflict: VersionConflictError,
@@ -203,57 +247,69 @@ class RefusedError extends Error {
   }
 }
 
-/** The batch was aborted by a recoverer that presumed its gateway dead (it took longer than staleAfterMs). */
+/**
+ * The batch was aborted at its commit point, so nothing was written. Either a recoverer presumed it dead
+ * (it took longer than staleAfterMs), or the engine failed while the decision was being written. Safe to retry.
+ */
 export class CommitAbandonedError extends Error {
   constructor(txId: number) {
-    super(`vault batch ${txId} took longer than the staleness threshold and was rolled back by recovery; nothing was written`);
+    super(`vault batch ${txId} was aborted at its commit point (presumed dead by recovery, or the engine failed); nothing was written`);
     this.name = 'CommitAbandonedError';
   }
 }
 
+/**
+ * The engine stopped answering while the commit decision was being written, and kept failing while the
+ * outcome was being settled. The batch may or may not be committed; recovery settles it either way.
+ */
+export class CommitOutcomeUnknownError extends Error {
+  constructor(txId: number, cause: unknown) {
+    super(`vault batch ${txId}: the engine failed at the commit point; whether the batch committed is unknown until recovery settles it`, {
+      cause,
+    });
+    this.name = 'CommitOutcomeUnknownError';
+  }
+}
+
 export class MongoStore implements ResourceStore {
-  /** Every commit() stands alone: the caller waits for one batch before depending on it. */
+  /** Each commit() stands alone: a caller waits for one batch before depending on it. */
   readonly pipelinedCommits = false;
   private readonly client: MongoClient;
   private readonly db: Db;
   private readonly counters: Collection<CounterDoc>;
+  private readonly seqblocks: Collection<{ _id: number }>;
   private readonly txs: Collection<TxDoc>;
+  private readonly decisions: Collection<DecisionDoc>;
   private readonly versions: Collection<VersionDoc>;
   private readonly pointers: Collection<PointerDoc>;
   private readonly staleAfterMs: number;
   private readonly onStep?: MongoStoreOptions['onStep'];
+  /** Statements per update command; until init() knows the engine, the FerretDB-safe value. */
+  private updatesPerCommand: number;
+  /** The next seq block this process will try to claim (a local hint). */
+  private nextBlock = 0;
 
-  constructor(uri: string, database = 'medblock', options: MongoStoreOptions = {}) {
+  constructor(uri: string, database = 'medblock', private readonly options: MongoStoreOptions = {}) {
     this.client = new MongoClient(uri, options.clientOptions);
-    this.db = this.client.db(database, { writeConcern: WRITE_CONCERN });
+    this.db = this.client.db(database, { writeConcern: { w: 'majority', journal: true } });
     this.counters = this.db.collection<CounterDoc>('counters');
+    this.seqblocks = this.db.collection<{ _id: number }>('seqblocks');
     this.txs = this.db.collection<TxDoc>('txs');
+    this.decisions = this.db.collection<DecisionDoc>('decisions');
     this.versions = this.db.collection<VersionDoc>('versions');
     this.pointers = this.db.collection<PointerDoc>('current');
     this.staleAfterMs = options.staleAfterMs ?? 60_000;
     this.onStep = options.onStep;
+    this.updatesPerCommand = options.maxUpdatesPerCommand ?? FERRETDB_UPDATES_PER_COMMAND;
   }
 
   async init(): Promise<void> {
     await this.client.connect();
-    await Promise.all([
-      this.versions.createIndexes([
-        { key: { type: 1, id: 1, v: 1 }, name: 'by_version', unique: true },
-        { key: { type: 1, _id: -1 }, name: 'history_by_type' },
-        { key: { pending: 1, tx: 1 }, name: 'by_tx' },
-      ]),
-      this.pointers.createIndexes([
-        { key: { type: 1, id: 1 }, name: 'by_id' },
-        { key: { terms: 1 }, name: 'by_term' },
-        { key: { type: 1, lastUpdated: 1 }, name: 'by_last_updated' },
-        { key: { lock: 1 }, name: 'by_lock' },
-      ]),
-    ]);
-    try {
-      await this.counters.updateOne({ _id: 'seq' }, { $setOnInsert: { value: 0 } }, { upsert: true });
-    } catch (e) {
-      if (!isDuplicateKey(e)) throw e; // another gateway's init() created it at the same moment
-    }
+    const info = await this.db.admin().command({ buildInfo: 1 });
+    const ferretdb = 'ferretdbVersion' in info;
+    this.updatesPerCommand = this.options.maxUpdatesPerCommand ?? (ferretdb ? FERRETDB_UPDATES_PER_COMMAND : Infinity);
+    // FerretDB evaluates every index on every write but answers no query from one.
+    if (!ferretdb) await Promise.all([this.versions.createIndexes(VERSION_INDEXES), this.pointers.createIndexes(POINTER_INDEXES)]);
     await this.recover();
   }
 
@@ -263,8 +319,7 @@ export class MongoStore implements ResourceStore {
 
   async ping(): Promise<boolean> {
     try {
-      const reply = await this.db.command({ ping: 1 });
-      return reply.ok === 1;
+      return (await this.db.command({ ping: 1 })).ok === 1;
     } catch {
       return false;
     }
@@ -274,13 +329,14 @@ export class MongoStore implements ResourceStore {
 
   async commit(writes: VersionWrite[]): Promise<void> {
     if (writes.length === 0) return;
-    const plan = planPointers(writes);
+    if (writes.length > BLOCK) throw new RangeError(`a batch holds at most ${BLOCK} writes`);
+    const plan = planMoves(writes);
     for (let attempt = 0; ; attempt++) {
       try {
         return await this.attempt(writes, plan);
       } catch (e) {
         if (!(e instanceof RefusedError)) throw e;
-        // Refused by another batch: finish it if it is committed, undo it if its gateway is presumed dead.
+        // Refused by other batches: if they are dead (stale) or leftovers, clear them and try once more.
         if (attempt === 0 && e.blockers.length > 0 && (await this.resolveBlockers(e.blockers))) continue;
         throw e.conflict;
       }
@@ -291,102 +347,129 @@ export class MongoStore implements ResourceStore {
     if (this.onStep) await this.onStep(step, txId);
   }
 
-  private async attempt(writes: VersionWrite[], plan: PlannedPointer[]): Promise<void> {
-    const last = await this.allocate(writes.length);
-    const first = last - writes.length + 1;
-    const txId = first;
+  private async attempt(writes: VersionWrite[], plan: Move[]): Promise<void> {
+    const txId = await this.claimBlock();
+    const first = txId * BLOCK;
     await this.step('allocated', txId);
-
-    await this.txs.updateOne(
-      { _id: txId },
-      { $setOnInsert: { state: 'pending', writes: writes.length }, $currentDate: { createdAt: true } },
-      { upsert: true },
-    );
+    await Promise.all([
+      this.txs.updateOne(
+        { _id: txId },
+        { $setOnInsert: { writes: writes.length }, $currentDate: { createdAt: true } },
+        { upsert: true },
+      ),
+      // Only a hint for the next claimer (a lost update there costs a retry, never correctness).
+      this.counters.updateOne({ _id: 'seqblock' }, { $max: { next: txId + 1 } }, { upsert: true }).catch(() => undefined),
+    ]);
     await this.step('began', txId);
 
+    const moves = plan.map(({ expected, target }) => ({ expected, target: { ...target, seq: first + target.seq } }));
     try {
-      await this.claim(txId, first, plan);
-      await this.step('claimed', txId);
+      await this.checkPointers(moves);
+      await this.step('checked', txId);
       await this.stage(txId, first, writes);
       await this.step('staged', txId);
     } catch (e) {
-      // Before the commit point: undo. If the undo fails too (engine gone), recovery finishes it.
-      await this.rollBack(txId).catch(() => undefined);
+      if (e instanceof RefusedError) {
+        // Every operation was answered, so nothing of ours can land later: undo now.
+        await this.undo(txId, true).catch(() => undefined);
+      } else {
+        // The engine failed and a write may still land: abort, undo, leave the tx document for recovery.
+        await this.abandon(txId).catch(() => undefined);
+      }
       throw e;
     }
 
-    await this.commitPoint(txId);
+    let outcome: Outcome;
+    try {
+      outcome = await this.decide(txId, 'committed');
+    } catch (e) {
+      throw new CommitOutcomeUnknownError(txId, e);
+    }
+    if (outcome !== 'committed') {
+      await this.undo(txId, true).catch(() => undefined);
+      throw new CommitAbandonedError(txId);
+    }
     await this.step('committed', txId);
 
-    // Committed. A failure from here on does not make the batch fail; see the header comment.
-    const moves = plan.map((p) => ({ key: p.key, next: nextOf(p, first) }));
-    for (let tries = 0; tries < 3; tries++) {
-      try {
-        await this.rollForward(txId, moves);
-        return;
-      } catch {
-        await sleep(50 * (tries + 1));
-      }
-    }
-  }
-
-  private async allocate(n: number): Promise<number> {
+    // Committed: from here on a failure does not fail the batch (see the header comment).
     for (let tries = 0; ; tries++) {
       try {
-        const doc = await this.counters.findOneAndUpdate(
-          { _id: 'seq' },
-          { $inc: { value: n } },
-          { upsert: true, returnDocument: 'after' },
-        );
-        return doc!.value;
+        return await this.rollForward(txId, moves);
+      } catch {
+        if (tries === 4) return; // recovery finishes it
+        await sleep(100 * 2 ** tries);
+      }
+    }
+  }
+
+  /** Claims a seq block with a unique insert; its number is the batch's txId. */
+  private async claimBlock(): Promise<number> {
+    let k = this.nextBlock > 0 ? this.nextBlock : await this.blockHint();
+    for (let tries = 0; ; tries++) {
+      try {
+        await this.seqblocks.insertOne({ _id: k });
+        this.nextBlock = k + 1;
+        return k;
       } catch (e) {
-        // Two first-ever upserts raced; the loser retries against the now existing counter.
-        if (tries > 0 || !isDuplicateKey(e)) throw e;
+        if (!isDuplicateKey(e) || tries === 1000) throw e;
+        k = Math.max(k + 1, await this.blockHint());
       }
     }
   }
 
-  private async claim(txId: number, first: number, plan: PlannedPointer[]): Promise<void> {
-    const ops: AnyBulkWriteOperation<PointerDoc>[] = plan.map((p) => {
-      const next = nextOf(p, first);
-      if (p.expected === 0) {
-        const placeholder: PointerDoc = {
-          _id: p.key, type: p.type, id: p.id, version: 0, seq: 0, lastUpdated: '', deleted: true, terms: [],
-          lock: txId, next,
-        };
-        return { insertOne: { document: placeholder } };
+  private async blockHint(): Promise<number> {
+    return (await this.counters.findOne({ _id: 'seqblock' }))?.next ?? 1;
+  }
+
+  /**
+   * Writes the one decision of a batch: the first insert wins. Returns the outcome that stands. When the
+   * engine does not answer, the outcome is settled by inserting 'aborted' (the first insert still wins).
+   */
+  private async decide(txId: number, outcome: Outcome): Promise<Outcome> {
+    let wanted = outcome;
+    for (let tries = 0; ; tries++) {
+      try {
+        await this.decisions.insertOne({ _id: txId, outcome: wanted });
+        return wanted;
+      } catch (e) {
+        if (isDuplicateKey(e)) {
+          const decision = await this.decisions.findOne({ _id: txId }).catch(() => null);
+          if (decision) return decision.outcome;
+        }
+        if (tries === 20) throw e;
+        // Unknown whether our insert landed: from now on only ever try to abort, which settles it either way.
+        wanted = 'aborted';
+        await sleep(Math.min(100 * 2 ** tries, 2_000));
       }
-      return {
-        updateOne: { filter: { _id: p.key, version: p.expected, lock: null }, update: { $set: { lock: txId, next } } },
-      };
-    });
-    let claimed: number;
-    try {
-      const result = await this.pointers.bulkWrite(ops, { ordered: false });
-      claimed = result.insertedCount + result.matchedCount;
-    } catch (e) {
-      if (!isDuplicateKey(e)) throw e;
-      claimed = -1;
     }
-    if (claimed === plan.length) return;
-    // Find a pointer we could not claim, and who holds the ones that are locked.
-    const seen = await this.pointers
-      .find({ _id: { $in: plan.map((p) => p.key) } }, { projection: { lock: 1, version: 1 } })
+  }
+
+  /** Pointers of updated resources must be at their expected version (creates are checked by their v1 slot). */
+  private async checkPointers(moves: Move[]): Promise<void> {
+    const updates = moves.filter((m) => m.expected > 0);
+    if (updates.length === 0) return;
+    const found = await this.pointers
+      .find({ _id: { $in: updates.map((m) => m.target._id) } }, { projection: { version: 1 } })
       .toArray();
-    const byKey = new Map(seen.map((d) => [d._id, d]));
-    const refused = plan.filter((p) => byKey.get(p.key)?.lock !== txId);
-    const blockers = new Set<number>();
-    for (const p of refused) {
-      const lock = byKey.get(p.key)?.lock;
-      if (lock !== null && lock !== undefined) blockers.add(lock);
-    }
-    const culprit = refused[0] ?? plan[0];
-    throw new RefusedError(new VersionConflictError(culprit.type, culprit.id), [...blockers]);
+    const at = new Map(found.map((p) => [p._id, p.version]));
+    const refused = updates.filter((m) => at.get(m.target._id) !== m.expected);
+    if (refused.length === 0) return;
+    // A pointer behind its expected version may belong to a committed batch that its gateway did not finish.
+    const behind = refused.filter((m) => (at.get(m.target._id) ?? 0) < m.expected);
+    const holders = behind.length
+      ? await this.versions
+          .find({ _id: { $in: behind.map((m) => slotKey(m.target.type, m.target.id, m.expected)) } }, { projection: { tx: 1 } })
+          .toArray()
+      : [];
+    const culprit = refused[0].target;
+    throw new RefusedError(new VersionConflictError(culprit.type, culprit.id), [...new Set(holders.map((h) => h.tx))]);
   }
 
+  /** Inserts the versions: each one takes its (type, id, v) slot or the batch is refused. */
   private async stage(txId: number, first: number, writes: VersionWrite[]): Promise<void> {
-    const docs: VersionDoc[] = writes.map(({ record: r }, i) => ({
-      _id: first + i,
+    const docs: VersionDoc[] = writes.map(({ record: r, terms }, i) => ({
+      _id: slotKey(r.type, r.id, r.versionId),
+      seq: first + i,
       type: r.type,
       id: r.id,
       v: r.versionId,
@@ -394,181 +477,142 @@ export class MongoStore implements ResourceStore {
       deleted: r.deleted,
       content: r.content ? new Binary(r.content) : null,
       digest: r.digest,
+      terms: termStrings(terms),
       tx: txId,
-      pending: true,
     }));
     try {
       await this.versions.insertMany(docs, { ordered: false });
     } catch (e) {
       if (!isDuplicateKey(e)) throw e;
-      // A version we hold the pointer for exists already: the leftover of a batch that died (an orphan).
-      const taken = await this.versions
-        .find({ $or: writes.map(({ record: r }) => ({ type: r.type, id: r.id, v: r.versionId })) }, { projection: { content: 0 } })
-        .toArray();
-      const foreign = taken.filter((d) => d.tx !== txId);
-      const culprit: VersionRecord = foreign.length
-        ? writes.find((w) => w.record.type === foreign[0].type && w.record.id === foreign[0].id)!.record
-        : writes[0].record;
+      const failed = writeErrorsOf(e as MongoBulkWriteError).map((w) => docs[w.index]);
+      const holders = await this.versions.find({ _id: { $in: failed.map((d) => d._id) } }, { projection: { tx: 1 } }).toArray();
       throw new RefusedError(
-        new VersionConflictError(culprit.type, culprit.id),
-        [...new Set(foreign.filter((d) => d.pending).map((d) => d.tx))],
+        new VersionConflictError(failed[0].type, failed[0].id),
+        [...new Set(holders.map((h) => h.tx).filter((tx) => tx !== txId))],
       );
     }
   }
 
-  /** The one atomic step. Returns when committed; throws (after rolling back) when it is not. */
-  private async commitPoint(txId: number): Promise<void> {
-    let outcome: 'committed' | 'aborted';
-    try {
-      const r = await this.txs.updateOne({ _id: txId, state: 'pending' }, { $set: { state: 'committed' } });
-      outcome = r.matchedCount === 1 ? 'committed' : 'aborted';
-    } catch (e) {
-      outcome = await this.settleUnknownOutcome(txId, e);
-    }
-    if (outcome === 'committed') return;
-    await this.rollBack(txId).catch(() => undefined);
-    throw new CommitAbandonedError(txId);
-  }
-
-  /**
-   * The commit-point update failed in transit, so it may or may not have been applied. Settle it: either it
-   * is committed, or we move it from pending to aborted ourselves, so it can never commit later.
-   */
-  private async settleUnknownOutcome(txId: number, cause: unknown): Promise<'committed' | 'aborted'> {
-    for (let tries = 0; tries < 20; tries++) {
+  /** Idempotent: moves the pointers of a committed batch, then deletes its tx document. */
+  private async rollForward(txId: number, moves?: Move[]): Promise<void> {
+    moves ??= await this.movesOf(txId);
+    const creates = moves.filter((m) => m.expected === 0).map((m) => m.target);
+    if (creates.length > 0) {
       try {
-        const r = await this.txs.updateOne({ _id: txId, state: 'pending' }, { $set: { state: 'aborted' } });
-        if (r.matchedCount === 1) {
-          await this.rollBack(txId).catch(() => undefined);
-          throw cause;
-        }
-        const tx = await this.txs.findOne({ _id: txId });
-        if (tx) return tx.state === 'committed' ? 'committed' : 'aborted';
-        // Gone: finished by a recoverer, one way or the other; published versions tell which.
-        return (await this.versions.findOne({ tx: txId, pending: false }, { projection: { _id: 1 } })) ? 'committed' : 'aborted';
+        await this.pointers.insertMany(creates, { ordered: false });
       } catch (e) {
-        if (e === cause) throw e;
-        await sleep(Math.min(100 * 2 ** tries, 2_000));
+        if (!isDuplicateKey(e)) throw e; // inserted by an earlier run: only the holder of v1 inserts a pointer
       }
     }
-    throw new Error(`vault commit outcome of batch ${txId} unknown: the engine did not answer (${(cause as Error).message})`);
-  }
-
-  /** Idempotent: publishes the versions, moves the pointers still locked by the batch, deletes its tx. */
-  private async rollForward(txId: number, moves?: { key: string; next: NextPointer }[]): Promise<void> {
-    await this.versions.updateMany({ pending: true, tx: txId }, { $set: { pending: false } });
-    await this.step('published', txId);
-    if (!moves) {
-      const locked = await this.pointers.find({ lock: txId }, { projection: { next: 1 } }).toArray();
-      moves = locked.filter((d) => d.next).map((d) => ({ key: d._id, next: d.next! }));
-    }
-    if (moves.length > 0) {
-      await this.pointers.bulkWrite(
-        moves.map(({ key, next }) => ({
-          updateOne: {
-            filter: { _id: key, lock: txId },
-            update: { $set: { ...next, lock: null }, $unset: { next: '' } },
-          },
-        })),
-        { ordered: false },
-      );
+    await this.step('created', txId);
+    const updates: AnyBulkWriteOperation<PointerDoc>[] = moves
+      .filter((m) => m.expected > 0)
+      .map(({ expected, target: { _id, ...fields } }) => ({
+        updateOne: { filter: { _id, version: expected }, update: { $set: fields } },
+      }));
+    for (let i = 0; i < updates.length; i += this.updatesPerCommand) {
+      await this.pointers.bulkWrite(updates.slice(i, i + this.updatesPerCommand), { ordered: false });
     }
     await this.step('moved', txId);
     await this.txs.deleteOne({ _id: txId });
     await this.step('finished', txId);
   }
 
-  /** Idempotent: undoes everything a batch that never committed wrote, the tx document last. */
-  private async rollBack(txId: number): Promise<void> {
-    await Promise.all([
-      this.pointers
-        .deleteMany({ lock: txId, version: 0 })
-        .then(() => this.pointers.updateMany({ lock: txId }, { $set: { lock: null }, $unset: { next: '' } })),
-      this.versions.deleteMany({ pending: true, tx: txId }),
-    ]);
-    await this.txs.deleteOne({ _id: txId, state: { $ne: 'committed' } });
+  /** Rebuilds a batch's pointer moves from its versions (recovery of a committed batch). */
+  private async movesOf(txId: number): Promise<Move[]> {
+    const docs = await this.versions.find({ tx: txId }, { projection: { content: 0 } }).sort({ seq: 1 }).toArray();
+    const moves = new Map<string, Move>();
+    for (const d of docs) {
+      const key = pointerKey(d.type, d.id);
+      const target: PointerDoc = {
+        _id: key, type: d.type, id: d.id, version: d.v, seq: d.seq, lastUpdated: d.lastUpdated, deleted: d.deleted, terms: d.terms,
+      };
+      const move = moves.get(key);
+      if (move) move.target = target;
+      else moves.set(key, { expected: d.v - 1, target });
+    }
+    return [...moves.values()];
+  }
+
+  /** Undoes a batch that will never commit: its versions, then (if asked) its tx document. */
+  private async undo(txId: number, deleteTx: boolean): Promise<void> {
+    await this.versions.deleteMany({ tx: txId });
+    if (deleteTx) await this.txs.deleteOne({ _id: txId });
+  }
+
+  /** After an engine error before the commit point: abort, undo what landed, keep the tx for recovery. */
+  private async abandon(txId: number): Promise<void> {
+    if ((await this.decide(txId, 'aborted')) === 'aborted') await this.undo(txId, false);
   }
 
   // -------------------------------------------------------------------------------------------- recovery
 
-  private async serverNow(): Promise<Date> {
+  private async staleBefore(): Promise<Date> {
     const hello = await this.db.admin().command({ hello: 1 });
-    return hello.localTime instanceof Date ? hello.localTime : new Date();
+    const now = hello.localTime instanceof Date ? hello.localTime.getTime() : Date.now();
+    return new Date(now - this.staleAfterMs);
   }
 
   /**
-   * Settles one batch: committed ⇒ roll forward; aborted ⇒ roll back; pending ⇒ abort and roll back when
-   * older than the staleness threshold (else leave it: its gateway may be alive); gone ⇒ remove its orphans.
-   * Returns whether anything was done.
+   * Settles one batch. Committed: roll forward (young ones only when `finishYoung`, i.e. from init()).
+   * Undecided and stale: abort, undo. Aborted: undo. Gone without a 'committed' decision: delete its leftover
+   * versions. Returns whether anything changed.
    */
-  private async resolve(txId: number, staleBefore: Date): Promise<boolean> {
-    let tx = await this.txs.findOne({ _id: txId });
+  private async resolve(txId: number, staleBefore: Date, finishYoung: boolean): Promise<boolean> {
+    // The tx document first: a decision is always written before the tx document is deleted.
+    const tx = await this.txs.findOne({ _id: txId });
+    let decision = (await this.decisions.findOne({ _id: txId }))?.outcome;
     if (!tx) {
-      await this.removeOrphans(txId);
-      return true;
+      if (decision === 'committed') return false; // finished
+      return (await this.versions.deleteMany({ tx: txId })).deletedCount > 0;
     }
-    if (tx.state === 'pending') {
-      if (tx.createdAt >= staleBefore) return false;
-      const r = await this.txs.updateOne({ _id: txId, state: 'pending' }, { $set: { state: 'aborted' } });
-      if (r.matchedCount === 0) {
-        tx = await this.txs.findOne({ _id: txId });
-        if (!tx) return true; // finished meanwhile
-      } else {
-        tx.state = 'aborted';
-      }
+    const stale = tx.createdAt < staleBefore;
+    if (!decision) {
+      if (!stale) return false; // its gateway may be alive
+      decision = await this.decide(txId, 'aborted');
     }
-    if (tx.state === 'committed') await this.rollForward(txId);
-    else await this.rollBack(txId);
+    if (decision === 'committed') {
+      if (!stale && !finishYoung) return false; // its gateway is finishing it
+      await this.rollForward(txId);
+    } else {
+      await this.undo(txId, stale);
+    }
     return true;
   }
 
-  /** Pending versions and locks of a batch whose tx document is gone: never part of a live or committed batch. */
-  private async removeOrphans(txId: number): Promise<void> {
-    await this.rollBack(txId);
-  }
-
   private async resolveBlockers(blockers: number[]): Promise<boolean> {
-    const staleBefore = new Date((await this.serverNow()).getTime() - this.staleAfterMs);
-    let resolved = false;
-    for (const txId of blockers) if (await this.resolve(txId, staleBefore)) resolved = true;
-    return resolved;
+    const staleBefore = await this.staleBefore();
+    let changed = false;
+    for (const txId of blockers) if (await this.resolve(txId, staleBefore, false)) changed = true;
+    return changed;
   }
 
-  /** Finishes or undoes the batches of gateways presumed dead, then removes orphans. Run by init(). */
+  /**
+   * Finishes every committed batch and undoes those in flight longer than `staleAfterMs` (their gateway is
+   * presumed dead). Run by init(); safe to run at any time, from any number of gateways.
+   */
   async recover(): Promise<void> {
-    const staleBefore = new Date((await this.serverNow()).getTime() - this.staleAfterMs);
-    const stale = await this.txs.find({ createdAt: { $lt: staleBefore } }, { projection: { _id: 1 } }).toArray();
-    for (const { _id } of stale) await this.resolve(_id, staleBefore);
-    // Orphans: read the referencing documents first, then the tx documents (created before them).
-    const referenced = new Set<number>([
-      ...((await this.versions.distinct('tx', { pending: true })) as number[]),
-      ...((await this.pointers.distinct('lock', { lock: { $ne: null } })) as number[]),
-    ]);
-    if (referenced.size === 0) return;
-    const live = new Set(
-      (await this.txs.find({ _id: { $in: [...referenced] } }, { projection: { _id: 1 } }).toArray()).map((d) => d._id),
-    );
-    for (const txId of referenced) if (!live.has(txId)) await this.removeOrphans(txId);
+    const staleBefore = await this.staleBefore();
+    const open = await this.txs.find({}, { projection: { _id: 1 } }).toArray();
+    for (const { _id } of open) await this.resolve(_id, staleBefore, true);
   }
 
   // ----------------------------------------------------------------------------------------------- reads
 
-  private async versionsBySeq(seqs: number[]): Promise<Map<number, VersionDoc>> {
-    if (seqs.length === 0) return new Map();
-    const docs = await this.versions.find({ _id: { $in: seqs } }).toArray();
-    return new Map(docs.map((d) => [d._id, d]));
-  }
-
   async current(type: string, id: string): Promise<StoredVersion | undefined> {
-    const pointer = await this.pointers.findOne({ _id: pointerKey(type, id) }, { projection: { version: 1, seq: 1 } });
-    if (!pointer || pointer.version === 0) return undefined;
-    const doc = await this.versions.findOne({ _id: pointer.seq });
+    const pointer = await this.pointers.findOne({ _id: pointerKey(type, id) }, { projection: { version: 1 } });
+    if (!pointer) return undefined;
+    const doc = await this.versions.findOne({ _id: slotKey(type, id, pointer.version) });
     return doc ? toStored(doc) : undefined;
   }
 
   async version(type: string, id: string, versionId: number): Promise<StoredVersion | undefined> {
-    const doc = await this.versions.findOne({ type, id, v: versionId, pending: false });
-    return doc ? toStored(doc) : undefined;
+    const [doc, pointer] = await Promise.all([
+      this.versions.findOne({ _id: slotKey(type, id, versionId) }),
+      this.pointers.findOne({ _id: pointerKey(type, id) }, { projection: { version: 1 } }),
+    ]);
+    // Visible only once the pointer reached it: a version beyond the pointer is in flight or left over.
+    return doc && pointer && doc.v <= pointer.version ? toStored(doc) : undefined;
   }
 
   private filter(query: StoreQuery, withCursor: boolean): Filter<PointerDoc> {
@@ -585,13 +629,15 @@ export class MongoStore implements ResourceStore {
   async search(query: StoreQuery): Promise<StoredVersion[]> {
     if (query.limit <= 0) return [];
     const pointers = await this.pointers
-      .find(this.filter(query, true), { projection: { seq: 1 } })
+      .find(this.filter(query, true), { projection: { type: 1, id: 1, version: 1 } })
       .sort({ id: 1 })
       .limit(query.limit)
       .toArray();
-    const bySeq = await this.versionsBySeq(pointers.map((p) => p.seq));
-    return pointers.flatMap((p) => {
-      const doc = bySeq.get(p.seq);
+    if (pointers.length === 0) return [];
+    const slots = pointers.map((p) => slotKey(p.type, p.id, p.version));
+    const docs = new Map((await this.versions.find({ _id: { $in: slots } }).toArray()).map((d) => [d._id, d]));
+    return slots.flatMap((slot) => {
+      const doc = docs.get(slot);
       return doc ? [toStored(doc)] : [];
     });
   }
@@ -602,42 +648,62 @@ export class MongoStore implements ResourceStore {
 
   async history(query: HistoryQuery): Promise<StoredVersion[]> {
     if (query.limit <= 0) return [];
-    const filter: Filter<VersionDoc> = { pending: false };
-    if (query.type !== undefined) filter.type = query.type;
-    if (query.id !== undefined) filter.id = query.id;
-    if (query.since !== undefined) filter.lastUpdated = { $gte: query.since };
-    if (query.beforeSeq !== undefined) filter._id = { $lt: query.beforeSeq };
-    const docs = await this.versions.find(filter).sort({ _id: -1 }).limit(query.limit).toArray();
-    return docs.map(toStored);
+    const result: StoredVersion[] = [];
+    let beforeSeq = query.beforeSeq;
+    // Versions beyond their pointer (in flight, left over) are skipped; pages are refilled past them.
+    for (;;) {
+      const filter: Filter<VersionDoc> = {};
+      if (query.type !== undefined) filter.type = query.type;
+      if (query.id !== undefined) filter.id = query.id;
+      if (query.since !== undefined) filter.lastUpdated = { $gte: query.since };
+      if (beforeSeq !== undefined) filter.seq = { $lt: beforeSeq };
+      const want = query.limit - result.length;
+      const docs = await this.versions.find(filter).sort({ seq: -1 }).limit(want).toArray();
+      if (docs.length === 0) return result;
+      const keys = [...new Set(docs.map((d) => pointerKey(d.type, d.id)))];
+      const at = new Map(
+        (await this.pointers.find({ _id: { $in: keys } }, { projection: { version: 1 } }).toArray()).map((p) => [p._id, p.version]),
+      );
+      for (const d of docs) if (d.v <= (at.get(pointerKey(d.type, d.id)) ?? 0)) result.push(toStored(d));
+      if (docs.length < want || result.length >= query.limit) return result;
+      beforeSeq = docs[docs.length - 1].seq;
+    }
   }
 }
 
+function termStrings(terms: VersionWrite['terms']): string[] {
+  return [...new Set(terms.map((t) => `${t.param}=${t.value}`))];
+}
+
+const BOUND_OPS = { gt: '$gt', ge: '$gte', lt: '$lt', le: '$lte' } as const;
+
 function boundFilter(bound: InstantBound): Filter<PointerDoc> {
-  return { lastUpdated: { [BOUND_OPS[bound.op]]: bound.value } } as Document as Filter<PointerDoc>;
+  return { lastUpdated: { [BOUND_OPS[bound.op]]: bound.value } };
 }
 
-function nextOf(p: PlannedPointer, first: number): NextPointer {
-  const r = p.last.record;
-  return { version: r.versionId, seq: first + p.lastIndex, lastUpdated: r.lastUpdated, deleted: r.deleted, terms: termStrings(p.last) };
-}
-
-/** Groups a batch by resource; several writes of one resource must chain, else the batch conflicts. */
-function planPointers(writes: VersionWrite[]): PlannedPointer[] {
-  const byKey = new Map<string, PlannedPointer>();
-  writes.forEach((write, index) => {
-    const r = write.record;
-    if (r.versionId <= write.expectedVersion) throw new VersionConflictError(r.type, r.id);
-    const key = pointerKey(r.type, r.id);
-    const planned = byKey.get(key);
-    if (!planned) {
-      byKey.set(key, { key, type: r.type, id: r.id, expected: write.expectedVersion, last: write, lastIndex: index });
-    } else {
-      if (write.expectedVersion !== planned.last.record.versionId) throw new VersionConflictError(r.type, r.id);
-      planned.last = write;
-      planned.lastIndex = index;
+/**
+ * Groups a batch by resource. Every write must supersede its expected version by exactly one, and several
+ * writes of one resource must chain; the pointer moves once, from the first expected version to the last
+ * write. `target.seq` is the index of that write in the batch (made absolute per attempt).
+ */
+function planMoves(writes: VersionWrite[]): Move[] {
+  const moves = new Map<string, Move>();
+  writes.forEach(({ record: r, terms, expectedVersion }, index) => {
+    if (r.versionId <= expectedVersion) throw new VersionConflictError(r.type, r.id);
+    if (r.versionId !== expectedVersion + 1) {
+      throw new RangeError(`${r.type}/${r.id}: versionId ${r.versionId} must be expectedVersion + 1 (${expectedVersion + 1})`);
     }
+    const key = pointerKey(r.type, r.id);
+    const target: PointerDoc = {
+      _id: key, type: r.type, id: r.id, version: r.versionId, seq: index, lastUpdated: r.lastUpdated, deleted: r.deleted,
+      terms: termStrings(terms),
+    };
+    const move = moves.get(key);
+    if (!move) moves.set(key, { expected: expectedVersion, target });
+    else if (expectedVersion !== move.target.version) throw new VersionConflictError(r.type, r.id);
+    else move.target = target;
   });
-  return [...byKey.values()];
+  return [...moves.values()];
 }
 
 function sleep(ms: number): Promise<void> {
