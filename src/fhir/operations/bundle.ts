@@ -74,7 +74,7 @@ function planEntry(entry: BundleEntry, index: number, baseUrl: string): PlannedE
   const planned: PlannedEntry = { index, method, type, id, query, path, ifNoneExist: entry.request.ifNoneExist };
   try {
     planned.ifMatch = parseIfMatch(entry.request.ifMatch);
-    if (method === 'POST' || method === 'PUT') planned.resource = resourceBody({ body: entry.resource } as FhirRequest, type);
+    if (method === 'POST' || method === 'PUT') planned.resource = resourceBody(entry.resource, type);
     if (method === 'PATCH') planned.resource = entry.resource;
   } catch (e) {
     throw entryError(index, e);

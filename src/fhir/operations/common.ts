@@ -30,9 +30,8 @@ export function writeResponse(
   return { status, headers, body: v.json };
 }
 
-/** The request body as a resource of the expected type (400 otherwise). */
-export function resourceBody(req: FhirRequest, expectedType?: string): FhirResource {
-  const body = req.body;
+/** A request body (or bundle entry resource) as a resource of the expected type (400 otherwise). */
+export function resourceBody(body: unknown, expectedType?: string): FhirResource {
   if (body === undefined) throw errors.badRequest('the request has no body');
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
     throw errors.badRequest('the body must be a JSON object holding a FHIR resource');

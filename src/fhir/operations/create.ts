@@ -35,7 +35,7 @@ export async function createResource(
 /** POST [base]/[type] */
 export const create: Handler = async (req: FhirRequest, ctx: FhirContext, { type }) => {
   const access = requireAccess(req, type, 'c');
-  const resource = resourceBody(req, type);
+  const resource = resourceBody(req.body, type);
   assertAccessible(access, type, resource);
   const result = await ctx.repo.write((session) => createResource(session, resource, req.ifNoneExist));
   return writeResponse(result.status, result.version, req, ctx, result.message);

@@ -3,7 +3,7 @@ import type { FhirContext, FhirRequest, Handler } from '../context.ts';
 import { errors } from '../outcome.ts';
 import type { FhirResource, WriteSession } from '../repository.ts';
 import type { WriteOutcome } from './create.ts';
-import { assertAccessible, parseIfMatch, requireAccess, resourceBody, writeResponse } from './common.ts';
+import { assertAccessible, assertVersionAccessible, parseIfMatch, requireAccess, resourceBody, writeResponse } from './common.ts';
 
 /** Update, or create with the client's id when the resource does not exist (update-as-create). */
 export async function updateResource(
@@ -42,13 +42,13 @@ export async function conditionalUpdate(
 /** PUT [base]/[type]/[id] */
 export const update: Handler = async (req: FhirRequest, ctx: FhirContext, { type, id }) => {
   const access = requireAccess(req, type, 'u');
-  const resource = resourceBody(req, type);
+  const resource = resourceBody(req.body, type);
   assertAccessible(access, type, resource);
   const ifMatch = parseIfMatch(req.ifMatch);
   const result = await ctx.repo.write(async (session) => {
     if (access.kind === 'patient') {
       const current = await session.current(type, id);
-      if (current?.json) assertAccessible(access, type, JSON.parse(current.json));
+      if (current) assertVersionAccessible(access, current);
     }
     return updateResource(session, resource, id, ifMatch);
   });
@@ -59,7 +59,7 @@ export const update: Handler = async (req: FhirRequest, ctx: FhirContext, { type
 export const updateConditional: Handler = async (req, ctx, { type }) => {
   requireAccess(req, type, 'u');
   const access = requireAccess(req, type, 'c');
-  const resource = resourceBody(req, type);
+  const resource = resourceBody(req.body, type);
   assertAccessible(access, type, resource);
   const query = new URLSearchParams(req.query).toString();
   const ifMatch = parseIfMatch(req.ifMatch);

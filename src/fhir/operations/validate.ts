@@ -19,8 +19,8 @@ function resourceToValidate(body: unknown): { resource: unknown; profiles: strin
 /** POST [base]/[type]/$validate and [base]/[type]/[id]/$validate: 200 with an OperationOutcome listing every issue. */
 export const validate: Handler = async (req, _ctx, { type }) => {
   requireAccess(req, type, 'r');
-  const { resource, profiles } = resourceToValidate(resourceBody(req));
-  const body = resourceBody({ ...req, body: resource }, type);
+  const { resource, profiles } = resourceToValidate(resourceBody(req.body));
+  const body = resourceBody(resource, type);
   for (const [key, value] of req.query) if (key === 'profile') profiles.push(value);
   const issues = validateResource(body, profiles.length ? { profiles } : undefined);
   const outcome = operationOutcome(
