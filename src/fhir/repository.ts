@@ -397,5 +397,7 @@ function matchesStaged(query: StoreQuery, write: VersionWrite): boolean {
       : r.lastUpdated <= b.value;
     if (!ok) return false;
   }
-  return query.clauses.every((c) => write.terms.some((t) => t.param === c.param && c.anyOf.includes(t.value)));
+  return query.clauses.every(
+    (c) => write.terms.some((t) => t.param === c.param && c.anyOf.includes(t.value)) !== (c.negate === true),
+  );
 }

@@ -46,6 +46,8 @@ export interface TermClause {
   param: string;
   /** Matches when the resource has any of these values for `param`. */
   anyOf: string[];
+  /** Inverts the clause: matches when the resource has none of these values (`:not`). */
+  negate?: boolean;
 }
 
 export interface InstantBound {

@@ -83,6 +83,9 @@ export function storeContract(name: string, open: () => Promise<ResourceStore>):
       assert.deepEqual(await ids({ lastUpdated: [{ op: 'le', value: T2 }] }), ['o1', 'o3']);
       assert.deepEqual(await ids({ lastUpdated: [{ op: 'gt', value: T2 }] }), ['o2', 'o4']);
       assert.deepEqual(await ids({ afterId: 'o2', limit: 1 }), ['o3']);
+      // `:not`: resources with none of the values, including those without the parameter at all.
+      assert.deepEqual(await ids({ clauses: [{ param: 'code', anyOf: ['A'], negate: true }] }), ['o2']);
+      assert.deepEqual(await ids({ clauses: [{ param: 'subject', anyOf: ['Patient/p9'], negate: true }, { param: 'code', anyOf: ['A'] }] }), ['o1', 'o3']);
       assert.equal(await store.count({ ...base, clauses: [{ param: 'code', anyOf: ['A'] }], afterId: 'o3', limit: 1 }), 3);
     });
 

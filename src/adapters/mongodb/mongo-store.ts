@@ -619,7 +619,8 @@ export class MongoStore implements ResourceStore {
     const and: Filter<PointerDoc>[] = [{ type: query.type }, { deleted: false }];
     if (query.ids) and.push({ _id: { $in: query.ids.map((id) => pointerKey(query.type, id)) } });
     for (const clause of query.clauses) {
-      and.push({ terms: { $in: clause.anyOf.map((value) => `${clause.param}=${value}`) } });
+      const values = clause.anyOf.map((value) => `${clause.param}=${value}`);
+      and.push({ terms: clause.negate ? { $nin: values } : { $in: values } });
     }
     for (const bound of query.lastUpdated) and.push(boundFilter(bound));
     if (withCursor && query.afterId !== undefined) and.push({ id: { $gt: query.afterId } });

@@ -159,7 +159,7 @@ export class SqliteStore implements ResourceStore {
     }
     for (const clause of query.clauses) {
       parts.push(
-        `c.id IN (SELECT t.id FROM terms t WHERE t.type = ? AND t.param = ? AND t.value IN (${clause.anyOf
+        `c.id ${clause.negate ? 'NOT IN' : 'IN'} (SELECT t.id FROM terms t WHERE t.type = ? AND t.param = ? AND t.value IN (${clause.anyOf
           .map(() => '?')
           .join(', ')}))`,
       );
