@@ -21,11 +21,15 @@ export interface VersionRecord {
   content: Uint8Array | null;
   /** Hex SHA-256 of the version's canonical JSON; null for a deletion. */
   digest: string | null;
+  /** The data key the content is sealed under (absent for deletions and plaintext vaults). */
+  keyId?: string;
 }
 
 /** A version as read back, with the store-wide sequence number it was committed under. */
 export interface StoredVersion extends VersionRecord {
   seq: number;
+  /** Set by the vault when the version's data key was destroyed (crypto-shredded): content is null. */
+  erased?: boolean;
 }
 
 /** One search index entry of the current version of a resource: e.g. `identifier` = `http://x|123`. */
@@ -40,6 +44,11 @@ export interface VersionWrite {
   terms: IndexTerm[];
   /** The version this write supersedes: 0 when the resource must not exist yet. */
   expectedVersion: number;
+  /**
+   * Whose data key seals the content: the patient compartment the resource belongs to (`Patient/123`);
+   * absent for resources outside any patient compartment, which get a key of their own.
+   */
+  owner?: string;
 }
 
 export interface TermClause {
@@ -76,6 +85,19 @@ export interface HistoryQuery {
   /** Keyset cursor: only versions with seq strictly below this one (results are newest first). */
   beforeSeq?: number;
   limit: number;
+}
+
+/**
+ * A data key as the store keeps it: wrapped (AES-256-GCM) under a master key the store never sees, or a
+ * tombstone once destroyed. Tombstones stay so that an erased key can never be created again.
+ */
+export interface KeyEntry {
+  keyId: string;
+  createdAt: string;
+  /** The master key the data key is wrapped under; null once erased. */
+  masterKeyId: string | null;
+  wrapped: Uint8Array | null;
+  erasedAt: string | null;
 }
 
 /** A concurrent writer moved a resource first: the whole batch was rejected, nothing was written. */
@@ -122,4 +144,18 @@ export interface ResourceStore {
   count(query: StoreQuery): Promise<number>;
   /** Versions newest first. */
   history(query: HistoryQuery): Promise<StoredVersion[]>;
+
+  /** Stores a new wrapped data key unless one with its id exists; returns the entry that is stored. */
+  insertKey(key: { keyId: string; masterKeyId: string; wrapped: Uint8Array; createdAt: string }): Promise<KeyEntry>;
+  getKey(keyId: string): Promise<KeyEntry | undefined>;
+  /** Live keys wrapped under a master key other than `notWrappedUnder`, ordered by id (rotation). */
+  listKeys(query: { notWrappedUnder: string; afterKeyId?: string; limit: number }): Promise<KeyEntry[]>;
+  /** Replaces a live key's wrapping if it is still wrapped under `fromMasterKeyId`; false otherwise. */
+  rewrapKey(keyId: string, fromMasterKeyId: string, next: { masterKeyId: string; wrapped: Uint8Array }): Promise<boolean>;
+  /**
+   * Crypto-shredding: replaces the key by a tombstone (its wrapped bytes are deleted), removes the index
+   * terms of every current resource sealed under it and hides those resources from search. Idempotent, so
+   * an interrupted erasure is finished by running it again. Returns how many current resources it hid.
+   */
+  eraseKey(keyId: string, erasedAt: string): Promise<{ resources: number }>;
 }

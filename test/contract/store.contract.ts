@@ -124,5 +124,68 @@ export function storeContract(name: string, open: () => Promise<ResourceStore>):
       assert.deepEqual(history.map((r) => [r.versionId, r.deleted]), [[3, false], [2, true], [1, false]]);
       assert.equal((await store.version('Observation', 'o4', 2))?.deleted, true);
     });
+
+    describe('data keys', () => {
+      const bytes = (n: number) => new Uint8Array(48).fill(n);
+
+      it('inserts a key once: a second insert of the same id returns the first one', async () => {
+        const first = await store.insertKey({ keyId: 'k-a', masterKeyId: 'mk-1', wrapped: bytes(1), createdAt: T1 });
+        assert.deepEqual([first.keyId, first.masterKeyId, Buffer.from(first.wrapped!)[0], first.erasedAt], ['k-a', 'mk-1', 1, null]);
+        const second = await store.insertKey({ keyId: 'k-a', masterKeyId: 'mk-2', wrapped: bytes(2), createdAt: T2 });
+        assert.deepEqual([second.masterKeyId, Buffer.from(second.wrapped!)[0], second.createdAt], ['mk-1', 1, T1]);
+        assert.equal(await store.getKey('k-none'), undefined);
+      });
+
+      it('lists keys not wrapped under a master key, by id with a cursor, and re-wraps them only from the expected master', async () => {
+        await store.insertKey({ keyId: 'k-b', masterKeyId: 'mk-1', wrapped: bytes(3), createdAt: T1 });
+        await store.insertKey({ keyId: 'k-c', masterKeyId: 'mk-2', wrapped: bytes(4), createdAt: T1 });
+        const ids = async (q: { notWrappedUnder: string; afterKeyId?: string; limit: number }) => (await store.listKeys(q)).map((k) => k.keyId);
+        assert.deepEqual(await ids({ notWrappedUnder: 'mk-2', limit: 10 }), ['k-a', 'k-b']);
+        assert.deepEqual(await ids({ notWrappedUnder: 'mk-2', afterKeyId: 'k-a', limit: 10 }), ['k-b']);
+        assert.deepEqual(await ids({ notWrappedUnder: 'mk-2', limit: 1 }), ['k-a']);
+        assert.equal(await store.rewrapKey('k-a', 'mk-9', { masterKeyId: 'mk-2', wrapped: bytes(5) }), false);
+        assert.equal(await store.rewrapKey('k-a', 'mk-1', { masterKeyId: 'mk-2', wrapped: bytes(5) }), true);
+        const rewrapped = await store.getKey('k-a');
+        assert.deepEqual([rewrapped?.masterKeyId, Buffer.from(rewrapped!.wrapped!)[0]], ['mk-2', 5]);
+        assert.deepEqual(await ids({ notWrappedUnder: 'mk-2', limit: 10 }), ['k-b']);
+      });
+
+      it('erases a key: tombstone, terms and search visibility gone, versions kept as sealed bytes, idempotent', async () => {
+        const sealed = (id: string, versionId: number, code: string) => {
+          const w = write('Condition', id, versionId, T2, [{ param: 'code', value: code }, { param: '_compartment', value: 'tok-p' }]);
+          w.record.keyId = 'k-b';
+          return w;
+        };
+        await store.commit([sealed('c1', 1, 'X'), sealed('c2', 1, 'X')]);
+        await store.commit([sealed('c1', 2, 'Y')]);
+        const other = write('Condition', 'c3', 1, T2, [{ param: 'code', value: 'X' }]);
+        other.record.keyId = 'k-c';
+        await store.commit([other]);
+        assert.equal((await store.current('Condition', 'c1'))?.keyId, 'k-b');
+        const q = (param: string, value: string) => ({ type: 'Condition', clauses: [{ param, anyOf: [value] }], lastUpdated: [], limit: 10 });
+
+        assert.deepEqual(await store.eraseKey('k-b', T3), { resources: 2 });
+        const tomb = await store.getKey('k-b');
+        assert.deepEqual([tomb?.masterKeyId, tomb?.wrapped, tomb?.erasedAt], [null, null, T3]);
+        assert.deepEqual((await store.search(q('code', 'X'))).map((r) => r.id), ['c3']);
+        assert.deepEqual(await store.search(q('_compartment', 'tok-p')), []);
+        assert.equal(await store.count({ type: 'Condition', clauses: [], lastUpdated: [], limit: 10 }), 1);
+        assert.equal(await store.count(q('code', 'Y')), 0);
+        // The sealed versions stay (their digests are anchored); without the key they are noise.
+        const history = await store.history({ type: 'Condition', id: 'c1', limit: 10 });
+        assert.deepEqual(history.map((r) => [r.versionId, r.keyId]), [[2, 'k-b'], [1, 'k-b']]);
+
+        assert.deepEqual(await store.eraseKey('k-b', '2030-01-01T00:00:00.000Z'), { resources: 0 });
+        assert.equal((await store.getKey('k-b'))?.erasedAt, T3);
+        // An erased key can be neither re-created nor re-wrapped.
+        const again = await store.insertKey({ keyId: 'k-b', masterKeyId: 'mk-2', wrapped: bytes(6), createdAt: T3 });
+        assert.deepEqual([again.wrapped, again.erasedAt], [null, T3]);
+        assert.equal(await store.rewrapKey('k-b', 'mk-1', { masterKeyId: 'mk-2', wrapped: bytes(6) }), false);
+        assert.deepEqual((await store.listKeys({ notWrappedUnder: 'mk-x', limit: 10 })).map((k) => k.keyId), ['k-a', 'k-c']);
+        // Erasing a key never seen leaves a tombstone, so it cannot be created later.
+        assert.deepEqual(await store.eraseKey('k-never', T3), { resources: 0 });
+        assert.equal((await store.getKey('k-never'))?.erasedAt, T3);
+      });
+    });
   });
 }

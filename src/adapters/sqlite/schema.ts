@@ -3,19 +3,27 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 
+/** Bumped when the layout changes incompatibly; a vault of another version is refused, never migrated blindly. */
+export const SCHEMA_VERSION = 2;
+
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS versions (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
-  last_updated TEXT NOT NULL, deleted INTEGER NOT NULL, content BLOB, digest TEXT,
+  last_updated TEXT NOT NULL, deleted INTEGER NOT NULL, content BLOB, digest TEXT, key_id TEXT,
   UNIQUE (type, id, version)
 );
 CREATE TABLE IF NOT EXISTS current (
   type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, seq INTEGER NOT NULL,
-  last_updated TEXT NOT NULL, deleted INTEGER NOT NULL,
+  last_updated TEXT NOT NULL, deleted INTEGER NOT NULL, key_id TEXT,
   PRIMARY KEY (type, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS current_by_last_updated ON current (type, last_updated);
+CREATE INDEX IF NOT EXISTS current_by_key ON current (key_id) WHERE key_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS data_keys (
+  key_id TEXT PRIMARY KEY, created_at TEXT NOT NULL,
+  master_key_id TEXT, wrapped BLOB, erased_at TEXT
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS terms (
   type TEXT NOT NULL, param TEXT NOT NULL, value TEXT NOT NULL, id TEXT NOT NULL,
   PRIMARY KEY (type, param, value, id)
@@ -36,6 +44,18 @@ export function openDatabase(file: string): Database.Database {
   // A 64 MiB page cache and fewer, larger checkpoints: ingest writes megabytes per bundle.
   db.pragma('cache_size = -65536');
   db.pragma('wal_autocheckpoint = 4096');
+  // Deleted content (an erased data key, dropped index terms) is overwritten with zeros, not left in free pages.
+  db.pragma('secure_delete = ON');
+  const version = db.pragma('user_version', { simple: true }) as number;
+  const fresh = db.prepare("SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'versions'").get() as { n: number };
+  if (fresh.n > 0 && version !== SCHEMA_VERSION) {
+    db.close();
+    throw new Error(
+      `${file} is a vault of schema ${version}, this gateway uses schema ${SCHEMA_VERSION} (encrypted); ` +
+        'import the data into a new MEDBLOCK_DATA_DIR',
+    );
+  }
   db.exec(SCHEMA);
+  db.pragma(`user_version = ${SCHEMA_VERSION}`);
   return db;
 }

@@ -4,6 +4,7 @@ import {
   CommitAbortedError,
   VersionConflictError,
   type HistoryQuery,
+  type KeyEntry,
   type ResourceStore,
   type StoreQuery,
   type StoredVersion,
@@ -22,10 +23,23 @@ interface VersionRow {
   deleted: number;
   content: Buffer | null;
   digest: string | null;
+  key_id: string | null;
+}
+
+interface KeyRow {
+  key_id: string;
+  created_at: string;
+  master_key_id: string | null;
+  wrapped: Buffer | null;
+  erased_at: string | null;
+}
+
+function toKeyEntry(row: KeyRow): KeyEntry {
+  return { keyId: row.key_id, createdAt: row.created_at, masterKeyId: row.master_key_id, wrapped: row.wrapped, erasedAt: row.erased_at };
 }
 
 
-const VERSION_COLUMNS = 'v.seq, v.type, v.id, v.version, v.last_updated, v.deleted, v.content, v.digest';
+const VERSION_COLUMNS = 'v.seq, v.type, v.id, v.version, v.last_updated, v.deleted, v.content, v.digest, v.key_id';
 
 function toStored(row: VersionRow): StoredVersion {
   return {
@@ -37,6 +51,7 @@ function toStored(row: VersionRow): StoredVersion {
     deleted: row.deleted === 1,
     content: row.content,
     digest: row.digest,
+    ...(row.key_id !== null && { keyId: row.key_id }),
   };
 }
 
@@ -107,6 +122,24 @@ export class SqliteStore implements ResourceStore {
         `SELECT ${VERSION_COLUMNS} FROM current c JOIN versions v ON v.seq = c.seq WHERE c.type = ? AND c.id = ?`,
       ),
       version: db.prepare(`SELECT ${VERSION_COLUMNS} FROM versions v WHERE v.type = ? AND v.id = ? AND v.version = ?`),
+      insertKey: db.prepare(
+        'INSERT INTO data_keys (key_id, created_at, master_key_id, wrapped) VALUES (?, ?, ?, ?) ON CONFLICT (key_id) DO NOTHING',
+      ),
+      getKey: db.prepare('SELECT * FROM data_keys WHERE key_id = ?'),
+      listKeys: db.prepare(
+        'SELECT * FROM data_keys WHERE erased_at IS NULL AND master_key_id <> ? AND key_id > ? ORDER BY key_id LIMIT ?',
+      ),
+      rewrapKey: db.prepare(
+        'UPDATE data_keys SET master_key_id = ?, wrapped = ? WHERE key_id = ? AND master_key_id = ? AND erased_at IS NULL',
+      ),
+      tombstone: db.prepare(
+        `INSERT INTO data_keys (key_id, created_at, erased_at) VALUES (?, ?, ?)
+         ON CONFLICT (key_id) DO UPDATE SET master_key_id = NULL, wrapped = NULL, erased_at = coalesce(erased_at, excluded.erased_at)`,
+      ),
+      dropErasedTerms: db.prepare(
+        'DELETE FROM terms WHERE (type, id) IN (SELECT type, id FROM current WHERE key_id = ?)',
+      ),
+      hideErased: db.prepare('UPDATE current SET deleted = 1 WHERE key_id = ? AND deleted = 0'),
     };
   }
 
@@ -190,6 +223,48 @@ export class SqliteStore implements ResourceStore {
     const { sql, params } = this.where(query, false);
     const row = this.db.prepare(`SELECT COUNT(*) AS n FROM current c WHERE ${sql}`).get(...params) as { n: number };
     return row.n;
+  }
+
+  async insertKey(key: { keyId: string; masterKeyId: string; wrapped: Uint8Array; createdAt: string }): Promise<KeyEntry> {
+    this.statements.insertKey.run(key.keyId, key.createdAt, key.masterKeyId, key.wrapped);
+    return (await this.getKey(key.keyId))!;
+  }
+
+  async getKey(keyId: string): Promise<KeyEntry | undefined> {
+    const row = this.statements.getKey.get(keyId) as KeyRow | undefined;
+    return row && toKeyEntry(row);
+  }
+
+  async listKeys(query: { notWrappedUnder: string; afterKeyId?: string; limit: number }): Promise<KeyEntry[]> {
+    const rows = this.statements.listKeys.all(query.notWrappedUnder, query.afterKeyId ?? '', query.limit) as KeyRow[];
+    return rows.map(toKeyEntry);
+  }
+
+  async rewrapKey(keyId: string, fromMasterKeyId: string, next: { masterKeyId: string; wrapped: Uint8Array }): Promise<boolean> {
+    return this.statements.rewrapKey.run(next.masterKeyId, next.wrapped, keyId, fromMasterKeyId).changes === 1;
+  }
+
+  async eraseKey(keyId: string, erasedAt: string): Promise<{ resources: number }> {
+    const s = this.statements;
+    const resources = this.db.transaction(() => {
+      s.tombstone.run(keyId, erasedAt, erasedAt);
+      s.dropErasedTerms.run(keyId);
+      return s.hideErased.run(keyId).changes;
+    })();
+    this.purgeWal();
+    return { resources };
+  }
+
+  /**
+   * Copies the WAL into the database and truncates it, so the pre-erasure pages (holding the wrapped key)
+   * do not linger in the WAL file; secure_delete has zeroed them in the database itself.
+   */
+  private purgeWal(): void {
+    for (let attempt = 0; attempt < 50; attempt++) {
+      const [result] = this.db.pragma('wal_checkpoint(TRUNCATE)') as Array<{ busy: number }>;
+      if (result.busy === 0) return;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+    }
   }
 
   async history(query: HistoryQuery): Promise<StoredVersion[]> {

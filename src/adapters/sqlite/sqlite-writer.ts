@@ -9,11 +9,13 @@ export class SqliteWriter {
   constructor(db: Database.Database) {
     this.statements = {
       insertVersion: db.prepare(
-        'INSERT INTO versions (type, id, version, last_updated, deleted, content, digest) VALUES (?, ?, ?, ?, ?, ?, ?)',
+        'INSERT INTO versions (type, id, version, last_updated, deleted, content, digest, key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
       ),
-      insertCurrent: db.prepare('INSERT INTO current (type, id, version, seq, last_updated, deleted) VALUES (?, ?, ?, ?, ?, ?)'),
+      insertCurrent: db.prepare(
+        'INSERT INTO current (type, id, version, seq, last_updated, deleted, key_id) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      ),
       moveCurrent: db.prepare(
-        'UPDATE current SET version = ?, seq = ?, last_updated = ?, deleted = ? WHERE type = ? AND id = ? AND version = ?',
+        'UPDATE current SET version = ?, seq = ?, last_updated = ?, deleted = ?, key_id = ? WHERE type = ? AND id = ? AND version = ?',
       ),
       deleteTerms: db.prepare('DELETE FROM terms WHERE type = ? AND id = ?'),
       insertTerm: db.prepare('INSERT OR IGNORE INTO terms (type, param, value, id) VALUES (?, ?, ?, ?)'),
@@ -38,12 +40,13 @@ export class SqliteWriter {
     const s = this.statements;
     if (r.versionId <= expectedVersion) throw new VersionConflictError(r.type, r.id);
     const deleted = r.deleted ? 1 : 0;
-    const { lastInsertRowid: seq } = s.insertVersion.run(r.type, r.id, r.versionId, r.lastUpdated, deleted, r.content, r.digest);
+    const keyId = r.keyId ?? null;
+    const { lastInsertRowid: seq } = s.insertVersion.run(r.type, r.id, r.versionId, r.lastUpdated, deleted, r.content, r.digest, keyId);
     // The current pointer moves only from the expected version: the optimistic concurrency check.
     if (expectedVersion === 0) {
-      s.insertCurrent.run(r.type, r.id, r.versionId, seq, r.lastUpdated, deleted);
+      s.insertCurrent.run(r.type, r.id, r.versionId, seq, r.lastUpdated, deleted, keyId);
     } else {
-      const moved = s.moveCurrent.run(r.versionId, seq, r.lastUpdated, deleted, r.type, r.id, expectedVersion);
+      const moved = s.moveCurrent.run(r.versionId, seq, r.lastUpdated, deleted, keyId, r.type, r.id, expectedVersion);
       if (moved.changes !== 1) throw new VersionConflictError(r.type, r.id);
       s.deleteTerms.run(r.type, r.id);
     }
