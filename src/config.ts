@@ -1,5 +1,6 @@
 /** Runtime configuration from the environment (see the README's configuration table). */
 import { resolve } from 'node:path';
+import { keySource, type KeySource } from './vault/keyring.ts';
 
 export interface GatewayConfig {
   host: string;
@@ -14,6 +15,10 @@ export interface GatewayConfig {
   mongodb?: { uri: string; database: string };
   /** Kafka brokers of the consortium's ordering service. */
   kafkaBrokers?: string[];
+  /** This hospital's id in the consortium; bound into every ciphertext's authenticated data. */
+  hospitalId: string;
+  /** Where the master key ring comes from. */
+  masterKey: KeySource;
 }
 
 /** The database named in a MongoDB URI's path (`mongodb://h1,h2/hospital_a?replicaSet=rs0`), if any. */
@@ -33,15 +38,22 @@ function integer(name: string, fallback: number, min: number, max: number): numb
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig {
   const mongoUri = env.MEDBLOCK_MONGODB_URI?.trim();
   if (mongoUri && !/^mongodb(\+srv)?:\/\//.test(mongoUri)) throw new Error('MEDBLOCK_MONGODB_URI must start with mongodb:// or mongodb+srv://');
+  const hospitalId = env.MEDBLOCK_HOSPITAL_ID?.trim() || 'local';
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(hospitalId)) {
+    throw new Error('MEDBLOCK_HOSPITAL_ID must be 1-64 letters, digits, dots, dashes or underscores');
+  }
+  const dataDir = resolve(env.MEDBLOCK_DATA_DIR || './data');
   const brokers = env.MEDBLOCK_KAFKA_BROKERS?.split(',').map((b) => b.trim()).filter(Boolean);
   return {
     host: env.HOST || '127.0.0.1',
     port: integer('PORT', 8080, 0, 65535),
-    dataDir: resolve(env.MEDBLOCK_DATA_DIR || './data'),
+    dataDir,
     baseUrl: env.MEDBLOCK_BASE_URL?.replace(/\/+$/, '') || undefined,
     maxBodyBytes: integer('MEDBLOCK_MAX_BODY_MB', 64, 1, 1024) * 1024 * 1024,
     workers: env.MEDBLOCK_WORKERS ? integer('MEDBLOCK_WORKERS', 0, 0, 64) : undefined,
     mongodb: mongoUri ? { uri: mongoUri, database: mongoDatabase(mongoUri) ?? 'medblock' } : undefined,
     kafkaBrokers: brokers?.length ? brokers : undefined,
+    hospitalId,
+    masterKey: keySource(dataDir, env),
   };
 }

@@ -11,6 +11,8 @@ import { FhirRepository } from './fhir/repository.ts';
 import { initValidation } from './fhir/validation/index.ts';
 import { createApp } from './http/app.ts';
 import type { ResourceStore } from './vault/store.ts';
+import { EncryptedStore } from './vault/encrypted-store.ts';
+import { MasterKeyring } from './vault/keyring.ts';
 
 export interface Gateway {
   config: GatewayConfig;
@@ -21,14 +23,27 @@ export interface Gateway {
   close(): Promise<void>;
 }
 
-/** The vault: MongoDB when configured, else the embedded SQLite file in the data dir. */
-export function openStore(config: GatewayConfig): ResourceStore {
+/** The database adapter: MongoDB when configured, else the embedded SQLite file in the data dir. */
+export function openDatabaseStore(config: GatewayConfig): ResourceStore {
   if (config.mongodb) return new MongoStore(config.mongodb.uri, config.mongodb.database);
   return new SqliteStore(join(config.dataDir, 'vault.sqlite'));
 }
 
-export async function createGateway(config: GatewayConfig): Promise<Gateway> {
-  const store = openStore(config);
+/** The vault: the database adapter behind envelope encryption and blind indexes (not yet initialised). */
+export function openVault(config: GatewayConfig): EncryptedStore {
+  return new EncryptedStore(openDatabaseStore(config), MasterKeyring.open(config.masterKey), config.hospitalId);
+}
+
+export interface GatewayOptions {
+  /**
+   * Benchmarks only, never reachable from the CLI or the environment: the same pipeline with the database
+   * adapter used directly (plaintext content and index terms), to measure what encryption costs.
+   */
+  plaintextVaultForBenchmark?: boolean;
+}
+
+export async function createGateway(config: GatewayConfig, options: GatewayOptions = {}): Promise<Gateway> {
+  const store = options.plaintextVaultForBenchmark ? openDatabaseStore(config) : openVault(config);
   await store.init();
   initValidation();
   const checker = createVersionChecker(config.workers);

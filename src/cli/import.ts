@@ -16,7 +16,7 @@ import { createVersionChecker } from '../fhir/checks/pool.ts';
 import { FhirRepository } from '../fhir/repository.ts';
 import { routeRequest } from '../fhir/routes.ts';
 import { initValidation } from '../fhir/validation/index.ts';
-import { openStore } from '../gateway.ts';
+import { openVault } from '../gateway.ts';
 
 interface Job {
   label: string;
@@ -82,7 +82,7 @@ function* jobsOf(file: string, batchSize: number): Generator<Job> {
 }
 
 async function inProcessSender(config: GatewayConfig): Promise<{ send: Send; close: () => Promise<void> }> {
-  const store = openStore(config);
+  const store = openVault(config);
   await store.init();
   initValidation();
   const checker = createVersionChecker(config.workers);

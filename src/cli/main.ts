@@ -2,6 +2,7 @@
 import { Command, Option } from 'commander';
 import { loadConfig } from '../config.ts';
 import { runImport } from './import.ts';
+import { runKeyStatus, runRotate } from './keys.ts';
 import { runStart } from './start.ts';
 import { runToken } from './token.ts';
 
@@ -33,6 +34,25 @@ program
   .addOption(new Option('--batch-size <n>', 'NDJSON resources per batch').default(500).argParser(Number))
   .action(async (paths: string[], opts: { url?: string; token?: string; batchSize: number }) => {
     process.exitCode = await runImport(loadConfig(), paths, opts);
+  });
+
+const keys = program.command('keys').description('master key management (MEDBLOCK_MASTER_KEY_FILE or <data dir>/keys/master-keys.json)');
+
+keys
+  .command('rotate')
+  .description('re-wrap every data key under a new master key, online; run again to resume an interrupted rotation')
+  .option('--new-key-file <path>', 'the new master key (32 bytes, base64); default: generated')
+  .addOption(new Option('--batch-size <n>', 'data keys per store round trip').default(500).argParser(Number))
+  .addOption(new Option('--max-rate <n>', 're-wraps per second at most (0 = unlimited)').default(0).argParser(Number))
+  .action(async (opts: { newKeyFile?: string; batchSize: number; maxRate: number }) => {
+    process.exitCode = await runRotate(loadConfig(), opts);
+  });
+
+keys
+  .command('status')
+  .description('show the master key, any unfinished rotation and data keys still wrapped under a retiring key (exit 1 if any)')
+  .action(async () => {
+    process.exitCode = await runKeyStatus(loadConfig());
   });
 
 program.parseAsync().catch((e: unknown) => {

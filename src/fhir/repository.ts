@@ -6,6 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { createVersionChecker, type VersionChecker } from './checks/pool.ts';
 import {
   CommitAbortedError,
+  isErasable,
   VersionConflictError,
   type HistoryQuery,
   type IndexTerm,
@@ -15,11 +16,13 @@ import {
   type VersionRecord,
   type VersionWrite,
 } from '../vault/store.ts';
+import { KeyErasedError } from '../vault/data-keys.ts';
 import { stringifyFhirJson } from './json.ts';
 import { errors, FhirError } from './outcome.ts';
 import { parseSearch } from './search/query.ts';
 import { extractTerms } from './search/terms.ts';
 import { isKnownResourceType } from './validation/index.ts';
+import { COMPARTMENT_PARAM, compartmentTerm, compartmentTypes, patientCompartments } from './compartment.ts';
 
 export type FhirResource = Record<string, unknown> & { resourceType: string; id?: string; meta?: Record<string, unknown> };
 
@@ -114,6 +117,7 @@ export class FhirRepository {
     assertId(id);
     const stored = await this.store.current(type, id);
     if (!stored) throw errors.notFound(`${type}/${id} is not known`);
+    if (stored.erased) throw erasedError(type, id);
     if (stored.deleted) throw goneError(type, id, stored.versionId);
     return toVersion(stored);
   }
@@ -124,6 +128,7 @@ export class FhirRepository {
     if (!/^[1-9]\d{0,15}$/.test(versionId)) throw errors.notFound(`${type}/${id} has no version '${versionId}'`);
     const stored = await this.store.version(type, id, Number(versionId));
     if (!stored) throw errors.notFound(`${type}/${id} has no version ${versionId}`);
+    if (stored.erased) throw erasedError(type, id);
     if (stored.deleted) throw goneError(type, id, stored.versionId);
     return toVersion(stored);
   }
@@ -151,6 +156,52 @@ export class FhirRepository {
     };
   }
 
+  /**
+   * `Patient/[id]/$everything`: the Patient, then every resource of its compartment type by type (in
+   * compartmentTypes() order) and by id within a type, so the cursor `<type index>:<last id>` pages stably.
+   */
+  async everything(
+    patientId: string,
+    options: { since?: string; types?: string[]; limit: number; cursor?: { typeIndex: number; afterId: string } },
+  ): Promise<{ versions: ResourceVersion[]; nextCursor?: string }> {
+    const patient = await this.read('Patient', patientId);
+    const types = compartmentTypes().filter((t) => !options.types || options.types.includes(t));
+    const since = options.since ? [{ op: 'ge' as const, value: options.since }] : [];
+    const versions: ResourceVersion[] = [];
+    let { typeIndex, afterId } = options.cursor ?? { typeIndex: 0, afterId: undefined as string | undefined };
+    for (; typeIndex < types.length; typeIndex++, afterId = undefined) {
+      const type = types[typeIndex];
+      const room = options.limit - versions.length;
+      const query: StoreQuery =
+        type === 'Patient'
+          ? { type, ids: [patientId], clauses: [], lastUpdated: since, afterId, limit: room + 1 }
+          : { type, clauses: [{ param: COMPARTMENT_PARAM, anyOf: [compartmentTerm(patientId)] }], lastUpdated: since, afterId, limit: room + 1 };
+      const rows = type === 'Patient' && !since.length && afterId === undefined ? [patient] : (await this.store.search(query)).filter((r) => !r.erased).map(toVersion);
+      if (rows.length > room) {
+        versions.push(...rows.slice(0, room));
+        return { versions, nextCursor: `${typeIndex}:${versions[versions.length - 1].id}` };
+      }
+      versions.push(...rows);
+    }
+    return { versions };
+  }
+
+  /**
+   * `Patient/[id]/$erase`: crypto-shreds the patient's data key, after every write already accepted is
+   * durable (new writes wait on the lock, then find the key destroyed).
+   */
+  async erase(patientId: string): Promise<{ resources: number; erasedAt: string }> {
+    assertId(patientId);
+    if (!isErasable(this.store)) throw errors.notSupported('this vault does not encrypt per patient, so it cannot crypto-shred');
+    const store = this.store;
+    return this.writeLock.run(async () => {
+      await Promise.allSettled(this.inflight.map((s) => s.durable));
+      const current = await this.store.current('Patient', patientId);
+      if (!current) throw errors.notFound(`Patient/${patientId} is not known`);
+      return store.eraseOwner(compartmentTerm(patientId), new Date().toISOString());
+    });
+  }
+
   async history(query: HistoryQuery): Promise<{ versions: Array<ResourceVersion & { seq: number }>; nextCursor?: number }> {
     if (query.type) assertResourceType(query.type);
     if (query.id) assertId(query.id);
@@ -158,7 +209,8 @@ export class FhirRepository {
     const hasMore = rows.length > query.limit;
     const page = hasMore ? rows.slice(0, query.limit) : rows;
     return {
-      versions: page.map((r) => ({ ...toVersion(r), seq: r.seq })),
+      // Erased versions are left out; the cursor still moves past them.
+      versions: page.filter((r) => !r.erased).map((r) => ({ ...toVersion(r), seq: r.seq })),
       nextCursor: hasMore ? page[page.length - 1].seq : undefined,
     };
   }
@@ -207,6 +259,10 @@ export class FhirRepository {
     session.durable = done;
     return done;
   }
+}
+
+function erasedError(type: string, id: string): FhirError {
+  return errors.gone(`${type}/${id} was erased at the patient's request: its content is destroyed and cannot be recovered`);
 }
 
 function goneError(type: string, id: string, versionId: number): FhirError {
@@ -279,17 +335,22 @@ export class WriteSession {
     let record: VersionRecord;
     let terms: IndexTerm[] = [];
     let json: string | undefined;
+    // A resource in a patient compartment is sealed under that patient's key (the first one, by definition order).
+    let owner: string | undefined;
     if (resource) {
       const stamped = stamp(resource, id, versionId, this.now);
       json = stringifyFhirJson(stamped);
+      const patients = patientCompartments(type, stamped);
       terms = extractTerms(type, stamped);
+      for (const patient of patients) terms.push({ param: COMPARTMENT_PARAM, value: compartmentTerm(patient) });
+      if (patients.length > 0) owner = compartmentTerm(patients[0]);
       // The digest is set by check(), with validation, before the batch is committed.
       record = { type, id, versionId, lastUpdated: this.now, deleted: false, content: encoder.encode(json), digest: null };
     } else {
       record = { type, id, versionId, lastUpdated: this.now, deleted: true, content: null, digest: null };
     }
     const version: ResourceVersion = { type, id, versionId, lastUpdated: this.now, deleted: !resource, json };
-    this.staged.set(key, { write: { record, terms, expectedVersion: previous }, version, label: this.label });
+    this.staged.set(key, { write: { record, terms, expectedVersion: previous, owner }, version, label: this.label });
     return version;
   }
 
@@ -380,6 +441,9 @@ export class WriteSession {
         throw errors.conflict(`${e.type}/${e.id} was changed concurrently; retry the request`);
       }
       if (e instanceof CommitAbortedError) throw errors.conflict(`${e.message}; retry the request`);
+      if (e instanceof KeyErasedError) {
+        throw errors.gone('the patient compartment this data belongs to was erased at the patient\'s request; it accepts no new data');
+      }
       throw e;
     }
   }

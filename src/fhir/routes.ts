@@ -15,6 +15,8 @@ import { remove, removeConditional } from './operations/delete.ts';
 import { search } from './operations/search.ts';
 import { instanceHistory, systemHistory, typeHistory } from './operations/history.ts';
 import { validate } from './operations/validate.ts';
+import { everything } from './operations/everything.ts';
+import { erase } from './operations/erase.ts';
 
 export interface Route {
   method: string;
@@ -42,6 +44,8 @@ export const ROUTES: Route[] = [
   { method: 'GET', pattern: ':type/:id/_history', handler: instanceHistory, interaction: 'history-instance' },
   { method: 'GET', pattern: ':type/:id/_history/:vid', handler: vread, interaction: 'vread' },
   { method: 'POST', pattern: ':type/:id/$validate', handler: validate, interaction: 'validate' },
+  { method: 'GET', pattern: 'Patient/:id/$everything', handler: everything, interaction: 'everything' },
+  { method: 'POST', pattern: 'Patient/:id/$erase', handler: erase, interaction: 'erase' },
 ];
 
 interface Match {

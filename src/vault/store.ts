@@ -159,3 +159,13 @@ export interface ResourceStore {
    */
   eraseKey(keyId: string, erasedAt: string): Promise<{ resources: number }>;
 }
+
+/** A vault that seals content under per-owner data keys can crypto-shred everything of one owner. */
+export interface ErasableStore extends ResourceStore {
+  /** Destroys the data key of `owner` (e.g. `Patient/123`): see eraseKey. */
+  eraseOwner(owner: string, erasedAt: string): Promise<{ resources: number; erasedAt: string }>;
+}
+
+export function isErasable(store: ResourceStore): store is ErasableStore {
+  return typeof (store as Partial<ErasableStore>).eraseOwner === 'function';
+}

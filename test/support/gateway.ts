@@ -8,6 +8,7 @@ import supertest from 'supertest';
 import { mintToken } from '../../src/access/tokens.ts';
 import { createGateway, type Gateway } from '../../src/gateway.ts';
 import { describeWithEngine } from './engines.ts';
+import { keySource } from '../../src/vault/keyring.ts';
 
 process.env.MEDBLOCK_LOG ??= 'off';
 
@@ -34,6 +35,8 @@ export async function startTestGateway(opts: { mongodbUri?: string } = {}): Prom
     host: '127.0.0.1', port: 0, dataDir, maxBodyBytes: 8 * 1024 * 1024,
     baseUrl: 'http://gateway.test/fhir',
     mongodb,
+    hospitalId: 'test-hospital',
+    masterKey: keySource(dataDir, {}),
   });
   const token = (scope: string, patient?: string) => mintToken(gateway.issuer, { subject: 'tester', scope, patient });
   return {

@@ -1,0 +1,130 @@
+/**
+ * Envelope encryption keys: one random AES-256 data key per patient compartment (and per resource outside
+ * any compartment), stored wrapped under the hospital master key; plus the blind-index key, wrapped the same
+ * way so every gateway of a hospital sharing one database uses the same index key.
+ */
+import type { KeyEntry, ResourceStore } from './store.ts';
+import { newKey, open, seal, SealError } from './envelope.ts';
+import type { MasterKeyring } from './keyring.ts';
+
+export const INDEX_KEY_ID = '@index';
+
+/** The data key was destroyed by an erasure: whatever it sealed is unreadable for good. */
+export class KeyErasedError extends Error {
+  constructor(readonly keyId: string, readonly erasedAt: string) {
+    super('the data key was destroyed (erased)');
+    this.name = 'KeyErasedError';
+  }
+}
+
+/** A data key cannot be unwrapped: the configured master key or hospital id does not belong to this vault. */
+export class KeyUnavailableError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'KeyUnavailableError';
+  }
+}
+
+export function wrapAad(hospitalId: string, keyId: string, masterKeyId: string): string {
+  return `medblock-data-key/1\0${hospitalId}\0${keyId}\0${masterKeyId}`;
+}
+
+interface Cached {
+  key?: Buffer;
+  erasedAt?: string;
+  until: number;
+}
+
+/**
+ * Unwrapped keys are cached briefly: an erasure done by another gateway on the same database takes effect
+ * here within CACHE_MS (this gateway's own erasures take effect at once).
+ */
+const CACHE_MS = 30_000;
+const CACHE_MAX = 50_000;
+
+export class DataKeys {
+  private readonly cache = new Map<string, Cached>();
+
+  constructor(
+    private readonly store: ResourceStore,
+    private readonly ring: MasterKeyring,
+    readonly hospitalId: string,
+  ) {}
+
+  private unwrap(entry: KeyEntry): Buffer {
+    if (entry.erasedAt !== null) throw new KeyErasedError(entry.keyId, entry.erasedAt);
+    const master = this.ring.key(entry.masterKeyId!);
+    if (!master) {
+      throw new KeyUnavailableError(
+        `data key ${entry.keyId} is wrapped under master key ${entry.masterKeyId}, which the configured key ring does not hold`,
+      );
+    }
+    try {
+      return open(master, entry.wrapped!, wrapAad(this.hospitalId, entry.keyId, entry.masterKeyId!));
+    } catch (e) {
+      if (!(e instanceof SealError)) throw e;
+      throw new KeyUnavailableError(`data key ${entry.keyId} does not open with master key ${entry.masterKeyId} for hospital '${this.hospitalId}'`);
+    }
+  }
+
+  private remember(keyId: string, value: Omit<Cached, 'until'>): void {
+    if (this.cache.size >= CACHE_MAX) this.cache.delete(this.cache.keys().next().value!);
+    this.cache.set(keyId, { ...value, until: Date.now() + CACHE_MS });
+  }
+
+  private cached(keyId: string): Buffer | undefined {
+    const hit = this.cache.get(keyId);
+    if (!hit || hit.until < Date.now()) return undefined;
+    if (hit.erasedAt !== undefined) throw new KeyErasedError(keyId, hit.erasedAt);
+    return hit.key!;
+  }
+
+  /** The key for reading; KeyErasedError if destroyed, undefined if it never existed. */
+  async forRead(keyId: string): Promise<Buffer | undefined> {
+    const hit = this.cached(keyId);
+    if (hit) return hit;
+    const entry = await this.store.getKey(keyId);
+    if (!entry) return undefined;
+    return this.load(entry);
+  }
+
+  private load(entry: KeyEntry): Buffer {
+    try {
+      const key = this.unwrap(entry);
+      this.remember(entry.keyId, { key });
+      return key;
+    } catch (e) {
+      if (e instanceof KeyErasedError) this.remember(entry.keyId, { erasedAt: e.erasedAt });
+      throw e;
+    }
+  }
+
+  /** The key for sealing new content, created (and stored wrapped) on first use; KeyErasedError if destroyed. */
+  async forWrite(keyId: string): Promise<Buffer> {
+    const hit = this.cached(keyId);
+    if (hit) return hit;
+    const existing = await this.store.getKey(keyId);
+    if (existing) return this.load(existing);
+    // A rotation started elsewhere must be seen before wrapping, or a new key could land under a retiring master.
+    this.ring.refresh();
+    const master = this.ring.current;
+    const key = newKey();
+    const stored = await this.store.insertKey({
+      keyId,
+      masterKeyId: master.id,
+      wrapped: seal(master.key, key, wrapAad(this.hospitalId, keyId, master.id)),
+      createdAt: new Date().toISOString(),
+    });
+    // Another gateway may have created it first: use whatever the store kept.
+    return this.load(stored);
+  }
+
+  forget(keyId: string): void {
+    this.cache.delete(keyId);
+  }
+
+  /** Marks a key destroyed in this process at once (the store tombstone does it for everyone). */
+  destroyed(keyId: string, erasedAt: string): void {
+    this.remember(keyId, { erasedAt });
+  }
+}

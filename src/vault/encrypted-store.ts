@@ -1,0 +1,165 @@
+/**
+ * The vault: a ResourceStore decorator that seals every resource version (AES-256-GCM under its
+ * compartment's data key, AAD binding hospital, type, id, version and key) and turns every index term into a
+ * keyed blind index before anything reaches the adapter, and undoes both on the way out. The adapters below
+ * only ever see ciphertext and HMAC tokens.
+ */
+import { BlindIndex } from './blind-index.ts';
+import { DataKeys, INDEX_KEY_ID, KeyErasedError } from './data-keys.ts';
+import { open, seal, SealError } from './envelope.ts';
+import type { MasterKeyring } from './keyring.ts';
+import type {
+  ErasableStore,
+  HistoryQuery,
+  IndexTerm,
+  KeyEntry,
+  ResourceStore,
+  StoreQuery,
+  StoredVersion,
+  VersionWrite,
+} from './store.ts';
+
+/** A stored version failed authentication: it was altered or moved, or the keys do not belong to it. */
+export class TamperedContentError extends Error {
+  constructor(readonly type: string, readonly id: string, readonly versionId: number) {
+    super(`${type}/${id} version ${versionId} fails authentication: it was altered, moved, or sealed under another key`);
+    this.name = 'TamperedContentError';
+  }
+}
+
+export function contentAad(hospitalId: string, type: string, id: string, versionId: number, keyId: string): string {
+  return `medblock-resource/1\0${hospitalId}\0${type}\0${id}\0${versionId}\0${keyId}`;
+}
+
+export class EncryptedStore implements ErasableStore {
+  readonly keys: DataKeys;
+  private index!: BlindIndex;
+
+  constructor(
+    readonly inner: ResourceStore,
+    ring: MasterKeyring,
+    readonly hospitalId: string,
+  ) {
+    this.keys = new DataKeys(inner, ring, hospitalId);
+  }
+
+  get pipelinedCommits(): boolean {
+    return this.inner.pipelinedCommits;
+  }
+
+  async init(): Promise<void> {
+    await this.inner.init();
+    this.index = new BlindIndex(await this.keys.forWrite(INDEX_KEY_ID));
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+
+  ping(): Promise<boolean> {
+    return this.inner.ping();
+  }
+
+  /** The data key id of a compartment owner (`Patient/123`) or a resource (`Organization/7`): a blind token. */
+  keyIdFor(owner: string): string {
+    return `k-${this.index.token('', '_key', owner)}`;
+  }
+
+  private blindTerms(type: string, terms: IndexTerm[]): IndexTerm[] {
+    return terms.map((t) => ({ param: t.param, value: this.index.token(type, t.param, t.value) }));
+  }
+
+  async commit(writes: VersionWrite[]): Promise<void> {
+    const keyIds = writes.map((w) => (w.record.content ? this.keyIdFor(w.owner ?? `${w.record.type}/${w.record.id}`) : undefined));
+    const keys = new Map<string, Buffer>();
+    for (const keyId of new Set(keyIds)) if (keyId) keys.set(keyId, await this.keys.forWrite(keyId));
+    const sealed = writes.map((w, i): VersionWrite => {
+      const r = w.record;
+      const keyId = keyIds[i];
+      const record = keyId
+        ? { ...r, keyId, content: seal(keys.get(keyId)!, r.content!, contentAad(this.hospitalId, r.type, r.id, r.versionId, keyId)) }
+        : { ...r };
+      return { record, terms: this.blindTerms(r.type, w.terms), expectedVersion: w.expectedVersion };
+    });
+    await this.inner.commit(sealed);
+  }
+
+  private async unseal(stored: StoredVersion): Promise<StoredVersion> {
+    if (!stored.content) return stored;
+    if (!stored.keyId) throw new TamperedContentError(stored.type, stored.id, stored.versionId);
+    let key: Buffer | undefined;
+    try {
+      key = await this.keys.forRead(stored.keyId);
+    } catch (e) {
+      if (e instanceof KeyErasedError) return { ...stored, content: null, erased: true };
+      throw e;
+    }
+    if (!key) throw new TamperedContentError(stored.type, stored.id, stored.versionId);
+    try {
+      return { ...stored, content: open(key, stored.content, contentAad(this.hospitalId, stored.type, stored.id, stored.versionId, stored.keyId)) };
+    } catch (e) {
+      if (e instanceof SealError) throw new TamperedContentError(stored.type, stored.id, stored.versionId);
+      throw e;
+    }
+  }
+
+  async current(type: string, id: string): Promise<StoredVersion | undefined> {
+    const stored = await this.inner.current(type, id);
+    return stored && this.unseal(stored);
+  }
+
+  async version(type: string, id: string, versionId: number): Promise<StoredVersion | undefined> {
+    const stored = await this.inner.version(type, id, versionId);
+    return stored && this.unseal(stored);
+  }
+
+  private blindQuery(query: StoreQuery): StoreQuery {
+    return {
+      ...query,
+      clauses: query.clauses.map((c) => ({ ...c, anyOf: c.anyOf.map((v) => this.index.token(query.type, c.param, v)) })),
+    };
+  }
+
+  async search(query: StoreQuery): Promise<StoredVersion[]> {
+    const rows = await this.inner.search(this.blindQuery(query));
+    return Promise.all(rows.map((r) => this.unseal(r)));
+  }
+
+  count(query: StoreQuery): Promise<number> {
+    return this.inner.count(this.blindQuery(query));
+  }
+
+  async history(query: HistoryQuery): Promise<StoredVersion[]> {
+    const rows = await this.inner.history(query);
+    return Promise.all(rows.map((r) => this.unseal(r)));
+  }
+
+  insertKey(key: { keyId: string; masterKeyId: string; wrapped: Uint8Array; createdAt: string }): Promise<KeyEntry> {
+    return this.inner.insertKey(key);
+  }
+
+  getKey(keyId: string): Promise<KeyEntry | undefined> {
+    return this.inner.getKey(keyId);
+  }
+
+  listKeys(query: { notWrappedUnder: string; afterKeyId?: string; limit: number }): Promise<KeyEntry[]> {
+    return this.inner.listKeys(query);
+  }
+
+  rewrapKey(keyId: string, fromMasterKeyId: string, next: { masterKeyId: string; wrapped: Uint8Array }): Promise<boolean> {
+    return this.inner.rewrapKey(keyId, fromMasterKeyId, next);
+  }
+
+  async eraseKey(keyId: string, erasedAt: string): Promise<{ resources: number }> {
+    this.keys.destroyed(keyId, erasedAt);
+    return this.inner.eraseKey(keyId, erasedAt);
+  }
+
+  /** Erasing again finishes an interrupted erasure and reports the first erasure's time. */
+  async eraseOwner(owner: string, erasedAt: string): Promise<{ resources: number; erasedAt: string }> {
+    const keyId = this.keyIdFor(owner);
+    const { resources } = await this.eraseKey(keyId, erasedAt);
+    const tombstone = await this.inner.getKey(keyId);
+    return { resources, erasedAt: tombstone?.erasedAt ?? erasedAt };
+  }
+}
