@@ -19,12 +19,13 @@ const dec = new TextDecoder();
 const T1 = '2024-01-01T00:00:00.000Z';
 const T2 = '2024-02-01T00:00:00.000Z';
 
-function write(id: string, versionId: number, lastUpdated = T1, mark = 'x'): VersionWrite {
+function write(id: string, versionId: number, lastUpdated = T1, mark = 'x', keyId?: string): VersionWrite {
   return {
     record: {
       type: 'Observation', id, versionId, lastUpdated, deleted: false,
       content: enc.encode(JSON.stringify({ resourceType: 'Observation', id, v: versionId, mark })),
       digest: `digest-${id}-${versionId}`,
+      ...(keyId !== undefined && { keyId }),
     },
     terms: [{ param: 'code', value: `code-${versionId}` }, { param: 'subject', value: `Patient/${id.split('-')[0]}` }],
     expectedVersion: versionId - 1,
@@ -33,9 +34,12 @@ function write(id: string, versionId: number, lastUpdated = T1, mark = 'x'): Ver
 
 const ids = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}-${String(i).padStart(4, '0')}`);
 
-/** A batch that creates `creates` new resources and moves `updates` existing v1 resources to v2. */
-function mixedBatch(prefix: string, creates: number, updates: number): VersionWrite[] {
-  return [...ids(`${prefix}u`, updates).map((id) => write(id, 2, T2)), ...ids(`${prefix}c`, creates).map((id) => write(id, 1, T2))];
+/** A batch that creates `creates` new resources and moves `updates` existing v1 resources to v2 (sealed under `keyId`). */
+function mixedBatch(prefix: string, creates: number, updates: number, keyId?: string): VersionWrite[] {
+  return [
+    ...ids(`${prefix}u`, updates).map((id) => write(id, 2, T2, 'x', keyId)),
+    ...ids(`${prefix}c`, creates).map((id) => write(id, 1, T2, 'x', keyId)),
+  ];
 }
 
 // ------------------------------------------------------------------------------------------ child process
@@ -47,6 +51,7 @@ interface ChildOrder {
   creates: number;
   updates: number;
   killAt: CommitStep;
+  keyId?: string;
 }
 
 async function runChild(order: ChildOrder): Promise<void> {
@@ -56,7 +61,7 @@ async function runChild(order: ChildOrder): Promise<void> {
     },
   });
   await store.init();
-  await store.commit(mixedBatch(order.prefix, order.creates, order.updates));
+  await store.commit(mixedBatch(order.prefix, order.creates, order.updates, order.keyId));
   process.stdout.write('completed without being killed\n');
   await store.close();
 }
@@ -282,6 +287,87 @@ if (process.env.MEDBLOCK_RECOVERY_CHILD) {
       assert.equal(history.length, 4 * 8 * 5);
       assert.equal(new Set(history.map((h) => h.seq)).size, history.length);
       assert.equal(await db.collection('txs').countDocuments(), 0);
+    });
+
+    for (const killAt of ['committed', 'created'] as const) {
+      it(`(e) a key erased while a batch sealed under it is interrupted (at '${killAt}'): recovery finishes the batch, no term shows`, async () => {
+        const prefix = `e${killAt}`;
+        const key = `key-${prefix}`;
+        const setup = await open();
+        await setup.commit(ids(`${prefix}u`, 10).map((id) => write(id, 1, T1, 'x', key)));
+        await setup.commit([write(`${prefix}-other`, 1, T1, 'x', 'key-other')]);
+
+        await crashAt({ uri, database, prefix, creates: 10, updates: 10, killAt, keyId: key });
+
+        // Erased before anyone recovers the batch (a store without init() recovers nothing)...
+        const eraser = new MongoStore(uri, database);
+        stores.push(eraser);
+        const { resources } = await eraser.eraseKey(key, T2);
+        // ...hiding the v1 pointers, and at 'created' also the pointers the dead gateway had inserted.
+        assert.equal(resources, killAt === 'created' ? 20 : 10);
+
+        const recovered = await open();
+        const watched = [...ids(`${prefix}u`, 10), ...ids(`${prefix}c`, 10)];
+        const seen = await snapshot(recovered, watched);
+        assert.deepEqual(seen.current, [...Array(10).fill(2), ...Array(10).fill(1)], 'the committed batch was rolled forward');
+        assert.equal(seen.txs, 0);
+        assert.deepEqual(seen.search, [`${prefix}-other@1`], 'only the resource under another key is visible');
+        assert.equal(seen.count, 1);
+        assert.equal(seen.byCode2, 0);
+        const bySubject = (subject: string) => ({ type: 'Observation', clauses: [{ param: 'subject', anyOf: [subject] }], lastUpdated: [], limit: 100 });
+        for (const subject of [`Patient/${prefix}u`, `Patient/${prefix}c`]) {
+          assert.deepEqual(await recovered.search(bySubject(subject)), []);
+        }
+
+        // A batch sealed under the erased key after the erasure (the gateway refuses to; here forced) is hidden too.
+        await recovered.commit([write(`${prefix}-late`, 1, T2, 'x', key)]);
+        assert.equal(await recovered.count({ type: 'Observation', clauses: [], lastUpdated: [], limit: 100 }), 1);
+        // No term of the erased key is left anywhere, searchable or not.
+        assert.equal(await db.collection('current').countDocuments({ keyId: key, $or: [{ deleted: false }, { terms: { $ne: [] } }] }), 0);
+        assert.equal(await db.collection('versions').countDocuments({ keyId: key, terms: { $ne: [] } }), 0);
+        assert.equal(await db.collection('versions').countDocuments({ keyId: key }), 31);
+      });
+    }
+
+    it('(e) an erasure wins over a re-wrap and an insert of the same key racing with it', async () => {
+      const eraser = await open();
+      const rotator = await open();
+      const wrapped = (n: number) => new Uint8Array(48).fill(n);
+      for (let round = 0; round < 20; round++) {
+        const keyId = `race-${round}`;
+        await eraser.insertKey({ keyId, masterKeyId: 'mk-1', wrapped: wrapped(1), createdAt: T1 });
+        await Promise.all([
+          eraser.eraseKey(keyId, T2),
+          rotator.rewrapKey(keyId, 'mk-1', { masterKeyId: 'mk-2', wrapped: wrapped(2) }),
+          rotator.insertKey({ keyId, masterKeyId: 'mk-3', wrapped: wrapped(3), createdAt: T2 }),
+        ]);
+        const stored = await rotator.getKey(keyId);
+        assert.deepEqual([stored?.wrapped, stored?.masterKeyId, stored?.erasedAt], [null, null, T2], `round ${round}`);
+        assert.equal(await db.collection<{ _id: string }>('data_keys').countDocuments({ _id: keyId }), 0, `round ${round}: wrapped bytes left`);
+      }
+      assert.deepEqual(await rotator.listKeys({ notWrappedUnder: 'mk-x', limit: 100 }), []);
+    });
+
+    it('(e) an erasure interrupted after its tombstone: the key reads as erased, is neither listed nor re-wrapped, and erasing again finishes it', async () => {
+      const store = await open();
+      const wrapped = new Uint8Array(48).fill(7);
+      for (const keyId of ['k-1', 'k-2', 'k-3']) await store.insertKey({ keyId, masterKeyId: 'mk-1', wrapped, createdAt: T1 });
+      // The state an erasure leaves when its gateway dies between the tombstone and the delete.
+      const tombstones = db.collection<{ _id: string; createdAt: string; erasedAt: string }>('erased_keys');
+      await tombstones.insertMany(['k-1', 'k-2'].map((_id) => ({ _id, createdAt: T1, erasedAt: T2 })));
+
+      assert.deepEqual((await store.getKey('k-1'))?.erasedAt, T2);
+      // The first page holds only interrupted erasures: it is refilled past them.
+      assert.deepEqual((await store.listKeys({ notWrappedUnder: 'mk-2', limit: 1 })).map((k) => k.keyId), ['k-3']);
+      assert.equal(await store.rewrapKey('k-1', 'mk-1', { masterKeyId: 'mk-2', wrapped }), false);
+      assert.deepEqual((await store.insertKey({ keyId: 'k-2', masterKeyId: 'mk-1', wrapped, createdAt: T2 })).erasedAt, T2);
+      const leftover = db.collection<{ _id: string }>('data_keys');
+      assert.deepEqual((await leftover.find({}).toArray()).map((d) => d._id), ['k-3'], 'a refused re-wrap or insert deletes the bytes');
+
+      await tombstones.insertOne({ _id: 'k-3', createdAt: T1, erasedAt: T2 });
+      assert.deepEqual(await store.eraseKey('k-3', '2030-01-01T00:00:00.000Z'), { resources: 0 });
+      assert.equal(await leftover.countDocuments(), 0);
+      assert.equal((await store.getKey('k-3'))?.erasedAt, T2);
     });
 
     it('commits large batches: 750 creates, then 150 updates (more than one update command holds on FerretDB)', async (t) => {

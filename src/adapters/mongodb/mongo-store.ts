@@ -27,12 +27,18 @@
  *   decisions  `{_id: txId, outcome: 'committed'|'aborted'}`: written once by a unique insert, and permanent.
  *              The commit point is the insert of 'committed'; a recoverer aborts by inserting 'aborted'.
  *              Whichever insert lands first wins, on FerretDB too.
- *   versions   `{_id: 'Type/id/v', seq, type, id, v, lastUpdated, deleted, content (binary), digest, terms,
- *              tx}`. These documents are immutable. The `_id` is the version's slot, so it is unique, and an
+ *   versions   `{_id: 'Type/id/v', seq, type, id, v, lastUpdated, deleted, content (binary), digest, keyId,
+ *              terms, tx}`. These documents are immutable, except that erasing a data key empties the terms
+ *              of the versions sealed under it. The `_id` is the version's slot, so it is unique, and an
  *              exact `_id` is the one filter FerretDB pushes down to SQLite; current() and version() use it.
  *   current    one pointer per resource: `{_id: 'Type/id', type, id, version, seq, lastUpdated, deleted,
- *              terms}`. `terms` is a flat array of `param=value` strings with a multikey index (param names
- *              never contain `=`). A clause becomes `$in` and clauses are joined by `$and`.
+ *              keyId, terms}`. `terms` is a flat array of `param=value` strings with a multikey index (param
+ *              names never contain `=`). A clause becomes `$in` (`$nin` when negated, which also matches
+ *              pointers without the param) and clauses are joined by `$and`. `deleted` hides the pointer from
+ *              search and count; it is set for deletions and for resources whose data key was erased.
+ *              `keyId` (null for deletions and plaintext) is the data key of the current version.
+ *   data_keys  live data keys: `{_id: keyId, createdAt, masterKeyId, wrapped (binary)}`.
+ *   erased_keys  tombstones: `{_id: keyId, createdAt, erasedAt}`, written once by a unique insert, permanent.
  *
  * Visibility rule. A version is visible iff the current pointer of its resource is at that version or
  * beyond. Pointers move only after the commit point, so nothing else needs to be marked or unmarked.
@@ -93,6 +99,39 @@
  * same resource inside that per-document read-then-write, the late write can put the pointer back. On
  * MongoDB the conditional update is atomic.
  *
+ * Erasure (crypto-shredding). eraseKey(k) runs three steps, each idempotent, so running it again finishes
+ * an interrupted one:
+ *   1. Insert the tombstone `erased_keys {_id: k}`. A unique insert: the first erasure's instant stands.
+ *   2. Delete `data_keys {_id: k}`: the wrapped bytes are gone.
+ *   3. Shred the index: pointers with keyId k get `deleted: true, terms: []`, versions with keyId k get
+ *      `terms: []`. Returns how many pointers were hidden.
+ *   The tombstone is a document of its own, not the key document rewritten, because of FerretDB's updates:
+ *   a re-wrap writes back the whole document it read, which would overwrite a tombstone kept under the same
+ *   `_id` with the live key. Here a late re-wrap writes to a row that step 2 deleted (FerretDB runs
+ *   `UPDATE … WHERE _id = ?`, and an update without upsert never creates a document) or lands before step 2
+ *   and is deleted by it. Every writer of a data key writes first and then reads the tombstone, while an
+ *   erasure writes the tombstone first and then deletes or hides. So of two racing parties at least one sees
+ *   the other's write:
+ *   - insertKey inserts, then reads the tombstone; if there is one, it deletes the key again.
+ *   - rewrapKey updates, then reads the tombstone; if there is one (also after an erasure interrupted
+ *     between steps 1 and 2), it deletes the key and returns false.
+ *   - getKey reads the key, then the tombstone, which wins; listKeys skips keys that have one.
+ *   - Roll-forward moves the pointers, then reads the tombstones of their keys and shreds those that are
+ *     erased (before it deletes the tx document, so recovery repeats the check). So neither a batch that
+ *     committed before the erasure and is rolled forward after it, by its gateway or by recovery, nor one
+ *     sealed under the key after the erasure, leaves terms searchable once roll-forward is done.
+ *   What the upper layer must guarantee: that it never seals new data under an erased key (getKey returns
+ *   the tombstone, so the vault refuses to), and that in one gateway writes and erasures of one key are
+ *   serialised. The adapter hides such data only after the fact: a reader may see it between the pointer
+ *   moves and the check, and a version that its own batch superseded keeps its terms when only that version,
+ *   not the batch's last one, was sealed under the erased key (the check looks at the pointers' keys).
+ *   On FerretDB, step 3 racing with a roll-forward of the same resource may write back the pointer it read
+ *   (hidden, at the superseded version): the lost update of the caveat above. The resource stays hidden,
+ *   but its pointer lags its committed version, so writes to it conflict.
+ *   Physical deletion is the engine's: WiredTiger keeps deleted bytes until the space is reused and a replica
+ *   set's oplog keeps the inserted key until it rolls over; FerretDB's SQLite runs without `secure_delete`
+ *   unless its URI sets it. Retiring the master key a wrapped copy was made under bounds what lingers.
+ *
  * Durability: writes use `{w: 'majority', j: true}`.
  */
 import { Binary, MongoBulkWriteError, MongoClient, MongoServerError } from 'mongodb';
@@ -109,6 +148,7 @@ import {
   VersionConflictError,
   type HistoryQuery,
   type InstantBound,
+  type KeyEntry,
   type ResourceStore,
   type StoreQuery,
   type StoredVersion,
@@ -161,6 +201,8 @@ interface VersionDoc {
   deleted: boolean;
   content: Binary | null;
   digest: string | null;
+  /** The data key the content is sealed under; null for deletions and plaintext. */
+  keyId: string | null;
   terms: string[];
   tx: number;
 }
@@ -172,8 +214,25 @@ interface PointerDoc {
   version: number;
   seq: number;
   lastUpdated: string;
+  /** True for a deletion, and for a resource whose data key was erased (hidden from search). */
   deleted: boolean;
+  /** Always present (null when plaintext or deleted), so that a pointer move's `$set` replaces it. */
+  keyId: string | null;
   terms: string[];
+}
+
+/** A live data key. Its tombstone is an ErasedKeyDoc with the same `_id` in another collection. */
+interface DataKeyDoc {
+  _id: string;
+  createdAt: string;
+  masterKeyId: string;
+  wrapped: Binary;
+}
+
+interface ErasedKeyDoc {
+  _id: string;
+  createdAt: string;
+  erasedAt: string;
 }
 
 interface CounterDoc {
@@ -221,7 +280,16 @@ function toStored(doc: VersionDoc): StoredVersion {
     deleted: doc.deleted,
     content: bytesOf(doc.content),
     digest: doc.digest,
+    ...(doc.keyId !== null && { keyId: doc.keyId }),
   };
+}
+
+function liveKeyEntry(doc: DataKeyDoc): KeyEntry {
+  return { keyId: doc._id, createdAt: doc.createdAt, masterKeyId: doc.masterKeyId, wrapped: bytesOf(doc.wrapped), erasedAt: null };
+}
+
+function tombstoneEntry(doc: ErasedKeyDoc): KeyEntry {
+  return { keyId: doc._id, createdAt: doc.createdAt, masterKeyId: null, wrapped: null, erasedAt: doc.erasedAt };
 }
 
 function writeErrorsOf(e: MongoBulkWriteError): WriteError[] {
@@ -282,6 +350,8 @@ export class MongoStore implements ResourceStore {
   private readonly decisions: Collection<DecisionDoc>;
   private readonly versions: Collection<VersionDoc>;
   private readonly pointers: Collection<PointerDoc>;
+  private readonly dataKeys: Collection<DataKeyDoc>;
+  private readonly erasedKeys: Collection<ErasedKeyDoc>;
   private readonly staleAfterMs: number;
   private readonly onStep?: MongoStoreOptions['onStep'];
   /** Statements per update command; until init() knows the engine, the FerretDB-safe value. */
@@ -298,6 +368,8 @@ export class MongoStore implements ResourceStore {
     this.decisions = this.db.collection<DecisionDoc>('decisions');
     this.versions = this.db.collection<VersionDoc>('versions');
     this.pointers = this.db.collection<PointerDoc>('current');
+    this.dataKeys = this.db.collection<DataKeyDoc>('data_keys');
+    this.erasedKeys = this.db.collection<ErasedKeyDoc>('erased_keys');
     this.staleAfterMs = options.staleAfterMs ?? 60_000;
     this.onStep = options.onStep;
     this.updatesPerCommand = options.maxUpdatesPerCommand ?? FERRETDB_UPDATES_PER_COMMAND;
@@ -477,6 +549,7 @@ export class MongoStore implements ResourceStore {
       deleted: r.deleted,
       content: r.content ? new Binary(r.content) : null,
       digest: r.digest,
+      keyId: r.keyId ?? null,
       terms: termStrings(terms),
       tx: txId,
     }));
@@ -514,8 +587,22 @@ export class MongoStore implements ResourceStore {
       await this.pointers.bulkWrite(updates.slice(i, i + this.updatesPerCommand), { ordered: false });
     }
     await this.step('moved', txId);
+    // Before the tx document goes, so that recovery repeats this check if the gateway dies here.
+    await this.shredIfErased(moves);
     await this.txs.deleteOne({ _id: txId });
     await this.step('finished', txId);
+  }
+
+  /**
+   * Hides the pointers just moved if their data key was erased meanwhile (see "Erasure" in the header
+   * comment): the pointers were written before the tombstones are read here, and eraseKey inserts its
+   * tombstone before it hides pointers, so either this read sees the tombstone or the erasure sees the pointers.
+   */
+  private async shredIfErased(moves: Move[]): Promise<void> {
+    const keyIds = [...new Set(moves.flatMap((m) => m.target.keyId ?? []))];
+    if (keyIds.length === 0) return;
+    const erased = await this.erasedKeys.find({ _id: { $in: keyIds } }, { projection: { _id: 1 } }).toArray();
+    if (erased.length > 0) await this.shredIndex(erased.map((e) => e._id));
   }
 
   /** Rebuilds a batch's pointer moves from its versions (recovery of a committed batch). */
@@ -525,7 +612,8 @@ export class MongoStore implements ResourceStore {
     for (const d of docs) {
       const key = pointerKey(d.type, d.id);
       const target: PointerDoc = {
-        _id: key, type: d.type, id: d.id, version: d.v, seq: d.seq, lastUpdated: d.lastUpdated, deleted: d.deleted, terms: d.terms,
+        _id: key, type: d.type, id: d.id, version: d.v, seq: d.seq, lastUpdated: d.lastUpdated, deleted: d.deleted,
+        keyId: d.keyId, terms: d.terms,
       };
       const move = moves.get(key);
       if (move) move.target = target;
@@ -670,6 +758,87 @@ export class MongoStore implements ResourceStore {
       beforeSeq = docs[docs.length - 1].seq;
     }
   }
+
+  // ------------------------------------------------------------------------------------------- data keys
+
+  async insertKey(key: { keyId: string; masterKeyId: string; wrapped: Uint8Array; createdAt: string }): Promise<KeyEntry> {
+    const { keyId, createdAt, masterKeyId, wrapped } = key;
+    try {
+      await this.dataKeys.insertOne({ _id: keyId, createdAt, masterKeyId, wrapped: new Binary(wrapped) });
+    } catch (e) {
+      if (!isDuplicateKey(e)) throw e; // the stored key stands
+    }
+    // Read after the insert: an erasure that missed the key we inserted has left a tombstone we see here.
+    const stored = await this.getKey(keyId);
+    if (!stored) throw new Error(`data key ${keyId} vanished right after it was inserted`);
+    if (stored.erasedAt !== null) await this.dataKeys.deleteOne({ _id: keyId });
+    return stored;
+  }
+
+  async getKey(keyId: string): Promise<KeyEntry | undefined> {
+    // The live key first, then the tombstone: an erasure inserts the tombstone before it deletes the key, so
+    // a key found missing here always has its tombstone visible to the second read.
+    const live = await this.dataKeys.findOne({ _id: keyId });
+    const tombstone = await this.erasedKeys.findOne({ _id: keyId });
+    if (tombstone) return tombstoneEntry(tombstone);
+    return live ? liveKeyEntry(live) : undefined;
+  }
+
+  async listKeys(query: { notWrappedUnder: string; afterKeyId?: string; limit: number }): Promise<KeyEntry[]> {
+    const result: KeyEntry[] = [];
+    let afterKeyId = query.afterKeyId;
+    // Keys whose erasure was interrupted (tombstone in, key not yet deleted) are skipped; pages are refilled past them.
+    while (result.length < query.limit) {
+      const filter: Filter<DataKeyDoc> = { masterKeyId: { $ne: query.notWrappedUnder } };
+      if (afterKeyId !== undefined) filter._id = { $gt: afterKeyId };
+      const want = query.limit - result.length;
+      const docs = await this.dataKeys.find(filter).sort({ _id: 1 }).limit(want).toArray();
+      if (docs.length === 0) break;
+      const erased = await this.erasedKeys.find({ _id: { $in: docs.map((d) => d._id) } }, { projection: { _id: 1 } }).toArray();
+      const erasedIds = new Set(erased.map((e) => e._id));
+      result.push(...docs.filter((d) => !erasedIds.has(d._id)).map(liveKeyEntry));
+      if (docs.length < want) break;
+      afterKeyId = docs[docs.length - 1]._id;
+    }
+    return result;
+  }
+
+  async rewrapKey(keyId: string, fromMasterKeyId: string, next: { masterKeyId: string; wrapped: Uint8Array }): Promise<boolean> {
+    const { matchedCount } = await this.dataKeys.updateOne(
+      { _id: keyId, masterKeyId: fromMasterKeyId },
+      { $set: { masterKeyId: next.masterKeyId, wrapped: new Binary(next.wrapped) } },
+    );
+    if (matchedCount !== 1) return false;
+    // Read after the write: the key may be erased (concurrently, or by an erasure interrupted before it
+    // deleted the key); then it was not re-wrapped, and its bytes must not outlive the tombstone.
+    if (await this.erasedKeys.findOne({ _id: keyId }, { projection: { _id: 1 } })) {
+      await this.dataKeys.deleteOne({ _id: keyId });
+      return false;
+    }
+    return true;
+  }
+
+  async eraseKey(keyId: string, erasedAt: string): Promise<{ resources: number }> {
+    const live = await this.dataKeys.findOne({ _id: keyId }, { projection: { createdAt: 1 } });
+    try {
+      await this.erasedKeys.insertOne({ _id: keyId, createdAt: live?.createdAt ?? erasedAt, erasedAt });
+    } catch (e) {
+      if (!isDuplicateKey(e)) throw e; // erased before: the first erasure's instant stands
+    }
+    await this.dataKeys.deleteOne({ _id: keyId });
+    return { resources: await this.shredIndex([keyId]) };
+  }
+
+  /**
+   * Removes the index terms of every pointer and version sealed under these keys and hides the pointers
+   * from search and count. Returns how many pointers it hid.
+   */
+  private async shredIndex(keyIds: string[]): Promise<number> {
+    const sealed = { keyId: { $in: keyIds } };
+    const hidden = await this.pointers.updateMany({ ...sealed, deleted: false }, { $set: { deleted: true, terms: [] } });
+    await this.versions.updateMany({ ...sealed, terms: { $ne: [] } }, { $set: { terms: [] } });
+    return hidden.modifiedCount;
+  }
 }
 
 function termStrings(terms: VersionWrite['terms']): string[] {
@@ -697,7 +866,7 @@ function planMoves(writes: VersionWrite[]): Move[] {
     const key = pointerKey(r.type, r.id);
     const target: PointerDoc = {
       _id: key, type: r.type, id: r.id, version: r.versionId, seq: index, lastUpdated: r.lastUpdated, deleted: r.deleted,
-      terms: termStrings(terms),
+      keyId: r.keyId ?? null, terms: termStrings(terms),
     };
     const move = moves.get(key);
     if (!move) moves.set(key, { expected: expectedVersion, target });
