@@ -169,6 +169,8 @@ export class FhirRepository {
     const since = options.since ? [{ op: 'ge' as const, value: options.since }] : [];
     const versions: ResourceVersion[] = [];
     let { typeIndex, afterId } = options.cursor ?? { typeIndex: 0, afterId: undefined as string | undefined };
+    // Position of the last resource returned: the next page starts after it.
+    let last = options.cursor && `${options.cursor.typeIndex}:${options.cursor.afterId}`;
     for (; typeIndex < types.length; typeIndex++, afterId = undefined) {
       const type = types[typeIndex];
       const room = options.limit - versions.length;
@@ -179,9 +181,11 @@ export class FhirRepository {
       const rows = type === 'Patient' && !since.length && afterId === undefined ? [patient] : (await this.store.search(query)).filter((r) => !r.erased).map(toVersion);
       if (rows.length > room) {
         versions.push(...rows.slice(0, room));
-        return { versions, nextCursor: `${typeIndex}:${versions[versions.length - 1].id}` };
+        if (room > 0) last = `${typeIndex}:${versions[versions.length - 1].id}`;
+        return { versions, nextCursor: last };
       }
       versions.push(...rows);
+      if (rows.length > 0) last = `${typeIndex}:${rows[rows.length - 1].id}`;
     }
     return { versions };
   }

@@ -4,6 +4,7 @@ import { InvalidTokenError, verifyToken, type DevIssuer } from '../access/tokens
 import type { FhirContext, FhirRequest, FhirResponse, PreferReturn } from '../fhir/context.ts';
 import { FhirJsonSyntaxError, parseFhirJson, stringifyFhirJson } from '../fhir/json.ts';
 import { errors, FhirError, operationOutcome } from '../fhir/outcome.ts';
+import { TamperedContentError } from '../vault/encrypted-store.ts';
 import type { FhirRepository } from '../fhir/repository.ts';
 import { matchRoute, routeRequest } from '../fhir/routes.ts';
 import { log } from './log.ts';
@@ -183,6 +184,11 @@ export function createApp(opts: AppOptions): express.Express {
 }
 
 function internalError(e: unknown, interaction: string): FhirError {
+  if (e instanceof TamperedContentError) {
+    // An integrity alarm, not a bug: stored bytes were altered or moved. Type, id and version are not PHI.
+    log('error', 'vault_integrity_alarm', { interaction, type: e.type, id: e.id, version: e.versionId });
+    return new FhirError(500, [{ severity: 'fatal', code: 'exception', diagnostics: `${e.message}; the incident is logged` }]);
+  }
   // Only the error's type and stack are logged: messages of foreign errors may quote data.
   log('error', 'internal_error', { interaction, error: (e as Error)?.name ?? 'unknown', stack: (e as Error)?.stack?.split('\n').slice(1, 6).join(' | ') ?? '' });
   return new FhirError(500, [{ severity: 'fatal', code: 'exception', diagnostics: 'internal server error' }]);
