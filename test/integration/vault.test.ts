@@ -263,6 +263,12 @@ describe('ciphertext binding (SQLite)', () => {
       } finally {
         await reopened.close();
       }
+      // The vault fails closed, with a clear message, under another hospital id or another master key.
+      await assert.rejects(createGateway({ ...t.gateway.config, hospitalId: 'other-hospital' }), /does not open with master key mk-\w+ for hospital 'other-hospital'/);
+      await assert.rejects(
+        createGateway({ ...t.gateway.config, masterKey: { envKey: Buffer.alloc(32, 9).toString('base64') } }),
+        /wrapped under master key mk-\w+, which the configured key ring does not hold/,
+      );
     } finally {
       const { rmSync } = await import('node:fs');
       rmSync(t.dataDir, { recursive: true, force: true });
