@@ -11,6 +11,8 @@
 export interface Decimal {
   m: bigint;
   e: number;
+  /** Written with an exponent (`1e2`): R4 gives it one more digit of precision ([95, 105), not [50, 150)). */
+  exponent?: boolean;
 }
 
 export type NumberPrefix = 'eq' | 'ne' | 'gt' | 'lt' | 'ge' | 'le' | 'sa' | 'eb' | 'ap';
@@ -29,7 +31,7 @@ export function parseDecimal(lexeme: string): Decimal | undefined {
   const e = Number(exp) - frac.length;
   if (!Number.isSafeInteger(e) || Math.abs(e) > 1000) return undefined;
   const mant = BigInt(int + frac);
-  return { m: sign === '-' ? -mant : mant, e };
+  return { m: sign === '-' ? -mant : mant, e, ...(m[4] !== undefined ? { exponent: true } : {}) };
 }
 
 /** A JSON number value (JS number or lossless lexeme object) as a Decimal. */
@@ -62,8 +64,9 @@ export function floorDecimal(d: Decimal): bigint {
   return d.m < 0n && q * div !== d.m ? q - 1n : q;
 }
 
-/** The implicit range of a search value: ± half a unit of its last significant digit (`100` → [99.5, 100.5)). */
+/** The implicit range of a search value: ± half a unit of its last significant digit (`100` → [99.5, 100.5); `1e2` → [95, 105) as R4 says). */
 export function implicitRange(d: Decimal): { lo: Decimal; hi: Decimal } {
+  if (d.exponent) return { lo: { m: d.m * 100n - 5n, e: d.e - 2 }, hi: { m: d.m * 100n + 5n, e: d.e - 2 } };
   return { lo: { m: d.m * TEN - 5n, e: d.e - 1 }, hi: { m: d.m * TEN + 5n, e: d.e - 1 } };
 }
 
