@@ -179,11 +179,14 @@ forEachStore((start) => {
     const allQ = byType('Observation').filter((o) => o.valueQuantity);
     await expectSearch(`Observation?value-quantity=gt${mid}|http://unitsofmeasure.org|kg`, allQ.filter((o) => q(o).system === 'http://unitsofmeasure.org' && q(o).code === 'kg' && q(o).value > mid));
     await expectSearch(`Observation?value-quantity=le${mid}||kg`, allQ.filter((o) => (q(o).code === 'kg' || q(o).unit === 'kg') && q(o).value <= mid));
-    const lexeme = String(mid);
-    const decimals = lexeme.includes('.') ? lexeme.split('.')[1].length : 0;
-    const half = 0.5 * 10 ** -decimals;
-    await expectSearch(`Observation?value-quantity=${lexeme}`, allQ.filter((o) => q(o).value >= mid - half && q(o).value < mid + half));
-    await expectSearch(`Observation?value-quantity=ne${lexeme}||kg`, allQ.filter((o) => (q(o).code === 'kg' || q(o).unit === 'kg') && !(q(o).value >= mid - half && q(o).value < mid + half)));
+    // One decimal: the implicit range is [x - 0.05, x + 0.05).
+    const lexeme = mid.toFixed(1);
+    const inRange = (v: number) => v >= Number(lexeme) - 0.05 && v < Number(lexeme) + 0.05;
+    assert.ok(allQ.some((o) => inRange(q(o).value)));
+    await expectSearch(`Observation?value-quantity=${lexeme}`, allQ.filter((o) => inRange(q(o).value)));
+    await expectSearch(`Observation?value-quantity=ne${lexeme}||kg`, allQ.filter((o) => (q(o).code === 'kg' || q(o).unit === 'kg') && !inRange(q(o).value)));
+    // The exact lexeme of a stored value finds it.
+    await expectSearch(`Observation?value-quantity=${String(mid)}`, allQ.filter((o) => q(o).value === mid));
   });
 
   it('chains: subject:Patient.name, patient.identifier; a 400 when the inner search is ambiguous', async () => {
