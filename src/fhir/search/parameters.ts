@@ -288,7 +288,7 @@ export function referenceType(reference: string): string | undefined {
   return m?.[1];
 }
 
-let registry: Map<string, Map<string, IndexedParam>> | undefined;
+const registry = new Map<string, Map<string, IndexedParam>>();
 let definitions: SearchParameterDefinition[] | undefined;
 
 function loadDefinitions(): SearchParameterDefinition[] {
@@ -327,8 +327,11 @@ function makeParam(sp: SearchParameterDefinition, type: string, accessors: Acces
   };
 }
 
-function build(): Map<string, Map<string, IndexedParam>> {
-  const byType = new Map<string, Map<string, IndexedParam>>();
+/** Definitions by base type (a cheap pass over the JSON); each type's parameters compile on first use. */
+let definitionsByType: { byType: Map<string, SearchParameterDefinition[]>; resourceLevel: SearchParameterDefinition[] } | undefined;
+
+function groupDefinitions(): NonNullable<typeof definitionsByType> {
+  const byType = new Map<string, SearchParameterDefinition[]>();
   const resourceLevel: SearchParameterDefinition[] = [];
   for (const sp of loadDefinitions()) {
     if (!INDEXED_TYPES.has(sp.type) || !sp.expression || EXCLUDED_CODES.has(sp.code)) continue;
@@ -336,20 +339,21 @@ function build(): Map<string, Map<string, IndexedParam>> {
       if (RESOURCE_PARAMS.has(sp.code)) resourceLevel.push(sp);
       continue;
     }
-    for (const type of sp.base) {
-      const accessors = supportedAccessors(sp, compileFor(type, sp.expression, sp.base));
-      if (accessors.length === 0) continue;
-      const params = byType.get(type) ?? new Map<string, IndexedParam>();
-      params.set(sp.code, makeParam(sp, type, accessors));
-      byType.set(type, params);
-    }
+    for (const type of sp.base) byType.set(type, [...(byType.get(type) ?? []), sp]);
   }
-  for (const type of definitionIndex().resourceTypes) {
-    const params = byType.get(type) ?? new Map<string, IndexedParam>();
-    for (const sp of resourceLevel) params.set(sp.code, makeParam(sp, type, supportedAccessors(sp, compileFor(type, sp.expression!, sp.base))));
-    byType.set(type, params);
+  return { byType, resourceLevel };
+}
+
+/** Compiles the indexed parameters of one type (its own, then the Resource-level ones). */
+function build(type: string): Map<string, IndexedParam> {
+  definitionsByType ??= groupDefinitions();
+  const params = new Map<string, IndexedParam>();
+  if (!definitionIndex().resourceTypes.has(type)) return params;
+  for (const sp of [...(definitionsByType.byType.get(type) ?? []), ...definitionsByType.resourceLevel]) {
+    const accessors = supportedAccessors(sp, compileFor(type, sp.expression!, sp.base));
+    if (accessors.length > 0) params.set(sp.code, makeParam(sp, type, accessors));
   }
-  return byType;
+  return params;
 }
 
 /** The same extraction done by fhirpath.js alone, for tests that check the direct walker against it. */
@@ -373,12 +377,15 @@ export function directExtractor(resourceType: string, code: string): ((resource:
 
 /** Indexed parameters of a resource type (empty map if none). */
 export function indexedParams(resourceType: string): Map<string, IndexedParam> {
-  registry ??= build();
-  return registry.get(resourceType) ?? new Map();
+  let params = registry.get(resourceType);
+  if (!params) {
+    params = build(resourceType);
+    registry.set(resourceType, params);
+  }
+  return params;
 }
 
 /** Every resource type that has indexed parameters. */
 export function indexedTypes(): string[] {
-  registry ??= build();
-  return [...registry.keys()];
+  return [...definitionIndex().resourceTypes].filter((t) => indexedParams(t).size > 0);
 }
