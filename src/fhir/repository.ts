@@ -17,9 +17,10 @@ import {
   type VersionWrite,
 } from '../vault/store.ts';
 import { KeyErasedError } from '../vault/data-keys.ts';
-import { stringifyFhirJson } from './json.ts';
+import { parseFhirJson, stringifyFhirJson } from './json.ts';
 import { errors, FhirError } from './outcome.ts';
-import { parseSearch } from './search/query.ts';
+import { dateSortKey, parseSearch, type Cursor, type IncludeSpec, type ParsedSearch, type Predicate, type SortSpec } from './search/query.ts';
+import { normalizeReference, referenceValueTerms } from './search/terms.ts';
 import { extractTerms } from './search/terms.ts';
 import { isKnownResourceType } from './validation/index.ts';
 import { COMPARTMENT_PARAM, compartmentTerm, compartmentTypes, patientCompartments } from './compartment.ts';
@@ -79,11 +80,143 @@ interface Staged {
 }
 
 export interface SearchPage {
+  /** The matches of this page (search.mode 'match'). */
   versions: ResourceVersion[];
+  /** `_include`/`_revinclude` results (search.mode 'include'), de-duplicated, not among the matches. */
+  included: ResourceVersion[];
   total?: number;
   /** Cursor for the next page, when there may be one. */
   nextCursor?: string;
   applied: Array<[string, string]>;
+  /** Things the client should know (e.g. an include cap was reached), for an OperationOutcome entry. */
+  warnings: string[];
+}
+
+export interface SearchOptions {
+  /** This server's FHIR base: absolute references to it count as local. */
+  baseUrl?: string;
+  /**
+   * The caller's restriction for searching another type (chained parameters, `_revinclude`); throws (403)
+   * when the caller may not search that type at all.
+   */
+  restrictFor?: (type: string) => ((query: StoreQuery) => StoreQuery) | undefined;
+  /** Whether an included resource may be returned to the caller (others are dropped). */
+  canInclude?: (v: ResourceVersion) => boolean;
+}
+
+/** Candidates scanned in one store round trip when a post-filter or an in-memory sort runs. */
+const SCAN_CHUNK = 500;
+/** Candidates a page may scan (post-filter) before it returns what it has with a next link. */
+const PAGE_SCAN_BUDGET = 5_000;
+/** Candidates a sorted search, a filtered count or a chain may scan before it answers "narrow the search". */
+export const MAX_SCAN = 10_000;
+/** Ids a chained parameter may resolve to. */
+export const MAX_CHAIN_IDS = 1_000;
+/** Included plus revincluded resources per page. */
+export const MAX_INCLUDES = 1_000;
+
+function tooCostly(message: string): FhirError {
+  return new FhirError(400, [{ severity: 'error', code: 'too-costly', diagnostics: message }]);
+}
+
+function parseVersion(v: { content: Uint8Array | null } | ResourceVersion): Record<string, unknown> {
+  const json = 'content' in v ? (v.content ? decoder.decode(v.content) : undefined) : v.json;
+  return json ? (parseFhirJson(json) as Record<string, unknown>) : {};
+}
+
+/**
+ * Current resources matching `query` and `filter`, scanned in id order from `afterId`: calls `visit` for
+ * each match until it returns false. Returns the last id scanned and whether the candidates ran out.
+ */
+async function scanMatches(
+  store: ResourceStore,
+  query: StoreQuery,
+  filter: Predicate | undefined,
+  afterId: string | undefined,
+  budget: number,
+  visit: (row: StoredVersion, parsed: Record<string, unknown> | undefined) => boolean,
+): Promise<{ lastScanned?: string; exhausted: boolean; scanned: number; stopped: boolean }> {
+  let position = afterId;
+  let scanned = 0;
+  for (;;) {
+    const want = Math.min(SCAN_CHUNK, budget - scanned);
+    if (want <= 0) return { lastScanned: position, exhausted: false, scanned, stopped: false };
+    const rows = await store.search({ ...query, afterId: position, limit: want });
+    for (const row of rows) {
+      const parsed = filter && !row.erased ? parseVersion(row) : undefined;
+      // A row erased between the query and its decryption is skipped like a non-match.
+      if (!row.erased && (!filter || filter(parsed!))) {
+        if (!visit(row, parsed)) return { lastScanned: position, exhausted: false, scanned, stopped: true };
+      }
+      position = row.id;
+      scanned++;
+    }
+    if (rows.length < want) return { lastScanned: position, exhausted: true, scanned, stopped: false };
+  }
+}
+
+/** Number of current resources matching query and filter (undefined when more than `cap` candidates). */
+async function countMatches(store: ResourceStore, query: StoreQuery, filter: Predicate | undefined, cap: number): Promise<number | undefined> {
+  if (!filter) return store.count(query);
+  let n = 0;
+  const result = await scanMatches(store, query, filter, undefined, cap, () => {
+    n++;
+    return true;
+  });
+  return result.exhausted ? n : undefined;
+}
+
+/**
+ * Resolves chained parameters into reference clauses by running each inner search (at most MAX_CHAIN_IDS
+ * ids). Returns undefined when a chain matches nothing (so the whole search matches nothing).
+ */
+async function resolveChains(
+  store: ResourceStore,
+  parsed: ParsedSearch,
+  options: SearchOptions,
+): Promise<StoreQuery | undefined> {
+  if (parsed.chains.length === 0) return parsed.query;
+  const clauses = [...parsed.query.clauses];
+  for (const chain of parsed.chains) {
+    const refs: string[] = [];
+    for (const target of chain.targets) {
+      const inner = parseSearch(target, [chain.inner], { baseUrl: options.baseUrl });
+      const restrict = options.restrictFor?.(target);
+      const query = { ...(restrict ? restrict(inner.query) : inner.query), afterId: undefined };
+      const result = await scanMatches(store, query, inner.postFilter, undefined, MAX_SCAN, (row) => {
+        refs.push(`${target}/${row.id}`);
+        return refs.length <= MAX_CHAIN_IDS;
+      });
+      if (refs.length > MAX_CHAIN_IDS || (!result.exhausted && !result.stopped)) {
+        throw tooCostly(`chained parameter ${chain.param}.${chain.inner[0]} matches more than ${MAX_CHAIN_IDS} resources; narrow it`);
+      }
+    }
+    if (refs.length === 0) return undefined;
+    clauses.push({ param: chain.param, anyOf: refs });
+  }
+  return { ...parsed.query, clauses };
+}
+
+interface SortItem {
+  row: StoredVersion;
+  key: number | string | undefined;
+}
+
+function sortComparator(sort: SortSpec): (a: { key: number | string | undefined; id: string }, b: { key: number | string | undefined; id: string }) => number {
+  const dir = sort.descending ? -1 : 1;
+  if (sort.param === '_id') return (a, b) => (a.id < b.id ? -dir : a.id > b.id ? dir : 0);
+  return (a, b) => {
+    if (a.key !== b.key) {
+      if (a.key === undefined) return 1; // missing values last, in both directions
+      if (b.key === undefined) return -1;
+      return (a.key < b.key ? -1 : 1) * dir;
+    }
+    return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+  };
+}
+
+function encodeSortCursor(item: { key: number | string | undefined; id: string }): string {
+  return typeof item.key === 'number' ? `k${item.key}.${item.id}` : `n.${item.id}`;
 }
 
 /** Serialises writers within this process; the store's version check catches writers elsewhere. */
@@ -133,27 +266,165 @@ export class FhirRepository {
     return toVersion(stored);
   }
 
-  /** `restrict` narrows the query further, e.g. to the patient compartment a token is bound to. */
+  /**
+   * FHIR search. The store answers the equality term clauses (ordered by id, keyset cursor); what they
+   * cannot decide exactly is decided by the parsed post-filter on the decrypted resource. `restrict`
+   * narrows the query further, e.g. to the patient compartment a token is bound to.
+   *
+   * Paging: in id order the cursor is the last id consumed (a match returned, or a candidate scanned and
+   * rejected), so post-filtering never repeats or drops a resource. With `_sort` on anything but `_id`
+   * ascending, every candidate is scanned (at most MAX_SCAN), sorted in memory on (key, id), and the
+   * cursor is that keyset pair.
+   */
   async search(
     type: string,
     params: Array<[string, string]>,
     restrict?: (query: StoreQuery) => StoreQuery,
+    options: SearchOptions = {},
   ): Promise<SearchPage> {
     assertResourceType(type);
-    const parsed = parseSearch(type, params);
+    const parsed = parseSearch(type, params, { baseUrl: options.baseUrl });
     const { countOnly, applied } = parsed;
-    const query = restrict ? restrict(parsed.query) : parsed.query;
-    const total = query.afterId === undefined || countOnly ? await this.store.count(query) : undefined;
-    if (countOnly || query.limit === 0) return { versions: [], total, applied };
-    const rows = await this.store.search({ ...query, limit: query.limit + 1 });
-    const hasMore = rows.length > query.limit;
-    const page = hasMore ? rows.slice(0, query.limit) : rows;
-    return {
-      versions: page.map(toVersion),
-      total,
-      nextCursor: hasMore ? page[page.length - 1].id : undefined,
-      applied,
+    const resolved = await resolveChains(this.store, parsed, options);
+    const warnings: string[] = [];
+    if (!resolved) return { versions: [], included: [], total: 0, applied, warnings };
+    const query = restrict ? restrict(resolved) : resolved;
+    const filter = parsed.postFilter;
+    const limit = query.limit;
+
+    if (countOnly) {
+      const total = await countMatches(this.store, query, filter, MAX_SCAN);
+      if (total === undefined) throw tooCostly(`counting needs to check more than ${MAX_SCAN} candidates; narrow the search`);
+      return { versions: [], included: [], total, applied, warnings };
+    }
+
+    let versions: ResourceVersion[];
+    let total: number | undefined;
+    let nextCursor: string | undefined;
+    const parsedById = new Map<string, Record<string, unknown>>();
+    if (parsed.sort && !(parsed.sort.param === '_id' && !parsed.sort.descending)) {
+      const sort = parsed.sort;
+      const items: Array<SortItem & { id: string }> = [];
+      const needsResource = sort.dateParam !== undefined;
+      const result = await scanMatches(this.store, { ...query, afterId: undefined }, filter, undefined, MAX_SCAN + 1, (row, p) => {
+        let key: number | string | undefined;
+        if (sort.param === '_lastUpdated') key = Date.parse(row.lastUpdated);
+        else if (needsResource) {
+          const resource = p ?? parseVersion(row);
+          key = dateSortKey(sort.dateParam!, resource, sort.descending);
+        }
+        items.push({ row, key, id: row.id });
+        return true;
+      });
+      if (!result.exhausted) throw tooCostly(`sorting needs to check more than ${MAX_SCAN} candidates; narrow the search`);
+      const cmp = sortComparator(sort);
+      items.sort(cmp);
+      const cursor = parsed.cursor as Extract<Cursor, { kind: 'sort' }> | undefined;
+      const from = cursor ? items.findIndex((i) => cmp(i, { key: cursor.key, id: cursor.id }) > 0) : 0;
+      const start = from < 0 ? items.length : from;
+      const page = items.slice(start, start + limit);
+      versions = page.map((i) => toVersion(i.row));
+      total = items.length;
+      if (start + limit < items.length && page.length > 0) nextCursor = encodeSortCursor(page[page.length - 1]);
+    } else if (!filter) {
+      total = query.afterId === undefined ? await this.store.count(query) : undefined;
+      if (limit === 0) return { versions: [], included: [], total, applied, warnings };
+      const rows = await this.store.search({ ...query, limit: limit + 1 });
+      const hasMore = rows.length > limit;
+      const page = hasMore ? rows.slice(0, limit) : rows;
+      versions = page.filter((r) => !r.erased).map(toVersion);
+      nextCursor = hasMore ? page[page.length - 1].id : undefined;
+    } else {
+      total = query.afterId === undefined ? await countMatches(this.store, query, filter, MAX_SCAN) : undefined;
+      if (limit === 0) return { versions: [], included: [], total, applied, warnings };
+      const page: StoredVersion[] = [];
+      let lastConsumed = query.afterId;
+      const result = await scanMatches(this.store, query, filter, query.afterId, PAGE_SCAN_BUDGET, (row, p) => {
+        if (page.length === limit) return false; // one more match exists: it starts the next page
+        page.push(row);
+        if (p) parsedById.set(row.id, p);
+        return true;
+      });
+      lastConsumed = result.lastScanned ?? lastConsumed;
+      versions = page.map(toVersion);
+      if (!result.exhausted && lastConsumed !== undefined) nextCursor = lastConsumed;
+    }
+
+    const included = await this.includes(type, parsed, versions, parsedById, options, warnings);
+    if (parsed.elements) versions = versions.map((v) => subsetted(v, parsed.elements!, parsedById.get(v.id)));
+    return { versions, included, total, nextCursor, applied, warnings };
+  }
+
+  /** `_include` and `_revinclude` for one page of matches. */
+  private async includes(
+    type: string,
+    parsed: ParsedSearch,
+    matches: ResourceVersion[],
+    parsedById: Map<string, Record<string, unknown>>,
+    options: SearchOptions,
+    warnings: string[],
+  ): Promise<ResourceVersion[]> {
+    if ((parsed.include.length === 0 && parsed.revinclude.length === 0) || matches.length === 0) return [];
+    const seen = new Set(matches.map((v) => `${v.type}/${v.id}`));
+    const wanted: string[] = [];
+    let capped = false;
+    const want = (key: string) => {
+      if (seen.has(key)) return;
+      if (seen.size - matches.length >= MAX_INCLUDES) {
+        capped = true;
+        return;
+      }
+      seen.add(key);
+      wanted.push(key);
     };
+    for (const spec of parsed.include) {
+      for (const v of matches) {
+        const resource = parsedById.get(v.id) ?? parseVersion(v);
+        parsedById.set(v.id, resource);
+        const refs = new Set<string>();
+        spec.param.forEachValue(resource, (value) => referenceValueTerms(value, refs));
+        for (const ref of refs) {
+          const local = localReference(ref, options.baseUrl);
+          if (!local) continue;
+          const [t] = local.split('/', 1);
+          if (spec.targetType !== undefined ? t !== spec.targetType : !spec.param.targets.includes(t)) continue;
+          want(local);
+        }
+      }
+    }
+    const included: ResourceVersion[] = [];
+    for (let i = 0; i < wanted.length; i += 100) {
+      const batch = await Promise.all(
+        wanted.slice(i, i + 100).map((key) => {
+          const [t, id] = key.split('/');
+          return this.store.current(t, id);
+        }),
+      );
+      for (const row of batch) if (row && !row.deleted && !row.erased) included.push(toVersion(row));
+    }
+    for (const spec of parsed.revinclude) {
+      let restrict: ((q: StoreQuery) => StoreQuery) | undefined;
+      try {
+        restrict = options.restrictFor?.(spec.sourceType);
+      } catch {
+        continue; // the caller may not search that type: nothing to include from it
+      }
+      const targets = [...new Set(matches.map((v) => `${type}/${v.id}`))];
+      const base: StoreQuery = { type: spec.sourceType, clauses: [{ param: spec.param.code, anyOf: targets }], lastUpdated: [], limit: MAX_INCLUDES + 1 };
+      const rows = await this.store.search(restrict ? restrict(base) : base);
+      for (const row of rows) {
+        const key = `${row.type}/${row.id}`;
+        if (seen.has(key) || row.erased) continue;
+        if (seen.size - matches.length >= MAX_INCLUDES) {
+          capped = true;
+          break;
+        }
+        seen.add(key);
+        included.push(toVersion(row));
+      }
+    }
+    if (capped) warnings.push(`only the first ${MAX_INCLUDES} included resources of this page are returned; use a smaller _count`);
+    return options.canInclude ? included.filter((v) => options.canInclude!(v)) : included;
   }
 
   /**
@@ -402,15 +673,24 @@ export class WriteSession {
     assertResourceType(type);
     const params = [...new URLSearchParams(queryString)];
     if (params.length === 0) throw errors.badRequest(`a conditional ${type} query must have criteria`);
-    const { query } = parseSearch(type, params);
+    const parsed = parseSearch(type, params);
+    // Chained parameters see the stored data only (not this session's staged writes).
+    const query = await resolveChains(this.store, parsed, {});
     const pending = this.overlayWrites(type);
-    const stored = await this.store.search({ ...query, afterId: undefined, limit: limit + pending.size });
     const ids = new Set<string>();
-    for (const r of stored) if (!pending.has(`${type}/${r.id}`)) ids.add(r.id);
-    for (const { staged, session } of pending.values()) {
-      if (!matchesStaged(query, staged.write)) continue;
-      ids.add(staged.write.record.id);
-      if (session !== this) this.readFrom.add(session);
+    if (query) {
+      const filter = parsed.postFilter;
+      const result = await scanMatches(this.store, { ...query, afterId: undefined }, filter, undefined, MAX_SCAN, (row) => {
+        if (!pending.has(`${type}/${row.id}`)) ids.add(row.id);
+        return ids.size < limit;
+      });
+      if (!result.exhausted && !result.stopped) throw tooCostly(`the conditional ${type} query needs to check more than ${MAX_SCAN} candidates; narrow it`);
+      for (const { staged, session } of pending.values()) {
+        if (!matchesStaged(query, staged.write)) continue;
+        if (filter && !filter(parseVersion(staged.version))) continue;
+        ids.add(staged.write.record.id);
+        if (session !== this) this.readFrom.add(session);
+      }
     }
     return [...ids].slice(0, limit);
   }
@@ -468,4 +748,38 @@ function matchesStaged(query: StoreQuery, write: VersionWrite): boolean {
   return query.clauses.every(
     (c) => write.terms.some((t) => t.param === c.param && c.anyOf.includes(t.value)) !== (c.negate === true),
   );
+}
+
+/** A local `Type/id` for a reference term (absolute ones only when they point at this server's base). */
+function localReference(ref: string, baseUrl: string | undefined): string | undefined {
+  if (!/^[a-z][a-z0-9+.-]*:/i.test(ref)) return ref.includes('/') ? ref : undefined;
+  if (baseUrl && ref.startsWith(`${baseUrl}/`)) return normalizeReference(ref.slice(baseUrl.length + 1));
+  return undefined;
+}
+
+const SUBSETTED = { system: 'http://terminology.hl7.org/CodeSystem/v3-ObservationValue', code: 'SUBSETTED' };
+
+/** `_elements`: the resource with only the listed top-level elements (plus id and meta), tagged SUBSETTED. */
+function subsetted(v: ResourceVersion, elements: string[], parsed?: Record<string, unknown>): ResourceVersion {
+  const resource = parsed ?? parseVersion(v);
+  const keep = new Set(elements);
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(resource)) {
+    const name = key.startsWith('_') ? key.slice(1) : key;
+    const choice = /^([a-z][A-Za-z]*?)[A-Z]/.exec(name);
+    let kept = key === 'resourceType' || key === 'id' || key === 'meta' || keep.has(name);
+    if (!kept && choice) {
+      // valueQuantity is kept by `value` (choice elements are named without their type).
+      for (const e of keep) if (name.startsWith(e) && /^[A-Z]/.test(name.slice(e.length))) kept = true;
+    }
+    if (kept) out[key] = value;
+  }
+  const meta = { ...((out.meta as Record<string, unknown> | undefined) ?? {}) };
+  const tags = Array.isArray(meta.tag) ? [...meta.tag] : [];
+  if (!tags.some((t) => t?.system === SUBSETTED.system && t?.code === SUBSETTED.code)) tags.push(SUBSETTED);
+  meta.tag = tags;
+  out.meta = meta;
+  const ordered: Record<string, unknown> = { resourceType: out.resourceType, id: out.id, meta };
+  for (const [k, val] of Object.entries(out)) if (!(k in ordered)) ordered[k] = val;
+  return { ...v, json: stringifyFhirJson(ordered) };
 }

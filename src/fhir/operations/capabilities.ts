@@ -3,7 +3,7 @@
  * search parameters the gateway indexes. Nothing is advertised that does not work.
  */
 import type { Handler } from '../context.ts';
-import { indexedParams } from '../search/parameters.ts';
+import { indexedParams, type IndexedParam } from '../search/parameters.ts';
 import { heldProfileDetails, knownResourceTypes } from '../validation/index.ts';
 
 const TYPE_INTERACTIONS = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'history-type', 'create', 'search-type'];
@@ -12,14 +12,52 @@ const COMMON_SEARCH = [
   { name: '_id', type: 'token', definition: 'http://hl7.org/fhir/SearchParameter/Resource-id', documentation: 'Logical id; comma-separated for several' },
   {
     name: '_lastUpdated', type: 'date', definition: 'http://hl7.org/fhir/SearchParameter/Resource-lastUpdated',
-    documentation: 'When the resource version last changed; prefixes eq, gt, ge, lt, le, sa, eb',
+    documentation: 'When the resource version last changed; prefixes eq, gt, ge, lt, le, sa, eb; sortable',
+  },
+];
+
+const HOW: Record<IndexedParam['type'], string> = {
+  token: 'system|code, code or |code; :not',
+  reference: 'Type/id, id, absolute URL; :Type; chained one level (param.name, param:Type.name)',
+  string: 'starts with, case- and accent-insensitive; :exact',
+  date: 'prefixes eq, lt, gt, le, ge, sa, eb',
+  number: 'prefixes eq, ne, lt, gt, le, ge, sa, eb, ap',
+  quantity: '[prefix]number, [prefix]number|system|code, [prefix]number||unit',
+  uri: 'exact',
+};
+
+const PATIENT_OPERATIONS = [
+  {
+    name: 'everything', definition: 'http://hl7.org/fhir/OperationDefinition/Patient-everything',
+    documentation: 'The patient compartment, paged; _since, _type, _count',
+  },
+  {
+    name: 'erase', definition: 'urn:medblock:operation:erase',
+    documentation: 'Right to erasure by crypto-shredding: destroys the patient\'s data key (POST; user/ or system/ delete on Patient)',
   },
 ];
 
 let cached: object | undefined;
 
+/** `_revinclude` targets: Source:param for every reference parameter that can point at a type. */
+function revIncludes(): Map<string, string[]> {
+  const byTarget = new Map<string, string[]>();
+  for (const source of knownResourceTypes()) {
+    for (const p of indexedParams(source).values()) {
+      if (p.type !== 'reference') continue;
+      for (const t of p.targets) {
+        const list = byTarget.get(t) ?? [];
+        list.push(`${source}:${p.code}`);
+        byTarget.set(t, list);
+      }
+    }
+  }
+  return byTarget;
+}
+
 function build(): object {
   const profiles = heldProfileDetails();
+  const rev = revIncludes();
   return {
     resourceType: 'CapabilityStatement',
     status: 'active',
@@ -50,13 +88,18 @@ function build(): object {
             conditionalRead: 'not-supported',
             conditionalUpdate: true,
             conditionalDelete: 'single',
+            searchInclude: [...indexedParams(type).values()].filter((p) => p.type === 'reference').map((p) => `${type}:${p.code}`),
+            searchRevInclude: rev.get(type) ?? [],
             searchParam: [
               ...COMMON_SEARCH,
               ...[...indexedParams(type).values()].map((p) => ({
-                name: p.code, type: p.type, definition: p.definition, documentation: p.documentation,
+                name: p.code, type: p.type, definition: p.definition, documentation: `${p.documentation} [${HOW[p.type]}]`,
               })),
             ],
-            operation: [{ name: 'validate', definition: 'http://hl7.org/fhir/OperationDefinition/Resource-validate' }],
+            operation: [
+              { name: 'validate', definition: 'http://hl7.org/fhir/OperationDefinition/Resource-validate' },
+              ...(type === 'Patient' ? PATIENT_OPERATIONS : []),
+            ],
           };
         }),
         interaction: [{ code: 'transaction' }, { code: 'batch' }, { code: 'history-system' }],

@@ -1,18 +1,39 @@
 import { restrictToPatient } from '../../access/compartment.ts';
+import type { StoreQuery } from '../../vault/store.ts';
 import type { Handler } from '../context.ts';
-import { serializeBundle } from '../bundle-json.ts';
-import { requireAccess } from './common.ts';
+import { serializeBundle, type BundleEntryParts } from '../bundle-json.ts';
+import { operationOutcome } from '../outcome.ts';
+import type { ResourceVersion } from '../repository.ts';
+import { assertVersionAccessible, requireAccess } from './common.ts';
 
 function linkUrl(base: string, type: string, params: Array<[string, string]>): string {
   const qs = new URLSearchParams(params).toString();
   return `${base}/${type}${qs ? `?${qs}` : ''}`;
 }
 
-/** GET [base]/[type]?params — a searchset Bundle with `next` links that page by id. */
+/**
+ * GET [base]/[type]?params — a searchset Bundle: the matches (search.mode 'match'), then the `_include`d
+ * and `_revinclude`d resources the caller may read (search.mode 'include'), with `next` links.
+ */
 export const search: Handler = async (req, ctx, { type }) => {
   const access = requireAccess(req, type, 's');
-  const restrict = access.kind === 'patient' ? (q: Parameters<typeof restrictToPatient>[0]) => restrictToPatient(q, access.patientId) : undefined;
-  const page = await ctx.repo.search(type, req.query, restrict);
+  const restrict = access.kind === 'patient' ? (q: StoreQuery) => restrictToPatient(q, access.patientId) : undefined;
+  const page = await ctx.repo.search(type, req.query, restrict, {
+    baseUrl: ctx.baseUrl,
+    // Chained parameters and _revinclude search other types: the caller needs search access to them too.
+    restrictFor: (other) => {
+      const a = requireAccess(req, other, 's');
+      return a.kind === 'patient' ? (q: StoreQuery) => restrictToPatient(q, a.patientId) : undefined;
+    },
+    canInclude: (v: ResourceVersion) => {
+      try {
+        assertVersionAccessible(requireAccess(req, v.type, 'r'), v);
+        return true;
+      } catch {
+        return false;
+      }
+    },
+  });
   const link = [{ relation: 'self', url: linkUrl(ctx.baseUrl, type, page.applied) }];
   if (page.nextCursor !== undefined) {
     link.push({ relation: 'next', url: linkUrl(ctx.baseUrl, type, [...page.applied, ['_cursor', page.nextCursor]]) });
@@ -20,10 +41,19 @@ export const search: Handler = async (req, ctx, { type }) => {
   const envelope: Record<string, unknown> = { resourceType: 'Bundle', type: 'searchset' };
   if (page.total !== undefined) envelope.total = page.total;
   envelope.link = link;
-  const entries = page.versions.map((v) => ({
+  const entries: BundleEntryParts[] = page.versions.map((v) => ({
     fullUrl: `${ctx.baseUrl}/${v.type}/${v.id}`,
     resourceJson: v.json,
     search: { mode: 'match' },
   }));
+  for (const v of page.included) {
+    entries.push({ fullUrl: `${ctx.baseUrl}/${v.type}/${v.id}`, resourceJson: v.json, search: { mode: 'include' } });
+  }
+  if (page.warnings.length > 0) {
+    entries.push({
+      resource: operationOutcome(page.warnings.map((w) => ({ severity: 'warning', code: 'incomplete', diagnostics: w }))),
+      search: { mode: 'outcome' },
+    });
+  }
   return { status: 200, body: serializeBundle(envelope, entries) };
 };

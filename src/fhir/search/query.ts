@@ -1,57 +1,94 @@
-/** Parses FHIR search URL parameters into a store query (strict: anything unsupported is a 400). */
+/**
+ * Parses FHIR search URL parameters (strict: anything unsupported is a 400 naming what is supported) into
+ * a store query of equality term clauses, plus a post-filter for what the terms cannot decide exactly,
+ * and the result-shaping parameters (_sort, _include, _revinclude, _elements, _count, _summary, cursor).
+ */
 import { errors } from '../outcome.ts';
 import type { InstantBound, StoreQuery, TermClause } from '../../vault/store.ts';
-import { indexedParams } from './parameters.ts';
-import { normalizeReference } from './terms.ts';
+import { isKnownResourceType } from '../validation/index.ts';
+import { schemaFor } from '../validation/definitions.ts';
+import { dateInterval, dateRange, datePrefixMatches, intervalQuery, prefixInterval, valueInterval, type DatePrefix, type Interval } from './dates.ts';
+import { decimalOf, numberMatches, numberQueryTerms, parseDecimal, rangeMatches, type Decimal, type NumberPrefix } from './numbers.ts';
+import { indexedParams, type IndexedParam } from './parameters.ts';
+import { forEachStringPart, normalizeString, stringQueryTerm } from './strings.ts';
+import { normalizeReference, tokenIsMixed } from './terms.ts';
+
+export { dateRange };
 
 export const DEFAULT_PAGE_SIZE = 20;
 export const MAX_PAGE_SIZE = 1000;
 
+export type Predicate = (resource: Record<string, unknown>) => boolean;
+
+/** A chained parameter (`subject:Patient.identifier=X`), resolved by the repository into a reference clause. */
+export interface ChainSpec {
+  /** The reference parameter of the searched type. */
+  param: string;
+  /** Target types to search, each with the inner parameter. */
+  targets: string[];
+  inner: [string, string];
+}
+
+export interface SortSpec {
+  /** `_id`, `_lastUpdated` or a date parameter code. */
+  param: string;
+  descending: boolean;
+  /** A date parameter (needs the resource). */
+  dateParam?: IndexedParam;
+}
+
+export interface IncludeSpec {
+  /** The type holding the reference parameter. */
+  sourceType: string;
+  param: IndexedParam;
+  targetType?: string;
+}
+
+export type Cursor = { kind: 'id'; afterId: string } | { kind: 'sort'; key: number | undefined; id: string };
+
 export interface ParsedSearch {
   query: StoreQuery;
+  /** Exact test on the resource for what the index terms only pre-select (undefined: the terms decide). */
+  postFilter?: Predicate;
+  chains: ChainSpec[];
+  sort?: SortSpec;
+  include: IncludeSpec[];
+  revinclude: IncludeSpec[];
+  /** `_elements`: top-level elements to keep. */
+  elements?: string[];
+  cursor?: Cursor;
   /** `_summary=count`: total only, no entries. */
   countOnly: boolean;
   /** The parameters that were applied, for the self/next links. */
   applied: Array<[string, string]>;
 }
 
+export interface ParseOptions {
+  /** This server's FHIR base: absolute references to it also match relative ones. */
+  baseUrl?: string;
+}
+
 /** Parameters that shape the response rather than select resources. */
-const RESULT_PARAMS = new Set(['_count', '_summary', '_format', '_pretty', '_cursor']);
+const RESULT_PARAMS = new Set(['_count', '_summary', '_format', '_pretty', '_cursor', '_sort', '_include', '_revinclude', '_elements']);
 const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
+const SORT_CURSOR = /^(n|k-?\d{1,16})\.([A-Za-z0-9\-.]{1,64})$/;
+const PREFIX = /^(eq|ne|gt|lt|ge|le|sa|eb|ap)?(.*)$/s;
 
-const DATE_PATTERN =
-  /^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$/;
-
-/** The half-open UTC interval [start, end) a FHIR date/dateTime/instant value denotes at its precision. */
-export function dateRange(value: string): { start: string; end: string } | undefined {
-  const m = DATE_PATTERN.exec(value);
-  if (!m) return undefined;
-  const [, y, mo, d, h, mi, s, frac, tz] = m;
-  const year = Number(y);
-  if (mo === undefined) return { start: utc(year, 0, 1), end: utc(year + 1, 0, 1) };
-  const month = Number(mo) - 1;
-  if (month > 11) return undefined;
-  if (d === undefined) return { start: utc(year, month, 1), end: utc(year, month + 1, 1) };
-  const day = Number(d);
-  if (day < 1 || day > 31) return undefined;
-  if (h === undefined) return { start: utc(year, month, day), end: utc(year, month, day + 1) };
-  const offsetMinutes = !tz || tz === 'Z' ? 0 : (tz[0] === '-' ? -1 : 1) * (Number(tz.slice(1, 3)) * 60 + Number(tz.slice(4, 6)));
-  const ms = frac ? Math.floor(Number(`0${frac}`) * 1000) : 0;
-  const base = Date.UTC(year, month, day, Number(h), Number(mi), Number(s ?? 0), ms) - offsetMinutes * 60_000;
-  if (Number.isNaN(base)) return undefined;
-  const width = s === undefined ? 60_000 : frac ? 1 : 1000;
-  return { start: new Date(base).toISOString(), end: new Date(base + width).toISOString() };
-}
-
-function utc(year: number, month: number, day: number): string {
-  return new Date(Date.UTC(year, month, day)).toISOString();
-}
+const MODIFIERS: Record<IndexedParam['type'], string> = {
+  token: ':not',
+  reference: ':[type] (a target type)',
+  string: ':exact',
+  date: 'none',
+  number: 'none',
+  quantity: 'none',
+  uri: 'none',
+};
 
 function lastUpdatedBounds(raw: string): InstantBound[] {
-  const m = /^(eq|ne|gt|lt|ge|le|sa|eb|ap)?(.*)$/.exec(raw)!;
+  const m = PREFIX.exec(raw)!;
   const prefix = m[1] ?? 'eq';
   const range = dateRange(m[2]);
-  if (!range) throw errors.badRequest(`_lastUpdated: '${raw}' is not a FHIR date/dateTime/instant`);
+  if (!range) throw errors.badRequest(`_lastUpdated: '${raw.slice(0, 40)}' is not a FHIR date/dateTime/instant`);
   switch (prefix) {
     case 'eq':
       return [{ op: 'ge', value: range.start }, { op: 'lt', value: range.end }];
@@ -66,91 +103,473 @@ function lastUpdatedBounds(raw: string): InstantBound[] {
     case 'le':
       return [{ op: 'lt', value: range.end }];
     default:
-      throw errors.notSupported(`_lastUpdated: prefix '${prefix}' is not supported`);
+      throw errors.notSupported(`_lastUpdated: prefix '${prefix}' is not supported (supported: eq, gt, ge, lt, le, sa, eb)`);
   }
 }
 
-function splitValues(raw: string): string[] {
+function splitValues(name: string, raw: string): string[] {
   // A comma separates alternatives unless escaped as `\,`.
-  return raw.split(/(?<!\\),/).map((v) => v.replace(/\\,/g, ','));
+  const values = raw.split(/(?<!\\),/).map((v) => v.replace(/\\,/g, ','));
+  for (const v of values) if (v === '') throw errors.badRequest(`${name}: a search value must not be empty`);
+  return values;
 }
 
-function tokenValues(raw: string): string[] {
-  return splitValues(raw).map((v) => {
-    if (v === '' || v === '|') throw errors.badRequest('a token search value must not be empty');
+// ---------------------------------------------------------------------------------------------
+// Per parameter type
+// ---------------------------------------------------------------------------------------------
+
+interface Parsed {
+  clauses: TermClause[];
+  filter?: Predicate;
+}
+
+function tokenParam(param: IndexedParam, modifier: string | undefined, raw: string): Parsed {
+  if (modifier !== undefined && modifier !== 'not') throw unsupportedModifier(param, modifier);
+  const mixed = tokenIsMixed(param);
+  const primitiveOnly = !mixed && param.accessors.every((a) => a.elementType !== undefined && isPrimitiveToken(a.elementType));
+  const anyOf = splitValues(param.code, raw).map((v) => {
+    const bar = v.indexOf('|');
+    if (bar < 0) return v;
+    if (bar === v.length - 1) {
+      throw errors.notSupported(`${param.code}: 'system|' (any code of a system) is not supported; give a code: system|code, code or |code`);
+    }
+    if (bar === 0 && primitiveOnly) return v.slice(1);
     return v;
   });
+  return { clauses: [{ param: param.code, anyOf, ...(modifier === 'not' ? { negate: true } : {}) }] };
 }
 
-function referenceValues(name: string, modifier: string | undefined, raw: string, targets: string[]): string[] {
-  const types = modifier ? [modifier] : targets;
-  if (modifier && !targets.includes(modifier)) {
-    throw errors.badRequest(`${name}: ':${modifier}' is not a target type of this parameter`);
+function isPrimitiveToken(t: string): boolean {
+  return t === 'code' || t === 'boolean' || t === 'string' || t === 'id' || t === 'uri' || t === 'ContactPoint';
+}
+
+function referenceParam(param: IndexedParam, modifier: string | undefined, raw: string, options: ParseOptions): Parsed {
+  if (modifier !== undefined && !param.targets.includes(modifier)) {
+    if (/^[A-Z]/.test(modifier)) throw errors.badRequest(`${param.code}: ':${modifier}' is not a target type of this parameter (targets: ${param.targets.join(', ')})`);
+    throw unsupportedModifier(param, modifier);
   }
-  return splitValues(raw).flatMap((v) => {
-    if (ID_PATTERN.test(v)) return types.map((t) => `${t}/${v}`);
+  const types = modifier ? [modifier] : param.targets;
+  const anyOf = splitValues(param.code, raw).flatMap((v) => {
+    if (ID_PATTERN.test(v) && !v.includes('/')) return types.map((t) => `${t}/${v}`);
     const normalized = normalizeReference(v);
-    if (!normalized) throw errors.badRequest(`${name}: '${v}' is not a reference`);
-    return [normalized];
+    if (!normalized) throw errors.badRequest(`${param.code}: '${v.slice(0, 80)}' is not a reference`);
+    if (modifier && !normalized.startsWith(`${modifier}/`) && !/^[a-z][a-z0-9+.-]*:/i.test(normalized)) {
+      throw errors.badRequest(`${param.code}:${modifier}: '${v.slice(0, 80)}' is not a ${modifier} reference`);
+    }
+    const out = [normalized];
+    if (options.baseUrl && normalized.startsWith(`${options.baseUrl}/`)) {
+      const relative = normalizeReference(normalized.slice(options.baseUrl.length + 1));
+      if (relative) out.push(relative);
+    }
+    return out;
   });
+  return { clauses: [{ param: param.code, anyOf: [...new Set(anyOf)] }] };
+}
+
+function stringParam(param: IndexedParam, modifier: string | undefined, raw: string): Parsed {
+  if (modifier === 'contains') {
+    throw errors.notSupported(`${param.code}: ':contains' is not supported (the index only answers prefixes; supported: default starts-with, :exact)`);
+  }
+  if (modifier !== undefined && modifier !== 'exact') throw unsupportedModifier(param, modifier);
+  const values = splitValues(param.code, raw);
+  if (modifier === 'exact') return { clauses: [{ param: param.code, anyOf: values.map((v) => `x:${v}`) }] };
+  const anyOf: string[] = [];
+  const normalized: string[] = [];
+  let exact = true;
+  for (const v of values) {
+    const q = stringQueryTerm(v);
+    if (!q) throw errors.badRequest(`${param.code}: a string search value must have a letter or digit`);
+    anyOf.push(q.term);
+    normalized.push(normalizeString(v));
+    exact &&= q.exact;
+  }
+  const filter: Predicate | undefined = exact
+    ? undefined
+    : (resource) => {
+        let found = false;
+        param.forEachValue(resource, (value, t) => {
+          if (found) return;
+          forEachStringPart(value, t, (s) => {
+            if (!found) {
+              const n = normalizeString(s);
+              found = normalized.some((q) => n.startsWith(q));
+            }
+          });
+        });
+        return found;
+      };
+  return { clauses: [{ param: param.code, anyOf: [...new Set(anyOf)] }], filter };
+}
+
+function uriParam(param: IndexedParam, modifier: string | undefined, raw: string): Parsed {
+  if (modifier !== undefined) throw unsupportedModifier(param, modifier);
+  return { clauses: [{ param: param.code, anyOf: splitValues(param.code, raw) }] };
+}
+
+function dateParam(param: IndexedParam, modifier: string | undefined, raw: string): Parsed {
+  if (modifier !== undefined) throw unsupportedModifier(param, modifier);
+  const queries: Array<{ prefix: DatePrefix; s: Interval }> = [];
+  const anyOf = new Set<string>();
+  for (const v of splitValues(param.code, raw)) {
+    const m = PREFIX.exec(v)!;
+    const prefix = (m[1] ?? 'eq') as DatePrefix | 'ne' | 'ap';
+    if (prefix === 'ne' || prefix === 'ap') {
+      throw errors.notSupported(`${param.code}: prefix '${prefix}' is not supported (supported: eq, lt, gt, le, ge, sa, eb)`);
+    }
+    const s = dateInterval(m[2]);
+    if (!s) throw errors.badRequest(`${param.code}: '${v.slice(0, 40)}' is not a FHIR date/dateTime/instant`);
+    queries.push({ prefix, s });
+    for (const t of intervalQuery(prefixInterval(prefix, s))) anyOf.add(t);
+  }
+  const filter: Predicate = (resource) => {
+    let found = false;
+    param.forEachValue(resource, (value, t) => {
+      if (found) return;
+      const v = valueInterval(value, t);
+      if (v) found = queries.some((q) => datePrefixMatches(q.prefix, v, q.s));
+    });
+    return found;
+  };
+  return { clauses: [{ param: param.code, anyOf: [...anyOf] }], filter };
+}
+
+interface NumericQuery {
+  prefix: NumberPrefix;
+  q: Decimal;
+  system?: string;
+  /** With system: the code; without: matched against code or unit. */
+  unit?: string;
+}
+
+function numericParam(param: IndexedParam, modifier: string | undefined, raw: string): Parsed {
+  if (modifier !== undefined) throw unsupportedModifier(param, modifier);
+  const hasRange = param.accessors.some((a) => a.elementType === 'Range' || a.elementType === undefined);
+  const queries: NumericQuery[] = [];
+  for (const v of splitValues(param.code, raw)) {
+    const m = PREFIX.exec(v)!;
+    const prefix = (m[1] ?? 'eq') as NumberPrefix;
+    const parts = m[2].split('|');
+    if (parts.length > 3 || (param.type === 'number' && parts.length > 1) || parts.length === 2) {
+      throw errors.badRequest(
+        param.type === 'number'
+          ? `${param.code}: '${v.slice(0, 40)}' is not a number`
+          : `${param.code}: '${v.slice(0, 60)}' is not [prefix]number, [prefix]number|system|code or [prefix]number||unit`,
+      );
+    }
+    const q = parseDecimal(parts[0]);
+    if (!q) throw errors.badRequest(`${param.code}: '${parts[0].slice(0, 40)}' is not a number`);
+    const query: NumericQuery = { prefix, q };
+    if (parts.length === 3) {
+      if (parts[1] !== '') query.system = parts[1];
+      if (parts[2] === '') {
+        throw errors.badRequest(`${param.code}: a unit or code must follow the last '|' (number|system|code or number||unit)`);
+      }
+      query.unit = parts[2];
+    }
+    queries.push(query);
+  }
+  const clauses: TermClause[] = [];
+  if (queries.length === 1) {
+    const [q] = queries;
+    const numeric = numberQueryTerms(q.prefix, q.q, !hasRange);
+    if (!(q.unit !== undefined && numeric.length === 1 && numeric[0] === '*')) clauses.push({ param: param.code, anyOf: numeric });
+    if (q.unit !== undefined) clauses.push({ param: param.code, anyOf: [`u:||${q.unit}`] });
+  } else {
+    const anyOf = new Set<string>();
+    for (const q of queries) {
+      if (q.unit !== undefined) anyOf.add(`u:||${q.unit}`);
+      else for (const t of numberQueryTerms(q.prefix, q.q, !hasRange)) anyOf.add(t);
+    }
+    clauses.push({ param: param.code, anyOf: [...anyOf] });
+  }
+  const filter: Predicate = (resource) => {
+    let found = false;
+    param.forEachValue(resource, (value, t) => {
+      if (!found) found = queries.some((q) => numericValueMatches(param, value, t, q));
+    });
+    return found;
+  };
+  return { clauses, filter };
+}
+
+function unitMatches(q: Record<string, unknown> | undefined, elementType: string | undefined, query: NumericQuery): boolean {
+  if (query.unit === undefined) return true;
+  if (!q) return false;
+  if (elementType === 'Money' || (elementType === undefined && 'currency' in q)) {
+    return q.currency === query.unit && (query.system === undefined || query.system === 'urn:iso:std:iso:4217');
+  }
+  if (query.system !== undefined) return q.system === query.system && q.code === query.unit;
+  return q.code === query.unit || q.unit === query.unit;
+}
+
+function numericValueMatches(param: IndexedParam, value: unknown, t: string | undefined, query: NumericQuery): boolean {
+  if (t === 'Range' || (t === undefined && value !== null && typeof value === 'object' && ('low' in value || 'high' in value))) {
+    const r = value as { low?: Record<string, unknown>; high?: Record<string, unknown> };
+    const low = r.low && decimalOf(r.low.value);
+    const high = r.high && decimalOf(r.high.value);
+    if (!low && !high) return false;
+    if (param.type === 'quantity' && query.unit !== undefined) {
+      if (!(r.low && low ? unitMatches(r.low, 'Quantity', query) : true) || !(r.high && high ? unitMatches(r.high, 'Quantity', query) : true)) return false;
+    }
+    return rangeMatches(query.prefix, low, high, query.q);
+  }
+  if (param.type === 'number') {
+    const d = decimalOf(value);
+    return d !== undefined && numberMatches(query.prefix, d, query.q);
+  }
+  if (value === null || typeof value !== 'object') return false;
+  const o = value as Record<string, unknown>;
+  const d = decimalOf(o.value);
+  return d !== undefined && unitMatches(o, t, query) && numberMatches(query.prefix, d, query.q);
+}
+
+function unsupportedModifier(param: IndexedParam, modifier: string) {
+  return errors.notSupported(`modifier ':${modifier}' is not supported on ${param.code} (${param.type}; supported: ${MODIFIERS[param.type]})`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Result parameters
+// ---------------------------------------------------------------------------------------------
+
+function parseSort(type: string, raw: string, known: Map<string, IndexedParam>): SortSpec {
+  const keys = raw.split(',');
+  const sortable = ['_id', '_lastUpdated', ...[...known.values()].filter((p) => p.type === 'date').map((p) => p.code)];
+  if (keys.length !== 1) throw errors.notSupported(`_sort: only one sort key is supported (sortable for ${type}: ${sortable.join(', ')})`);
+  const descending = keys[0].startsWith('-');
+  const code = descending ? keys[0].slice(1) : keys[0];
+  if (code === '_id' || code === '_lastUpdated') return { param: code, descending };
+  const param = known.get(code);
+  if (!param || param.type !== 'date') throw errors.notSupported(`_sort: '${code.slice(0, 64)}' is not sortable for ${type} (sortable: ${sortable.join(', ')})`);
+  return { param: code, descending, dateParam: param };
+}
+
+function parseInclude(type: string, raw: string, reverse: boolean): IncludeSpec {
+  const parts = raw.split(':');
+  const name = reverse ? '_revinclude' : '_include';
+  if (parts.length < 2 || parts.length > 3) {
+    throw errors.badRequest(`${name} must be Type:parameter or Type:parameter:TargetType ('*' and :iterate are not supported)`);
+  }
+  const [sourceType, code, targetType] = parts;
+  if (!isKnownResourceType(sourceType)) throw errors.badRequest(`${name}: '${sourceType.slice(0, 64)}' is not a resource type`);
+  if (!reverse && sourceType !== type) throw errors.notSupported(`_include: only ${type}:… is supported on a ${type} search (no :iterate)`);
+  const param = indexedParams(sourceType).get(code);
+  if (!param || param.type !== 'reference') {
+    const refs = [...indexedParams(sourceType).values()].filter((p) => p.type === 'reference').map((p) => p.code);
+    throw errors.badRequest(`${name}: '${code.slice(0, 64)}' is not a reference parameter of ${sourceType} (supported: ${refs.join(', ')})`);
+  }
+  if (targetType !== undefined && !param.targets.includes(targetType)) {
+    throw errors.badRequest(`${name}: ${targetType.slice(0, 64)} is not a target of ${sourceType}:${code} (targets: ${param.targets.join(', ')})`);
+  }
+  if (reverse) {
+    if (targetType !== undefined && targetType !== type) throw errors.badRequest(`_revinclude: the target type must be ${type}`);
+    if (!param.targets.includes(type)) throw errors.badRequest(`_revinclude: ${sourceType}:${code} cannot point at ${type}`);
+  }
+  return { sourceType, param, targetType };
+}
+
+/** Top-level element names of a type, and those that are mandatory (min ≥ 1). */
+function elementNames(type: string): { all: Set<string>; mandatory: Set<string> } {
+  const schema = schemaFor(type);
+  const all = new Set<string>();
+  const mandatory = new Set<string>();
+  for (const [key, el] of Object.entries(schema.elements)) {
+    if (key.includes('.')) continue;
+    const name = key.replace(/\[x\]$/, '');
+    all.add(name);
+    if (el.min > 0) mandatory.add(name);
+  }
+  return { all, mandatory };
+}
+
+function parseElements(type: string, raw: string): string[] {
+  const { all, mandatory } = elementNames(type);
+  const names = raw.split(',').map((s) => s.trim()).filter((s) => s !== '');
+  for (const n of names) {
+    if (!all.has(n)) throw errors.badRequest(`_elements: '${n.slice(0, 64)}' is not a top-level element of ${type}`);
+  }
+  return [...new Set([...names, ...mandatory])];
 }
 
 /** `params` are the URL query parameters in order. */
-export function parseSearch(type: string, params: Array<[string, string]>): ParsedSearch {
+export function parseSearch(type: string, params: Array<[string, string]>, options: ParseOptions = {}): ParsedSearch {
   const clauses: TermClause[] = [];
+  const filters: Predicate[] = [];
+  const chains: ChainSpec[] = [];
   const lastUpdated: InstantBound[] = [];
   const applied: Array<[string, string]> = [];
+  const include: IncludeSpec[] = [];
+  const revinclude: IncludeSpec[] = [];
   let ids: string[] | undefined;
   let limit = DEFAULT_PAGE_SIZE;
   let countOnly = false;
-  let afterId: string | undefined;
+  let rawCursor: string | undefined;
+  let sort: SortSpec | undefined;
+  let elements: string[] | undefined;
   const known = indexedParams(type);
+  const supported = () => `(supported: _id, _lastUpdated${[...known.keys()].map((k) => `, ${k}`).join('')})`;
 
   for (const [key, raw] of params) {
-    const [name, modifier] = key.split(':', 2);
+    const dot = key.indexOf('.');
+    const [name, modifier] = (dot >= 0 ? key.slice(0, dot) : key).split(':', 2);
     if (RESULT_PARAMS.has(name)) {
-      if (name === '_count') {
-        const n = Number(raw);
-        if (!/^\d+$/.test(raw)) throw errors.badRequest('_count must be a non-negative integer');
-        limit = Math.min(n, MAX_PAGE_SIZE);
-        applied.push([key, String(limit)]);
-      } else if (name === '_summary') {
-        if (raw !== 'count' && raw !== 'false') {
-          throw errors.notSupported(`_summary=${raw} is not supported (supported: count, false)`);
+      if (dot >= 0 || modifier !== undefined) {
+        if (!((name === '_include' || name === '_revinclude') && modifier === undefined)) {
+          throw errors.notSupported(`'${key.slice(0, 64)}' is not supported (no modifiers on result parameters; no :iterate)`);
         }
-        countOnly = raw === 'count';
-        applied.push([key, raw]);
-      } else if (name === '_cursor') {
-        if (!ID_PATTERN.test(raw)) throw errors.badRequest('_cursor is malformed');
-        afterId = raw;
+      }
+      switch (name) {
+        case '_count': {
+          if (!/^\d{1,9}$/.test(raw)) throw errors.badRequest('_count must be a non-negative integer');
+          limit = Math.min(Number(raw), MAX_PAGE_SIZE);
+          applied.push([key, String(limit)]);
+          break;
+        }
+        case '_summary':
+          if (raw !== 'count' && raw !== 'false') throw errors.notSupported(`_summary=${raw.slice(0, 20)} is not supported (supported: count, false)`);
+          countOnly = raw === 'count';
+          applied.push([key, raw]);
+          break;
+        case '_cursor':
+          rawCursor = raw;
+          break;
+        case '_sort':
+          sort = parseSort(type, raw, known);
+          applied.push([key, raw]);
+          break;
+        case '_include':
+          for (const v of raw.split(',')) include.push(parseInclude(type, v, false));
+          applied.push([key, raw]);
+          break;
+        case '_revinclude':
+          for (const v of raw.split(',')) revinclude.push(parseInclude(type, v, true));
+          applied.push([key, raw]);
+          break;
+        case '_elements':
+          elements = parseElements(type, raw);
+          applied.push([key, raw]);
+          break;
+        default: // _format, _pretty: the HTTP layer's
       }
       continue;
     }
-    if (modifier !== undefined && name.startsWith('_')) {
-      throw errors.notSupported(`modifier ':${modifier}' is not supported on ${name}`);
+    if (dot >= 0) {
+      chains.push(parseChain(type, key, raw, known));
+      applied.push([key, raw]);
+      continue;
     }
     if (name === '_id') {
-      const values = splitValues(raw);
-      for (const v of values) if (!ID_PATTERN.test(v)) throw errors.badRequest(`_id: '${v}' is not a valid id`);
+      if (modifier !== undefined) throw errors.notSupported(`modifier ':${modifier}' is not supported on _id`);
+      const values = splitValues(name, raw);
+      for (const v of values) if (!ID_PATTERN.test(v)) throw errors.badRequest(`_id: '${v.slice(0, 70)}' is not a valid id`);
       ids = ids ? ids.filter((id) => values.includes(id)) : values;
     } else if (name === '_lastUpdated') {
-      lastUpdated.push(...lastUpdatedBounds(raw));
+      if (modifier !== undefined) throw errors.notSupported(`modifier ':${modifier}' is not supported on _lastUpdated`);
+      for (const v of splitValues(name, raw)) {
+        if (raw.includes(',')) throw errors.notSupported('_lastUpdated: several values (OR) are not supported; repeat the parameter for AND');
+        lastUpdated.push(...lastUpdatedBounds(v));
+      }
     } else {
       const param = known.get(name);
-      if (!param) {
-        throw errors.notSupported(
-          `search parameter '${name}' is not supported for ${type}` +
-            ` (supported: _id, _lastUpdated${[...known.keys()].map((k) => `, ${k}`).join('')})`,
-        );
-      }
-      if (param.type === 'token') {
-        if (modifier !== undefined) throw errors.notSupported(`modifier ':${modifier}' is not supported on ${name}`);
-        clauses.push({ param: name, anyOf: tokenValues(raw) });
-      } else {
-        clauses.push({ param: name, anyOf: referenceValues(name, modifier, raw, param.targets) });
-      }
+      if (!param) throw errors.notSupported(`search parameter '${name.slice(0, 64)}' is not supported for ${type} ${supported()}`);
+      if (modifier === 'missing') throw errors.notSupported(`${name}: ':missing' is not supported`);
+      const parsed = parseParam(param, modifier, raw, options);
+      clauses.push(...parsed.clauses);
+      if (parsed.filter) filters.push(parsed.filter);
     }
     applied.push([key, raw]);
   }
-  return { query: { type, ids, clauses, lastUpdated, afterId, limit }, countOnly, applied };
+
+  let cursor: Cursor | undefined;
+  if (rawCursor !== undefined) {
+    if (sort && !(sort.param === '_id' && !sort.descending)) {
+      const m = SORT_CURSOR.exec(rawCursor);
+      if (!m) throw errors.badRequest('_cursor is malformed');
+      cursor = { kind: 'sort', key: m[1] === 'n' ? undefined : Number(m[1].slice(1)), id: m[2] };
+    } else {
+      if (!ID_PATTERN.test(rawCursor)) throw errors.badRequest('_cursor is malformed');
+      cursor = { kind: 'id', afterId: rawCursor };
+    }
+  }
+  const postFilter: Predicate | undefined =
+    filters.length === 0 ? undefined : filters.length === 1 ? filters[0] : (r) => filters.every((f) => f(r));
+  return {
+    query: { type, ids, clauses, lastUpdated, afterId: cursor?.kind === 'id' ? cursor.afterId : undefined, limit },
+    postFilter,
+    chains,
+    sort,
+    include,
+    revinclude,
+    elements,
+    cursor,
+    countOnly,
+    applied,
+  };
+}
+
+function parseParam(param: IndexedParam, modifier: string | undefined, raw: string, options: ParseOptions): Parsed {
+  switch (param.type) {
+    case 'token':
+      return tokenParam(param, modifier, raw);
+    case 'reference':
+      return referenceParam(param, modifier, raw, options);
+    case 'string':
+      return stringParam(param, modifier, raw);
+    case 'date':
+      return dateParam(param, modifier, raw);
+    case 'number':
+    case 'quantity':
+      return numericParam(param, modifier, raw);
+    case 'uri':
+      return uriParam(param, modifier, raw);
+  }
+}
+
+/** `subject:Patient.identifier=X`, `subject.name=smith`: one level, checked here, resolved by the repository. */
+function parseChain(type: string, key: string, raw: string, known: Map<string, IndexedParam>): ChainSpec {
+  const dot = key.indexOf('.');
+  const [name, targetType] = key.slice(0, dot).split(':', 2);
+  const innerKey = key.slice(dot + 1);
+  const param = known.get(name);
+  if (!param || param.type !== 'reference') {
+    throw errors.notSupported(`chained search: '${name.slice(0, 64)}' is not a reference parameter of ${type}`);
+  }
+  if (innerKey.includes('.')) throw errors.notSupported('chained search: only one level of chaining is supported');
+  const [innerName] = innerKey.split(':', 1);
+  if (innerName === '' || (innerName.startsWith('_') && innerName !== '_id' && innerName !== '_lastUpdated' && !RESOURCE_CHAINABLE.has(innerName))) {
+    throw errors.notSupported(`chained search: '${innerKey.slice(0, 64)}' cannot be chained`);
+  }
+  let targets: string[];
+  if (targetType !== undefined) {
+    if (!param.targets.includes(targetType)) {
+      throw errors.badRequest(`${name}: ':${targetType.slice(0, 64)}' is not a target type of this parameter (targets: ${param.targets.join(', ')})`);
+    }
+    targets = [targetType];
+  } else {
+    targets = param.targets.filter((t) => innerName.startsWith('_') || indexedParams(t).has(innerName));
+  }
+  const has = (t: string) => innerName === '_id' || innerName === '_lastUpdated' || indexedParams(t).has(innerName);
+  if (targets.length === 0 || !targets.every(has)) {
+    throw errors.notSupported(
+      `chained search: '${innerName.slice(0, 64)}' is not a search parameter of ${targetType ?? param.targets.join('/')}` +
+        (targetType ? '' : `; name the target type, e.g. ${name}:${param.targets[0]}.${innerName}`),
+    );
+  }
+  // Validate the inner parameter now (a 400 before any store access).
+  for (const t of targets) parseSearch(t, [[innerKey, raw]]);
+  return { param: name, targets, inner: [innerKey, raw] };
+}
+
+const RESOURCE_CHAINABLE = new Set(['_tag', '_profile', '_security', '_source']);
+
+/** The sort key of a resource for a date parameter: earliest start ascending, latest end descending. */
+export function dateSortKey(param: IndexedParam, resource: unknown, descending: boolean): number | undefined {
+  let key: number | undefined;
+  param.forEachValue(resource, (value, t) => {
+    const i = valueInterval(value, t);
+    if (!i) return;
+    const k = descending ? i.end : i.start;
+    if (!Number.isFinite(k)) return;
+    if (key === undefined || (descending ? k > key : k < key)) key = k;
+  });
+  return key;
 }
