@@ -70,7 +70,10 @@ export async function startGateway(store: Store, vault: Vault, mongodbUri?: stri
       log += d;
       if (log.includes('"event":"started"')) {
         child.stderr!.off('data', onData);
-        child.stderr!.resume();
+        // Error events are passed on (the gateway's log never carries resource content).
+        child.stderr!.on('data', (d: Buffer) => {
+          for (const line of String(d).split('\n')) if (line.includes('"level":"error"')) process.stderr.write(`[gateway ${store}/${vault}] ${line}\n`);
+        });
         child.off('exit', onExit);
         resolve();
       }

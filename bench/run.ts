@@ -16,13 +16,13 @@
  *   BENCH_RESOURCES=50000           SQLite security-tax resources per mode (encrypted, plaintext)
  *   BENCH_MONGODB_RESOURCES=4000    FerretDB security-tax resources per mode (FerretDB scans for every
  *                                   query, so each bundle slows down as its vault grows: keep this small)
- *   BENCH_TAX_ROUNDS=2              segments per mode, alternated between the modes
+ *   BENCH_TAX_ROUNDS=4              segments per mode, alternated between the modes
  *   BENCH_CONCURRENCY=4             bundles in flight during ingest
  *   BENCH_VAULT_RESOURCES=100000    vault size of the last search measurement (0 skips the vault part)
  *   BENCH_VAULT_CHECKPOINT=10000    vault size of the first search measurement
- *   BENCH_SEARCH_ROUNDS=10          timed passes over the query set per measurement
+ *   BENCH_SEARCH_ROUNDS=20          timed passes over the query set per measurement
  *   BENCH_SEARCH_PATIENTS=8         patients (and Condition codes) in the query set
- *   BENCH_EVERYTHING_CALLS=15       timed $everything calls per measurement
+ *   BENCH_EVERYTHING_CALLS=40       timed $everything calls per measurement
  *   BENCH_FLOOR_RESOURCES=20000     resources through the compute floor
  *   BENCH_VALIDATION=1              0 skips the validator comparison
  *   BENCH_RESULTS=bench/results.json  where to write the results (relative to the project root)
@@ -45,13 +45,13 @@ const KNOBS = {
   stores: (process.env.BENCH_STORES ?? 'sqlite,mongodb').split(','),
   resources: num('BENCH_RESOURCES', 50_000),
   mongodbResources: num('BENCH_MONGODB_RESOURCES', 4_000),
-  taxRounds: num('BENCH_TAX_ROUNDS', 2),
+  taxRounds: num('BENCH_TAX_ROUNDS', 4),
   concurrency: num('BENCH_CONCURRENCY', 4),
   vaultResources: num('BENCH_VAULT_RESOURCES', 100_000),
   vaultCheckpoint: num('BENCH_VAULT_CHECKPOINT', 10_000),
-  searchRounds: num('BENCH_SEARCH_ROUNDS', 10),
+  searchRounds: num('BENCH_SEARCH_ROUNDS', 20),
   searchPatients: num('BENCH_SEARCH_PATIENTS', 8),
-  everythingCalls: num('BENCH_EVERYTHING_CALLS', 15),
+  everythingCalls: num('BENCH_EVERYTHING_CALLS', 40),
   floorResources: num('BENCH_FLOOR_RESOURCES', 20_000),
   validation: process.env.BENCH_VALIDATION !== '0',
 };
@@ -176,8 +176,8 @@ async function main() {
       [`  search p50 / p95 ms at ${at(small)}`, `${small.search.p50} / ${small.search.p95}`, '—', ''],
       [`  **search p50 / p95 ms at ${at(large)}**`, `${large.search.p50} / ${large.search.p95}`, '—', `p95 ≤ ${GOALS.searchP95Ms}`],
       ...Object.keys(large.search.byKind).map((k) => [
-        `    ${k}: p95 ms ${at(small)} → ${at(large)}`,
-        `${small.search.byKind[k].p95} → ${large.search.byKind[k].p95} (${x(vault!.searchP95RatioByKind[k])})`,
+        `    ${k}: p50 / p95 ms, ${at(small)} → ${at(large)}`,
+        `${small.search.byKind[k].p50} / ${small.search.byKind[k].p95} → ${large.search.byKind[k].p50} / ${large.search.byKind[k].p95} (p95 ${x(vault!.searchP95RatioByKind[k])})`,
         '—',
         `≤ ${GOALS.searchP95Ms}`,
       ]),
