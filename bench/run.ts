@@ -1,211 +1,71 @@
 /**
- * `npm run bench`: end-to-end ingest over HTTP on the embedded default, side by side with the in-process
- * compute floor on the same resources. Prints a table and writes bench/results.json.
- * Figures are for comparison within one run; the machine is shared and noisy.
+ * `npm run bench` (issue #4 item 5, DESIGN.md "Performance budget"), in one run:
+ *  1. security tax — the same ingest over HTTP (same cloned Synthea patients, same order, same concurrency)
+ *     into an encrypted vault and a plaintext one (bench/gateway.ts, BENCH_PLAINTEXT=1), on SQLite and on
+ *     the MongoDB wire (FerretDB, started by test/engines unless MEDBLOCK_MONGODB_URI is set), alternating
+ *     segments A B / B A (bench/ingest.ts);
+ *  2. search and `$everything` on an encrypted SQLite vault of distinct cloned patients, at 10,000 and at
+ *     ≥ 100,000 resources (bench/search.ts);
+ *  3. the in-process compute floor: parse + validate + JCS + SHA-256 + AES-256-GCM (bench/floor.ts);
+ *  4. our validator against @medplum/core's (bench/validation.ts).
+ * Prints one markdown table and writes bench/results.json. Figures are for comparison within one run:
+ * the machine is shared and noisy, so nothing here is a pass/fail test.
+ *
+ * Knobs (environment):
+ *   BENCH_STORES=sqlite,mongodb     adapters for the security tax (the vault part is SQLite-only)
+ *   BENCH_RESOURCES=50000           SQLite security-tax resources per mode (encrypted, plaintext)
+ *   BENCH_MONGODB_RESOURCES=4000    FerretDB security-tax resources per mode (FerretDB scans for every
+ *                                   query, so each bundle slows down as its vault grows: keep this small)
+ *   BENCH_TAX_ROUNDS=4              segments per mode, alternated between the modes
+ *   BENCH_CONCURRENCY=4             bundles in flight during ingest
+ *   BENCH_VAULT_RESOURCES=100000    vault size of the last search measurement (0 skips the vault part)
+ *   BENCH_VAULT_CHECKPOINT=10000    vault size of the first search measurement
+ *   BENCH_SEARCH_ROUNDS=20          timed passes over the query set per measurement
+ *   BENCH_SEARCH_PATIENTS=8         patients (and Condition codes) in the query set
+ *   BENCH_EVERYTHING_CALLS=40       timed $everything calls per measurement
+ *   BENCH_FLOOR_RESOURCES=20000     resources through the compute floor
+ *   BENCH_VALIDATION=1              0 skips the validator comparison
+ *   BENCH_RESULTS=bench/results.json  where to write the results (relative to the project root)
+ *   BENCH_PROFILE=<dir>             V8 CPU profiles of every gateway process, under <dir>/<store>-<vault>/
+ *   MEDBLOCK_MONGODB_URI            use this MongoDB-wire server instead of starting FerretDB
  */
-import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { loadDevIssuer, mintToken } from '../src/access/tokens.ts';
-import { parseFhirJson, stringifyFhirJson } from '../src/fhir/json.ts';
-import { initValidation, validateResource } from '../src/fhir/validation/index.ts';
-import { canonicalize } from '../src/ledger/canonical-json.ts';
-import { MongoClient } from 'mongodb';
+import { cpus } from 'node:os';
+import { isAbsolute, join } from 'node:path';
+import { writeFileSync } from 'node:fs';
 import { startEngines } from '../test/engines/index.ts';
+import { computeFloor } from './floor.ts';
+import { ROOT } from './harness.ts';
+import { securityTax, type TaxResult } from './ingest.ts';
+import { vaultSearch, type VaultSearchResult } from './search.ts';
 import { measureValidation } from './validation.ts';
+import { loadWorkload } from './workload.ts';
 
-const ROOT = join(import.meta.dirname, '..');
-const SYNTHEA = join(ROOT, '..', 'shared', 'fhir-data', 'synthea');
-const TARGET_RESOURCES = Number(process.env.BENCH_RESOURCES ?? 50_000);
-/**
- * FerretDB (the MongoDB-wire engine here) scans its collection for every non-_id query, so conditional
- * references slow down as the vault grows: the MongoDB run ingests fewer resources to stay within minutes.
- */
-const MONGODB_TARGET_RESOURCES = Number(process.env.BENCH_MONGODB_RESOURCES ?? 10_000);
-const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 4);
+const num = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
+const KNOBS = {
+  stores: (process.env.BENCH_STORES ?? 'sqlite,mongodb').split(','),
+  resources: num('BENCH_RESOURCES', 50_000),
+  mongodbResources: num('BENCH_MONGODB_RESOURCES', 4_000),
+  taxRounds: num('BENCH_TAX_ROUNDS', 4),
+  concurrency: num('BENCH_CONCURRENCY', 4),
+  vaultResources: num('BENCH_VAULT_RESOURCES', 100_000),
+  vaultCheckpoint: num('BENCH_VAULT_CHECKPOINT', 10_000),
+  searchRounds: num('BENCH_SEARCH_ROUNDS', 20),
+  searchPatients: num('BENCH_SEARCH_PATIENTS', 8),
+  everythingCalls: num('BENCH_EVERYTHING_CALLS', 40),
+  floorResources: num('BENCH_FLOOR_RESOURCES', 20_000),
+  validation: process.env.BENCH_VALIDATION !== '0',
+};
 
-interface BundleFile {
-  name: string;
-  text: string;
-  entries: number;
-}
+const GOALS = {
+  ingestPerSecond: 5_000,
+  ingestToFloor: 0.5,
+  securityTax: 1.25,
+  searchP95Ms: 20,
+  everythingP95Ms: 150,
+  searchGrowth: 1.5,
+};
 
-/**
- * smart-2019 patient bundles re-POST their Organization and Practitioner unconditionally. Ingested over and
- * over, they would multiply those resources and make hiv-2021's conditional references (which match on the
- * same Synthea identifiers) ambiguous, so the workload sends them as conditional creates on their identifier,
- * as a well-behaved EHR would. Lexemes are untouched: only the request of those entries changes.
- */
-function withConditionalReferenceData(text: string): string {
-  const bundle = parseFhirJson(text) as { entry?: Array<{ resource: { resourceType: string; identifier?: Array<{ system: string; value: string }> }; request: Record<string, string> }> };
-  let changed = false;
-  for (const entry of bundle.entry ?? []) {
-    const { resourceType, identifier } = entry.resource;
-    if ((resourceType === 'Organization' || resourceType === 'Practitioner') && !entry.request.ifNoneExist && identifier?.[0]) {
-      entry.request.ifNoneExist = `identifier=${identifier[0].system}|${identifier[0].value}`;
-      changed = true;
-    }
-  }
-  return changed ? stringifyFhirJson(bundle) : text;
-}
-
-function loadBundles(): { info: BundleFile[]; patients: BundleFile[] } {
-  const info: BundleFile[] = [];
-  const patients: BundleFile[] = [];
-  for (const set of readdirSync(SYNTHEA)) {
-    for (const name of readdirSync(join(SYNTHEA, set)).sort()) {
-      const text = withConditionalReferenceData(readFileSync(join(SYNTHEA, set, name), 'utf8'));
-      const file = { name: `${set}/${name}`, text, entries: (JSON.parse(text).entry ?? []).length };
-      (/Information/.test(name) ? info : patients).push(file);
-    }
-  }
-  return { info, patients };
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const srv = createServer().listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
-}
-
-/** CPU seconds (user + system, all threads) a process has used so far. */
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-
-function peakRssMb(pid: number): number {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  return Number(/VmHWM:\s+(\d+) kB/.exec(status)![1]) / 1024;
-}
-
-async function startGateway(dataDir: string, port: number, extraEnv: NodeJS.ProcessEnv) {
-  const { MEDBLOCK_MONGODB_URI: _unused, ...baseEnv } = process.env;
-  const child = spawn(process.execPath, [join(ROOT, 'bin', 'medblock.js'), 'start'], {
-    env: { ...baseEnv, ...extraEnv, PORT: String(port), MEDBLOCK_DATA_DIR: dataDir, MEDBLOCK_LOG: 'on' },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  await new Promise<void>((resolve, reject) => {
-    let log = '';
-    const onData = (d: Buffer) => {
-      log += d;
-      if (log.includes('"event":"started"')) {
-        child.stderr!.off('data', onData);
-        child.stderr!.resume();
-        resolve();
-      }
-    };
-    child.stderr!.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`gateway exited ${code}: ${log}`)));
-  });
-  return child;
-}
-
-async function ingest(port: number, dataDir: string, info: BundleFile[], patients: BundleFile[], pid: number, target: number) {
-  const token = await mintToken(await loadDevIssuer(dataDir), { subject: 'bench', scope: 'system/*.cruds' });
-  const post = async (file: BundleFile) => {
-    const started = performance.now();
-    const res = await fetch(`http://127.0.0.1:${port}/fhir`, {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/fhir+json', Authorization: `Bearer ${token}`, Prefer: 'return=minimal' },
-      body: file.text,
-    });
-    const text = await res.text();
-    if (res.status !== 200 || text.includes('"outcome"')) throw new Error(`${file.name}: ${res.status} ${text.slice(0, 300)}`);
-    return performance.now() - started;
-  };
-  for (const file of info) await post(file);
-  const latencies: number[] = [];
-  let next = 0;
-  let resources = 0;
-  const cpuBefore = cpuSeconds(pid);
-  const started = performance.now();
-  const worker = async () => {
-    while (resources < target) {
-      const file = patients[next++ % patients.length];
-      resources += file.entries;
-      latencies.push(await post(file));
-    }
-  };
-  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
-  const seconds = (performance.now() - started) / 1000;
-  const cpu = cpuSeconds(pid) - cpuBefore;
-  latencies.sort((a, b) => a - b);
-  return { resources, seconds, cpu, bundles: latencies.length, p50: percentile(latencies, 50), p95: percentile(latencies, 95) };
-}
-
-/** Parse + validate + canonical JSON + SHA-256 of the same resources, in-process, no I/O. */
-function computeFloor(patients: BundleFile[], target: number) {
-  initValidation();
-  let resources = 0;
-  const cpuBefore = process.cpuUsage();
-  const started = performance.now();
-  for (let i = 0; resources < target; i++) {
-    const bundle = parseFhirJson(patients[i % patients.length].text) as { entry: Array<{ resource: unknown }> };
-    for (const { resource } of bundle.entry) {
-      if (validateResource(resource).some((issue) => issue.severity === 'error')) throw new Error('floor: invalid resource');
-      createHash('sha256').update(canonicalize(resource)).digest();
-      resources++;
-    }
-  }
-  const seconds = (performance.now() - started) / 1000;
-  const used = process.cpuUsage(cpuBefore);
-  return { resources, seconds, perSecond: resources / seconds, cpuUsPerResource: (used.user + used.system) / resources };
-}
-
-interface StoreRun {
-  store: 'sqlite' | 'mongodb';
-  resources: number;
-  bundles: number;
-  seconds: number;
-  resourcesPerSecond: number;
-  bundleLatencyMs: { p50: number; p95: number };
-  peakRssMb: number;
-  cpuUsPerResource: number;
-}
-
-/** One gateway process on a fresh vault (SQLite in its data dir, or a fresh MongoDB database), ingesting. */
-async function runOn(store: StoreRun['store'], mongodbUri: string | undefined, info: BundleFile[], patients: BundleFile[]): Promise<StoreRun> {
-  const dataDir = mkdtempSync(join(tmpdir(), 'medblock-bench-'));
-  const database = `medblock_bench_${Date.now().toString(36)}`;
-  const env: NodeJS.ProcessEnv = {};
-  if (store === 'mongodb') env.MEDBLOCK_MONGODB_URI = `${mongodbUri!.replace(/\/+$/, '')}/${database}`;
-  const port = await freePort();
-  const gateway = await startGateway(dataDir, port, env);
-  try {
-    const target = store === 'mongodb' ? MONGODB_TARGET_RESOURCES : TARGET_RESOURCES;
-    const http = await ingest(port, dataDir, info, patients, gateway.pid!, target);
-    return {
-      store,
-      resources: http.resources,
-      bundles: http.bundles,
-      seconds: Number(http.seconds.toFixed(2)),
-      resourcesPerSecond: Math.round(http.resources / http.seconds),
-      bundleLatencyMs: { p50: Number(http.p50.toFixed(1)), p95: Number(http.p95.toFixed(1)) },
-      peakRssMb: Math.round(peakRssMb(gateway.pid!)),
-      cpuUsPerResource: Math.round((http.cpu * 1e6) / http.resources),
-    };
-  } finally {
-    gateway.kill('SIGTERM');
-    await new Promise((r) => gateway.once('exit', r));
-    rmSync(dataDir, { recursive: true, force: true });
-    if (store === 'mongodb') {
-      const client = await MongoClient.connect(mongodbUri!);
-      await client.db(database).dropDatabase();
-      await client.close();
-    }
-  }
-}
+const progress = (line: string) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${line}\n`);
 
 /** MEDBLOCK_MONGODB_URI, or a FerretDB started for the run (test/engines). */
 async function mongoEngine(): Promise<{ uri: string; stop: () => Promise<void> }> {
@@ -214,68 +74,131 @@ async function mongoEngine(): Promise<{ uri: string; stop: () => Promise<void> }
   return { uri: engines.mongodbUri, stop: () => engines.stop() };
 }
 
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => (r[c] ?? '').length)));
+  const line = (cells: string[]) => `| ${cells.map((v, c) => (v ?? '').padEnd(widths[c])).join(' | ')} |`;
+  return [line(rows[0]), line(widths.map((w) => '-'.repeat(w))), ...rows.slice(1).map(line)].join('\n');
+}
+
 async function main() {
-  const { info, patients } = loadBundles();
-  const stores = (process.env.BENCH_STORES ?? 'sqlite,mongodb').split(',');
-  const runs: StoreRun[] = [];
-  if (stores.includes('sqlite')) runs.push(await runOn('sqlite', undefined, info, patients));
-  if (stores.includes('mongodb')) {
+  const started = performance.now();
+  const all = loadWorkload();
+  const tax: TaxResult[] = [];
+  if (KNOBS.stores.includes('sqlite')) {
+    progress(`security tax on SQLite: ${KNOBS.resources} resources per mode`);
+    tax.push(await securityTax('sqlite', all, { resources: KNOBS.resources, rounds: KNOBS.taxRounds, concurrency: KNOBS.concurrency, progress }));
+  }
+  if (KNOBS.stores.includes('mongodb')) {
+    progress(`security tax on FerretDB: ${KNOBS.mongodbResources} resources per mode`);
     const mongo = await mongoEngine();
-    // hiv-2021's reference batches are 2,382 conditional creates each; on FerretDB every one scans the
-    // collection (minutes per batch), so the MongoDB-wire run ingests the smart-2019 bundles only.
-    const smart = (files: BundleFile[]) => files.filter((f) => f.name.startsWith('smart-2019/'));
     try {
-      runs.push(await runOn('mongodb', mongo.uri, smart(info), smart(patients)));
+      // hiv-2021's reference batches are 2,382 conditional creates each; on FerretDB every one scans the
+      // collection (minutes per batch), so the MongoDB-wire run ingests the smart-2019 bundles only.
+      const smart = loadWorkload(['smart-2019']);
+      tax.push(await securityTax('mongodb', smart, { resources: KNOBS.mongodbResources, rounds: KNOBS.taxRounds, concurrency: KNOBS.concurrency, mongodbUri: mongo.uri, progress }));
     } finally {
       await mongo.stop();
     }
   }
-  const floor = computeFloor(patients, Math.min(TARGET_RESOURCES, 20_000));
-  const validation = measureValidation({ rounds: 2, maxPerType: 300 });
+  let vault: VaultSearchResult | undefined;
+  if (KNOBS.vaultResources > 0) {
+    progress(`encrypted SQLite vault: search at ${KNOBS.vaultCheckpoint} and ${KNOBS.vaultResources} resources`);
+    vault = await vaultSearch(all, {
+      checkpoints: [KNOBS.vaultCheckpoint, KNOBS.vaultResources],
+      concurrency: KNOBS.concurrency,
+      rounds: KNOBS.searchRounds,
+      everythingCalls: KNOBS.everythingCalls,
+      samplePatients: KNOBS.searchPatients,
+      progress,
+    });
+  }
+  progress('compute floor');
+  const floor = computeFloor(all.patients, KNOBS.floorResources);
+  let validation: { oursUsPerResource: number; medplumUsPerResource: number; speedup: number } | undefined;
+  if (KNOBS.validation) {
+    progress('validation: ours vs @medplum/core');
+    const v = measureValidation({ rounds: 2, maxPerType: 300 });
+    validation = { oursUsPerResource: Number(v.oursUs.toFixed(1)), medplumUsPerResource: Number(v.medplumUs.toFixed(1)), speedup: Number(v.speedup.toFixed(1)) };
+  }
+
+  const ratios = Object.fromEntries(
+    tax.map((t) => [
+      t.store,
+      {
+        /** Encrypted ingest throughput over the floor's (goal ≥ 0.5). */
+        ingestToFloor: Number((t.encrypted.resourcesPerSecond / floor.resourcesPerSecond).toFixed(2)),
+        /** Floor CPU cost over encrypted ingest CPU cost per resource: robust to other load on the machine. */
+        ingestToFloorByCpu: Number((floor.cpuUsPerResource / t.encrypted.cpuUsPerResource).toFixed(2)),
+      },
+    ]),
+  );
   const results = {
     date: new Date().toISOString(),
-    machine: { cpus: (await import('node:os')).cpus().length, node: process.version, concurrency: CONCURRENCY },
-    ingest: runs,
-    computeFloor: {
-      resources: floor.resources,
-      resourcesPerSecond: Math.round(floor.perSecond),
-      cpuUsPerResource: Math.round(floor.cpuUsPerResource),
-    },
-    ratios: Object.fromEntries(
-      runs.map((r) => [
-        r.store,
-        {
-          ingestToFloor: Number((r.resourcesPerSecond / floor.perSecond).toFixed(2)),
-          /** Floor CPU cost over ingest CPU cost per resource: robust to other load on the shared machine. */
-          ingestToFloorByCpu: Number((floor.cpuUsPerResource / r.cpuUsPerResource).toFixed(2)),
-        },
-      ]),
-    ),
-    validation: {
-      oursUsPerResource: Number(validation.oursUs.toFixed(1)),
-      medplumUsPerResource: Number(validation.medplumUs.toFixed(1)),
-      speedup: Number(validation.speedup.toFixed(1)),
-    },
+    machine: { cpus: cpus().length, node: process.version },
+    knobs: KNOBS,
+    goals: GOALS,
+    securityTax: tax,
+    vault,
+    computeFloor: floor,
+    ratios,
+    validation,
+    totalSeconds: Math.round((performance.now() - started) / 1000),
   };
-  writeFileSync(join(ROOT, 'bench', 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
-  const rows: Array<[string, ...string[]]> = [
-    ['ingest over HTTP (resources/s)', ...runs.map((r) => String(r.resourcesPerSecond))],
-    ['  resources / bundles', ...runs.map((r) => `${r.resources} / ${r.bundles}`)],
-    ['  bundle latency p50 / p95 (ms)', ...runs.map((r) => `${r.bundleLatencyMs.p50} / ${r.bundleLatencyMs.p95}`)],
-    ['  gateway peak RSS (MB)', ...runs.map((r) => String(r.peakRssMb))],
-    ['  gateway CPU µs/resource (all threads)', ...runs.map((r) => String(r.cpuUsPerResource))],
-    ['ratio ingest / compute floor', ...runs.map((r) => String(results.ratios[r.store].ingestToFloor))],
-    ['ratio by CPU cost (floor / ingest)', ...runs.map((r) => String(results.ratios[r.store].ingestToFloorByCpu))],
-    ['compute floor: parse+validate+JCS+SHA-256 (resources/s)', String(results.computeFloor.resourcesPerSecond), ''],
-    ['compute floor CPU µs/resource', String(results.computeFloor.cpuUsPerResource), ''],
-    ['validation µs/resource: ours / @medplum/core', `${results.validation.oursUsPerResource} / ${results.validation.medplumUsPerResource} (${results.validation.speedup}x)`, ''],
+  const out = process.env.BENCH_RESULTS ?? join('bench', 'results.json');
+  writeFileSync(isAbsolute(out) ? out : join(ROOT, out), `${JSON.stringify(results, null, 2)}\n`);
+
+  // ------------------------------------------------------------------------------------------ the table
+  const sqlite = tax.find((t) => t.store === 'sqlite');
+  const mongo = tax.find((t) => t.store === 'mongodb');
+  const both = (f: (t: TaxResult) => string): [string, string] => [sqlite ? f(sqlite) : '—', mongo ? f(mongo) : '—'];
+  const x = (n: number) => `${n}×`;
+  const rows: string[][] = [
+    ['metric', 'SQLite', 'MongoDB wire (FerretDB), smart-2019', 'goal'],
+    ['**security tax** (same ingest, alternating segments)', '', '', ''],
+    ['  resources per mode / bundles / segments', ...both((t) => `${t.encrypted.resources} / ${t.encrypted.bundles} / ${t.rounds}`), ''],
+    ['  ingest encrypted (resources/s)', ...both((t) => String(t.encrypted.resourcesPerSecond)), `≥ ${GOALS.ingestPerSecond}`],
+    ['  ingest plaintext (resources/s)', ...both((t) => String(t.plaintext.resourcesPerSecond)), ''],
+    ['  **tax: plaintext / encrypted throughput**', ...both((t) => x(t.throughputRatio)), `≤ ${GOALS.securityTax}×`],
+    ['  gateway CPU µs/resource encrypted / plaintext', ...both((t) => `${t.encrypted.cpuUsPerResource} / ${t.plaintext.cpuUsPerResource}`), ''],
+    ['  **tax by CPU: encrypted / plaintext**', ...both((t) => x(t.cpuRatio)), `≤ ${GOALS.securityTax}×`],
+    ['  bundle latency p50 / p95 ms, encrypted', ...both((t) => `${t.encrypted.bundleLatencyMs.p50} / ${t.encrypted.bundleLatencyMs.p95}`), ''],
+    ['  bundle latency p50 / p95 ms, plaintext', ...both((t) => `${t.plaintext.bundleLatencyMs.p50} / ${t.plaintext.bundleLatencyMs.p95}`), ''],
+    ['  gateway peak RSS MB encrypted / plaintext', ...both((t) => `${t.encrypted.peakRssMb} / ${t.plaintext.peakRssMb}`), ''],
+    ['  ratio encrypted ingest / compute floor', ...both((t) => String(ratios[t.store].ingestToFloor)), `≥ ${GOALS.ingestToFloor}`],
+    ['  ratio by CPU (floor / encrypted ingest)', ...both((t) => String(ratios[t.store].ingestToFloorByCpu)), `≥ ${GOALS.ingestToFloor}`],
   ];
-  const header: [string, ...string[]] = ['metric', ...runs.map((r) => (r.store === 'sqlite' ? 'SQLite' : 'MongoDB wire (FerretDB), smart-2019'))];
-  const widths = header.map((_, c) => Math.max(...[header, ...rows].map((r) => (r[c] ?? '').length)));
-  const line = (cells: string[]) => `| ${cells.map((v, c) => (v ?? '').padEnd(widths[c])).join(' | ')} |`;
-  console.log(line(header));
-  console.log(line(widths.map((w) => '-'.repeat(w))));
-  for (const row of rows) console.log(line(row));
+  if (vault) {
+    const [small, large] = [vault.phases[0], vault.phases[vault.phases.length - 1]];
+    const at = (p: typeof small) => `${p.vaultResources.toLocaleString('en')} res`;
+    rows.push(
+      [`**encrypted vault, search** (sequential HTTP; ${small.search.n} queries per size)`, '', '', ''],
+      ['  vault size: resources / patients', `${small.vaultResources} / ${small.patients} → ${large.vaultResources} / ${large.patients}`, '—', ''],
+      [`  search p50 / p95 ms at ${at(small)}`, `${small.search.p50} / ${small.search.p95}`, '—', ''],
+      [`  **search p50 / p95 ms at ${at(large)}**`, `${large.search.p50} / ${large.search.p95}`, '—', `p95 ≤ ${GOALS.searchP95Ms}`],
+      ...Object.keys(large.search.byKind).map((k) => [
+        `    ${k}: p50 / p95 ms, ${at(small)} → ${at(large)}`,
+        `${small.search.byKind[k].p50} / ${small.search.byKind[k].p95} → ${large.search.byKind[k].p50} / ${large.search.byKind[k].p95} (p95 ${x(vault!.searchP95RatioByKind[k])})`,
+        '—',
+        `≤ ${GOALS.searchP95Ms}`,
+      ]),
+      ['    Condition?code mean matches', `${small.conditionMatchesMean} → ${large.conditionMatchesMean}`, '—', ''],
+      ['  **search p95 ratio (large / small vault)**', x(vault.searchP95Ratio), '—', `≤ ${GOALS.searchGrowth}×`],
+      [`  $everything p50 / p95 ms at ${at(small)} (${small.everything.n} calls)`, `${small.everything.p50} / ${small.everything.p95}`, '—', ''],
+      [`  **$everything p50 / p95 ms at ${at(large)}**`, `${large.everything.p50} / ${large.everything.p95}`, '—', `p95 ≤ ${GOALS.everythingP95Ms}`],
+      ['  $everything entries returned / expected', `${large.everything.entries} / ${large.everything.expected}`, '—', 'equal'],
+      ['  $everything p95 ratio (large / small vault)', x(vault.everythingP95Ratio), '—', ''],
+      ['  vault build incl. reference data (resources/s)', String(vault.build.resourcesPerSecond), '—', ''],
+    );
+  }
+  rows.push(
+    ['**compute floor** parse+validate+JCS+SHA-256+AES-256-GCM (resources/s)', String(floor.resourcesPerSecond), '', ''],
+    ['  compute floor CPU µs/resource', String(floor.cpuUsPerResource), '', ''],
+  );
+  if (validation) {
+    rows.push(['validation µs/resource: ours / @medplum/core', `${validation.oursUsPerResource} / ${validation.medplumUsPerResource} (${validation.speedup}×)`, '', '']);
+  }
+  rows.push(['bench wall time (s)', String(results.totalSeconds), '', '≤ 1500']);
+  console.log(table(rows));
 }
 
 await main();
