@@ -11,7 +11,7 @@ import {
   type VersionWrite,
 } from '../../vault/store.ts';
 import { openDatabase } from './schema.ts';
-import { SqliteWriter } from './sqlite-writer.ts';
+import { SqliteWriter, type KeyOperation } from './sqlite-writer.ts';
 import type { WriterReply, WriterRequest } from './writer-protocol.ts';
 
 interface VersionRow {
@@ -69,7 +69,7 @@ export class SqliteStore implements ResourceStore {
   private inline?: SqliteWriter;
   private thread?: Worker;
   private nextId = 1;
-  private readonly pending = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+  private readonly pending = new Map<number, { resolve: (result?: number | boolean) => void; reject: (e: Error) => void; key: boolean }>();
 
   constructor(
     private readonly file: string,
@@ -103,7 +103,9 @@ export class SqliteStore implements ResourceStore {
     if (!waiter) return;
     this.pending.delete(reply.id);
     if (this.pending.size === 0) this.thread!.unref();
-    if (!reply.error) return waiter.resolve();
+    if (!reply.error) return waiter.resolve(reply.result);
+    // A failed key write does not poison the batch queue; a failed batch does, until `resume`.
+    if (waiter.key) return waiter.reject(new Error(`vault key write failed (${reply.error.message})`));
     if (!reply.error.aborted) this.thread!.postMessage({ kind: 'resume' } satisfies WriterRequest);
     if (reply.error.conflict) waiter.reject(new VersionConflictError(reply.error.conflict.type, reply.error.conflict.id));
     else if (reply.error.aborted) waiter.reject(new CommitAbortedError());
@@ -122,24 +124,10 @@ export class SqliteStore implements ResourceStore {
         `SELECT ${VERSION_COLUMNS} FROM current c JOIN versions v ON v.seq = c.seq WHERE c.type = ? AND c.id = ?`,
       ),
       version: db.prepare(`SELECT ${VERSION_COLUMNS} FROM versions v WHERE v.type = ? AND v.id = ? AND v.version = ?`),
-      insertKey: db.prepare(
-        'INSERT INTO data_keys (key_id, created_at, master_key_id, wrapped) VALUES (?, ?, ?, ?) ON CONFLICT (key_id) DO NOTHING',
-      ),
       getKey: db.prepare('SELECT * FROM data_keys WHERE key_id = ?'),
       listKeys: db.prepare(
         'SELECT * FROM data_keys WHERE erased_at IS NULL AND master_key_id <> ? AND key_id > ? ORDER BY key_id LIMIT ?',
       ),
-      rewrapKey: db.prepare(
-        'UPDATE data_keys SET master_key_id = ?, wrapped = ? WHERE key_id = ? AND master_key_id = ? AND erased_at IS NULL',
-      ),
-      tombstone: db.prepare(
-        `INSERT INTO data_keys (key_id, created_at, erased_at) VALUES (?, ?, ?)
-         ON CONFLICT (key_id) DO UPDATE SET master_key_id = NULL, wrapped = NULL, erased_at = coalesce(erased_at, excluded.erased_at)`,
-      ),
-      dropErasedTerms: db.prepare(
-        'DELETE FROM terms WHERE (type, id) IN (SELECT type, id FROM current WHERE key_id = ?)',
-      ),
-      hideErased: db.prepare('UPDATE current SET deleted = 1 WHERE key_id = ? AND deleted = 0'),
     };
   }
 
@@ -164,12 +152,22 @@ export class SqliteStore implements ResourceStore {
       return;
     }
     const id = this.nextId++;
-    await new Promise<void>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      // Keep the process alive while a commit is outstanding, and only then.
+    await this.post({ kind: 'commit', id, writes });
+  }
+
+  private post(request: Extract<WriterRequest, { id: number }>): Promise<number | boolean | undefined> {
+    return new Promise((resolve, reject) => {
+      this.pending.set(request.id, { resolve, reject, key: request.kind === 'key' });
+      // Keep the process alive while a request is outstanding, and only then.
       this.thread!.ref();
-      this.thread!.postMessage({ kind: 'commit', id, writes } satisfies WriterRequest);
+      this.thread!.postMessage(request satisfies WriterRequest);
     });
+  }
+
+  /** Data-key writes go through the one writing connection (the writer thread unless inline). */
+  private async keyOperation(operation: KeyOperation): Promise<number | boolean> {
+    if (this.inline) return this.inline.applyKeyOperation(operation);
+    return (await this.post({ kind: 'key', id: this.nextId++, operation })) as number | boolean;
   }
 
   async current(type: string, id: string): Promise<StoredVersion | undefined> {
@@ -226,7 +224,7 @@ export class SqliteStore implements ResourceStore {
   }
 
   async insertKey(key: { keyId: string; masterKeyId: string; wrapped: Uint8Array; createdAt: string }): Promise<KeyEntry> {
-    this.statements.insertKey.run(key.keyId, key.createdAt, key.masterKeyId, key.wrapped);
+    await this.keyOperation({ name: 'insertKey', ...key });
     return (await this.getKey(key.keyId))!;
   }
 
@@ -241,30 +239,11 @@ export class SqliteStore implements ResourceStore {
   }
 
   async rewrapKey(keyId: string, fromMasterKeyId: string, next: { masterKeyId: string; wrapped: Uint8Array }): Promise<boolean> {
-    return this.statements.rewrapKey.run(next.masterKeyId, next.wrapped, keyId, fromMasterKeyId).changes === 1;
+    return (await this.keyOperation({ name: 'rewrapKey', keyId, fromMasterKeyId, ...next })) as boolean;
   }
 
   async eraseKey(keyId: string, erasedAt: string): Promise<{ resources: number }> {
-    const s = this.statements;
-    const resources = this.db.transaction(() => {
-      s.tombstone.run(keyId, erasedAt, erasedAt);
-      s.dropErasedTerms.run(keyId);
-      return s.hideErased.run(keyId).changes;
-    })();
-    this.purgeWal();
-    return { resources };
-  }
-
-  /**
-   * Copies the WAL into the database and truncates it, so the pre-erasure pages (holding the wrapped key)
-   * do not linger in the WAL file; secure_delete has zeroed them in the database itself.
-   */
-  private purgeWal(): void {
-    for (let attempt = 0; attempt < 50; attempt++) {
-      const [result] = this.db.pragma('wal_checkpoint(TRUNCATE)') as Array<{ busy: number }>;
-      if (result.busy === 0) return;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
-    }
+    return { resources: (await this.keyOperation({ name: 'eraseKey', keyId, erasedAt })) as number };
   }
 
   async history(query: HistoryQuery): Promise<StoredVersion[]> {

@@ -1,12 +1,41 @@
-/** Applies write batches to the vault file: one SQL transaction per batch, with the optimistic version check. */
+/**
+ * Every write to the vault file: version batches (one SQL transaction each, with the optimistic version
+ * check) and data-key changes. One connection does all writing, so writes never wait on each other's locks.
+ */
 import type Database from 'better-sqlite3';
 import { VersionConflictError, type VersionWrite } from '../../vault/store.ts';
+
+export type KeyOperation =
+  | { name: 'insertKey'; keyId: string; masterKeyId: string; wrapped: Uint8Array; createdAt: string }
+  | { name: 'rewrapKey'; keyId: string; fromMasterKeyId: string; masterKeyId: string; wrapped: Uint8Array }
+  | { name: 'eraseKey'; keyId: string; erasedAt: string };
 
 export class SqliteWriter {
   readonly statements;
   readonly apply: (writes: VersionWrite[]) => void;
+  private readonly keys;
+  private readonly erase: (keyId: string, erasedAt: string) => number;
 
-  constructor(db: Database.Database) {
+  constructor(private readonly db: Database.Database) {
+    this.keys = {
+      insert: db.prepare(
+        'INSERT INTO data_keys (key_id, created_at, master_key_id, wrapped) VALUES (?, ?, ?, ?) ON CONFLICT (key_id) DO NOTHING',
+      ),
+      rewrap: db.prepare(
+        'UPDATE data_keys SET master_key_id = ?, wrapped = ? WHERE key_id = ? AND master_key_id = ? AND erased_at IS NULL',
+      ),
+      tombstone: db.prepare(
+        `INSERT INTO data_keys (key_id, created_at, erased_at) VALUES (?, ?, ?)
+         ON CONFLICT (key_id) DO UPDATE SET master_key_id = NULL, wrapped = NULL, erased_at = coalesce(erased_at, excluded.erased_at)`,
+      ),
+      dropTerms: db.prepare('DELETE FROM terms WHERE (type, id) IN (SELECT type, id FROM current WHERE key_id = ?)'),
+      hide: db.prepare('UPDATE current SET deleted = 1 WHERE key_id = ? AND deleted = 0'),
+    };
+    this.erase = db.transaction((keyId: string, erasedAt: string) => {
+      this.keys.tombstone.run(keyId, erasedAt, erasedAt);
+      this.keys.dropTerms.run(keyId);
+      return this.keys.hide.run(keyId).changes;
+    });
     this.statements = {
       insertVersion: db.prepare(
         'INSERT INTO versions (type, id, version, last_updated, deleted, content, digest, key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
@@ -51,5 +80,33 @@ export class SqliteWriter {
       s.deleteTerms.run(r.type, r.id);
     }
     for (const t of terms) s.insertTerm.run(r.type, t.param, t.value, r.id);
+  }
+
+  /** Returns the number of resources an erasure hid, or whether a re-wrap applied. */
+  applyKeyOperation(op: KeyOperation): number | boolean {
+    switch (op.name) {
+      case 'insertKey':
+        return this.keys.insert.run(op.keyId, op.createdAt, op.masterKeyId, op.wrapped).changes === 1;
+      case 'rewrapKey':
+        return this.keys.rewrap.run(op.masterKeyId, op.wrapped, op.keyId, op.fromMasterKeyId).changes === 1;
+      case 'eraseKey': {
+        const hidden = this.erase(op.keyId, op.erasedAt);
+        this.purgeWal();
+        return hidden;
+      }
+    }
+  }
+
+  /**
+   * Copies the WAL into the database and truncates it, so the pre-erasure pages (holding the wrapped key)
+   * do not linger in the WAL file; secure_delete has zeroed them in the database itself. Readers on other
+   * connections can hold the checkpoint back briefly: retry for up to a second.
+   */
+  private purgeWal(): void {
+    for (let attempt = 0; attempt < 50; attempt++) {
+      const [result] = this.db.pragma('wal_checkpoint(TRUNCATE)') as Array<{ busy: number }>;
+      if (result.busy === 0) return;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+    }
   }
 }

@@ -24,7 +24,13 @@ parentPort!.on('message', (message: WriterRequest) => {
     return;
   }
   let reply: WriterReply;
-  if (poisoned) {
+  if (message.kind === 'key') {
+    try {
+      reply = { id: message.id, result: writer.applyKeyOperation(message.operation) };
+    } catch (e) {
+      reply = { id: message.id, error: { message: (e as Error).name } };
+    }
+  } else if (poisoned) {
     reply = { id: message.id, error: { aborted: true } };
   } else {
     try {
