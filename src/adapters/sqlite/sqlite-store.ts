@@ -8,6 +8,7 @@ import {
   type ResourceStore,
   type StoreQuery,
   type StoredVersion,
+  type TermClause,
   type VersionWrite,
 } from '../../vault/store.ts';
 import { openDatabase } from './schema.ts';
@@ -57,6 +58,14 @@ function toStored(row: VersionRow): StoredVersion {
 
 const BOUND_SQL = { gt: '>', ge: '>=', lt: '<', le: '<=' } as const;
 
+/** See selectiveClause. */
+const DRIVER_LIMIT = 2000;
+
+/** Terms of one clause: parameters are type, param, then the values. */
+function termMatch(clause: TermClause): string {
+  return `t.type = ? AND t.param = ? AND t.value IN (${clause.anyOf.map(() => '?').join(', ')})`;
+}
+
 /**
  * The embedded default store: one SQLite file. Reads run on the main thread's connection; batches are
  * committed by a writer thread (its own connection) in submission order, so the fsync of one bundle overlaps
@@ -66,6 +75,7 @@ export class SqliteStore implements ResourceStore {
   readonly pipelinedCommits: boolean;
   private db!: Database.Database;
   private statements!: ReturnType<SqliteStore['prepare']>;
+  private readonly statementCache = new Map<string, Database.Statement>();
   private inline?: SqliteWriter;
   private thread?: Worker;
   private nextId = 1;
@@ -181,7 +191,8 @@ export class SqliteStore implements ResourceStore {
   }
 
   /** WHERE clause over `current c` for a query; term clauses become semi-joins on the terms table. */
-  private where(query: StoreQuery, withCursor: boolean): { sql: string; params: unknown[] } {
+  /** WHERE clause over `current c` for a query; term clauses (but `skip`) become semi-joins on the terms table. */
+  private where(query: StoreQuery, withCursor: boolean, skip?: TermClause): { sql: string; params: unknown[] } {
     const parts = ['c.type = ?', 'c.deleted = 0'];
     const params: unknown[] = [query.type];
     if (query.ids) {
@@ -189,11 +200,8 @@ export class SqliteStore implements ResourceStore {
       params.push(...query.ids);
     }
     for (const clause of query.clauses) {
-      parts.push(
-        `c.id ${clause.negate ? 'NOT IN' : 'IN'} (SELECT t.id FROM terms t WHERE t.type = ? AND t.param = ? AND t.value IN (${clause.anyOf
-          .map(() => '?')
-          .join(', ')}))`,
-      );
+      if (clause === skip) continue;
+      parts.push(`c.id ${clause.negate ? 'NOT IN' : 'IN'} (SELECT t.id FROM terms t WHERE ${termMatch(clause)})`);
       params.push(query.type, clause.param, ...clause.anyOf);
     }
     for (const bound of query.lastUpdated) {
@@ -207,19 +215,63 @@ export class SqliteStore implements ResourceStore {
     return { sql: parts.join(' AND '), params };
   }
 
+  /** Prepared statements by SQL text: queries differ only in the number of clauses and values. */
+  private statement(sql: string): Database.Statement {
+    let stmt = this.statementCache.get(sql);
+    if (!stmt) {
+      if (this.statementCache.size >= 256) this.statementCache.delete(this.statementCache.keys().next().value!);
+      stmt = this.db.prepare(sql);
+      this.statementCache.set(sql, stmt);
+    }
+    return stmt;
+  }
+
+  /**
+   * The term clause with the fewest matches when that is at most DRIVER_LIMIT (probed with capped counts).
+   * SQLite cannot know that `patient=X` matches 10 rows while `code=Y` matches 50,000; left alone it walks
+   * the whole type in id order. Driving from the selective clause keeps a search proportional to its
+   * matches, not to the vault.
+   */
+  private selectiveClause(query: StoreQuery): TermClause | undefined {
+    if (query.ids) return undefined;
+    let best: TermClause | undefined;
+    let fewest = DRIVER_LIMIT + 1;
+    for (const clause of query.clauses) {
+      if (clause.negate) continue;
+      const { n } = this.statement(`SELECT COUNT(*) AS n FROM (SELECT 1 FROM terms t WHERE ${termMatch(clause)} LIMIT ${DRIVER_LIMIT + 1})`)
+        .get(query.type, clause.param, ...clause.anyOf) as { n: number };
+      if (n < fewest) {
+        best = clause;
+        fewest = n;
+      }
+    }
+    return best;
+  }
+
+  /** FROM … WHERE for a query: from the selective clause's terms when there is one, else from `current`. */
+  private source(query: StoreQuery, withCursor: boolean): { from: string; sql: string; params: unknown[] } {
+    const driver = this.selectiveClause(query);
+    const { sql, params } = this.where(query, withCursor, driver);
+    if (!driver) return { from: 'current c', sql, params };
+    return {
+      // CROSS JOIN fixes the join order: the driver's matches first.
+      from: `(SELECT DISTINCT t.id AS id FROM terms t WHERE ${termMatch(driver)}) d CROSS JOIN current c ON c.type = ? AND c.id = d.id`,
+      sql,
+      params: [query.type, driver.param, ...driver.anyOf, query.type, ...params],
+    };
+  }
+
   async search(query: StoreQuery): Promise<StoredVersion[]> {
-    const { sql, params } = this.where(query, true);
-    const rows = this.db
-      .prepare(
-        `SELECT ${VERSION_COLUMNS} FROM current c JOIN versions v ON v.seq = c.seq WHERE ${sql} ORDER BY c.id LIMIT ?`,
-      )
-      .all(...params, query.limit) as VersionRow[];
+    const { from, sql, params } = this.source(query, true);
+    const rows = this.statement(
+      `SELECT ${VERSION_COLUMNS} FROM ${from} CROSS JOIN versions v ON v.seq = c.seq WHERE ${sql} ORDER BY c.id LIMIT ?`,
+    ).all(...params, query.limit) as VersionRow[];
     return rows.map(toStored);
   }
 
   async count(query: StoreQuery): Promise<number> {
-    const { sql, params } = this.where(query, false);
-    const row = this.db.prepare(`SELECT COUNT(*) AS n FROM current c WHERE ${sql}`).get(...params) as { n: number };
+    const { from, sql, params } = this.source(query, false);
+    const row = this.statement(`SELECT COUNT(*) AS n FROM ${from} WHERE ${sql}`).get(...params) as { n: number };
     return row.n;
   }
 
