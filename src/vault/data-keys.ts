@@ -99,24 +99,35 @@ export class DataKeys {
     }
   }
 
-  /** The key for sealing new content, created (and stored wrapped) on first use; KeyErasedError if destroyed. */
-  async forWrite(keyId: string): Promise<Buffer> {
-    const hit = this.cached(keyId);
-    if (hit) return hit;
-    const existing = await this.store.getKey(keyId);
-    if (existing) return this.load(existing);
+  /**
+   * The keys for sealing new content, created (and stored wrapped) on first use, all new ones in one store
+   * round trip; KeyErasedError if one was destroyed.
+   */
+  async forWrite(keyIds: string[]): Promise<Map<string, Buffer>> {
+    const keys = new Map<string, Buffer>();
+    const unknown: string[] = [];
+    for (const keyId of new Set(keyIds)) {
+      const hit = this.cached(keyId);
+      if (hit) keys.set(keyId, hit);
+      else unknown.push(keyId);
+    }
+    if (unknown.length === 0) return keys;
+    const missing: string[] = [];
+    for (const [i, entry] of (await Promise.all(unknown.map((k) => this.store.getKey(k)))).entries()) {
+      if (entry) keys.set(entry.keyId, this.load(entry));
+      else missing.push(unknown[i]);
+    }
+    if (missing.length === 0) return keys;
     // A rotation started elsewhere must be seen before wrapping, or a new key could land under a retiring master.
     this.ring.refresh();
     const master = this.ring.current;
-    const key = newKey();
-    const stored = await this.store.insertKey({
-      keyId,
-      masterKeyId: master.id,
-      wrapped: seal(master.key, key, wrapAad(this.hospitalId, keyId, master.id)),
-      createdAt: new Date().toISOString(),
-    });
-    // Another gateway may have created it first: use whatever the store kept.
-    return this.load(stored);
+    const createdAt = new Date().toISOString();
+    const stored = await this.store.insertKeys(
+      missing.map((keyId) => ({ keyId, masterKeyId: master.id, wrapped: seal(master.key, newKey(), wrapAad(this.hospitalId, keyId, master.id)), createdAt })),
+    );
+    // Another gateway may have created some first: use whatever the store kept.
+    for (const entry of stored) keys.set(entry.keyId, this.load(entry));
+    return keys;
   }
 
   forget(keyId: string): void {

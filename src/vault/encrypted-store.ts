@@ -13,6 +13,7 @@ import type {
   HistoryQuery,
   IndexTerm,
   KeyEntry,
+  NewKey,
   ResourceStore,
   StoreQuery,
   StoredVersion,
@@ -49,7 +50,7 @@ export class EncryptedStore implements ErasableStore {
 
   async init(): Promise<void> {
     await this.inner.init();
-    this.index = new BlindIndex(await this.keys.forWrite(INDEX_KEY_ID));
+    this.index = new BlindIndex((await this.keys.forWrite([INDEX_KEY_ID])).get(INDEX_KEY_ID)!);
   }
 
   close(): Promise<void> {
@@ -71,8 +72,7 @@ export class EncryptedStore implements ErasableStore {
 
   async commit(writes: VersionWrite[]): Promise<void> {
     const keyIds = writes.map((w) => (w.record.content ? this.keyIdFor(w.owner ?? `${w.record.type}/${w.record.id}`) : undefined));
-    const keys = new Map<string, Buffer>();
-    for (const keyId of new Set(keyIds)) if (keyId) keys.set(keyId, await this.keys.forWrite(keyId));
+    const keys = await this.keys.forWrite(keyIds.filter((k): k is string => k !== undefined));
     const sealed = writes.map((w, i): VersionWrite => {
       const r = w.record;
       const keyId = keyIds[i];
@@ -134,8 +134,12 @@ export class EncryptedStore implements ErasableStore {
     return Promise.all(rows.map((r) => this.unseal(r)));
   }
 
-  insertKey(key: { keyId: string; masterKeyId: string; wrapped: Uint8Array; createdAt: string }): Promise<KeyEntry> {
+  insertKey(key: NewKey): Promise<KeyEntry> {
     return this.inner.insertKey(key);
+  }
+
+  insertKeys(keys: NewKey[]): Promise<KeyEntry[]> {
+    return this.inner.insertKeys(keys);
   }
 
   getKey(keyId: string): Promise<KeyEntry | undefined> {

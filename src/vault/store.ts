@@ -100,6 +100,13 @@ export interface KeyEntry {
   erasedAt: string | null;
 }
 
+export interface NewKey {
+  keyId: string;
+  masterKeyId: string;
+  wrapped: Uint8Array;
+  createdAt: string;
+}
+
 /** A concurrent writer moved a resource first: the whole batch was rejected, nothing was written. */
 export class VersionConflictError extends Error {
   constructor(
@@ -146,7 +153,9 @@ export interface ResourceStore {
   history(query: HistoryQuery): Promise<StoredVersion[]>;
 
   /** Stores a new wrapped data key unless one with its id exists; returns the entry that is stored. */
-  insertKey(key: { keyId: string; masterKeyId: string; wrapped: Uint8Array; createdAt: string }): Promise<KeyEntry>;
+  insertKey(key: NewKey): Promise<KeyEntry>;
+  /** insertKey for several keys in one round trip (a bundle's new patients and resources); same order. */
+  insertKeys(keys: NewKey[]): Promise<KeyEntry[]>;
   getKey(keyId: string): Promise<KeyEntry | undefined>;
   /** Live keys wrapped under a master key other than `notWrappedUnder`, ordered by id (rotation). */
   listKeys(query: { notWrappedUnder: string; afterKeyId?: string; limit: number }): Promise<KeyEntry[]>;

@@ -134,20 +134,25 @@ export function storeContract(name: string, open: () => Promise<ResourceStore>):
         const second = await store.insertKey({ keyId: 'k-a', masterKeyId: 'mk-2', wrapped: bytes(2), createdAt: T2 });
         assert.deepEqual([second.masterKeyId, Buffer.from(second.wrapped!)[0], second.createdAt], ['mk-1', 1, T1]);
         assert.equal(await store.getKey('k-none'), undefined);
+        const batch = await store.insertKeys([
+          { keyId: 'k-batch-1', masterKeyId: 'mk-1', wrapped: bytes(7), createdAt: T1 },
+          { keyId: 'k-a', masterKeyId: 'mk-3', wrapped: bytes(8), createdAt: T3 },
+        ]);
+        assert.deepEqual(batch.map((k) => [k.keyId, k.masterKeyId]), [['k-batch-1', 'mk-1'], ['k-a', 'mk-1']]);
       });
 
       it('lists keys not wrapped under a master key, by id with a cursor, and re-wraps them only from the expected master', async () => {
         await store.insertKey({ keyId: 'k-b', masterKeyId: 'mk-1', wrapped: bytes(3), createdAt: T1 });
         await store.insertKey({ keyId: 'k-c', masterKeyId: 'mk-2', wrapped: bytes(4), createdAt: T1 });
         const ids = async (q: { notWrappedUnder: string; afterKeyId?: string; limit: number }) => (await store.listKeys(q)).map((k) => k.keyId);
-        assert.deepEqual(await ids({ notWrappedUnder: 'mk-2', limit: 10 }), ['k-a', 'k-b']);
-        assert.deepEqual(await ids({ notWrappedUnder: 'mk-2', afterKeyId: 'k-a', limit: 10 }), ['k-b']);
+        assert.deepEqual(await ids({ notWrappedUnder: 'mk-2', limit: 10 }), ['k-a', 'k-b', 'k-batch-1']);
+        assert.deepEqual(await ids({ notWrappedUnder: 'mk-2', afterKeyId: 'k-a', limit: 10 }), ['k-b', 'k-batch-1']);
         assert.deepEqual(await ids({ notWrappedUnder: 'mk-2', limit: 1 }), ['k-a']);
         assert.equal(await store.rewrapKey('k-a', 'mk-9', { masterKeyId: 'mk-2', wrapped: bytes(5) }), false);
         assert.equal(await store.rewrapKey('k-a', 'mk-1', { masterKeyId: 'mk-2', wrapped: bytes(5) }), true);
         const rewrapped = await store.getKey('k-a');
         assert.deepEqual([rewrapped?.masterKeyId, Buffer.from(rewrapped!.wrapped!)[0]], ['mk-2', 5]);
-        assert.deepEqual(await ids({ notWrappedUnder: 'mk-2', limit: 10 }), ['k-b']);
+        assert.deepEqual(await ids({ notWrappedUnder: 'mk-2', limit: 10 }), ['k-b', 'k-batch-1']);
       });
 
       it('erases a key: tombstone, terms and search visibility gone, versions kept as sealed bytes, idempotent', async () => {
@@ -181,7 +186,7 @@ export function storeContract(name: string, open: () => Promise<ResourceStore>):
         const again = await store.insertKey({ keyId: 'k-b', masterKeyId: 'mk-2', wrapped: bytes(6), createdAt: T3 });
         assert.deepEqual([again.wrapped, again.erasedAt], [null, T3]);
         assert.equal(await store.rewrapKey('k-b', 'mk-1', { masterKeyId: 'mk-2', wrapped: bytes(6) }), false);
-        assert.deepEqual((await store.listKeys({ notWrappedUnder: 'mk-x', limit: 10 })).map((k) => k.keyId), ['k-a', 'k-c']);
+        assert.deepEqual((await store.listKeys({ notWrappedUnder: 'mk-x', limit: 10 })).map((k) => k.keyId), ['k-a', 'k-batch-1', 'k-c']);
         // Erasing a key never seen leaves a tombstone, so it cannot be created later.
         assert.deepEqual(await store.eraseKey('k-never', T3), { resources: 0 });
         assert.equal((await store.getKey('k-never'))?.erasedAt, T3);

@@ -149,6 +149,7 @@ import {
   type HistoryQuery,
   type InstantBound,
   type KeyEntry,
+  type NewKey,
   type ResourceStore,
   type StoreQuery,
   type StoredVersion,
@@ -773,6 +774,10 @@ export class MongoStore implements ResourceStore {
     if (!stored) throw new Error(`data key ${keyId} vanished right after it was inserted`);
     if (stored.erasedAt !== null) await this.dataKeys.deleteOne({ _id: keyId });
     return stored;
+  }
+
+  async insertKeys(keys: NewKey[]): Promise<KeyEntry[]> {
+    return Promise.all(keys.map((k) => this.insertKey(k)));
   }
 
   async getKey(keyId: string): Promise<KeyEntry | undefined> {

@@ -5,6 +5,7 @@ import {
   VersionConflictError,
   type HistoryQuery,
   type KeyEntry,
+  type NewKey,
   type ResourceStore,
   type StoreQuery,
   type StoredVersion,
@@ -275,9 +276,13 @@ export class SqliteStore implements ResourceStore {
     return row.n;
   }
 
-  async insertKey(key: { keyId: string; masterKeyId: string; wrapped: Uint8Array; createdAt: string }): Promise<KeyEntry> {
-    await this.keyOperation({ name: 'insertKey', ...key });
-    return (await this.getKey(key.keyId))!;
+  async insertKey(key: NewKey): Promise<KeyEntry> {
+    return (await this.insertKeys([key]))[0];
+  }
+
+  async insertKeys(keys: NewKey[]): Promise<KeyEntry[]> {
+    await this.keyOperation({ name: 'insertKeys', keys });
+    return Promise.all(keys.map(async (k) => (await this.getKey(k.keyId))!));
   }
 
   async getKey(keyId: string): Promise<KeyEntry | undefined> {

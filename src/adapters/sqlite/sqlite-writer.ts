@@ -3,10 +3,10 @@
  * check) and data-key changes. One connection does all writing, so writes never wait on each other's locks.
  */
 import type Database from 'better-sqlite3';
-import { VersionConflictError, type VersionWrite } from '../../vault/store.ts';
+import { VersionConflictError, type NewKey, type VersionWrite } from '../../vault/store.ts';
 
 export type KeyOperation =
-  | { name: 'insertKey'; keyId: string; masterKeyId: string; wrapped: Uint8Array; createdAt: string }
+  | { name: 'insertKeys'; keys: NewKey[] }
   | { name: 'rewrapKey'; keyId: string; fromMasterKeyId: string; masterKeyId: string; wrapped: Uint8Array }
   | { name: 'eraseKey'; keyId: string; erasedAt: string };
 
@@ -15,6 +15,7 @@ export class SqliteWriter {
   readonly apply: (writes: VersionWrite[]) => void;
   private readonly keys;
   private readonly erase: (keyId: string, erasedAt: string) => number;
+  private readonly insertKeys: (keys: NewKey[]) => number;
 
   constructor(private readonly db: Database.Database) {
     this.keys = {
@@ -31,6 +32,11 @@ export class SqliteWriter {
       dropTerms: db.prepare('DELETE FROM terms WHERE (type, id) IN (SELECT type, id FROM current WHERE key_id = ?)'),
       hide: db.prepare('UPDATE current SET deleted = 1 WHERE key_id = ? AND deleted = 0'),
     };
+    this.insertKeys = db.transaction((keys: NewKey[]) => {
+      let inserted = 0;
+      for (const k of keys) inserted += this.keys.insert.run(k.keyId, k.createdAt, k.masterKeyId, k.wrapped).changes;
+      return inserted;
+    });
     this.erase = db.transaction((keyId: string, erasedAt: string) => {
       this.keys.tombstone.run(keyId, erasedAt, erasedAt);
       this.keys.dropTerms.run(keyId);
@@ -82,11 +88,11 @@ export class SqliteWriter {
     for (const t of terms) s.insertTerm.run(r.type, t.param, t.value, r.id);
   }
 
-  /** Returns the number of resources an erasure hid, or whether a re-wrap applied. */
+  /** Returns how many keys were new, how many resources an erasure hid, or whether a re-wrap applied. */
   applyKeyOperation(op: KeyOperation): number | boolean {
     switch (op.name) {
-      case 'insertKey':
-        return this.keys.insert.run(op.keyId, op.createdAt, op.masterKeyId, op.wrapped).changes === 1;
+      case 'insertKeys':
+        return this.insertKeys(op.keys);
       case 'rewrapKey':
         return this.keys.rewrap.run(op.masterKeyId, op.wrapped, op.keyId, op.fromMasterKeyId).changes === 1;
       case 'eraseKey': {
