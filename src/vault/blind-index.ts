@@ -1,22 +1,35 @@
 /**
- * Keyed blind indexes: an index term is stored as HMAC-SHA-256(index key, type ‖ param ‖ value), truncated
- * to 128 bits. The database can answer "which resources have this exact term" without learning the term;
- * it learns only which resources share a term (equality patterns). docs/security.md lists what each kind
- * of term reveals.
+ * Keyed blind indexes: an index term is stored as a 128-bit keyed pseudorandom token of
+ * (type ‖ param ‖ value). The database can answer "which resources have this exact term" without learning
+ * the term; it learns only which resources share a term (equality patterns). docs/security.md lists what
+ * each kind of term reveals.
+ *
+ * token = AES-256(index key, first 16 bytes of SHA-256(type ‖ 0x00 ‖ param ‖ 0x00 ‖ value)): hash-then-PRP,
+ * a PRF as long as the truncated hash does not collide (2^64 work to force one). Chosen over HMAC-SHA-256
+ * because a resource has ~50 terms: one SHA-256 per term plus a single AES-ECB call over all of them costs
+ * about half of 50 HMAC computations, and the tokens are the same size.
  */
-import { createHmac, type KeyObject, createSecretKey } from 'node:crypto';
+import { createCipheriv, hash } from 'node:crypto';
 
 const TOKEN_BYTES = 16;
 
 export class BlindIndex {
-  private readonly key: KeyObject;
-
-  constructor(key: Uint8Array) {
-    this.key = createSecretKey(key);
-  }
+  constructor(private readonly key: Uint8Array) {}
 
   /** `type` and `param` are part of the input, so the same value yields unrelated tokens elsewhere. */
   token(type: string, param: string, value: string): string {
-    return createHmac('sha256', this.key).update(`${type}\0${param}\0${value}`).digest().subarray(0, TOKEN_BYTES).toString('base64url');
+    return this.tokens(type, [{ param, value }])[0];
+  }
+
+  /** Tokens of many terms of one type in one AES pass. */
+  tokens(type: string, terms: ReadonlyArray<{ param: string; value: string }>): string[] {
+    if (terms.length === 0) return [];
+    const blocks = Buffer.allocUnsafe(terms.length * TOKEN_BYTES);
+    terms.forEach((t, i) => {
+      (hash('sha256', `${type}\0${t.param}\0${t.value}`, 'buffer') as unknown as Buffer).copy(blocks, i * TOKEN_BYTES, 0, TOKEN_BYTES);
+    });
+    const aes = createCipheriv('aes-256-ecb', this.key, null).setAutoPadding(false);
+    const out = aes.update(blocks);
+    return terms.map((_, i) => out.toString('base64url', i * TOKEN_BYTES, (i + 1) * TOKEN_BYTES));
   }
 }

@@ -2,7 +2,7 @@
  * The vault: a ResourceStore decorator that seals every resource version (AES-256-GCM under its
  * compartment's data key, AAD binding hospital, type, id, version and key) and turns every index term into a
  * keyed blind index before anything reaches the adapter, and undoes both on the way out. The adapters below
- * only ever see ciphertext and HMAC tokens.
+ * only ever see ciphertext and blind-index tokens.
  */
 import { BlindIndex } from './blind-index.ts';
 import { DataKeys, INDEX_KEY_ID, KeyErasedError } from './data-keys.ts';
@@ -67,7 +67,8 @@ export class EncryptedStore implements ErasableStore {
   }
 
   private blindTerms(type: string, terms: IndexTerm[]): IndexTerm[] {
-    return terms.map((t) => ({ param: t.param, value: this.index.token(type, t.param, t.value) }));
+    const tokens = this.index.tokens(type, terms);
+    return terms.map((t, i) => ({ param: t.param, value: tokens[i] }));
   }
 
   async commit(writes: VersionWrite[]): Promise<void> {
@@ -116,7 +117,7 @@ export class EncryptedStore implements ErasableStore {
   private blindQuery(query: StoreQuery): StoreQuery {
     return {
       ...query,
-      clauses: query.clauses.map((c) => ({ ...c, anyOf: c.anyOf.map((v) => this.index.token(query.type, c.param, v)) })),
+      clauses: query.clauses.map((c) => ({ ...c, anyOf: this.index.tokens(query.type, c.anyOf.map((value) => ({ param: c.param, value }))) })),
     };
   }
 
