@@ -1,6 +1,6 @@
 /**
  * Turns a resource into the index terms of its searchable parameters — plaintext strings that a store
- * decorator may blind (keyed HMAC) later, so every query must be answerable by EQUALITY on whole terms.
+ * decorator blinds (keyed tokens) later, so every query must be answerable by EQUALITY on whole terms.
  *
  * Term formats per parameter type (the term's `param` is the search parameter code):
  *   token      `code`, plus `system|code` when the value has a system or `|code` when it has none
