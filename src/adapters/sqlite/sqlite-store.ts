@@ -202,7 +202,13 @@ export class SqliteStore implements ResourceStore {
     }
     for (const clause of query.clauses) {
       if (clause === skip) continue;
-      parts.push(`c.id ${clause.negate ? 'NOT IN' : 'IN'} (SELECT t.id FROM terms t WHERE ${termMatch(clause)})`);
+      // Behind a driver the other clauses are probed per candidate (index lookups); without one, a clause is
+      // a set the planner builds once.
+      parts.push(
+        skip
+          ? `${clause.negate ? 'NOT ' : ''}EXISTS (SELECT 1 FROM terms t WHERE ${termMatch(clause)} AND t.id = c.id)`
+          : `c.id ${clause.negate ? 'NOT IN' : 'IN'} (SELECT t.id FROM terms t WHERE ${termMatch(clause)})`,
+      );
       params.push(query.type, clause.param, ...clause.anyOf);
     }
     for (const bound of query.lastUpdated) {
