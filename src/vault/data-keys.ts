@@ -130,10 +130,6 @@ export class DataKeys {
     return keys;
   }
 
-  forget(keyId: string): void {
-    this.cache.delete(keyId);
-  }
-
   /** Marks a key destroyed in this process at once (the store tombstone does it for everyone). */
   destroyed(keyId: string, erasedAt: string): void {
     this.remember(keyId, { erasedAt });
