@@ -185,7 +185,7 @@ async function main() {
       ['  **search p95 ratio (large / small vault)**', x(vault.searchP95Ratio), '—', `≤ ${GOALS.searchGrowth}×`],
       [`  $everything p50 / p95 ms at ${at(small)} (${small.everything.n} calls)`, `${small.everything.p50} / ${small.everything.p95}`, '—', ''],
       [`  **$everything p50 / p95 ms at ${at(large)}**`, `${large.everything.p50} / ${large.everything.p95}`, '—', `p95 ≤ ${GOALS.everythingP95Ms}`],
-      ['  $everything entries returned / expected', `${large.everything.entries} / ${large.everything.expected}`, '—', 'equal'],
+      ['  $everything compartment entries returned / expected (+ referenced, included)', `${large.everything.entries} / ${large.everything.expected} (+ ${large.everything.included})`, '—', 'equal'],
       ['  $everything p95 ratio (large / small vault)', x(vault.everythingP95Ratio), '—', ''],
       ['  vault build incl. reference data (resources/s)', String(vault.build.resourcesPerSecond), '—', ''],
     );

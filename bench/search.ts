@@ -29,7 +29,7 @@ export interface Phase {
   search: Latency & { byKind: Record<string, Latency> };
   /** Mean number of matches of the Condition?code queries (grows with the vault). */
   conditionMatchesMean: number;
-  everything: Latency & { entries: number; expected: number };
+  everything: Latency & { entries: number; expected: number; included: number };
 }
 
 export interface VaultSearchResult {
@@ -104,9 +104,11 @@ async function measure(gw: Gateway, queries: Query[], big: Registered, patients:
     }
   }
   const everythingPath = `Patient/${big.id}/$everything`;
-  const first = JSON.parse((await get(gw, everythingPath)).text) as { entry?: unknown[]; link?: Array<{ relation: string }> };
+  const first = JSON.parse((await get(gw, everythingPath)).text) as { entry?: Array<{ search: { mode: string } }>; link?: Array<{ relation: string }> };
   if (first.link?.some((l) => l.relation === 'next')) throw new Error('$everything paged: raise _count');
-  const entries = first.entry?.length ?? 0;
+  // The compartment itself; referenced practitioners and organizations come as `include` entries.
+  const entries = first.entry?.filter((e) => e.search.mode === 'match').length ?? 0;
+  const included = (first.entry?.length ?? 0) - entries;
   const everything: number[] = [];
   for (let i = 0; i < opts.everythingCalls; i++) everything.push((await get(gw, everythingPath)).ms);
   return {
@@ -114,7 +116,7 @@ async function measure(gw: Gateway, queries: Query[], big: Registered, patients:
     patients,
     search: { ...latency(all), byKind: Object.fromEntries([...byKind].map(([k, v]) => [k, latency(v)])) },
     conditionMatchesMean: Math.round(conditionMatches.reduce((a, b) => a + b, 0) / conditionMatches.length),
-    everything: { ...latency(everything), entries, expected: big.template.compartmentSize },
+    everything: { ...latency(everything), entries, expected: big.template.compartmentSize, included },
   };
 }
 

@@ -433,6 +433,21 @@ export class FhirRepository {
    */
   async everything(
     patientId: string,
+    options: {
+      since?: string;
+      types?: string[];
+      limit: number;
+      cursor?: { typeIndex: number; afterId: string };
+      /** Whether resources of a type outside the compartment may be included (the caller's access). */
+      canInclude: (type: string) => boolean;
+    },
+  ): Promise<{ versions: ResourceVersion[]; included: ResourceVersion[]; nextCursor?: string }> {
+    const { versions, nextCursor } = await this.compartmentPage(patientId, options);
+    return { versions, included: await this.referencedOutsideCompartment(versions, options.canInclude), nextCursor };
+  }
+
+  private async compartmentPage(
+    patientId: string,
     options: { since?: string; types?: string[]; limit: number; cursor?: { typeIndex: number; afterId: string } },
   ): Promise<{ versions: ResourceVersion[]; nextCursor?: string }> {
     const patient = await this.read('Patient', patientId);
@@ -459,6 +474,26 @@ export class FhirRepository {
       if (rows.length > 0) last = `${typeIndex}:${rows[rows.length - 1].id}`;
     }
     return { versions };
+  }
+
+  /**
+   * The resources a page refers to that no patient compartment can hold (Practitioner, Organization,
+   * Location, Medication …), once per page: $everything SHOULD return them with the record.
+   */
+  private async referencedOutsideCompartment(page: ResourceVersion[], canInclude: (type: string) => boolean): Promise<ResourceVersion[]> {
+    const inCompartment = new Set(compartmentTypes());
+    const wanted = new Set<string>();
+    for (const v of page) {
+      // Stored JSON is compact, so a reference is exactly `"reference":"Type/id"` (relative, local).
+      for (const m of v.json?.matchAll(/"reference":"([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[A-Za-z0-9\-.]{1,64})?"/g) ?? []) {
+        if (!inCompartment.has(m[1]) && canInclude(m[1])) wanted.add(`${m[1]}/${m[2]}`);
+      }
+    }
+    const rows = await Promise.all([...wanted].map((key) => {
+      const [type, id] = key.split('/');
+      return this.store.current(type, id);
+    }));
+    return rows.filter((r): r is StoredVersion => r !== undefined && !r.deleted && !r.erased).map(toVersion);
   }
 
   /**

@@ -130,23 +130,35 @@ forEachStore((start, store) => {
         return m;
       };
       const all = body(await get(t, `Patient/${patients[0]}/$everything`));
-      assert.deepEqual(byType(all.entry), expected);
+      const matches = (page: Json) => page.entry.filter((e: Json) => e.search.mode === 'match');
+      assert.deepEqual(byType(matches(all)), expected);
       assert.equal(all.entry[0].resource.resourceType, 'Patient');
       assert.ok(!all.link.some((l: Json) => l.relation === 'next'));
+      // Included once: the practitioners and organizations the record refers to (no compartment holds them).
+      const outside = new Map<string, string>(
+        bundle.entry.filter((e: Json) => ['Organization', 'Practitioner'].includes(e.resource.resourceType)).map((e: Json) => [e.fullUrl, e.resource.resourceType]),
+      );
+      const referenced = new Set<string>();
+      for (const e of bundle.entry) {
+        for (const m of JSON.stringify(e.resource).matchAll(/"reference":"(urn:uuid:[^"]+)"/g)) if (outside.has(m[1])) referenced.add(m[1]);
+      }
+      const includes = all.entry.filter((e: Json) => e.search.mode === 'include');
+      assert.ok(referenced.size > 0);
+      assert.deepEqual(byType(includes), byType([...referenced].map((url) => ({ resource: { resourceType: outside.get(url) } }))));
 
       const seen: string[] = [];
       let url: string | undefined = `Patient/${patients[0]}/$everything?_count=7`;
       while (url) {
         const page: Json = body(await get(t, url));
-        assert.ok(page.entry.length <= 7);
-        seen.push(...page.entry.map((e: Json) => e.fullUrl));
+        assert.ok(matches(page).length <= 7);
+        seen.push(...matches(page).map((e: Json) => e.fullUrl));
         url = page.link.find((l: Json) => l.relation === 'next')?.url.replace('http://gateway.test/fhir/', '');
       }
       assert.equal(new Set(seen).size, seen.length, 'a resource was repeated across pages');
-      assert.deepEqual(new Set(seen), new Set(all.entry.map((e: Json) => e.fullUrl)));
+      assert.deepEqual(new Set(seen), new Set(matches(all).map((e: Json) => e.fullUrl)));
 
       const some = body(await get(t, `Patient/${patients[0]}/$everything?_type=Observation,Condition`));
-      assert.deepEqual(byType(some.entry), new Map([...expected].filter(([k]) => k === 'Observation' || k === 'Condition')));
+      assert.deepEqual(byType(matches(some)), new Map([...expected].filter(([k]) => k === 'Observation' || k === 'Condition')));
       const future = body(await get(t, `Patient/${patients[0]}/$everything?_since=2999-01-01T00:00:00Z`));
       assert.equal(future.entry?.length ?? 0, 0);
       assert.equal((await get(t, `Patient/${patients[0]}/$everything?_type=Organization`)).status, 400);
@@ -169,7 +181,7 @@ forEachStore((start, store) => {
     it('crypto-shreds a patient with $erase: 410 everywhere, nothing in the store opens the old ciphertext', async () => {
       const vault = t.gateway.store as EncryptedStore;
       const id = patients[0];
-      const everything = body(await get(t, `Patient/${id}/$everything`)).entry.map((e: Json) => e.resource);
+      const everything = body(await get(t, `Patient/${id}/$everything`)).entry.filter((e: Json) => e.search.mode === 'match').map((e: Json) => e.resource);
       const observation = everything.find((r: Json) => r.resourceType === 'Observation');
       const keyId = vault.keyIdFor(`Patient/${id}`);
       const sealed = await vault.inner.current('Observation', observation.id);

@@ -55,7 +55,8 @@ function canRead(req: Parameters<Handler>[0], type: string): boolean {
 
 /**
  * GET [base]/Patient/[id]/$everything — the patient's whole compartment as a searchset Bundle, paged by
- * `next` links. Types the token may not read are left out (the token still needs read on Patient).
+ * `next` links, plus (mode `include`) the resources each page refers to that no compartment holds, such as
+ * the practitioners and organizations. Types the token may not read are left out (it needs read on Patient).
  */
 export const everything: Handler = async (req, ctx, { id }) => {
   const access = requireAccess(req, 'Patient', 'r');
@@ -63,13 +64,23 @@ export const everything: Handler = async (req, ctx, { id }) => {
   if (access.kind === 'patient' && access.patientId !== id) throw errors.forbidden('the token is bound to another patient');
   const params = parseEverythingParams(req.query);
   const readable = compartmentTypes().filter((t) => (!params.types || params.types.includes(t)) && canRead(req, t));
-  const page = await ctx.repo.everything(id, { since: params.since, types: readable, limit: params.limit, cursor: params.cursor });
+  const page = await ctx.repo.everything(id, {
+    since: params.since,
+    types: readable,
+    limit: params.limit,
+    cursor: params.cursor,
+    // Outside the compartment a patient-bound token sees nothing, so only type-wide read access includes.
+    canInclude: (type) => canRead(req, type) && authorize(req.auth, type, 'r').kind === 'all',
+  });
   const url = (extra: Array<[string, string]>) => {
     const qs = new URLSearchParams([...params.applied, ...extra]).toString();
     return `${ctx.baseUrl}/Patient/${id}/$everything${qs ? `?${qs}` : ''}`;
   };
   const link = [{ relation: 'self', url: url(params.cursor ? [['_cursor', `${params.cursor.typeIndex}:${params.cursor.afterId}`]] : []) }];
   if (page.nextCursor) link.push({ relation: 'next', url: url([['_cursor', page.nextCursor]]) });
-  const entries = page.versions.map((v) => ({ fullUrl: `${ctx.baseUrl}/${v.type}/${v.id}`, resourceJson: v.json, search: { mode: 'match' } }));
+  const entries = [
+    ...page.versions.map((v) => ({ fullUrl: `${ctx.baseUrl}/${v.type}/${v.id}`, resourceJson: v.json, search: { mode: 'match' } })),
+    ...page.included.map((v) => ({ fullUrl: `${ctx.baseUrl}/${v.type}/${v.id}`, resourceJson: v.json, search: { mode: 'include' } })),
+  ];
   return { status: 200, body: serializeBundle({ resourceType: 'Bundle', type: 'searchset', link }, entries) };
 };
