@@ -187,6 +187,12 @@ export function storeContract(name: string, open: () => Promise<ResourceStore>):
         assert.deepEqual([again.wrapped, again.erasedAt], [null, T3]);
         assert.equal(await store.rewrapKey('k-b', 'mk-1', { masterKeyId: 'mk-2', wrapped: bytes(6) }), false);
         assert.deepEqual((await store.listKeys({ notWrappedUnder: 'mk-x', limit: 10 })).map((k) => k.keyId), ['k-a', 'k-batch-1', 'k-c']);
+        // A writer that still had the key (another process's cache) cannot make new data searchable under it:
+        // the commit is refused, or (MongoDB, no transactions) its terms are shredded and it is hidden.
+        const late = sealed('c9', 1, 'X');
+        const refused = await store.commit([late]).then(() => false, () => true);
+        assert.deepEqual((await store.search(q('code', 'X'))).map((r) => r.id), ['c3']);
+        if (refused) assert.equal(await store.current('Condition', 'c9'), undefined);
         // Erasing a key never seen leaves a tombstone, so it cannot be created later.
         assert.deepEqual(await store.eraseKey('k-never', T3), { resources: 0 });
         assert.equal((await store.getKey('k-never'))?.erasedAt, T3);

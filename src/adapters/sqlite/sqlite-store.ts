@@ -12,6 +12,7 @@ import {
   type TermClause,
   type VersionWrite,
 } from '../../vault/store.ts';
+import { KeyErasedError } from '../../vault/data-keys.ts';
 import { openDatabase } from './schema.ts';
 import { SqliteWriter, type KeyOperation } from './sqlite-writer.ts';
 import type { WriterReply, WriterRequest } from './writer-protocol.ts';
@@ -119,6 +120,7 @@ export class SqliteStore implements ResourceStore {
     if (waiter.key) return waiter.reject(new Error(`vault key write failed (${reply.error.message})`));
     if (!reply.error.aborted) this.thread!.postMessage({ kind: 'resume' } satisfies WriterRequest);
     if (reply.error.conflict) waiter.reject(new VersionConflictError(reply.error.conflict.type, reply.error.conflict.id));
+    else if (reply.error.erased) waiter.reject(new KeyErasedError(reply.error.erased.keyId, reply.error.erased.erasedAt));
     else if (reply.error.aborted) waiter.reject(new CommitAbortedError());
     else waiter.reject(new Error(`vault write failed (${reply.error.message})`));
   }

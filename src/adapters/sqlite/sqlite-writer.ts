@@ -3,6 +3,7 @@
  * check) and data-key changes. One connection does all writing, so writes never wait on each other's locks.
  */
 import type Database from 'better-sqlite3';
+import { KeyErasedError } from '../../vault/data-keys.ts';
 import { VersionConflictError, type NewKey, type VersionWrite } from '../../vault/store.ts';
 
 export type KeyOperation =
@@ -55,7 +56,13 @@ export class SqliteWriter {
       deleteTerms: db.prepare('DELETE FROM terms WHERE type = ? AND id = ?'),
       insertTerm: db.prepare('INSERT OR IGNORE INTO terms (type, param, value, id) VALUES (?, ?, ?, ?)'),
     };
+    const erasedAt = db.prepare('SELECT erased_at FROM data_keys WHERE key_id = ? AND erased_at IS NOT NULL');
     this.apply = db.transaction((writes: VersionWrite[]) => {
+      // Another process may still hold an erased key in its cache: nothing sealed under it may land.
+      for (const keyId of new Set(writes.map((w) => w.record.keyId).filter((k) => k !== undefined))) {
+        const erased = erasedAt.get(keyId) as { erased_at: string } | undefined;
+        if (erased) throw new KeyErasedError(keyId, erased.erased_at);
+      }
       for (const write of writes) {
         try {
           this.applyWrite(write);

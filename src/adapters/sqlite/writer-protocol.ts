@@ -14,5 +14,5 @@ export interface WriterReply {
   id: number;
   /** A key operation's result. */
   result?: number | boolean;
-  error?: { conflict?: { type: string; id: string }; aborted?: true; message?: string };
+  error?: { conflict?: { type: string; id: string }; erased?: { keyId: string; erasedAt: string }; aborted?: true; message?: string };
 }

@@ -4,6 +4,7 @@
  * already queued behind it (they may depend on the failed one) until the main thread posts `resume`.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { KeyErasedError } from '../../vault/data-keys.ts';
 import { VersionConflictError } from '../../vault/store.ts';
 import { openDatabase } from './schema.ts';
 import { SqliteWriter } from './sqlite-writer.ts';
@@ -40,7 +41,10 @@ parentPort!.on('message', (message: WriterRequest) => {
       poisoned = true;
       reply = {
         id: message.id,
-        error: e instanceof VersionConflictError ? { conflict: { type: e.type, id: e.id } } : { message: (e as Error).name },
+        error:
+          e instanceof VersionConflictError ? { conflict: { type: e.type, id: e.id } }
+          : e instanceof KeyErasedError ? { erased: { keyId: e.keyId, erasedAt: e.erasedAt } }
+          : { message: (e as Error).name },
       };
     }
   }
