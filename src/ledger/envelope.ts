@@ -1,0 +1,533 @@
+/**
+ * Signed ledger envelopes and their deterministic validation (docs/ledger.md, "Envelopes").
+ *
+ * Wire form: the UTF-8 bytes of the envelope's canonical JSON (canonical-json.ts). Parsing accepts
+ * exactly that form, so one envelope has one byte string and one digest.
+ *
+ * Signature: ECDSA P-256 / SHA-256, IEEE P1363 encoding (r ‖ s, 64 bytes, base64url), low-S only,
+ * over `ENVELOPE_SIGNING_PREFIX ‖ canonical JSON of the envelope without "signature"`.
+ *
+ * Validation is a pure function of the bytes and a context the caller derives from the ledger (block
+ * number, membership, committed nonces): no clock, no I/O, and no exception for any input.
+ */
+import { randomBytes, sign, verify, type KeyObject } from 'node:crypto';
+import { canonicalize } from './canonical-json.ts';
+import { isP256Key, MEMBER_ID_PATTERN, type Membership } from './membership.ts';
+
+export const ENVELOPE_TYPES = ['anchor', 'audit', 'consent', 'config'] as const;
+export type EnvelopeType = (typeof ENVELOPE_TYPES)[number];
+
+/** Domain separation: an envelope signature can never be replayed as an approval, or the reverse. */
+export const ENVELOPE_SIGNING_PREFIX = 'medblock/envelope/v1\n';
+export const CONFIG_APPROVAL_PREFIX = 'medblock/config-approval/v1\n';
+
+/** Fits an anchor of MAX_ANCHOR_ENTRIES entries (~170 bytes each). The channel's absoluteMaxBytes must be at least this. */
+export const DEFAULT_MAX_ENVELOPE_BYTES = 256 * 1024;
+export const MAX_ANCHOR_ENTRIES = 1000;
+export const MAX_AUDIT_ENTRIES = 1000;
+export const MAX_CONFIG_APPROVALS = 256;
+export const MAX_CERTIFICATE_CHARS = 16 * 1024;
+
+const NONCE_BYTES = 16;
+const SIGNATURE_BYTES = 64;
+const PATIENT_TOKEN_BYTES = 32;
+
+/** Kafka topic characters, lowercase, as Fabric channel names. */
+export const CHANNEL_PATTERN = /^[a-z][a-z0-9.-]{0,248}$/;
+const DIGEST_PATTERN = /^[0-9a-f]{64}$/;
+const RESOURCE_TYPE_PATTERN = /^[A-Z][A-Za-z]{0,63}$/;
+/** Exactly what Date.prototype.toISOString writes for years 0–9999, so string order is time order. */
+const TIMESTAMP_PATTERN = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+const BASE64URL_PATTERN = /^[A-Za-z0-9_-]*$/;
+/** Shape only: the CA work replaces this with X.509 parsing and a chain check. */
+const CERTIFICATE_PEM_PATTERN = /^-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----(?:\r?\n)?$/;
+
+/** P-256 group order. A signature (r, s) also verifies as (r, n − s); accepting only s ≤ n/2 removes that twin. */
+const P256_ORDER = 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n;
+const P256_HALF_ORDER = P256_ORDER >> 1n;
+
+// ---------------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------------
+
+export interface AnchorEntry {
+  /** canonicalDigestHex of the resource version. */
+  digest: string;
+  /** FHIR resourceType. */
+  type: string;
+  /** Pseudonymous patient token: 32 bytes, base64url (e.g. an HMAC of the patient id). Never PHI. */
+  patient?: string;
+}
+export interface AnchorPayload {
+  entries: AnchorEntry[];
+}
+export interface AuditPayload {
+  /** Digests of access-log records. */
+  entries: { digest: string }[];
+}
+/** Placeholder until consent is designed: the digest of a Consent version and its state. */
+export interface ConsentPayload {
+  patient: string;
+  digest: string;
+  status: 'active' | 'inactive';
+}
+export type ConfigAction = 'addMember' | 'revokeMember';
+export interface ConfigChange {
+  action: ConfigAction;
+  member: string;
+  /** PEM certificate of the member to add; required for addMember, absent for revokeMember. */
+  certificate?: string;
+}
+export interface ConfigApproval {
+  member: string;
+  signature: string;
+}
+export interface ConfigPayload extends ConfigChange {
+  /** Signatures of current members over the change, bound to this envelope's channel and nonce. */
+  approvals: ConfigApproval[];
+}
+
+export interface PayloadByType {
+  anchor: AnchorPayload;
+  audit: AuditPayload;
+  consent: ConsentPayload;
+  config: ConfigPayload;
+}
+
+interface EnvelopeHeader {
+  channel: string;
+  /** Member id of the signer. */
+  creator: string;
+  /** 128 random bits, base64url: unique per creator for the life of the ledger (or of the replay window). */
+  nonce: string;
+  /** ISO instant set by the creator. Informational unless the caller passes a timestamp window. */
+  timestamp: string;
+  signature: string;
+}
+export type EnvelopeOf<T extends EnvelopeType> = EnvelopeHeader & { type: T; payload: PayloadByType[T] };
+export type Envelope = { [T in EnvelopeType]: EnvelopeOf<T> }[EnvelopeType];
+
+export interface EnvelopeSigner {
+  memberId: string;
+  /** EC P-256 private key. */
+  privateKey: KeyObject;
+}
+
+export type RejectionReason =
+  | 'malformed'
+  | 'oversize'
+  | 'unknown-creator'
+  | 'revoked-creator'
+  | 'bad-signature'
+  | 'replayed-nonce'
+  | 'wrong-channel'
+  | 'bad-payload'
+  | 'no-quorum';
+
+/** `detail` is for logs: deterministic, and never echoes envelope content. */
+export interface Rejection {
+  valid: false;
+  reason: RejectionReason;
+  detail: string;
+}
+export type EnvelopeVerdict = { valid: true; envelope: Envelope } | Rejection;
+
+/** Nonces of envelopes already committed valid, per creator. A ledger store implements it with an index. */
+export interface CommittedNonceLookup {
+  has(creator: string, nonce: string): boolean;
+}
+
+export interface ValidationContext {
+  /** The channel being committed. */
+  channel: string;
+  /** The block the envelope is validated for: revocations apply from their block on. */
+  blockNumber: number;
+  members: Membership;
+  committedNonces: CommittedNonceLookup;
+  /**
+   * Inclusive bounds on `timestamp`, for members that prune nonces older than a window. Must be derived
+   * from the ledger (never from a local clock), or the members fork.
+   */
+  timestampWindow?: { notBefore: string; notAfter: string };
+  /** Channel configuration; defaults to DEFAULT_MAX_ENVELOPE_BYTES. */
+  maxEnvelopeBytes?: number;
+}
+
+/** Refused to create an envelope or approval that validation would reject. */
+export class EnvelopeError extends TypeError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'EnvelopeError';
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Field checks. Each returns a problem (a path and what is wrong) or undefined.
+// ---------------------------------------------------------------------------------------------
+
+type Problem = string | undefined;
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** An object with every required member, and no member outside required ∪ optional. */
+function shapeProblem(value: unknown, path: string, required: readonly string[], optional: readonly string[] = []): Problem {
+  if (!isPlainObject(value)) return `${path} must be an object`;
+  for (const name of required) if (!Object.hasOwn(value, name)) return `${path}/${name} is missing`;
+  for (const name of Object.keys(value)) {
+    if (!required.includes(name) && !optional.includes(name)) return `${path} has an unknown member`;
+  }
+  return undefined;
+}
+
+function patternProblem(value: unknown, path: string, pattern: RegExp): Problem {
+  return typeof value === 'string' && pattern.test(value) ? undefined : `${path} must match ${pattern}`;
+}
+
+/** Base64url without padding, of exactly `byteLength` bytes, in its only (canonical) spelling. */
+function decodeBase64url(value: unknown, byteLength: number): Buffer | undefined {
+  if (typeof value !== 'string' || value.length !== Math.ceil((byteLength * 4) / 3) || !BASE64URL_PATTERN.test(value)) {
+    return undefined;
+  }
+  const bytes = Buffer.from(value, 'base64url');
+  // Node ignores non-zero bits in the last character; re-encoding catches them (another spelling).
+  return bytes.length === byteLength && bytes.toString('base64url') === value ? bytes : undefined;
+}
+
+function base64urlProblem(value: unknown, path: string, byteLength: number): Problem {
+  return decodeBase64url(value, byteLength) === undefined ? `${path} must be ${byteLength} bytes in base64url` : undefined;
+}
+
+function timestampProblem(value: unknown, path: string): Problem {
+  // Date.parse is NaN for impossible instants (month 13); the round trip rejects those it rolls over (Feb 30).
+  const instant = typeof value === 'string' && TIMESTAMP_PATTERN.test(value) ? Date.parse(value) : NaN;
+  const wellFormed = !Number.isNaN(instant) && new Date(instant).toISOString() === value;
+  return wellFormed ? undefined : `${path} must be an ISO instant as toISOString writes it`;
+}
+
+function entriesProblem(
+  payload: Record<string, unknown>,
+  maxEntries: number,
+  entryProblem: (entry: unknown, path: string) => Problem,
+): Problem {
+  const { entries } = payload;
+  if (!Array.isArray(entries) || entries.length === 0 || entries.length > maxEntries) {
+    return `/payload/entries must be an array of 1 to ${maxEntries} entries`;
+  }
+  // A digest is anchored once: the store indexes digest → (block, index).
+  const digests = new Set<unknown>();
+  for (let i = 0; i < entries.length; i++) {
+    const problem = entryProblem(entries[i], `/payload/entries/${i}`);
+    if (problem !== undefined) return problem;
+    const { digest } = entries[i] as { digest: string };
+    if (digests.has(digest)) return `/payload/entries/${i}/digest repeats an earlier entry`;
+    digests.add(digest);
+  }
+  return undefined;
+}
+
+function anchorEntryProblem(entry: unknown, path: string): Problem {
+  return (
+    shapeProblem(entry, path, ['digest', 'type'], ['patient']) ??
+    patternProblem((entry as AnchorEntry).digest, `${path}/digest`, DIGEST_PATTERN) ??
+    patternProblem((entry as AnchorEntry).type, `${path}/type`, RESOURCE_TYPE_PATTERN) ??
+    (Object.hasOwn(entry as object, 'patient')
+      ? base64urlProblem((entry as AnchorEntry).patient, `${path}/patient`, PATIENT_TOKEN_BYTES)
+      : undefined)
+  );
+}
+
+function auditEntryProblem(entry: unknown, path: string): Problem {
+  return shapeProblem(entry, path, ['digest']) ?? patternProblem((entry as { digest: unknown }).digest, `${path}/digest`, DIGEST_PATTERN);
+}
+
+function configChangeProblem(change: Record<string, unknown>, path: string): Problem {
+  const { action, member, certificate } = change;
+  if (action !== 'addMember' && action !== 'revokeMember') return `${path}/action must be addMember or revokeMember`;
+  const memberProblem = patternProblem(member, `${path}/member`, MEMBER_ID_PATTERN);
+  if (memberProblem !== undefined) return memberProblem;
+  if (action === 'revokeMember') {
+    return Object.hasOwn(change, 'certificate') ? `${path}/certificate is not allowed for revokeMember` : undefined;
+  }
+  const wellFormed =
+    typeof certificate === 'string' && certificate.length <= MAX_CERTIFICATE_CHARS && CERTIFICATE_PEM_PATTERN.test(certificate);
+  return wellFormed ? undefined : `${path}/certificate must be a PEM certificate for addMember`;
+}
+
+function configPayloadProblem(payload: Record<string, unknown>): Problem {
+  const changeProblem = configChangeProblem(payload, '/payload');
+  if (changeProblem !== undefined) return changeProblem;
+  const { approvals } = payload;
+  if (!Array.isArray(approvals) || approvals.length === 0 || approvals.length > MAX_CONFIG_APPROVALS) {
+    return `/payload/approvals must be an array of 1 to ${MAX_CONFIG_APPROVALS} approvals`;
+  }
+  const approvers = new Set<unknown>();
+  for (let i = 0; i < approvals.length; i++) {
+    const path = `/payload/approvals/${i}`;
+    const problem =
+      shapeProblem(approvals[i], path, ['member', 'signature']) ??
+      patternProblem(approvals[i].member, `${path}/member`, MEMBER_ID_PATTERN) ??
+      base64urlProblem(approvals[i].signature, `${path}/signature`, SIGNATURE_BYTES);
+    if (problem !== undefined) return problem;
+    if (approvers.has(approvals[i].member)) return `${path}/member approved twice`;
+    approvers.add(approvals[i].member);
+  }
+  return undefined;
+}
+
+/** Strict schema of each payload type: every member known, every value in its format. */
+function payloadProblem(type: EnvelopeType, payload: unknown): Problem {
+  switch (type) {
+    case 'anchor':
+      return shapeProblem(payload, '/payload', ['entries']) ?? entriesProblem(payload as Record<string, unknown>, MAX_ANCHOR_ENTRIES, anchorEntryProblem);
+    case 'audit':
+      return shapeProblem(payload, '/payload', ['entries']) ?? entriesProblem(payload as Record<string, unknown>, MAX_AUDIT_ENTRIES, auditEntryProblem);
+    case 'consent': {
+      const consent = payload as Record<string, unknown>;
+      return (
+        shapeProblem(payload, '/payload', ['patient', 'digest', 'status']) ??
+        base64urlProblem(consent.patient, '/payload/patient', PATIENT_TOKEN_BYTES) ??
+        patternProblem(consent.digest, '/payload/digest', DIGEST_PATTERN) ??
+        (consent.status === 'active' || consent.status === 'inactive' ? undefined : '/payload/status must be active or inactive')
+      );
+    }
+    case 'config':
+      return shapeProblem(payload, '/payload', ['action', 'member', 'approvals'], ['certificate']) ?? configPayloadProblem(payload as Record<string, unknown>);
+  }
+}
+
+const ENVELOPE_MEMBERS = ['channel', 'type', 'payload', 'creator', 'nonce', 'timestamp', 'signature'] as const;
+
+/** The envelope members other than payload and signature, which are checked on their own. */
+function headerFieldsProblem(envelope: Record<string, unknown>): Problem {
+  return (
+    patternProblem(envelope.channel, '/channel', CHANNEL_PATTERN) ??
+    ((ENVELOPE_TYPES as readonly unknown[]).includes(envelope.type) ? undefined : '/type is not an envelope type') ??
+    patternProblem(envelope.creator, '/creator', MEMBER_ID_PATTERN) ??
+    base64urlProblem(envelope.nonce, '/nonce', NONCE_BYTES) ??
+    timestampProblem(envelope.timestamp, '/timestamp')
+  );
+}
+
+function envelopeShapeProblem(value: unknown): Problem {
+  return (
+    shapeProblem(value, '', ENVELOPE_MEMBERS) ??
+    headerFieldsProblem(value as Record<string, unknown>) ??
+    base64urlProblem((value as Record<string, unknown>).signature, '/signature', SIGNATURE_BYTES)
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signatures
+// ---------------------------------------------------------------------------------------------
+
+function signedBytes(prefix: string, content: unknown): Buffer {
+  return Buffer.from(prefix + canonicalize(content), 'utf8');
+}
+
+function signLowS(privateKey: KeyObject, message: Buffer): string {
+  const signature = sign('sha256', message, { key: privateKey, dsaEncoding: 'ieee-p1363' });
+  const s = BigInt(`0x${signature.subarray(32).toString('hex')}`);
+  if (s > P256_HALF_ORDER) signature.write((P256_ORDER - s).toString(16).padStart(64, '0'), 32, 'hex');
+  return signature.toString('base64url');
+}
+
+function verifyLowS(publicKey: KeyObject, message: Buffer, signatureText: string): boolean {
+  const signature = decodeBase64url(signatureText, SIGNATURE_BYTES);
+  if (signature === undefined) return false;
+  if (BigInt(`0x${signature.subarray(32).toString('hex')}`) > P256_HALF_ORDER) return false;
+  try {
+    return verify('sha256', message, { key: publicKey, dsaEncoding: 'ieee-p1363' }, signature);
+  } catch {
+    return false; // OpenSSL refusing the input is a failed verification, not a crash
+  }
+}
+
+function envelopeSignedBytes(envelope: Omit<Envelope, 'signature'> & { signature?: string }): Buffer {
+  const { signature: _excluded, ...unsigned } = envelope;
+  return signedBytes(ENVELOPE_SIGNING_PREFIX, unsigned);
+}
+
+/** What an approver signs: the change, bound to one envelope (channel and nonce) so it cannot be reused. */
+function approvalSignedBytes(channel: string, nonce: string, { action, member, certificate }: ConfigChange): Buffer {
+  return signedBytes(CONFIG_APPROVAL_PREFIX, { channel, nonce, action, member, certificate });
+}
+
+function assertSigner(signer: EnvelopeSigner): void {
+  if (!MEMBER_ID_PATTERN.test(signer.memberId)) throw new EnvelopeError(`signer id must match ${MEMBER_ID_PATTERN}`);
+  if (!isP256Key(signer.privateKey, 'private')) throw new EnvelopeError('signer key must be an EC P-256 private key');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Creating
+// ---------------------------------------------------------------------------------------------
+
+/** A fresh envelope nonce. Config creators take one first, since the approvals are bound to it. */
+export function newNonce(): string {
+  return randomBytes(NONCE_BYTES).toString('base64url');
+}
+
+export interface EnvelopeFields<T extends EnvelopeType> {
+  channel: string;
+  type: T;
+  payload: PayloadByType[T];
+  /** Defaults to newNonce(). */
+  nonce?: string;
+  /** Defaults to the current time. */
+  timestamp?: string;
+}
+
+/**
+ * Signs an envelope. Throws EnvelopeError for anything validation would call malformed or bad-payload.
+ * The result is a fresh copy, read back from its wire bytes, so later changes to `fields` cannot touch it.
+ */
+export function createEnvelope<T extends EnvelopeType>(signer: EnvelopeSigner, fields: EnvelopeFields<T>): EnvelopeOf<T> {
+  assertSigner(signer);
+  const unsigned = {
+    channel: fields.channel,
+    type: fields.type,
+    payload: fields.payload,
+    creator: signer.memberId,
+    nonce: fields.nonce ?? newNonce(),
+    timestamp: fields.timestamp ?? new Date().toISOString(),
+  };
+  const problem = headerFieldsProblem(unsigned) ?? payloadProblem(unsigned.type, unsigned.payload);
+  if (problem !== undefined) throw new EnvelopeError(`invalid envelope: ${problem}`);
+  const signature = signLowS(signer.privateKey, envelopeSignedBytes(unsigned));
+  // Size is the channel's limit, not the envelope's: the caller's orderer enforces it.
+  const readBack = parseEnvelope(encodeEnvelope({ ...unsigned, signature } as Envelope), Infinity);
+  if (!readBack.valid) throw new EnvelopeError(`invalid envelope: ${readBack.detail}`);
+  return readBack.envelope as EnvelopeOf<T>;
+}
+
+/** A member's approval of a config change carried by the envelope with this channel and nonce. */
+export function approveConfigChange(signer: EnvelopeSigner, channel: string, nonce: string, change: ConfigChange): ConfigApproval {
+  assertSigner(signer);
+  const problem =
+    patternProblem(channel, 'channel', CHANNEL_PATTERN) ??
+    base64urlProblem(nonce, 'nonce', NONCE_BYTES) ??
+    shapeProblem(change, 'change', ['action', 'member'], ['certificate']) ??
+    configChangeProblem(change as unknown as Record<string, unknown>, 'change');
+  if (problem !== undefined) throw new EnvelopeError(`invalid approval: ${problem}`);
+  return { member: signer.memberId, signature: signLowS(signer.privateKey, approvalSignedBytes(channel, nonce, change)) };
+}
+
+/** The wire bytes: UTF-8 of the canonical JSON. */
+export function encodeEnvelope(envelope: Envelope): Uint8Array {
+  return Buffer.from(canonicalize(envelope), 'utf8');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing and validating
+// ---------------------------------------------------------------------------------------------
+
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+function reject(reason: RejectionReason, detail: string): Rejection {
+  return { valid: false, reason, detail };
+}
+
+/**
+ * Everything that needs no context: size, canonical JSON, envelope shape, payload schema. `valid: true`
+ * means well-formed, not authentic. Never throws.
+ */
+export function parseEnvelope(bytes: unknown, maxEnvelopeBytes = DEFAULT_MAX_ENVELOPE_BYTES): EnvelopeVerdict {
+  if (!(bytes instanceof Uint8Array)) return reject('malformed', 'not a byte array');
+  if (bytes.byteLength > maxEnvelopeBytes) return reject('oversize', `${bytes.byteLength} bytes > ${maxEnvelopeBytes}`);
+  let value: unknown;
+  try {
+    const text = utf8.decode(bytes);
+    value = JSON.parse(text);
+    // One spelling per envelope: otherwise re-encodings of a signed envelope would be distinct ledger entries.
+    if (canonicalize(value) !== text) return reject('malformed', 'not canonical JSON');
+  } catch {
+    // Invalid UTF-8, invalid JSON, or JSON that has no canonical form (lone surrogate, 1e999, too deep).
+    return reject('malformed', 'not canonical JSON');
+  }
+  const problem = envelopeShapeProblem(value);
+  if (problem !== undefined) return reject('malformed', problem);
+  const envelope = value as Envelope;
+  const badPayload = payloadProblem(envelope.type, envelope.payload);
+  if (badPayload !== undefined) return reject('bad-payload', badPayload);
+  return { valid: true, envelope };
+}
+
+/** Config changes must fit the membership and carry approvals of a quorum of active members. */
+function configRejection(envelope: EnvelopeOf<'config'>, { members, blockNumber }: ValidationContext): Rejection | undefined {
+  const { payload } = envelope;
+  if (payload.action === 'addMember' && members.get(payload.member) !== undefined) {
+    return reject('bad-payload', '/payload/member is already a member id (ids are never reused)');
+  }
+  if (payload.action === 'revokeMember' && !members.isActiveAt(payload.member, blockNumber)) {
+    return reject('bad-payload', '/payload/member is not an active member');
+  }
+  const message = approvalSignedBytes(envelope.channel, envelope.nonce, payload);
+  for (let i = 0; i < payload.approvals.length; i++) {
+    const { member, signature } = payload.approvals[i];
+    if (!members.isActiveAt(member, blockNumber)) return reject('no-quorum', `/payload/approvals/${i} is not from an active member`);
+    if (!verifyLowS(members.get(member)!.publicKey, message, signature)) {
+      return reject('no-quorum', `/payload/approvals/${i} has a bad signature`);
+    }
+  }
+  const quorum = members.quorumAt(blockNumber);
+  if (payload.approvals.length < quorum) return reject('no-quorum', `${payload.approvals.length} approvals < quorum ${quorum}`);
+  return undefined;
+}
+
+/**
+ * The verdict every member reaches for these bytes in this context. Checks, in this order (the first
+ * failure is the reason): oversize, malformed, bad-payload (schema), wrong-channel, unknown-creator,
+ * revoked-creator, bad-signature, replayed-nonce, then for config: bad-payload (membership) and no-quorum.
+ */
+export function validateEnvelope(bytes: unknown, context: ValidationContext): EnvelopeVerdict {
+  const parsed = parseEnvelope(bytes, context.maxEnvelopeBytes);
+  if (!parsed.valid) return parsed;
+  const { envelope } = parsed;
+  if (envelope.channel !== context.channel) return reject('wrong-channel', '/channel is not the channel being committed');
+  const creator = context.members.get(envelope.creator);
+  if (creator === undefined) return reject('unknown-creator', '/creator is not a member');
+  if (!context.members.isActiveAt(creator.id, context.blockNumber)) return reject('revoked-creator', '/creator is revoked');
+  if (!verifyLowS(creator.publicKey, envelopeSignedBytes(envelope), envelope.signature)) {
+    return reject('bad-signature', '/signature does not verify with the creator key');
+  }
+  const window = context.timestampWindow;
+  if (window !== undefined && (envelope.timestamp < window.notBefore || envelope.timestamp > window.notAfter)) {
+    // Nonces older than the window may be pruned, so such an envelope cannot be shown not to be a replay.
+    return reject('replayed-nonce', '/timestamp is outside the replay window');
+  }
+  if (context.committedNonces.has(envelope.creator, envelope.nonce)) return reject('replayed-nonce', '/nonce was already committed');
+  if (envelope.type === 'config') return configRejection(envelope, context) ?? parsed;
+  return parsed;
+}
+
+/** Nonces per creator, in memory: block-local tracking, tests, or a cache in front of a store. */
+export class CommittedNonces implements CommittedNonceLookup {
+  readonly #byCreator = new Map<string, Set<string>>();
+
+  has(creator: string, nonce: string): boolean {
+    return this.#byCreator.get(creator)?.has(nonce) ?? false;
+  }
+
+  add(creator: string, nonce: string): void {
+    let nonces = this.#byCreator.get(creator);
+    if (nonces === undefined) this.#byCreator.set(creator, (nonces = new Set()));
+    nonces.add(nonce);
+  }
+}
+
+/**
+ * Verdicts for a block's envelopes, in block order. An envelope's nonce counts as committed for the
+ * envelopes after it once it is valid, so a second copy in the same block is a replay.
+ */
+export function validateBlockEnvelopes(envelopes: readonly unknown[], context: ValidationContext): EnvelopeVerdict[] {
+  const inThisBlock = new CommittedNonces();
+  const committedNonces: CommittedNonceLookup = {
+    has: (creator, nonce) => inThisBlock.has(creator, nonce) || context.committedNonces.has(creator, nonce),
+  };
+  return envelopes.map((bytes) => {
+    const verdict = validateEnvelope(bytes, { ...context, committedNonces });
+    if (verdict.valid) inThisBlock.add(verdict.envelope.creator, verdict.envelope.nonce);
+    return verdict;
+  });
+}

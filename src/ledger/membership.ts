@@ -1,0 +1,97 @@
+/**
+ * The consortium's members as envelope validation sees them: member id → P-256 public key and the
+ * block from which the member is revoked.
+ *
+ * Today the keys are given directly (KeyObject or SPKI PEM). Once the consortium CA exists, the caller
+ * builds the same entries from member certificates (public key of a certificate that chains to the CA);
+ * nothing here changes. Every member of a channel must build the same membership for a given block,
+ * or the members fork.
+ */
+import { createPublicKey, type KeyObject } from 'node:crypto';
+
+/** A member id: what a certificate's subject names and what envelopes carry as `creator`. */
+export const MEMBER_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+export interface MemberEntry {
+  /** An EC P-256 public key: a KeyObject, or an SPKI PEM (`-----BEGIN PUBLIC KEY-----`). */
+  publicKey: KeyObject | string;
+  /**
+   * The member is revoked for every envelope validated for this block number or a later one. A
+   * revocation committed in block R takes effect at block R + 1, so every envelope in a block is
+   * validated against the same membership.
+   */
+  revokedAtBlock?: number;
+}
+
+export interface Member {
+  readonly id: string;
+  readonly publicKey: KeyObject;
+  readonly revokedAtBlock: number | undefined;
+}
+
+/** The membership given is unusable: a bad id, a key that is not P-256, a bad revocation block. */
+export class MembershipError extends TypeError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'MembershipError';
+  }
+}
+
+/** True for an EC public key on P-256, the only curve envelopes are signed with. */
+export function isP256Key(key: KeyObject, type: 'public' | 'private'): boolean {
+  return key.type === type && key.asymmetricKeyType === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1';
+}
+
+function toPublicKey(id: string, key: KeyObject | string): KeyObject {
+  let keyObject: KeyObject;
+  try {
+    keyObject = typeof key === 'string' ? createPublicKey({ key, format: 'pem' }) : key;
+  } catch (e) {
+    throw new MembershipError(`member ${id}: unreadable public key (${(e as Error).message})`);
+  }
+  if (!isP256Key(keyObject, 'public')) throw new MembershipError(`member ${id}: the key must be an EC P-256 public key`);
+  return keyObject;
+}
+
+/**
+ * Members checked once, up front, so that validating an envelope never meets a bad key. Immutable:
+ * a config transaction produces a new Membership for the blocks after it.
+ */
+export class Membership {
+  readonly #members: ReadonlyMap<string, Member>;
+
+  constructor(entries: ReadonlyMap<string, MemberEntry> | Readonly<Record<string, MemberEntry>>) {
+    const members = new Map<string, Member>();
+    const list = entries instanceof Map ? [...entries] : Object.entries(entries);
+    for (const [id, entry] of list) {
+      if (!MEMBER_ID_PATTERN.test(id)) throw new MembershipError(`member id ${JSON.stringify(id)} does not match ${MEMBER_ID_PATTERN}`);
+      const { revokedAtBlock } = entry;
+      if (revokedAtBlock !== undefined && !(Number.isSafeInteger(revokedAtBlock) && revokedAtBlock >= 0)) {
+        throw new MembershipError(`member ${id}: revokedAtBlock must be a non-negative integer`);
+      }
+      members.set(id, { id, publicKey: toPublicKey(id, entry.publicKey), revokedAtBlock });
+    }
+    this.#members = members;
+  }
+
+  /** The member with this id, revoked or not. Ids of revoked members stay taken. */
+  get(id: string): Member | undefined {
+    return this.#members.get(id);
+  }
+
+  isActiveAt(id: string, blockNumber: number): boolean {
+    const member = this.#members.get(id);
+    return member !== undefined && (member.revokedAtBlock === undefined || blockNumber < member.revokedAtBlock);
+  }
+
+  activeCountAt(blockNumber: number): number {
+    let count = 0;
+    for (const id of this.#members.keys()) if (this.isActiveAt(id, blockNumber)) count++;
+    return count;
+  }
+
+  /** Approvals a config transaction needs at this block: a strict majority of the active members. */
+  quorumAt(blockNumber: number): number {
+    return Math.floor(this.activeCountAt(blockNumber) / 2) + 1;
+  }
+}
