@@ -1,6 +1,7 @@
 /** The `medblock` command. */
 import { Command, Option } from 'commander';
 import { loadConfig } from '../config.ts';
+import { runConsortiumInit } from './consortium.ts';
 import { runImport } from './import.ts';
 import { runKeyStatus, runRotate } from './keys.ts';
 import { runStart } from './start.ts';
@@ -54,6 +55,17 @@ keys
   .action(async () => {
     process.exitCode = await runKeyStatus(loadConfig());
   });
+
+const consortium = program.command('consortium').description('consortium identity: CA, member certificates and keys (docs/identity.md)');
+
+consortium
+  .command('init')
+  .description('create a consortium CA and every member\'s certificate and keys in a new directory')
+  .requiredOption('--members <ids>', 'comma-separated member (hospital) ids, e.g. h1,h2,h3')
+  .requiredOption('--out <dir>', 'directory to create; an existing one is never overwritten')
+  .option('--channel <name>', 'ledger channel name', 'consortium')
+  .addOption(new Option('--quorum <n>', 'attestations that make a block final (default: a majority of members)').argParser(Number))
+  .action(async (opts: { members: string; out: string; channel: string; quorum?: number }) => runConsortiumInit(opts));
 
 program.parseAsync().catch((e: unknown) => {
   process.stderr.write(`medblock: ${(e as Error).message}\n`);

@@ -1,0 +1,139 @@
+/** `medblock consortium init` as an operator runs it: the files, their modes, consortium.json, refusals. */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { createPublicKey, X509Certificate } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { certificateFingerprint, verifyMemberCertificate } from '../../src/identity/ca.ts';
+import { signingKeyUri } from '../../src/identity/signing-key.ts';
+
+const BIN = join(import.meta.dirname, '..', '..', 'bin', 'medblock.js');
+const work = mkdtempSync(join(tmpdir(), 'medblock-consortium-'));
+after(() => rmSync(work, { recursive: true, force: true }));
+
+function medblock(...args: string[]) {
+  return spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 120_000 });
+}
+
+function mode(path: string): number {
+  return statSync(path).mode & 0o777;
+}
+
+function hasOpenssl(): boolean {
+  return spawnSync('openssl', ['version'], { encoding: 'utf8' }).status === 0;
+}
+
+describe('medblock consortium init', () => {
+  const out = join(work, 'nested', 'consortium');
+  let init: ReturnType<typeof medblock>;
+  before(() => {
+    init = medblock('consortium', 'init', '--members', 'h1,h2,h3', '--out', out);
+  });
+
+  it('creates the CA, each member\'s certificate and keys, and consortium.json', () => {
+    assert.equal(init.status, 0, init.stderr);
+    assert.match(init.stdout, /created consortium "consortium" .*3 members \(h1, h2, h3\), quorum 2/);
+    assert.deepEqual(readdirSync(out).sort(), ['ca', 'consortium.json', 'h1', 'h2', 'h3']);
+    assert.deepEqual(readdirSync(join(out, 'ca')).sort(), ['ca.crt', 'ca.key']);
+    for (const id of ['h1', 'h2', 'h3']) {
+      assert.deepEqual(readdirSync(join(out, id)).sort(), ['member.crt', 'member.key', 'signing.key', 'signing.pub']);
+    }
+  });
+
+  it('makes private keys readable by the owner only', () => {
+    assert.equal(mode(join(out, 'ca', 'ca.key')), 0o600);
+    assert.equal(mode(join(out, 'ca')), 0o700);
+    for (const id of ['h1', 'h2', 'h3']) {
+      assert.equal(mode(join(out, id, 'member.key')), 0o600);
+      assert.equal(mode(join(out, id, 'signing.key')), 0o600);
+      assert.equal(mode(join(out, id)), 0o700);
+    }
+  });
+
+  it('writes certificates that verify under the CA and match their keys and consortium.json', () => {
+    const caPem = readFileSync(join(out, 'ca', 'ca.crt'), 'utf8');
+    const config = JSON.parse(readFileSync(join(out, 'consortium.json'), 'utf8'));
+    assert.equal(config.channel, 'consortium');
+    assert.equal(config.quorum, 2);
+    assert.equal(config.ca.certificate, 'ca/ca.crt');
+    assert.equal(config.ca.sha256Fingerprint, certificateFingerprint(caPem));
+    assert.deepEqual(config.members.map((m: { id: string }) => m.id), ['h1', 'h2', 'h3']);
+    for (const member of config.members) {
+      const certPem = readFileSync(join(out, member.certificate), 'utf8');
+      const signingPub = readFileSync(join(out, member.id, 'signing.pub'), 'utf8');
+      assert.equal(member.sha256Fingerprint, certificateFingerprint(certPem));
+      assert.equal(member.signingPublicKey, signingPub);
+      assert.equal(member.signingKey, signingKeyUri(signingPub));
+      assert.deepEqual(verifyMemberCertificate(caPem, certPem), { ok: true, memberId: member.id, signingKeyUri: member.signingKey, reasons: [] });
+      assert.ok(createPublicKey(readFileSync(join(out, member.id, 'member.key'), 'utf8')).equals(new X509Certificate(certPem).publicKey));
+      assert.ok(createPublicKey(readFileSync(join(out, member.id, 'signing.key'), 'utf8')).equals(createPublicKey(signingPub)));
+    }
+    assert.doesNotMatch(readFileSync(join(out, 'consortium.json'), 'utf8'), /PRIVATE KEY/);
+  });
+
+  it('produces certificates OpenSSL reads and verifies', (t) => {
+    if (!hasOpenssl()) {
+      t.skip('openssl is not installed: the OpenSSL cross-check is skipped (every other assertion still runs)');
+      return;
+    }
+    const text = spawnSync('openssl', ['x509', '-in', join(out, 'h1', 'member.crt'), '-noout', '-text'], { encoding: 'utf8' });
+    assert.equal(text.status, 0, text.stderr);
+    assert.match(text.stdout, /Subject: CN\s?=\s?h1/);
+    assert.match(text.stdout, /Public-Key: \(3072 bit\)/);
+    assert.match(text.stdout, /Signature Algorithm: sha256WithRSAEncryption/);
+    assert.match(text.stdout, /X509v3 Key Usage: critical\s+Digital Signature\n/);
+    assert.match(text.stdout, /CA:FALSE/);
+    assert.match(text.stdout, /URI:ni:\/\/\/sha-256;[A-Za-z0-9_-]{43}/);
+    const caText = spawnSync('openssl', ['x509', '-in', join(out, 'ca', 'ca.crt'), '-noout', '-text'], { encoding: 'utf8' });
+    assert.match(caText.stdout, /CA:TRUE, pathlen:0/);
+    assert.match(caText.stdout, /Certificate Sign, CRL Sign/);
+    const chain = spawnSync('openssl', ['verify', '-CAfile', join(out, 'ca', 'ca.crt'), join(out, 'h2', 'member.crt')], { encoding: 'utf8' });
+    assert.equal(chain.status, 0, chain.stderr);
+  });
+
+  it('refuses to overwrite an existing directory, leaving it untouched', () => {
+    const caKey = readFileSync(join(out, 'ca', 'ca.key'), 'utf8');
+    const again = medblock('consortium', 'init', '--members', 'h1', '--out', out);
+    assert.notEqual(again.status, 0);
+    assert.match(again.stderr, /already exists; refusing to overwrite/);
+    assert.equal(readFileSync(join(out, 'ca', 'ca.key'), 'utf8'), caKey);
+
+    const empty = join(work, 'empty');
+    mkdirSync(empty);
+    const intoEmpty = medblock('consortium', 'init', '--members', 'h1', '--out', empty);
+    assert.notEqual(intoEmpty.status, 0);
+    assert.deepEqual(readdirSync(empty), []);
+
+    const file = join(work, 'a-file');
+    writeFileSync(file, 'keep me');
+    assert.notEqual(medblock('consortium', 'init', '--members', 'h1', '--out', file).status, 0);
+    assert.equal(readFileSync(file, 'utf8'), 'keep me');
+  });
+
+  it('refuses invalid or duplicate member ids and a bad quorum without creating anything', () => {
+    for (const [members, error, extra] of [
+      ['h1,../evil', /invalid member id "\.\.\/evil"/, []],
+      ['h1,h2,h1', /duplicate member id "h1"/, []],
+      ['', /invalid member id ""/, []],
+      ['h1,h2', /quorum must be an integer between 1 and 2/, ['--quorum', '3']],
+    ] as const) {
+      const target = join(work, 'refused');
+      const res = medblock('consortium', 'init', '--members', members, '--out', target, ...extra);
+      assert.notEqual(res.status, 0, `--members ${JSON.stringify(members)}`);
+      assert.match(res.stderr, error);
+      assert.equal(existsSync(target), false);
+    }
+  });
+
+  it('takes a channel name and quorum', () => {
+    const target = join(work, 'custom');
+    const res = medblock('consortium', 'init', '--members', 'north.hospital,south_hospital', '--out', target, '--channel', 'region-1', '--quorum', '1');
+    assert.equal(res.status, 0, res.stderr);
+    const config = JSON.parse(readFileSync(join(target, 'consortium.json'), 'utf8'));
+    assert.equal(config.channel, 'region-1');
+    assert.equal(config.quorum, 1);
+    assert.deepEqual(config.members.map((m: { id: string }) => m.id), ['north.hospital', 'south_hospital']);
+  });
+});
