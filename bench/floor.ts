@@ -7,7 +7,7 @@ import { parseFhirJson } from '../src/fhir/json.ts';
 import { initValidation, validateResource } from '../src/fhir/validation/index.ts';
 import { canonicalize } from '../src/ledger/canonical-json.ts';
 import { contentAad } from '../src/vault/encrypted-store.ts';
-import { KEY_BYTES, seal } from '../src/vault/envelope.ts';
+import { KEY_BYTES, seal } from '../src/vault/seal.ts';
 import { patientStream, type PatientTemplate } from './workload.ts';
 
 export interface Floor {

@@ -4,7 +4,7 @@
  * way so every gateway of a hospital sharing one database uses the same index key.
  */
 import type { KeyEntry, ResourceStore } from './store.ts';
-import { newKey, open, seal, SealError } from './envelope.ts';
+import { newKey, open, seal, SealError } from './seal.ts';
 import type { MasterKeyring } from './keyring.ts';
 
 export const INDEX_KEY_ID = '@index';

@@ -6,7 +6,7 @@
  */
 import { BlindIndex } from './blind-index.ts';
 import { DataKeys, INDEX_KEY_ID, KeyErasedError } from './data-keys.ts';
-import { open, seal, SealError } from './envelope.ts';
+import { open, seal, SealError } from './seal.ts';
 import type { MasterKeyring } from './keyring.ts';
 import type {
   ErasableStore,

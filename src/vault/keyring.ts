@@ -10,7 +10,7 @@
 import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { KEY_BYTES, newKey } from './envelope.ts';
+import { KEY_BYTES, newKey } from './seal.ts';
 
 interface RingFile {
   format: 'medblock-master-keys/1';

@@ -4,7 +4,7 @@
  * the key file names it current) and resumable (the ring records the retiring keys until the sweep is
  * done, so a rotation interrupted at any point continues where the store says it stopped).
  */
-import { open, seal } from './envelope.ts';
+import { open, seal } from './seal.ts';
 import { wrapAad } from './data-keys.ts';
 import type { MasterKeyring } from './keyring.ts';
 import type { ResourceStore } from './store.ts';

@@ -10,7 +10,7 @@ import Database from 'better-sqlite3';
 import { BSON, MongoClient } from 'mongodb';
 import { body, FHIR_DATA, FHIR_JSON, forEachStore, type TestGateway } from '../support/gateway.ts';
 import { EncryptedStore, contentAad } from '../../src/vault/encrypted-store.ts';
-import { open } from '../../src/vault/envelope.ts';
+import { open } from '../../src/vault/seal.ts';
 import { MasterKeyring, keySource } from '../../src/vault/keyring.ts';
 import { wrapAad } from '../../src/vault/data-keys.ts';
 import type { KeyEntry } from '../../src/vault/store.ts';

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { BlindIndex } from '../../src/vault/blind-index.ts';
-import { newKey, open, seal, SealError } from '../../src/vault/envelope.ts';
+import { newKey, open, seal, SealError } from '../../src/vault/seal.ts';
 import { KeyringError, masterKeyId, MasterKeyring } from '../../src/vault/keyring.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'medblock-keyring-'));
