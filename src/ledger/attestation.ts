@@ -9,20 +9,14 @@
  * Signature: the envelope scheme (ECDSA P-256 / SHA-256, P1363, low-S, base64url) with its own
  * prefix, so an attestation never verifies as an envelope or an approval, nor the reverse.
  */
-import { sign, verify, type KeyObject } from 'node:crypto';
 import { blockHeaderHash, headerProblems, type BlockHeader } from './block.ts';
-import { canonicalize } from './canonical-json.ts';
 import { CHANNEL_PATTERN, type EnvelopeSigner } from './envelope.ts';
 import { isP256Key, MEMBER_ID_PATTERN, type Membership } from './membership.ts';
+import { decodeBase64url, SIGNATURE_BYTES, signedBytes, signLowS, verifyLowS } from './signature.ts';
 
 export const ATTESTATION_SIGNING_PREFIX = 'medblock/attestation/v1\n';
 
-const SIGNATURE_BYTES = 64;
 const HEX_HASH_PATTERN = /^[0-9a-f]{64}$/;
-const BASE64URL_PATTERN = /^[A-Za-z0-9_-]*$/;
-/** Same bound as envelope.ts: of the twins (r, s) and (r, n − s) only s ≤ n/2 is accepted. */
-const P256_ORDER = 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n;
-const P256_HALF_ORDER = P256_ORDER >> 1n;
 
 export interface Attestation {
   channel: string;
@@ -52,38 +46,8 @@ export class AttestationError extends TypeError {
 // Signing and verifying one attestation
 // ---------------------------------------------------------------------------------------------
 
-function signedBytes({ channel, blockNumber, headerHash, member }: Omit<Attestation, 'signature'>): Buffer {
-  return Buffer.from(ATTESTATION_SIGNING_PREFIX + canonicalize({ channel, blockNumber, headerHash, member }), 'utf8');
-}
-
-/** The only spelling of 64 bytes in base64url: unpadded, zero trailing bits. */
-function decodeSignature(value: unknown): Buffer | undefined {
-  if (typeof value !== 'string' || value.length !== 86 || !BASE64URL_PATTERN.test(value)) return undefined;
-  const bytes = Buffer.from(value, 'base64url');
-  return bytes.length === SIGNATURE_BYTES && bytes.toString('base64url') === value ? bytes : undefined;
-}
-
-function isLowS(signature: Buffer): boolean {
-  return BigInt(`0x${signature.subarray(32).toString('hex')}`) <= P256_HALF_ORDER;
-}
-
-function signLowS(privateKey: KeyObject, message: Buffer): string {
-  const signature = sign('sha256', message, { key: privateKey, dsaEncoding: 'ieee-p1363' });
-  if (!isLowS(signature)) {
-    const s = BigInt(`0x${signature.subarray(32).toString('hex')}`);
-    signature.write((P256_ORDER - s).toString(16).padStart(64, '0'), 32, 'hex');
-  }
-  return signature.toString('base64url');
-}
-
-function verifyLowS(publicKey: KeyObject, message: Buffer, signatureText: string): boolean {
-  const signature = decodeSignature(signatureText);
-  if (signature === undefined || !isLowS(signature)) return false;
-  try {
-    return verify('sha256', message, { key: publicKey, dsaEncoding: 'ieee-p1363' }, signature);
-  } catch {
-    return false; // OpenSSL refusing the input is a failed verification, not a crash
-  }
+function attestationSignedBytes({ channel, blockNumber, headerHash, member }: Omit<Attestation, 'signature'>): Buffer {
+  return signedBytes(ATTESTATION_SIGNING_PREFIX, { channel, blockNumber, headerHash, member });
 }
 
 /** Signs the hash of a header this member committed. */
@@ -93,7 +57,7 @@ export function createAttestation(signer: EnvelopeSigner, header: BlockHeader): 
   const problems = headerProblems(header, '');
   if (problems.length > 0) throw new AttestationError(`cannot attest a malformed header: ${problems[0].path} ${problems[0].problem}`);
   const unsigned = { channel: header.channel, blockNumber: header.number, headerHash: blockHeaderHash(header), member: signer.memberId };
-  return { ...unsigned, signature: signLowS(signer.privateKey, signedBytes(unsigned)) };
+  return { ...unsigned, signature: signLowS(signer.privateKey, attestationSignedBytes(unsigned)) };
 }
 
 const ATTESTATION_MEMBERS = ['channel', 'blockNumber', 'headerHash', 'member', 'signature'];
@@ -109,7 +73,7 @@ function shapeProblem(value: unknown): string | undefined {
   if (!Number.isSafeInteger(blockNumber) || (blockNumber as number) < 0) return '/blockNumber must be a non-negative integer';
   if (typeof headerHash !== 'string' || !HEX_HASH_PATTERN.test(headerHash)) return '/headerHash must be 64 lowercase hex digits';
   if (typeof member !== 'string' || !MEMBER_ID_PATTERN.test(member)) return `/member must match ${MEMBER_ID_PATTERN}`;
-  if (decodeSignature(signature) === undefined) return `/signature must be ${SIGNATURE_BYTES} bytes in base64url`;
+  if (decodeBase64url(signature, SIGNATURE_BYTES) === undefined) return `/signature must be ${SIGNATURE_BYTES} bytes in base64url`;
   return undefined;
 }
 
@@ -127,7 +91,7 @@ export function verifyAttestation(value: unknown, channel: string, members: Memb
   if (!members.isActiveAt(member.id, attestation.blockNumber)) {
     return { valid: false, reason: 'revoked-member', detail: `${member.id} is revoked at block ${attestation.blockNumber}` };
   }
-  if (!verifyLowS(member.publicKey, signedBytes(attestation), attestation.signature)) {
+  if (!verifyLowS(member.publicKey, attestationSignedBytes(attestation), attestation.signature)) {
     return { valid: false, reason: 'bad-signature', detail: `/signature does not verify with the key of ${member.id}` };
   }
   return { valid: true, attestation };

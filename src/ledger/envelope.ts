@@ -10,8 +10,9 @@
  * Validation is a pure function of the bytes and a context the caller derives from the ledger (block
  * number, membership, committed nonces): no clock, no I/O, and no exception for any input.
  */
-import { randomBytes, sign, verify, type KeyObject } from 'node:crypto';
+import { randomBytes, type KeyObject } from 'node:crypto';
 import { canonicalize } from './canonical-json.ts';
+import { decodeBase64url, SIGNATURE_BYTES, signedBytes, signLowS, verifyLowS } from './signature.ts';
 import { isP256Key, MEMBER_ID_PATTERN, type Membership } from './membership.ts';
 
 export const ENVELOPE_TYPES = ['anchor', 'audit', 'consent', 'config'] as const;
@@ -29,7 +30,6 @@ export const MAX_CONFIG_APPROVALS = 256;
 export const MAX_CERTIFICATE_CHARS = 16 * 1024;
 
 const NONCE_BYTES = 16;
-const SIGNATURE_BYTES = 64;
 const PATIENT_TOKEN_BYTES = 32;
 
 /** Kafka topic characters, lowercase, as Fabric channel names. */
@@ -38,13 +38,9 @@ const DIGEST_PATTERN = /^[0-9a-f]{64}$/;
 const RESOURCE_TYPE_PATTERN = /^[A-Z][A-Za-z]{0,63}$/;
 /** Exactly what Date.prototype.toISOString writes for years 0–9999, so string order is time order. */
 const TIMESTAMP_PATTERN = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
-const BASE64URL_PATTERN = /^[A-Za-z0-9_-]*$/;
 /** Shape only: the CA work replaces this with X.509 parsing and a chain check. */
 const CERTIFICATE_PEM_PATTERN = /^-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----(?:\r?\n)?$/;
 
-/** P-256 group order. A signature (r, s) also verifies as (r, n − s); accepting only s ≤ n/2 removes that twin. */
-const P256_ORDER = 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n;
-const P256_HALF_ORDER = P256_ORDER >> 1n;
 
 // ---------------------------------------------------------------------------------------------
 // Types
@@ -185,16 +181,6 @@ function patternProblem(value: unknown, path: string, pattern: RegExp): Problem 
   return typeof value === 'string' && pattern.test(value) ? undefined : `${path} must match ${pattern}`;
 }
 
-/** Base64url without padding, of exactly `byteLength` bytes, in its only (canonical) spelling. */
-function decodeBase64url(value: unknown, byteLength: number): Buffer | undefined {
-  if (typeof value !== 'string' || value.length !== Math.ceil((byteLength * 4) / 3) || !BASE64URL_PATTERN.test(value)) {
-    return undefined;
-  }
-  const bytes = Buffer.from(value, 'base64url');
-  // Node ignores non-zero bits in the last character; re-encoding catches them (another spelling).
-  return bytes.length === byteLength && bytes.toString('base64url') === value ? bytes : undefined;
-}
-
 function base64urlProblem(value: unknown, path: string, byteLength: number): Problem {
   return decodeBase64url(value, byteLength) === undefined ? `${path} must be ${byteLength} bytes in base64url` : undefined;
 }
@@ -321,28 +307,6 @@ function envelopeShapeProblem(value: unknown): Problem {
 // ---------------------------------------------------------------------------------------------
 // Signatures
 // ---------------------------------------------------------------------------------------------
-
-function signedBytes(prefix: string, content: unknown): Buffer {
-  return Buffer.from(prefix + canonicalize(content), 'utf8');
-}
-
-function signLowS(privateKey: KeyObject, message: Buffer): string {
-  const signature = sign('sha256', message, { key: privateKey, dsaEncoding: 'ieee-p1363' });
-  const s = BigInt(`0x${signature.subarray(32).toString('hex')}`);
-  if (s > P256_HALF_ORDER) signature.write((P256_ORDER - s).toString(16).padStart(64, '0'), 32, 'hex');
-  return signature.toString('base64url');
-}
-
-function verifyLowS(publicKey: KeyObject, message: Buffer, signatureText: string): boolean {
-  const signature = decodeBase64url(signatureText, SIGNATURE_BYTES);
-  if (signature === undefined) return false;
-  if (BigInt(`0x${signature.subarray(32).toString('hex')}`) > P256_HALF_ORDER) return false;
-  try {
-    return verify('sha256', message, { key: publicKey, dsaEncoding: 'ieee-p1363' }, signature);
-  } catch {
-    return false; // OpenSSL refusing the input is a failed verification, not a crash
-  }
-}
 
 function envelopeSignedBytes(envelope: Omit<Envelope, 'signature'> & { signature?: string }): Buffer {
   const { signature: _excluded, ...unsigned } = envelope;
