@@ -28,9 +28,12 @@ export function compartmentParams(): Map<string, string[]> {
   return linkParams;
 }
 
+let typesInOrder: readonly string[] | undefined;
+
 /** Resource types that can belong to a patient compartment, Patient first then alphabetical. */
-export function compartmentTypes(): string[] {
-  return ['Patient', ...[...compartmentParams().keys()].filter((t) => t !== 'Patient').sort()];
+export function compartmentTypes(): readonly string[] {
+  typesInOrder ??= ['Patient', ...[...compartmentParams().keys()].filter((t) => t !== 'Patient').sort()];
+  return typesInOrder;
 }
 
 const LOCAL_PATIENT = /^Patient\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/;

@@ -23,7 +23,7 @@ import { dateSortKey, parseSearch, type Cursor, type IncludeSpec, type ParsedSea
 import { normalizeReference, referenceValueTerms } from './search/terms.ts';
 import { extractTerms } from './search/terms.ts';
 import { isKnownResourceType } from './validation/index.ts';
-import { COMPARTMENT_PARAM, compartmentTerm, compartmentTypes, patientCompartments } from './compartment.ts';
+import { COMPARTMENT_PARAM, compartmentParams, compartmentTerm, compartmentTypes, patientCompartments } from './compartment.ts';
 
 export type FhirResource = Record<string, unknown> & { resourceType: string; id?: string; meta?: Record<string, unknown> };
 
@@ -481,12 +481,11 @@ export class FhirRepository {
    * Location, Medication …), once per page: $everything SHOULD return them with the record.
    */
   private async referencedOutsideCompartment(page: ResourceVersion[], canInclude: (type: string) => boolean): Promise<ResourceVersion[]> {
-    const inCompartment = new Set(compartmentTypes());
     const wanted = new Set<string>();
     for (const v of page) {
       // Stored JSON is compact, so a reference is exactly `"reference":"Type/id"` (relative, local).
       for (const m of v.json?.matchAll(/"reference":"([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[A-Za-z0-9\-.]{1,64})?"/g) ?? []) {
-        if (!inCompartment.has(m[1]) && canInclude(m[1])) wanted.add(`${m[1]}/${m[2]}`);
+        if (!compartmentParams().has(m[1]) && canInclude(m[1])) wanted.add(`${m[1]}/${m[2]}`);
       }
     }
     const rows = await Promise.all([...wanted].map((key) => {

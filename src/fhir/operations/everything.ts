@@ -1,10 +1,10 @@
-import { authorize } from '../../access/policy.ts';
+import { authorize, type Access } from '../../access/policy.ts';
 import type { Handler } from '../context.ts';
 import { serializeBundle } from '../bundle-json.ts';
 import { compartmentTypes } from '../compartment.ts';
 import { FhirError, errors } from '../outcome.ts';
 import { assertId } from '../repository.ts';
-import { dateRange, MAX_PAGE_SIZE } from '../search/query.ts';
+import { MAX_PAGE_SIZE, sinceInstant } from '../search/query.ts';
 import { requireAccess } from './common.ts';
 
 /** $everything returns whole records: one page holds up to MAX_PAGE_SIZE resources unless _count asks for fewer. */
@@ -19,9 +19,7 @@ function parseEverythingParams(query: Array<[string, string]>) {
       out.limit = Math.min(Number(value), MAX_PAGE_SIZE);
       out.applied.push([key, String(out.limit)]);
     } else if (key === '_since') {
-      const range = dateRange(value);
-      if (!range || !value.includes('T')) throw errors.badRequest('_since must be an instant such as 2024-01-01T00:00:00Z');
-      out.since = range.start;
+      out.since = sinceInstant(value);
       out.applied.push([key, value]);
     } else if (key === '_type') {
       const types = value.split(',').map((t) => t.trim());
@@ -43,12 +41,12 @@ function parseEverythingParams(query: Array<[string, string]>) {
   return out;
 }
 
-function canRead(req: Parameters<Handler>[0], type: string): boolean {
+/** The token's read access to a type, or undefined when it has none. */
+function readAccess(req: Parameters<Handler>[0], type: string): Access | undefined {
   try {
-    authorize(req.auth, type, 'r');
-    return true;
+    return authorize(req.auth, type, 'r');
   } catch (e) {
-    if (e instanceof FhirError) return false;
+    if (e instanceof FhirError) return undefined;
     throw e;
   }
 }
@@ -63,14 +61,14 @@ export const everything: Handler = async (req, ctx, { id }) => {
   assertId(id);
   if (access.kind === 'patient' && access.patientId !== id) throw errors.forbidden('the token is bound to another patient');
   const params = parseEverythingParams(req.query);
-  const readable = compartmentTypes().filter((t) => (!params.types || params.types.includes(t)) && canRead(req, t));
+  const readable = compartmentTypes().filter((t) => (!params.types || params.types.includes(t)) && readAccess(req, t) !== undefined);
   const page = await ctx.repo.everything(id, {
     since: params.since,
     types: readable,
     limit: params.limit,
     cursor: params.cursor,
     // Outside the compartment a patient-bound token sees nothing, so only type-wide read access includes.
-    canInclude: (type) => canRead(req, type) && authorize(req.auth, type, 'r').kind === 'all',
+    canInclude: (type) => readAccess(req, type)?.kind === 'all',
   });
   const url = (extra: Array<[string, string]>) => {
     const qs = new URLSearchParams([...params.applied, ...extra]).toString();

@@ -2,7 +2,7 @@ import { authorize } from '../../access/policy.ts';
 import type { FhirContext, FhirRequest, Handler } from '../context.ts';
 import { serializeBundle } from '../bundle-json.ts';
 import { errors } from '../outcome.ts';
-import { dateRange, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from '../search/query.ts';
+import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, sinceInstant } from '../search/query.ts';
 import { assertVersionAccessible, requireAccess } from './common.ts';
 
 interface HistoryParams {
@@ -20,9 +20,7 @@ function parseHistoryParams(query: Array<[string, string]>): HistoryParams {
       out.limit = Math.min(Number(value), MAX_PAGE_SIZE);
       out.applied.push([key, String(out.limit)]);
     } else if (key === '_since') {
-      const range = dateRange(value);
-      if (!range || !value.includes('T')) throw errors.badRequest('_since must be an instant such as 2024-01-01T00:00:00Z');
-      out.since = range.start;
+      out.since = sinceInstant(value);
       out.applied.push([key, value]);
     } else if (key === '_cursor') {
       if (!/^\d{1,15}$/.test(value)) throw errors.badRequest('_cursor is malformed');

@@ -15,16 +15,17 @@ function linkUrl(base: string, type: string, params: Array<[string, string]>): s
  * GET [base]/[type]?params — a searchset Bundle: the matches (search.mode 'match'), then the `_include`d
  * and `_revinclude`d resources the caller may read (search.mode 'include'), with `next` links.
  */
-export const search: Handler = async (req, ctx, { type }) => {
+/** The narrowing a search of `type` needs for this token: its patient compartment, if patient-bound. */
+function searchRestriction(req: Parameters<Handler>[0], type: string): ((q: StoreQuery) => StoreQuery) | undefined {
   const access = requireAccess(req, type, 's');
-  const restrict = access.kind === 'patient' ? (q: StoreQuery) => restrictToPatient(q, access.patientId) : undefined;
-  const page = await ctx.repo.search(type, req.query, restrict, {
+  return access.kind === 'patient' ? (q: StoreQuery) => restrictToPatient(q, access.patientId) : undefined;
+}
+
+export const search: Handler = async (req, ctx, { type }) => {
+  const page = await ctx.repo.search(type, req.query, searchRestriction(req, type), {
     baseUrl: ctx.baseUrl,
     // Chained parameters and _revinclude search other types: the caller needs search access to them too.
-    restrictFor: (other) => {
-      const a = requireAccess(req, other, 's');
-      return a.kind === 'patient' ? (q: StoreQuery) => restrictToPatient(q, a.patientId) : undefined;
-    },
+    restrictFor: (other) => searchRestriction(req, other),
     canInclude: (v: ResourceVersion) => {
       try {
         assertVersionAccessible(requireAccess(req, v.type, 'r'), v);

@@ -15,6 +15,13 @@ import { normalizeReference, tokenIsMixed } from './terms.ts';
 
 export { dateRange };
 
+/** A `_since` value (history, $everything): an instant, as the UTC start of its range. */
+export function sinceInstant(value: string): string {
+  const range = dateRange(value);
+  if (!range || !value.includes('T')) throw errors.badRequest('_since must be an instant such as 2024-01-01T00:00:00Z');
+  return range.start;
+}
+
 export const DEFAULT_PAGE_SIZE = 20;
 export const MAX_PAGE_SIZE = 1000;
 
