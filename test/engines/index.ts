@@ -457,9 +457,15 @@ async function removeStaleRunDirs(): Promise<void> {
   }
 }
 
-/** A random KRaft cluster id: 16 bytes, URL-safe base64 without padding. */
+/**
+ * A random KRaft cluster id: 16 bytes, URL-safe base64 without padding. The top bit of the first byte is
+ * cleared so the id never starts with '-' (or '_'): StorageTool's argument parser would take `-…` for an
+ * option and fail the format (seen in CI, about one run in 64 brokers).
+ */
 function clusterId(): string {
-  return randomBytes(16).toString('base64url');
+  const bytes = randomBytes(16);
+  bytes[0] &= 0x7f;
+  return bytes.toString('base64url');
 }
 
 async function freePorts(n: number): Promise<number[]> {
