@@ -23,6 +23,18 @@ export interface VersionRecord {
   digest: string | null;
   /** The data key the content is sealed under (absent for deletions and plaintext vaults). */
   keyId?: string;
+  /**
+   * The pseudonymous patient token the version is anchored with (ledger/patient-token.ts): set for
+   * resources in a patient compartment. Not PHI, and no more linkable than keyId.
+   */
+  patientToken?: string;
+}
+
+/** Where the consortium ledger anchored a version: entry `entryIndex` of envelope `envelopeIndex` of block `blockNumber`. */
+export interface AnchorLocation {
+  blockNumber: number;
+  envelopeIndex: number;
+  entryIndex: number;
 }
 
 /** A version as read back, with the store-wide sequence number it was committed under. */
@@ -30,6 +42,26 @@ export interface StoredVersion extends VersionRecord {
   seq: number;
   /** Set by the vault when the version's data key was destroyed (crypto-shredded): content is null. */
   erased?: boolean;
+  /** Set once the ledger block anchoring this version committed; absent while the version is in the outbox. */
+  anchor?: AnchorLocation;
+}
+
+/** A committed version waiting in the outbox to be anchored (no content: the digest is all the ledger gets). */
+export interface UnanchoredVersion {
+  seq: number;
+  type: string;
+  id: string;
+  versionId: number;
+  lastUpdated: string;
+  deleted: boolean;
+  digest: string | null;
+  patientToken?: string;
+}
+
+export interface AnchorMark extends AnchorLocation {
+  type: string;
+  id: string;
+  versionId: number;
 }
 
 /** One search index entry of the current version of a resource: e.g. `identifier` = `http://x|123`. */
@@ -167,6 +199,15 @@ export interface ResourceStore {
    * an interrupted erasure is finished by running it again. Returns how many current resources it hid.
    */
   eraseKey(keyId: string, erasedAt: string): Promise<{ resources: number }>;
+
+  /**
+   * The outbox: every committed version is in it from the moment commit() resolves (same atomic write)
+   * until markAnchored. Oldest first (seq ascending), only versions with seq > afterSeq. Never returns a
+   * version of a batch that is not (yet) committed.
+   */
+  unanchored(query: { afterSeq?: number; limit: number }): Promise<UnanchoredVersion[]>;
+  /** Records where the ledger anchored these versions; idempotent (a version keeps its first location). */
+  markAnchored(marks: AnchorMark[]): Promise<void>;
 }
 
 /** A vault that seals content under per-owner data keys can crypto-shred everything of one owner. */

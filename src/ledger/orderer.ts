@@ -1,0 +1,83 @@
+/**
+ * The Orderer port: one channel's totally ordered, durable, append-only log. Every member reads the same
+ * sequence of messages from it and derives the same blocks (block-cutter.ts). Two adapters: solo
+ * (embedded, a local persistent log) and Kafka (one single-partition topic per channel).
+ *
+ * Three kinds of message travel on a channel, so that every member sees them in one order: envelopes
+ * (cut into blocks), time-to-cut markers (the batch timeout) and attestations (finality). The orderer
+ * does not interpret them: it stores and delivers the bytes `encodeChannelMessage` produced, and a
+ * member decodes them with `decodeChannelMessage`, which never throws.
+ */
+import { canonicalize } from './canonical-json.ts';
+
+export type ChannelMessage =
+  | { kind: 'envelope'; bytes: Uint8Array }
+  | { kind: 'timeToCut'; blockNumber: number }
+  /** The attestation's canonical JSON (attestation.ts), as bytes. */
+  | { kind: 'attestation'; bytes: Uint8Array };
+
+/** A raw record of the log with its offset: offsets start at 0 and increase by one per record. */
+export interface OrderedRecord {
+  offset: number;
+  bytes: Uint8Array;
+}
+
+export interface Subscription {
+  /** Stops delivery; resolves once no handler call is running or will start. */
+  stop(): Promise<void>;
+  /** Settles when delivery ends: resolves after stop(), rejects when the handler or the log failed. */
+  readonly done: Promise<void>;
+}
+
+export interface Orderer {
+  /** `solo` or `kafka`, for logs and metrics. */
+  readonly kind: string;
+  /**
+   * Appends the messages, in this order, and resolves with their offsets once they are durable (solo: on
+   * disk; Kafka: acknowledged by all in-sync replicas). A rejection means the outcome is unknown: the
+   * messages may or may not be in the log (members reject replayed envelopes by nonce).
+   */
+  append(messages: Uint8Array[]): Promise<number[]>;
+  /**
+   * Delivers every record from `fromOffset` on, in offset order, in batches of one or more; the next
+   * batch only after the handler's promise resolved. Records appended later are delivered as they arrive.
+   */
+  subscribe(fromOffset: number, handler: (records: OrderedRecord[]) => Promise<void>): Promise<Subscription>;
+  /** Offset the next appended record will get (the log's length): a member has caught up when it consumed all before it. */
+  endOffset(): Promise<number>;
+  close(): Promise<void>;
+}
+
+const ENVELOPE_TAG = 0x45; // 'E'
+const TIME_TO_CUT_TAG = 0x54; // 'T'
+const ATTESTATION_TAG = 0x41; // 'A'
+const MARKER_PATTERN = /^\{"blockNumber":(0|[1-9]\d{0,15})\}$/;
+
+export function encodeChannelMessage(message: ChannelMessage): Uint8Array {
+  if (message.kind === 'timeToCut') {
+    return Buffer.concat([Buffer.of(TIME_TO_CUT_TAG), Buffer.from(canonicalize({ blockNumber: message.blockNumber }), 'utf8')]);
+  }
+  return Buffer.concat([Buffer.of(message.kind === 'envelope' ? ENVELOPE_TAG : ATTESTATION_TAG), message.bytes]);
+}
+
+/**
+ * The message a record carries, or undefined for a record no member wrote (unknown tag, bad marker):
+ * every member skips such a record the same way, so a foreign write to the topic cannot fork anyone.
+ */
+export function decodeChannelMessage(bytes: Uint8Array): ChannelMessage | undefined {
+  if (bytes.length === 0) return undefined;
+  const body = bytes.subarray(1);
+  switch (bytes[0]) {
+    case ENVELOPE_TAG:
+      return { kind: 'envelope', bytes: body };
+    case ATTESTATION_TAG:
+      return { kind: 'attestation', bytes: body };
+    case TIME_TO_CUT_TAG: {
+      const m = MARKER_PATTERN.exec(Buffer.from(body).toString('latin1'));
+      const blockNumber = m ? Number(m[1]) : NaN;
+      return Number.isSafeInteger(blockNumber) ? { kind: 'timeToCut', blockNumber } : undefined;
+    }
+    default:
+      return undefined;
+  }
+}
