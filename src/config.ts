@@ -13,8 +13,14 @@ export interface GatewayConfig {
   workers?: number;
   /** MongoDB vault instead of the embedded SQLite one. */
   mongodb?: { uri: string; database: string };
-  /** Kafka brokers of the consortium's ordering service. */
+  /** Kafka brokers of the consortium's ordering service (the Kafka orderer); unset ⇒ the embedded solo orderer. */
   kafkaBrokers?: string[];
+  /** Replication of the channel topic when this gateway creates it: 3 and 2 in production, 1 and 1 on one broker. */
+  kafkaReplication?: { replicationFactor: number; minInsyncReplicas: number };
+  /** The consortium directory (`medblock consortium init`); unset ⇒ a consortium of one in `<dataDir>/consortium`. */
+  consortiumDir?: string;
+  /** Overrides the consortium's batch timeout (how long a lone envelope waits before this member asks for a cut). */
+  ledgerBatchTimeoutMs?: number;
   /** This hospital's id in the consortium; bound into every ciphertext's authenticated data. */
   hospitalId: string;
   /** Where the master key ring comes from. */
@@ -35,6 +41,12 @@ function integer(name: string, fallback: number, min: number, max: number): numb
   return n;
 }
 
+function kafkaReplication(): GatewayConfig['kafkaReplication'] {
+  const replicationFactor = integer('MEDBLOCK_KAFKA_REPLICATION_FACTOR', 3, 1, 32);
+  const minInsyncReplicas = integer('MEDBLOCK_KAFKA_MIN_INSYNC_REPLICAS', Math.min(2, replicationFactor), 1, replicationFactor);
+  return { replicationFactor, minInsyncReplicas };
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig {
   const mongoUri = env.MEDBLOCK_MONGODB_URI?.trim();
   if (mongoUri && !/^mongodb(\+srv)?:\/\//.test(mongoUri)) throw new Error('MEDBLOCK_MONGODB_URI must start with mongodb:// or mongodb+srv://');
@@ -53,6 +65,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig 
     workers: env.MEDBLOCK_WORKERS ? integer('MEDBLOCK_WORKERS', 0, 0, 64) : undefined,
     mongodb: mongoUri ? { uri: mongoUri, database: mongoDatabase(mongoUri) ?? 'medblock' } : undefined,
     kafkaBrokers: brokers?.length ? brokers : undefined,
+    kafkaReplication: kafkaReplication(),
+    consortiumDir: env.MEDBLOCK_CONSORTIUM_DIR ? resolve(env.MEDBLOCK_CONSORTIUM_DIR) : undefined,
+    ledgerBatchTimeoutMs: env.MEDBLOCK_LEDGER_BATCH_TIMEOUT_MS ? integer('MEDBLOCK_LEDGER_BATCH_TIMEOUT_MS', 100, 1, 60_000) : undefined,
     hospitalId,
     masterKey: keySource(dataDir, env),
   };

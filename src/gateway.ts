@@ -1,24 +1,54 @@
-/** Composition root: wires the store, repository, token issuer and HTTP app from a configuration. */
+/** Composition root: wires the stores, ledger, repository, token issuer and HTTP app from a configuration. */
 import type { Server } from 'node:http';
 import { join } from 'node:path';
 import { loadDevIssuer, type DevIssuer } from './access/tokens.ts';
-import { kafkaReachable } from './adapters/kafka/health.ts';
+import { AccessLog } from './audit/access-log.ts';
+import { KafkaOrderer } from './adapters/kafka/kafka-orderer.ts';
+import { MongoLedgerStore } from './adapters/mongodb/mongo-ledger-store.ts';
 import { MongoStore } from './adapters/mongodb/mongo-store.ts';
+import { SoloOrderer } from './adapters/solo/solo-orderer.ts';
+import { SqliteLedgerStore } from './adapters/sqlite/sqlite-ledger-store.ts';
 import { SqliteStore } from './adapters/sqlite/sqlite-store.ts';
 import type { GatewayConfig } from './config.ts';
 import { createVersionChecker } from './fhir/checks/pool.ts';
 import { FhirRepository } from './fhir/repository.ts';
 import { initValidation } from './fhir/validation/index.ts';
 import { createApp } from './http/app.ts';
+import { log } from './http/log.ts';
+import {
+  ensureLocalConsortium,
+  genesisMembership,
+  loadMemberConsortium,
+  memberCertificateCheck,
+  type MemberConsortium,
+} from './identity/consortium-dir.ts';
+import { AnchorPublisher } from './ledger/anchor-publisher.ts';
+import type { LedgerStore } from './ledger/ledger-store.ts';
+import { LedgerMember } from './ledger/member.ts';
+import type { Orderer } from './ledger/orderer.ts';
+import { patientTokens } from './ledger/patient-token.ts';
+import { LedgerService } from './ledger/service.ts';
 import type { ResourceStore } from './vault/store.ts';
 import { EncryptedStore } from './vault/encrypted-store.ts';
 import { MasterKeyring } from './vault/keyring.ts';
+
+export interface Ledger {
+  consortium: MemberConsortium;
+  store: LedgerStore;
+  orderer: Orderer;
+  member: LedgerMember;
+  publisher: AnchorPublisher;
+  service: LedgerService;
+}
 
 export interface Gateway {
   config: GatewayConfig;
   store: ResourceStore;
   repo: FhirRepository;
   issuer: DevIssuer;
+  /** Absent only in the benchmark's plaintext baseline. */
+  ledger?: Ledger;
+  accessLog?: AccessLog;
   app: ReturnType<typeof createApp>;
   close(): Promise<void>;
 }
@@ -34,30 +64,100 @@ export function openVault(config: GatewayConfig): EncryptedStore {
   return new EncryptedStore(openDatabaseStore(config), MasterKeyring.open(config.masterKey), config.hospitalId);
 }
 
+/** This member's view of its consortium: MEDBLOCK_CONSORTIUM_DIR, or a consortium of one created in the data dir. */
+export async function loadConsortium(config: GatewayConfig): Promise<MemberConsortium> {
+  const dir = config.consortiumDir ?? join(config.dataDir, 'consortium');
+  if (!config.consortiumDir) await ensureLocalConsortium(dir, config.hospitalId);
+  return loadMemberConsortium(dir, config.hospitalId);
+}
+
+/** The ledger store sits next to the vault: in MongoDB when configured, else its own SQLite file. */
+export function openLedgerStore(config: GatewayConfig): LedgerStore {
+  if (config.mongodb) return new MongoLedgerStore(config.mongodb.uri, config.mongodb.database);
+  return new SqliteLedgerStore(join(config.dataDir, 'ledger.sqlite'));
+}
+
+/** Kafka when brokers are configured, else the embedded solo orderer's log in the data dir. */
+export async function openOrderer(config: GatewayConfig, channel: string): Promise<Orderer> {
+  if (config.kafkaBrokers) {
+    return KafkaOrderer.connect({ brokers: config.kafkaBrokers, channel, ...config.kafkaReplication });
+  }
+  return SoloOrderer.open(join(config.dataDir, `orderer-${channel}.sqlite`));
+}
+
+/** Starts this member's ledger node and its outbox publisher; resolves once the node has caught up with the log. */
+export async function openLedger(config: GatewayConfig, outbox: ResourceStore, consortium: MemberConsortium): Promise<Ledger> {
+  const store = openLedgerStore(config);
+  await store.init();
+  const orderer = await openOrderer(config, consortium.channel);
+  const { batchTimeoutMs, maxEnvelopeBytes, ...cutter } = consortium.ledger;
+  const signer = consortium.self;
+  const member = new LedgerMember({
+    channel: consortium.channel,
+    signer,
+    genesis: genesisMembership(consortium),
+    quorum: consortium.quorum,
+    orderer,
+    store,
+    cutter,
+    batchTimeoutMs: config.ledgerBatchTimeoutMs ?? batchTimeoutMs,
+    maxEnvelopeBytes,
+    checkMemberCertificate: memberCertificateCheck(consortium.caCertificatePem),
+    log: (event, fields) => log(event.includes('alarm') || event.includes('failed') ? 'error' : 'warn', event, fields),
+  });
+  await member.start();
+  await member.caughtUp();
+  const publisher = new AnchorPublisher({ outbox, member, ledger: store, signer, log: (event, fields) => log('warn', event, fields) });
+  publisher.start();
+  const service = new LedgerService(store, member, consortium, publisher);
+  return { consortium, store, orderer, member, publisher, service };
+}
+
+async function closeLedger(ledger: Ledger): Promise<void> {
+  await ledger.publisher.stop();
+  await ledger.member.stop();
+  await ledger.orderer.close();
+  await ledger.store.close();
+}
+
 export interface GatewayOptions {
   /**
    * Benchmarks only, never reachable from the CLI or the environment: the same pipeline with the database
-   * adapter used directly (plaintext content and index terms), to measure what encryption costs.
+   * adapter used directly (plaintext content and index terms) and no ledger, to measure what encryption
+   * and anchoring cost.
    */
   plaintextVaultForBenchmark?: boolean;
 }
 
 export async function createGateway(config: GatewayConfig, options: GatewayOptions = {}): Promise<Gateway> {
-  const store = options.plaintextVaultForBenchmark ? openDatabaseStore(config) : openVault(config);
+  const baseline = options.plaintextVaultForBenchmark === true;
+  const store = baseline ? openDatabaseStore(config) : openVault(config);
   await store.init();
   initValidation();
+  const consortium = baseline ? undefined : await loadConsortium(config);
+  const ledger = consortium ? await openLedger(config, store, consortium) : undefined;
   const checker = createVersionChecker(config.workers);
-  const repo = new FhirRepository(store, checker);
+  const repo = new FhirRepository(store, checker, {
+    patientToken: consortium ? patientTokens(consortium.patientTokenKey) : undefined,
+    afterCommit: ledger ? () => ledger.publisher.notify() : undefined,
+  });
   const issuer = await loadDevIssuer(config.dataDir);
-  // The ordering service is used by the consortium ledger; until then the gateway only checks it is reachable.
-  const brokers = config.kafkaBrokers;
-  const readiness = brokers ? { kafka: () => kafkaReachable({ brokers }) } : undefined;
-  const app = createApp({ repo, issuer, baseUrl: config.baseUrl, maxBodyBytes: config.maxBodyBytes, readiness });
+  const accessLog = baseline ? undefined : new AccessLog(repo, config.hospitalId, (e) => log('error', 'access_log_write_failed', { error: e.name }));
+  const app = createApp({
+    repo,
+    issuer,
+    baseUrl: config.baseUrl,
+    maxBodyBytes: config.maxBodyBytes,
+    accessLog,
+    ledger: ledger?.service,
+  });
   const close = async () => {
+    await accessLog?.drain();
+    if (ledger) await closeLedger(ledger);
     await checker.close();
     await store.close();
   };
-  return { config, store, repo, issuer, app, close };
+  return { config, store, repo, issuer, ledger, accessLog, app, close };
 }
 
 /** Listens on the configured host and port; resolves with the server once it accepts connections. */

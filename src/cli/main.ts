@@ -6,6 +6,7 @@ import { runImport } from './import.ts';
 import { runKeyStatus, runRotate } from './keys.ts';
 import { runStart } from './start.ts';
 import { runToken } from './token.ts';
+import { runVerify, type VerifyOptions } from './verify.ts';
 
 const program = new Command()
   .name('medblock')
@@ -54,6 +55,19 @@ keys
   .description('show the master key, any unfinished rotation and data keys still wrapped under a retiring key (exit 1 if any)')
   .action(async () => {
     process.exitCode = await runKeyStatus(loadConfig());
+  });
+
+program
+  .command('verify')
+  .description('check the ledger chain, attestations and every vault record against its anchor; or a proof file, offline (exit 1 on any mismatch)')
+  .option('--proof <file>', 'verify a resource proof ($proof) instead, offline')
+  .option('--resource <file>', 'with --proof: the resource version (FHIR JSON) whose digest the proof must prove')
+  .option('--consistency <file>', 'verify a consistency proof ($consistency) instead, offline')
+  .option('--old-checkpoint <file>', 'with --consistency: a checkpoint you kept ($checkpoint); the proof must start at its block')
+  .option('--ca <file>', 'the consortium CA certificate to trust for proofs (default: the one inside the proof, with a warning)')
+  .option('--json', 'print the report as JSON')
+  .action(async (opts: VerifyOptions) => {
+    process.exitCode = await runVerify(loadConfig(), opts);
   });
 
 const consortium = program.command('consortium').description('consortium identity: CA, member certificates and keys (docs/identity.md)');

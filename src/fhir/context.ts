@@ -1,6 +1,7 @@
 /** The shape of a FHIR interaction, independent of HTTP: what handlers receive and return. */
 import type { AuthContext } from '../access/tokens.ts';
 import type { FhirRepository } from './repository.ts';
+import type { LedgerService } from '../ledger/service.ts';
 
 export type PreferReturn = 'minimal' | 'representation' | 'OperationOutcome';
 
@@ -23,12 +24,16 @@ export interface FhirResponse {
   /** A resource object, or JSON text already serialized (stored versions are served as stored). */
   body?: object | string;
   headers?: Record<string, string>;
+  /** For operations whose result is not a FHIR resource (a ledger proof): sent as-is with this media type. */
+  contentType?: string;
 }
 
 export interface FhirContext {
   repo: FhirRepository;
   /** Absolute FHIR base URL without a trailing slash, e.g. http://localhost:8080/fhir. */
   baseUrl: string;
+  /** The consortium ledger (absent only in the benchmark's plaintext baseline). */
+  ledger?: LedgerService;
   /** Runs a request through the route table (used by bundles for their GET entries). */
   dispatch?: (req: FhirRequest) => Promise<FhirResponse>;
 }

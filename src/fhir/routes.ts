@@ -17,6 +17,7 @@ import { instanceHistory, systemHistory, typeHistory } from './operations/histor
 import { validate } from './operations/validate.ts';
 import { everything } from './operations/everything.ts';
 import { erase } from './operations/erase.ts';
+import { checkpoint, consistency, proof } from './operations/proof.ts';
 
 export interface Route {
   method: string;
@@ -31,6 +32,8 @@ export const ROUTES: Route[] = [
   { method: 'GET', pattern: 'metadata', handler: capabilities, interaction: 'capabilities' },
   { method: 'POST', pattern: '', handler: processBundle, interaction: 'batch/transaction' },
   { method: 'GET', pattern: '_history', handler: systemHistory, interaction: 'history-system' },
+  { method: 'GET', pattern: '$checkpoint', handler: checkpoint, interaction: 'ledger-checkpoint' },
+  { method: 'GET', pattern: '$consistency', handler: consistency, interaction: 'ledger-consistency' },
   { method: 'GET', pattern: ':type', handler: search, interaction: 'search-type' },
   { method: 'POST', pattern: ':type', handler: create, interaction: 'create' },
   { method: 'PUT', pattern: ':type?', handler: updateConditional, interaction: 'conditional-update' },
@@ -43,6 +46,7 @@ export const ROUTES: Route[] = [
   { method: 'DELETE', pattern: ':type/:id', handler: remove, interaction: 'delete' },
   { method: 'GET', pattern: ':type/:id/_history', handler: instanceHistory, interaction: 'history-instance' },
   { method: 'GET', pattern: ':type/:id/_history/:vid', handler: vread, interaction: 'vread' },
+  { method: 'GET', pattern: ':type/:id/_history/:vid/$proof', handler: proof, interaction: 'proof' },
   { method: 'POST', pattern: ':type/:id/$validate', handler: validate, interaction: 'validate' },
   { method: 'GET', pattern: 'Patient/:id/$everything', handler: everything, interaction: 'everything' },
   { method: 'POST', pattern: 'Patient/:id/$erase', handler: erase, interaction: 'erase' },

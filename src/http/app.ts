@@ -1,13 +1,15 @@
 /** The express application: health, readiness, metrics, and the FHIR API at /fhir. */
 import express, { type NextFunction, type Request, type Response } from 'express';
-import { InvalidTokenError, verifyToken, type DevIssuer } from '../access/tokens.ts';
+import { InvalidTokenError, verifyToken, type AuthContext, type DevIssuer } from '../access/tokens.ts';
 import type { FhirContext, FhirRequest, FhirResponse, PreferReturn } from '../fhir/context.ts';
 import { FhirJsonSyntaxError, parseFhirJson, stringifyFhirJson } from '../fhir/json.ts';
 import { errors, FhirError, operationOutcome } from '../fhir/outcome.ts';
 import { TamperedContentError } from '../vault/encrypted-store.ts';
+import { AnchorMismatchError, type LedgerService } from '../ledger/service.ts';
 import type { FhirRepository } from '../fhir/repository.ts';
 import { matchRoute, routeRequest } from '../fhir/routes.ts';
 import { log } from './log.ts';
+import type { AccessLog } from '../audit/access-log.ts';
 import { Metrics } from './metrics.ts';
 
 export interface AppOptions {
@@ -17,8 +19,10 @@ export interface AppOptions {
   baseUrl?: string;
   /** Request body limit in bytes. */
   maxBodyBytes: number;
-  /** Dependencies `/readyz` checks besides the store, e.g. the Kafka brokers. */
-  readiness?: Record<string, () => Promise<boolean>>;
+  /** Where every authenticated FHIR request is recorded (an AuditEvent per request). */
+  accessLog?: AccessLog;
+  /** The consortium ledger: read-path anchor checks, proofs, and its state in /readyz and /metrics. */
+  ledger?: LedgerService;
   metrics?: Metrics;
 }
 
@@ -96,7 +100,7 @@ function send(res: Response, response: FhirResponse, contentType: string, pretty
   }
   let text = typeof response.body === 'string' ? response.body : stringifyFhirJson(response.body);
   if (pretty) text = stringifyFhirJson(parseFhirJson(text), 2);
-  res.setHeader('Content-Type', `${contentType}; charset=utf-8`);
+  res.setHeader('Content-Type', `${response.contentType ?? contentType}; charset=utf-8`);
   res.send(text);
 }
 
@@ -109,13 +113,24 @@ export function createApp(opts: AppOptions): express.Express {
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
   });
-  const readiness: Record<string, () => Promise<boolean>> = { store: () => opts.repo.store.ping(), ...opts.readiness };
+  const ledger = opts.ledger;
+  if (ledger) metrics.observeLedger(() => ledger.member.status(), () => ledger.publisherCounters());
   app.get('/readyz', async (_req, res) => {
-    const names = Object.keys(readiness);
-    const results = await Promise.all(names.map((n) => readiness[n]().catch(() => false)));
-    const ok = results.every(Boolean);
-    const checks = Object.fromEntries(names.map((n, i) => [n, results[i] ? 'ok' : 'down']));
-    res.status(ok ? 200 : 503).json({ status: ok ? 'ready' : 'unavailable', checks });
+    const store = await opts.repo.store.ping().catch(() => false);
+    const checks: Record<string, string> = { store: store ? 'ok' : 'down' };
+    let degraded = false;
+    if (ledger) {
+      const status = ledger.member.status();
+      // A divergence stops anchoring until an operator resolves it: the gateway is degraded, not down.
+      if (status.divergences.length > 0) {
+        degraded = true;
+        checks.ledger = `diverged at block ${status.divergences.map((d) => d.blockNumber).join(', ')}`;
+      } else {
+        checks.ledger = status.failure ? 'down' : status.catchingUp ? 'catching up' : 'ok';
+      }
+    }
+    const ok = Object.values(checks).every((c) => c === 'ok');
+    res.status(ok ? 200 : 503).json({ status: ok ? 'ready' : degraded ? 'degraded' : 'unavailable', checks });
   });
   app.get('/metrics', async (_req, res) => {
     res.setHeader('Content-Type', metrics.registry.contentType);
@@ -128,20 +143,22 @@ export function createApp(opts: AppOptions): express.Express {
     const started = performance.now();
     let interaction = 'unknown';
     let contentType = 'application/fhir+json';
+    let auth: AuthContext | undefined;
+    let path: string[] = [];
     const pretty = req.query._pretty === 'true';
     try {
       contentType = responseType(req);
       const header = req.get('Authorization');
       const m = header && /^Bearer\s+(\S+)$/i.exec(header);
       if (!m) throw errors.unauthorized('an Authorization: Bearer token is required');
-      const auth = await verifyToken(opts.issuer, m[1]).catch((e: unknown) => {
+      auth = await verifyToken(opts.issuer, m[1]).catch((e: unknown) => {
         throw e instanceof InvalidTokenError ? errors.unauthorized(e.message) : e;
       });
-      const path = pathSegments(req.path);
+      path = pathSegments(req.path);
       const query = queryPairs(req);
       interaction = matchRoute(req.method === 'HEAD' ? 'GET' : req.method, path, query).route.interaction;
       const baseUrl = opts.baseUrl ?? `${req.protocol}://${req.get('host')}${req.baseUrl}`;
-      const ctx: FhirContext = { repo: opts.repo, baseUrl };
+      const ctx: FhirContext = { repo: opts.repo, baseUrl, ledger: opts.ledger };
       ctx.dispatch = (r) => routeRequest(r, ctx);
       const fhirRequest: FhirRequest = {
         method: req.method === 'HEAD' ? 'GET' : req.method,
@@ -158,6 +175,7 @@ export function createApp(opts: AppOptions): express.Express {
       const error = e instanceof FhirError ? e : internalError(e, interaction);
       send(res, { status: error.status, headers: error.headers, body: error.outcome }, contentType, pretty);
     } finally {
+      if (auth && opts.accessLog) opts.accessLog.record(accessRecord(auth, req.method, path, interaction, res.statusCode));
       metrics.requests.inc({ interaction, status: String(res.statusCode) });
       metrics.duration.observe({ interaction }, (performance.now() - started) / 1000);
       log('info', 'fhir_request', { interaction, method: req.method, status: res.statusCode, ms: Math.round(performance.now() - started) });
@@ -183,7 +201,29 @@ export function createApp(opts: AppOptions): express.Express {
   return app;
 }
 
+const ID_SEGMENT = /^[A-Za-z0-9\-.]{1,64}$/;
+
+/** What the access log keeps of a request: who, which interaction, which resource or type, the status. */
+function accessRecord(auth: AuthContext, method: string, path: string[], interaction: string, status: number) {
+  const [type, id] = path;
+  const typed = type !== undefined && /^[A-Z][A-Za-z]+$/.test(type);
+  return {
+    actor: auth.subject,
+    interaction,
+    method,
+    resource: typed && id !== undefined && ID_SEGMENT.test(id) ? `${type}/${id}` : undefined,
+    resourceType: typed ? type : undefined,
+    patient: auth.patient,
+    status,
+    recorded: new Date().toISOString(),
+  };
+}
+
 function internalError(e: unknown, interaction: string): FhirError {
+  if (e instanceof AnchorMismatchError) {
+    log('error', 'ledger_integrity_alarm', { interaction, type: e.type, id: e.id, version: e.versionId });
+    return new FhirError(500, [{ severity: 'fatal', code: 'exception', diagnostics: `${e.message}; the incident is logged` }]);
+  }
   if (e instanceof TamperedContentError) {
     // An integrity alarm, not a bug: stored bytes were altered or moved. Type, id and version are not PHI.
     log('error', 'vault_integrity_alarm', { interaction, type: e.type, id: e.id, version: e.versionId });

@@ -1,5 +1,6 @@
 /** Prometheus metrics. Labels are interaction names and status codes only: never ids, values or PHI. */
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { LedgerStatus } from '../ledger/member.ts';
 
 export class Metrics {
   readonly registry = new Registry();
@@ -19,5 +20,19 @@ export class Metrics {
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'medblock_' });
+  }
+
+  /** Ledger gauges, read from the member at scrape time (block numbers and counts only). */
+  observeLedger(status: () => LedgerStatus, counters: () => { published: number; anchored: number; inFlight: number }): void {
+    const gauge = (name: string, help: string, value: () => number) =>
+      new Gauge({ name, help, registers: [this.registry], collect() { this.set(value()); } });
+    gauge('medblock_ledger_height', 'Highest block this member committed (-1 before block 0)', () => status().height);
+    gauge('medblock_ledger_final_height', 'Highest block attested by a quorum (-1 before the first)', () => status().finalHeight);
+    gauge('medblock_ledger_divergences', 'Blocks on which attestations disagree; anything above 0 is an alarm and stops anchoring', () => status().divergences.length);
+    gauge('medblock_ledger_catching_up', '1 while the member replays the ordered log after a start', () => (status().catchingUp ? 1 : 0));
+    gauge('medblock_ledger_failed', '1 when the ledger member stopped on a store or orderer failure', () => (status().failure ? 1 : 0));
+    gauge('medblock_anchor_published_total', 'Resource versions this gateway submitted for anchoring', () => counters().published);
+    gauge('medblock_anchor_anchored_total', 'Resource versions marked anchored in the vault', () => counters().anchored);
+    gauge('medblock_anchor_in_flight', 'Digests ordered and not yet committed in a block', () => counters().inFlight);
   }
 }

@@ -14,6 +14,7 @@ import {
   CHANNEL_PATTERN,
   parseEnvelope,
   validateBlockEnvelopes,
+  type EnvelopeVerdict,
   type RejectionReason,
   type ValidationContext,
 } from './envelope.ts';
@@ -142,6 +143,15 @@ export function buildBlock(
   previous: BlockHeader | undefined,
   context: Omit<ValidationContext, 'blockNumber'>,
 ): Block {
+  return buildBlockWithVerdicts(cut, previous, context).block;
+}
+
+/** buildBlock, also returning each envelope's verdict (with the parsed envelope when valid) for indexing. */
+export function buildBlockWithVerdicts(
+  cut: CutBlock,
+  previous: BlockHeader | undefined,
+  context: Omit<ValidationContext, 'blockNumber'>,
+): { block: Block; verdicts: EnvelopeVerdict[] } {
   const expectedNumber = previous === undefined ? 0 : previous.number + 1;
   if (cut.number !== expectedNumber) throw new BlockError(`cut batch ${cut.number} is not the next block (${expectedNumber})`);
   if (cut.envelopes.length === 0) throw new BlockError(`cut batch ${cut.number} has no envelopes`);
@@ -168,7 +178,7 @@ export function buildBlock(
     lastOffset: cut.lastOffset,
     time: blockTime(previous?.time ?? GENESIS_TIME, validTimestamps),
   };
-  return { header, envelopes, validity };
+  return { block: { header, envelopes, validity }, verdicts };
 }
 
 // ---------------------------------------------------------------------------------------------

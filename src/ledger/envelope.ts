@@ -10,7 +10,7 @@
  * Validation is a pure function of the bytes and a context the caller derives from the ledger (block
  * number, membership, committed nonces): no clock, no I/O, and no exception for any input.
  */
-import { randomBytes, type KeyObject } from 'node:crypto';
+import { createPublicKey, randomBytes, type KeyObject } from 'node:crypto';
 import { canonicalize } from './canonical-json.ts';
 import { decodeBase64url, SIGNATURE_BYTES, signedBytes, signLowS, verifyLowS } from './signature.ts';
 import { isP256Key, MEMBER_ID_PATTERN, type Membership } from './membership.ts';
@@ -39,6 +39,8 @@ const RESOURCE_TYPE_PATTERN = /^[A-Z][A-Za-z]{0,63}$/;
 /** Exactly what Date.prototype.toISOString writes for years 0–9999, so string order is time order. */
 const TIMESTAMP_PATTERN = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
 /** Shape only: the CA work replaces this with X.509 parsing and a chain check. */
+const PUBLIC_KEY_PEM_PATTERN = /^-----BEGIN PUBLIC KEY-----\r?\n[A-Za-z0-9+/=\r\n]+-----END PUBLIC KEY-----(?:\r?\n)?$/;
+const MAX_SIGNING_KEY_CHARS = 1024;
 const CERTIFICATE_PEM_PATTERN = /^-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----(?:\r?\n)?$/;
 
 
@@ -73,6 +75,8 @@ export interface ConfigChange {
   member: string;
   /** PEM certificate of the member to add; required for addMember, absent for revokeMember. */
   certificate?: string;
+  /** SPKI PEM of the added member's P-256 envelope-signing key (named by its certificate); addMember only. */
+  signingKey?: string;
 }
 export interface ConfigApproval {
   member: string;
@@ -145,6 +149,12 @@ export interface ValidationContext {
    * from the ledger (never from a local clock), or the members fork.
    */
   timestampWindow?: { notBefore: string; notAfter: string };
+  /**
+   * Checks an added member's certificate (issued by the consortium CA to that member id, naming that
+   * signing key, valid at the envelope's timestamp); returns a problem or undefined. Must be deterministic.
+   * Without it only the shapes are checked (unit tests).
+   */
+  checkMemberCertificate?: (certificatePem: string, memberId: string, signingKeyPem: string, at: string) => string | undefined;
   /** Channel configuration; defaults to DEFAULT_MAX_ENVELOPE_BYTES. */
   maxEnvelopeBytes?: number;
 }
@@ -229,16 +239,27 @@ function auditEntryProblem(entry: unknown, path: string): Problem {
 }
 
 function configChangeProblem(change: Record<string, unknown>, path: string): Problem {
-  const { action, member, certificate } = change;
+  const { action, member, certificate, signingKey } = change;
   if (action !== 'addMember' && action !== 'revokeMember') return `${path}/action must be addMember or revokeMember`;
   const memberProblem = patternProblem(member, `${path}/member`, MEMBER_ID_PATTERN);
   if (memberProblem !== undefined) return memberProblem;
   if (action === 'revokeMember') {
-    return Object.hasOwn(change, 'certificate') ? `${path}/certificate is not allowed for revokeMember` : undefined;
+    if (Object.hasOwn(change, 'certificate')) return `${path}/certificate is not allowed for revokeMember`;
+    return Object.hasOwn(change, 'signingKey') ? `${path}/signingKey is not allowed for revokeMember` : undefined;
   }
   const wellFormed =
     typeof certificate === 'string' && certificate.length <= MAX_CERTIFICATE_CHARS && CERTIFICATE_PEM_PATTERN.test(certificate);
-  return wellFormed ? undefined : `${path}/certificate must be a PEM certificate for addMember`;
+  if (!wellFormed) return `${path}/certificate must be a PEM certificate for addMember`;
+  return isP256PublicKeyPem(signingKey) ? undefined : `${path}/signingKey must be the SPKI PEM of a P-256 public key for addMember`;
+}
+
+function isP256PublicKeyPem(value: unknown): boolean {
+  if (typeof value !== 'string' || value.length > MAX_SIGNING_KEY_CHARS || !PUBLIC_KEY_PEM_PATTERN.test(value)) return false;
+  try {
+    return isP256Key(createPublicKey(value), 'public');
+  } catch {
+    return false;
+  }
 }
 
 function configPayloadProblem(payload: Record<string, unknown>): Problem {
@@ -279,7 +300,7 @@ function payloadProblem(type: EnvelopeType, payload: unknown): Problem {
       );
     }
     case 'config':
-      return shapeProblem(payload, '/payload', ['action', 'member', 'approvals'], ['certificate']) ?? configPayloadProblem(payload as Record<string, unknown>);
+      return shapeProblem(payload, '/payload', ['action', 'member', 'approvals'], ['certificate', 'signingKey']) ?? configPayloadProblem(payload as Record<string, unknown>);
   }
 }
 
@@ -314,8 +335,8 @@ function envelopeSignedBytes(envelope: Omit<Envelope, 'signature'> & { signature
 }
 
 /** What an approver signs: the change, bound to one envelope (channel and nonce) so it cannot be reused. */
-function approvalSignedBytes(channel: string, nonce: string, { action, member, certificate }: ConfigChange): Buffer {
-  return signedBytes(CONFIG_APPROVAL_PREFIX, { channel, nonce, action, member, certificate });
+function approvalSignedBytes(channel: string, nonce: string, { action, member, certificate, signingKey }: ConfigChange): Buffer {
+  return signedBytes(CONFIG_APPROVAL_PREFIX, { channel, nonce, action, member, certificate, signingKey });
 }
 
 function assertSigner(signer: EnvelopeSigner): void {
@@ -371,7 +392,7 @@ export function approveConfigChange(signer: EnvelopeSigner, channel: string, non
   const problem =
     patternProblem(channel, 'channel', CHANNEL_PATTERN) ??
     base64urlProblem(nonce, 'nonce', NONCE_BYTES) ??
-    shapeProblem(change, 'change', ['action', 'member'], ['certificate']) ??
+    shapeProblem(change, 'change', ['action', 'member'], ['certificate', 'signingKey']) ??
     configChangeProblem(change as unknown as Record<string, unknown>, 'change');
   if (problem !== undefined) throw new EnvelopeError(`invalid approval: ${problem}`);
   return { member: signer.memberId, signature: signLowS(signer.privateKey, approvalSignedBytes(channel, nonce, change)) };
@@ -418,10 +439,14 @@ export function parseEnvelope(bytes: unknown, maxEnvelopeBytes = DEFAULT_MAX_ENV
 }
 
 /** Config changes must fit the membership and carry approvals of a quorum of active members. */
-function configRejection(envelope: EnvelopeOf<'config'>, { members, blockNumber }: ValidationContext): Rejection | undefined {
+function configRejection(envelope: EnvelopeOf<'config'>, { members, blockNumber, checkMemberCertificate }: ValidationContext): Rejection | undefined {
   const { payload } = envelope;
   if (payload.action === 'addMember' && members.get(payload.member) !== undefined) {
     return reject('bad-payload', '/payload/member is already a member id (ids are never reused)');
+  }
+  if (payload.action === 'addMember' && checkMemberCertificate !== undefined) {
+    const problem = checkMemberCertificate(payload.certificate!, payload.member, payload.signingKey!, envelope.timestamp);
+    if (problem !== undefined) return reject('bad-payload', `/payload/certificate ${problem}`);
   }
   if (payload.action === 'revokeMember' && !members.isActiveAt(payload.member, blockNumber)) {
     return reject('bad-payload', '/payload/member is not an active member');

@@ -8,6 +8,7 @@
  * or the members fork.
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
+import type { ConfigChange } from './envelope.ts';
 
 /** A member id: what a certificate's subject names and what envelopes carry as `creator`. */
 export const MEMBER_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -90,8 +91,29 @@ export class Membership {
     return count;
   }
 
+  /** Every member, revoked ones included, in id order. */
+  entries(): Member[] {
+    return [...this.#members.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
   /** Approvals a config transaction needs at this block: a strict majority of the active members. */
   quorumAt(blockNumber: number): number {
     return Math.floor(this.activeCountAt(blockNumber) / 2) + 1;
   }
+}
+
+/**
+ * The membership after a config change committed in block `effectiveBlock - 1`: a revoked member is revoked
+ * from `effectiveBlock` on; an added member signs with the P-256 key its change carries. Validation
+ * (envelope.ts) has already checked the change fits the membership, so this only applies it.
+ */
+export function applyConfigChange(members: Membership, change: ConfigChange, effectiveBlock: number): Membership {
+  const entries = new Map<string, MemberEntry>(members.entries().map((m) => [m.id, { publicKey: m.publicKey, revokedAtBlock: m.revokedAtBlock }]));
+  if (change.action === 'revokeMember') {
+    const entry = entries.get(change.member);
+    if (entry && entry.revokedAtBlock === undefined) entry.revokedAtBlock = effectiveBlock;
+  } else if (change.signingKey !== undefined && !entries.has(change.member)) {
+    entries.set(change.member, { publicKey: change.signingKey });
+  }
+  return new Membership(entries);
 }

@@ -38,7 +38,7 @@ describe('medblock consortium init', () => {
     assert.deepEqual(readdirSync(out).sort(), ['ca', 'consortium.json', 'h1', 'h2', 'h3']);
     assert.deepEqual(readdirSync(join(out, 'ca')).sort(), ['ca.crt', 'ca.key']);
     for (const id of ['h1', 'h2', 'h3']) {
-      assert.deepEqual(readdirSync(join(out, id)).sort(), ['member.crt', 'member.key', 'signing.key', 'signing.pub']);
+      assert.deepEqual(readdirSync(join(out, id)).sort(), ['member.crt', 'member.key', 'patient-token.key', 'signing.key', 'signing.pub']);
     }
   });
 

@@ -69,7 +69,8 @@ function config(change: ConfigChange, approvers: EnvelopeSigner[] = [h1, signer(
   return createEnvelope(h1, { channel: CHANNEL, type: 'config', nonce, payload: { ...change, approvals } });
 }
 
-const addH5 = (): ConfigChange => ({ action: 'addMember', member: 'h5', certificate: fakeCertificate() });
+const h5SigningKey = p256().publicKey.export({ type: 'spki', format: 'pem' }).toString();
+const addH5 = (): ConfigChange => ({ action: 'addMember', member: 'h5', certificate: fakeCertificate(), signingKey: h5SigningKey });
 
 /** Wire bytes of an object as is, signature untouched (for shapes createEnvelope refuses to make). */
 const wire = (value: unknown): Uint8Array => Buffer.from(canonicalize(value), 'utf8');

@@ -6,6 +6,8 @@ import type { FhirContext, FhirRequest, FhirResponse } from '../context.ts';
 import { parseFhirJson } from '../json.ts';
 import { errors, informational } from '../outcome.ts';
 import { assertResourceType, type FhirResource, type ResourceVersion } from '../repository.ts';
+import { canonicalDigestHex } from '../../ledger/canonical-json.ts';
+import { AnchorMismatchError } from '../../ledger/service.ts';
 
 export function versionHeaders(v: ResourceVersion, ctx: FhirContext, withLocation = false): Record<string, string> {
   const headers: Record<string, string> = {
@@ -13,7 +15,23 @@ export function versionHeaders(v: ResourceVersion, ctx: FhirContext, withLocatio
     'Last-Modified': new Date(v.lastUpdated).toUTCString(),
   };
   if (withLocation) headers.Location = `${ctx.baseUrl}/${v.type}/${v.id}/_history/${v.versionId}`;
+  if (ctx.ledger) {
+    // The version's anchored state: where the ledger holds its digest, or pending while it is in the outbox.
+    headers['X-MedBlock-Anchor'] = v.anchor ? `block=${v.anchor.blockNumber}; envelope=${v.anchor.envelopeIndex}; entry=${v.anchor.entryIndex}` : 'pending';
+    if (v.digest) headers['X-MedBlock-Digest'] = `sha-256=${v.digest}`;
+  }
   return headers;
+}
+
+/**
+ * The read path's integrity check: the decrypted content must hash to the vault's digest, and an anchored
+ * digest must be the one the ledger holds at the vault's anchor location. Throws AnchorMismatchError.
+ */
+export async function assertAnchorIntact(v: ResourceVersion, ctx: FhirContext): Promise<void> {
+  if (!ctx.ledger || !v.json || !v.digest) return;
+  const mismatch = new AnchorMismatchError(v.type, v.id, v.versionId);
+  if (canonicalDigestHex(parseFhirJson(v.json)) !== v.digest) throw mismatch;
+  if (v.anchor) await ctx.ledger.checkAnchor({ type: v.type, id: v.id, versionId: v.versionId, digest: v.digest }, v.anchor);
 }
 
 /** A write's response as the client's `Prefer: return=` asks for (the resource by default). */

@@ -1,0 +1,93 @@
+/**
+ * The access log: one AuditEvent per authenticated FHIR request, who did what to which resource with what
+ * outcome. Records are written into the vault like any resource (encrypted, searchable by compliance
+ * teams with AuditEvent read access) and anchored in the ledger through the outbox in `audit` envelopes
+ * (digests only), so `medblock verify` detects an altered or deleted record.
+ *
+ * Writing is asynchronous with group commit: a record is queued, and every record queued while a batch
+ * is being committed goes into the next one, so the log costs one vault write per batch, not per request.
+ * The records of the last batch in progress can be lost if the process dies at that moment.
+ */
+import type { FhirRepository } from '../fhir/repository.ts';
+
+export interface AccessRecord {
+  /** Token subject; never a name. */
+  actor: string;
+  /** Interaction name from the route table (`read`, `search-type`, `proof`…). */
+  interaction: string;
+  method: string;
+  /** `Type/id` of the resource acted on, when the request names one. */
+  resource?: string;
+  /** Resource type of a type-level request (search, create). */
+  resourceType?: string;
+  /** The patient the token is bound to, if any. */
+  patient?: string;
+  status: number;
+  recorded: string;
+}
+
+const RESTFUL_INTERACTIONS = new Set(['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'history-type', 'history-system', 'create', 'search-type', 'search-system', 'capabilities', 'batch', 'transaction', 'operation']);
+const ACTIONS: Record<string, string> = { GET: 'R', HEAD: 'R', POST: 'C', PUT: 'U', PATCH: 'U', DELETE: 'D' };
+
+export function auditEvent(record: AccessRecord, hospitalId: string): Record<string, unknown> {
+  const subtype = RESTFUL_INTERACTIONS.has(record.interaction) ? record.interaction : 'operation';
+  const entities: Array<Record<string, unknown>> = [];
+  if (record.resource) entities.push({ what: { reference: record.resource } });
+  else if (record.resourceType) entities.push({ type: { system: 'http://hl7.org/fhir/resource-types', code: record.resourceType } });
+  if (record.patient && record.resource !== `Patient/${record.patient}`) entities.push({ what: { reference: `Patient/${record.patient}` } });
+  return {
+    resourceType: 'AuditEvent',
+    type: { system: 'http://terminology.hl7.org/CodeSystem/audit-event-type', code: 'rest', display: 'RESTful Operation' },
+    subtype: [{ system: 'http://hl7.org/fhir/restful-interaction', code: subtype }],
+    action: ACTIONS[record.method] ?? 'E',
+    recorded: record.recorded,
+    outcome: record.status < 400 ? '0' : record.status < 500 ? '4' : '8',
+    outcomeDesc: `HTTP ${record.status} ${record.interaction}`,
+    agent: [{ who: { identifier: { system: 'urn:medblock:token-subject', value: record.actor } }, requestor: true }],
+    source: { observer: { display: hospitalId }, type: [{ system: 'http://terminology.hl7.org/CodeSystem/security-source-type', code: '4' }] },
+    ...(entities.length ? { entity: entities } : {}),
+  };
+}
+
+export class AccessLog {
+  private queue: AccessRecord[] = [];
+  private flushing: Promise<void> | undefined;
+  private failures = 0;
+
+  constructor(
+    private readonly repo: FhirRepository,
+    private readonly hospitalId: string,
+    private readonly onError: (error: Error) => void = () => {},
+  ) {}
+
+  /** Queues a record; it is committed with the next batch. */
+  record(record: AccessRecord): void {
+    this.queue.push(record);
+    if (!this.flushing) this.flushing = this.flush();
+  }
+
+  /** Records that failed to be written (each failure is also reported through onError). */
+  get failedRecords(): number {
+    return this.failures;
+  }
+
+  /** Resolves when everything queued so far is committed (tests, shutdown). */
+  async drain(): Promise<void> {
+    while (this.flushing) await this.flushing;
+  }
+
+  private async flush(): Promise<void> {
+    while (this.queue.length > 0) {
+      const batch = this.queue.splice(0);
+      try {
+        await this.repo.write(async (session) => {
+          for (const record of batch) await session.create(auditEvent(record, this.hospitalId) as never);
+        });
+      } catch (e) {
+        this.failures += batch.length;
+        this.onError(e as Error);
+      }
+    }
+    this.flushing = undefined;
+  }
+}

@@ -1,0 +1,154 @@
+/**
+ * `medblock verify`: checks, and exits 1 with a report on any mismatch:
+ *
+ * - (default) this gateway's whole ledger (ledger/verify.ts) and every vault record against its anchor:
+ *   each version is decrypted with the hospital's keys, its digest recomputed and compared with the
+ *   vault's digest and with the digest the ledger holds at the version's anchor location; every digest
+ *   this member anchored must still have its version in the vault (a deleted record is caught). Access-log
+ *   records (AuditEvent) are vault records too, anchored in audit envelopes, so the same check covers them;
+ * - `--proof <file>`: a resource proof, offline, against `--ca` (and `--resource` to recompute the digest);
+ * - `--consistency <file>`: a consistency proof, offline, optionally against `--old-checkpoint`.
+ */
+import { readFileSync } from 'node:fs';
+import type { GatewayConfig } from '../config.ts';
+import { loadConsortium, openLedgerStore, openVault } from '../gateway.ts';
+import { parseFhirJson } from '../fhir/json.ts';
+import { genesisMembership, memberCertificateCheck } from '../identity/consortium-dir.ts';
+import { canonicalDigestHex } from '../ledger/canonical-json.ts';
+import { verifyConsistencyProof, verifyResourceProof, type ProofReport } from '../ledger/proof.ts';
+import { tombstoneDigest } from '../ledger/tombstone.ts';
+import { anchorKey, verifyLedger, type VerificationProblem } from '../ledger/verify.ts';
+import type { StoredVersion } from '../vault/store.ts';
+
+export interface VerifyOptions {
+  proof?: string;
+  consistency?: string;
+  oldCheckpoint?: string;
+  ca?: string;
+  resource?: string;
+  json?: boolean;
+}
+
+const out = (line: string) => process.stdout.write(`${line}\n`);
+
+function readJson(path: string, what: string): any {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    throw new Error(`cannot read ${what} ${path}: ${(e as Error).message}`);
+  }
+}
+
+function printReport(title: string, report: ProofReport, json: boolean): number {
+  if (json) out(JSON.stringify({ ok: report.problems.length === 0, ...report }, null, 2));
+  else {
+    for (const warning of report.warnings) out(`warning: ${warning}`);
+    for (const p of report.problems) out(`FAIL ${p.path || '/'}: ${p.problem}`);
+    out(report.problems.length === 0 ? `OK: ${title} verifies` : `${title}: ${report.problems.length} problem(s)`);
+  }
+  return report.problems.length === 0 ? 0 : 1;
+}
+
+export async function runVerify(config: GatewayConfig, options: VerifyOptions): Promise<number> {
+  const trustedCaCertificate = options.ca ? readFileSync(options.ca, 'utf8') : undefined;
+  if (options.proof) {
+    const proof = readJson(options.proof, 'proof');
+    const report = verifyResourceProof(proof, { trustedCaCertificate });
+    if (options.resource) {
+      const digest = canonicalDigestHex(parseFhirJson(readFileSync(options.resource, 'utf8')));
+      if (digest !== proof?.resource?.digest) report.problems.push({ path: '/resource/digest', problem: `the resource file hashes to ${digest}, not to the proven digest` });
+    }
+    return printReport('resource proof', report, options.json === true);
+  }
+  if (options.consistency) {
+    const oldHeader = options.oldCheckpoint ? readJson(options.oldCheckpoint, 'checkpoint')?.checkpoint?.header ?? readJson(options.oldCheckpoint, 'checkpoint')?.header : undefined;
+    return printReport('consistency proof', verifyConsistencyProof(readJson(options.consistency, 'consistency proof'), { trustedCaCertificate, oldHeader }), options.json === true);
+  }
+  return verifyGateway(config, options.json === true);
+}
+
+async function verifyGateway(config: GatewayConfig, json: boolean): Promise<number> {
+  const consortium = await loadConsortium(config);
+  const ledgerStore = openLedgerStore(config);
+  const vault = openVault(config);
+  await ledgerStore.init();
+  await vault.init();
+  try {
+    const ledger = await verifyLedger(ledgerStore, {
+      channel: consortium.channel,
+      memberId: consortium.self.memberId,
+      genesis: genesisMembership(consortium),
+      quorum: consortium.quorum,
+      maxEnvelopeBytes: consortium.ledger.maxEnvelopeBytes,
+      checkMemberCertificate: memberCertificateCheck(consortium.caCertificatePem),
+    });
+    const problems: VerificationProblem[] = [...ledger.problems];
+    const seenAnchors = new Set<string>();
+    const vaultDigests = new Set<string>();
+    const counts = { versions: 0, anchored: 0, pending: 0, erased: 0 };
+    // Raw rows first (no decryption), then each version opened on its own, so one bad record is one problem.
+    for (let beforeSeq: number | undefined; ; ) {
+      const page = await vault.inner.history({ beforeSeq, limit: 1000 });
+      if (page.length === 0) break;
+      beforeSeq = page[page.length - 1].seq;
+      for (const row of page) {
+        counts.versions++;
+        const where = `${row.type}/${row.id} v${row.versionId}`;
+        if (row.anchor) seenAnchors.add(anchorKey(row.anchor.blockNumber, row.anchor.envelopeIndex, row.anchor.entryIndex));
+        let version: StoredVersion;
+        try {
+          version = await vault.unseal(row);
+        } catch (e) {
+          problems.push({ where, problem: `cannot be opened: ${(e as Error).message}` });
+          continue;
+        }
+        if (version.erased) {
+          counts.erased++;
+          continue;
+        }
+        const digest = version.deleted
+          ? tombstoneDigest(version.type, version.id, version.versionId, version.lastUpdated)
+          : canonicalDigestHex(parseFhirJson(Buffer.from(version.content!).toString('utf8')));
+        vaultDigests.add(digest);
+        if (!version.deleted && version.digest !== digest) problems.push({ where, problem: 'its content does not hash to the digest the vault records' });
+        if (!version.anchor) {
+          counts.pending++;
+          continue;
+        }
+        counts.anchored++;
+        const anchored = ledger.anchoredByMember.get(anchorKey(version.anchor.blockNumber, version.anchor.envelopeIndex, version.anchor.entryIndex));
+        if (!anchored) problems.push({ where, problem: `its anchor (block ${version.anchor.blockNumber}) holds no digest of this member` });
+        else if (anchored.digest !== digest) problems.push({ where, problem: `differs from what was anchored in block ${anchored.blockNumber}: altered after anchoring` });
+      }
+    }
+    for (const [key, entry] of ledger.anchoredByMember) {
+      if (!seenAnchors.has(key) && !vaultDigests.has(entry.digest)) {
+        problems.push({ where: `block ${entry.blockNumber} envelope ${entry.envelopeIndex} entry ${entry.entryIndex}`, problem: `this member anchored a ${entry.kind === 'audit' ? 'access-log record' : 'version'} the vault no longer holds` });
+      }
+    }
+    const summary = {
+      ok: problems.length === 0,
+      channel: consortium.channel,
+      member: consortium.self.memberId,
+      blocks: ledger.blocks,
+      envelopes: ledger.envelopes,
+      attestations: ledger.attestations,
+      checkpointBlock: ledger.checkpointBlock ?? null,
+      ...counts,
+      problems,
+    };
+    if (json) out(JSON.stringify(summary, null, 2));
+    else {
+      for (const p of problems) out(`FAIL ${p.where}: ${p.problem}`);
+      out(
+        `${problems.length === 0 ? 'OK' : `${problems.length} problem(s)`}: ${ledger.blocks} blocks, ${ledger.envelopes} envelopes, ` +
+          `${ledger.attestations} attestations, checkpoint at block ${ledger.checkpointBlock ?? 'none'}; ` +
+          `${counts.versions} vault versions (${counts.anchored} anchored, ${counts.pending} pending, ${counts.erased} erased)`,
+      );
+    }
+    return problems.length === 0 ? 0 : 1;
+  } finally {
+    await vault.close();
+    await ledgerStore.close();
+  }
+}

@@ -1,0 +1,192 @@
+/**
+ * A consortium directory as `medblock consortium init` writes it, and how a member's gateway loads it:
+ *
+ *   consortium.json            public: channel, quorum, ledger settings, CA fingerprint, every member's
+ *                              certificate and envelope-signing public key
+ *   ca/ca.crt, ca/ca.key       the CA (ca.key stays with the CA operator, never on a gateway)
+ *   <member>/member.crt|key    the member's RSA X.509 identity
+ *   <member>/signing.key|pub   its ECDSA P-256 envelope-signing key
+ *   <member>/patient-token.key the consortium's shared patient-token key (ledger/patient-token.ts)
+ *
+ * A gateway needs consortium.json, ca/ca.crt and its own member directory. Loading checks every member
+ * certificate against the CA and that it names the signing key listed for it, so a tampered
+ * consortium.json is refused rather than trusted.
+ */
+import { createPrivateKey, createSecretKey, randomBytes, type KeyObject } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import type { BlockCutterConfig } from '../ledger/block-cutter.ts';
+import { DEFAULT_MAX_ENVELOPE_BYTES, type ValidationContext } from '../ledger/envelope.ts';
+import { Membership } from '../ledger/membership.ts';
+import { certificateFingerprint, createConsortium, RSA_BITS, verifyMemberCertificate, type Consortium } from './ca.ts';
+import { SIGNING_KEY_CURVE, signingKeyUri } from './signing-key.ts';
+
+/** Channel settings every member must share (the cutter's) plus the batch timeout each member arms. */
+export interface LedgerSettings extends BlockCutterConfig {
+  batchTimeoutMs: number;
+  maxEnvelopeBytes: number;
+}
+
+/**
+ * Defaults sized for anchors: a full anchor envelope (1000 digests) is ~150 KB, one Kafka message well under
+ * the broker's default 1 MiB limit; a block holds up to ten of them (~10,000 digests, ~1.5 MB). The batch
+ * timeout bounds how long a lone envelope waits, so it is most of the finality latency at low load.
+ */
+export const DEFAULT_LEDGER_SETTINGS: LedgerSettings = {
+  maxMessageCount: 10,
+  preferredMaxBytes: 2 * 1024 * 1024,
+  absoluteMaxBytes: 4 * 1024 * 1024,
+  batchTimeoutMs: 100,
+  maxEnvelopeBytes: DEFAULT_MAX_ENVELOPE_BYTES,
+};
+
+export interface ConsortiumMember {
+  id: string;
+  certificatePem: string;
+  signingPublicKeyPem: string;
+}
+
+/** What one member's gateway knows about its consortium. */
+export interface MemberConsortium {
+  channel: string;
+  quorum: number;
+  ledger: LedgerSettings;
+  caCertificatePem: string;
+  members: ConsortiumMember[];
+  self: { memberId: string; privateKey: KeyObject };
+  patientTokenKey: KeyObject;
+}
+
+const PATIENT_TOKEN_KEY_FILE = 'patient-token.key';
+
+/** Writes a new consortium directory; refuses an existing one. */
+export function writeConsortiumDir(out: string, consortium: Consortium): void {
+  mkdirSync(dirname(out), { recursive: true });
+  try {
+    mkdirSync(out);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new Error(`${out} already exists; refusing to overwrite it`);
+    throw e;
+  }
+  writePrivateDir(join(out, 'ca'), { 'ca.crt': consortium.ca.certPem }, { 'ca.key': consortium.ca.keyPem });
+  const patientTokenKey = randomBytes(32).toString('base64');
+  for (const member of consortium.members) {
+    writePrivateDir(
+      join(out, member.id),
+      { 'member.crt': member.certPem, 'signing.pub': member.signingPublicKeyPem },
+      { 'member.key': member.keyPem, 'signing.key': member.signingKeyPem, [PATIENT_TOKEN_KEY_FILE]: `${patientTokenKey}\n` },
+    );
+  }
+  writeFileSync(join(out, 'consortium.json'), `${JSON.stringify(manifest(consortium), null, 2)}\n`, { flag: 'wx' });
+}
+
+/** A directory (0700) of public files (0644) and private keys (0600); never overwrites a file. */
+function writePrivateDir(dir: string, publicFiles: Record<string, string>, privateFiles: Record<string, string>): void {
+  mkdirSync(dir, { mode: 0o700 });
+  for (const [name, text] of Object.entries(publicFiles)) writeFileSync(join(dir, name), text, { mode: 0o644, flag: 'wx' });
+  for (const [name, text] of Object.entries(privateFiles)) writeFileSync(join(dir, name), text, { mode: 0o600, flag: 'wx' });
+}
+
+/** consortium.json: the public description every member loads (no private material). */
+function manifest(consortium: Consortium) {
+  return {
+    channel: consortium.channel,
+    quorum: consortium.quorum,
+    ledger: DEFAULT_LEDGER_SETTINGS,
+    signatureSchemes: {
+      certificates: `RSA-${RSA_BITS} sha256WithRSAEncryption (X.509)`,
+      envelopes: `ECDSA ${SIGNING_KEY_CURVE} SHA-256, key named in the member certificate's subjectAltName`,
+    },
+    ca: { certificate: 'ca/ca.crt', sha256Fingerprint: certificateFingerprint(consortium.ca.certPem) },
+    members: consortium.members.map((m) => ({
+      id: m.id,
+      certificate: `${m.id}/member.crt`,
+      certificatePem: m.certPem,
+      sha256Fingerprint: certificateFingerprint(m.certPem),
+      signingKey: signingKeyUri(m.signingPublicKeyPem),
+      signingPublicKey: m.signingPublicKeyPem,
+    })),
+  };
+}
+
+export class ConsortiumConfigError extends Error {
+  constructor(dir: string, problem: string) {
+    super(`consortium directory ${dir}: ${problem}`);
+    this.name = 'ConsortiumConfigError';
+  }
+}
+
+function readText(dir: string, path: string, what: string): string {
+  try {
+    return readFileSync(join(dir, path), 'utf8');
+  } catch {
+    throw new ConsortiumConfigError(dir, `cannot read ${what} (${path})`);
+  }
+}
+
+/** Loads and checks the consortium as member `memberId` sees it. */
+export function loadMemberConsortium(dir: string, memberId: string): MemberConsortium {
+  let config: any;
+  try {
+    config = JSON.parse(readText(dir, 'consortium.json', 'the consortium description'));
+  } catch (e) {
+    if (e instanceof ConsortiumConfigError) throw e;
+    throw new ConsortiumConfigError(dir, 'consortium.json is not JSON');
+  }
+  const caCertificatePem = readText(dir, config?.ca?.certificate ?? 'ca/ca.crt', 'the CA certificate');
+  if (!Array.isArray(config?.members)) throw new ConsortiumConfigError(dir, 'consortium.json lists no members');
+  const members: ConsortiumMember[] = config.members.map((m: any) => {
+    const certificatePem: string = m.certificatePem ?? readText(dir, m.certificate, `member ${m.id}'s certificate`);
+    const check = verifyMemberCertificate(caCertificatePem, certificatePem);
+    if (!check.ok) throw new ConsortiumConfigError(dir, `member ${m.id}'s certificate is not valid: ${check.reasons.join('; ')}`);
+    if (check.memberId !== m.id) throw new ConsortiumConfigError(dir, `member ${m.id}'s certificate names ${check.memberId}`);
+    if (signingKeyUri(m.signingPublicKey) !== check.signingKeyUri) {
+      throw new ConsortiumConfigError(dir, `member ${m.id}'s signing key is not the one its certificate names`);
+    }
+    return { id: m.id, certificatePem, signingPublicKeyPem: m.signingPublicKey };
+  });
+  if (!members.some((m) => m.id === memberId)) {
+    throw new ConsortiumConfigError(dir, `this gateway's MEDBLOCK_HOSPITAL_ID ${JSON.stringify(memberId)} is not a member`);
+  }
+  const privateKey = createPrivateKey(readText(dir, join(memberId, 'signing.key'), 'this member\'s signing key'));
+  const tokenKey = Buffer.from(readText(dir, join(memberId, PATIENT_TOKEN_KEY_FILE), 'the patient-token key').trim(), 'base64');
+  if (tokenKey.length !== 32) throw new ConsortiumConfigError(dir, `${PATIENT_TOKEN_KEY_FILE} must hold 32 bytes in base64`);
+  const quorum = Number(config.quorum);
+  if (!Number.isInteger(quorum) || quorum < 1 || quorum > members.length) throw new ConsortiumConfigError(dir, 'quorum must be between 1 and the member count');
+  return {
+    channel: String(config.channel),
+    quorum,
+    ledger: { ...DEFAULT_LEDGER_SETTINGS, ...(config.ledger ?? {}) },
+    caCertificatePem,
+    members,
+    self: { memberId, privateKey },
+    patientTokenKey: createSecretKey(tokenKey),
+  };
+}
+
+/**
+ * The embedded default: a consortium of one (this hospital), created in `<dataDir>/consortium` at first
+ * start, so a lone gateway anchors, attests and proves exactly like a member of a larger consortium.
+ */
+export async function ensureLocalConsortium(dir: string, memberId: string): Promise<void> {
+  if (existsSync(join(dir, 'consortium.json'))) return;
+  writeConsortiumDir(dir, await createConsortium({ members: [memberId] }));
+}
+
+/** The members at block 0, as envelope validation sees them. */
+export function genesisMembership(consortium: Pick<MemberConsortium, 'members'>): Membership {
+  return new Membership(Object.fromEntries(consortium.members.map((m) => [m.id, { publicKey: m.signingPublicKeyPem }])));
+}
+
+/**
+ * The deterministic certificate check a config envelope adding a member must pass: issued by the consortium
+ * CA to that member id, naming that signing key, valid at the envelope's (signed) timestamp.
+ */
+export function memberCertificateCheck(caCertificatePem: string): NonNullable<ValidationContext['checkMemberCertificate']> {
+  return (certificatePem, memberId, signingKeyPem, at) => {
+    const check = verifyMemberCertificate(caCertificatePem, certificatePem, { at: new Date(at) });
+    if (!check.ok) return `is not valid: ${check.reasons.join('; ')}`;
+    if (check.memberId !== memberId) return `names ${check.memberId}, not ${memberId}`;
+    return check.signingKeyUri === signingKeyUri(signingKeyPem) ? undefined : 'does not name the signing key of the change';
+  };
+}

@@ -1,0 +1,239 @@
+/**
+ * The outbox publisher: turns the vault's unanchored versions into signed anchor envelopes, orders them,
+ * and marks each version anchored once a block carrying it as a valid envelope of this member committed.
+ *
+ * Crash safety comes from the outbox, not from this process: a version stays in the outbox until
+ * markAnchored, so after a crash it is found again. Before re-publishing what it finds on a fresh pass
+ * over the outbox, the publisher asks the ledger whether the digest is already anchored (the crash may
+ * have come after the block committed but before the mark), so a restart re-anchors only what never made
+ * it into a block. Envelopes whose fate is unknown (a failed append, an invalid verdict) are released and
+ * found again by the next pass; a digest anchored twice is harmless (the index keeps its first location).
+ */
+import { createEnvelope, encodeEnvelope, MAX_ANCHOR_ENTRIES, parseEnvelope, type AnchorEntry, type EnvelopeSigner } from './envelope.ts';
+import type { LedgerStore } from './ledger-store.ts';
+import type { CommittedBlock, LedgerMember } from './member.ts';
+import { tombstoneDigest } from './tombstone.ts';
+import type { AnchorMark, ResourceStore, UnanchoredVersion } from '../vault/store.ts';
+
+export type AnchorOutbox = Pick<ResourceStore, 'unanchored' | 'markAnchored'>;
+
+export interface AnchorPublisherOptions {
+  outbox: AnchorOutbox;
+  member: LedgerMember;
+  ledger: LedgerStore;
+  signer: EnvelopeSigner;
+  /** Entries per anchor envelope (≤ MAX_ANCHOR_ENTRIES). */
+  entriesPerEnvelope?: number;
+  /** Digests ordered but not yet seen in a committed block; publishing pauses above it. */
+  maxInFlight?: number;
+  /** How often the outbox is read when nothing wakes the publisher. */
+  pollMs?: number;
+  /** An in-flight digest not committed after this long is released and published again. */
+  resubmitAfterMs?: number;
+  log?: (event: string, fields: Record<string, string | number | boolean>) => void;
+}
+
+type VersionRef = Pick<AnchorMark, 'type' | 'id' | 'versionId'>;
+
+interface InFlight {
+  versions: VersionRef[];
+  since: number;
+}
+
+const OUTBOX_PAGE = 5000;
+/** Versions of this type are access-log records: anchored in audit envelopes. */
+export const ACCESS_LOG_TYPE = 'AuditEvent';
+
+/** The digest a version is anchored with: its content digest, or the tombstone digest of a deletion. */
+export function anchoredDigest(version: Pick<UnanchoredVersion, 'type' | 'id' | 'versionId' | 'lastUpdated' | 'digest'>): string {
+  return version.digest ?? tombstoneDigest(version.type, version.id, version.versionId, version.lastUpdated);
+}
+
+export class AnchorPublisher {
+  private readonly inFlight = new Map<string, InFlight>();
+  private cursor = 0;
+  /** True during a pass that started from the beginning of the outbox: digests are looked up in the ledger first. */
+  private recovering = true;
+  private running = false;
+  private loopDone: Promise<void> = Promise.resolve();
+  private wake: (() => void) | undefined;
+  private marking: Promise<void> = Promise.resolve();
+  private readonly onBlock = (committed: CommittedBlock) => {
+    this.marking = this.marking.then(() => this.markFrom(committed)).catch((e: unknown) => this.log('anchor_mark_failed', { error: (e as Error).message }));
+  };
+  private readonly log: NonNullable<AnchorPublisherOptions['log']>;
+  readonly counters = { published: 0, anchored: 0, resubmitted: 0 };
+
+  constructor(private readonly options: AnchorPublisherOptions) {
+    this.log = options.log ?? (() => {});
+  }
+
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.options.member.on('block', this.onBlock);
+    this.loopDone = this.loop();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    this.options.member.off('block', this.onBlock);
+    this.notify();
+    await this.loopDone;
+    await this.marking;
+  }
+
+  /** Something was committed to the vault: look at the outbox now rather than at the next poll. */
+  notify(): void {
+    this.wake?.();
+  }
+
+  /** Digests ordered and not yet committed. */
+  get inFlightCount(): number {
+    return this.inFlight.size;
+  }
+
+  private async loop(): Promise<void> {
+    const { pollMs = 1000 } = this.options;
+    while (this.running) {
+      try {
+        if (await this.publishOnce()) continue;
+      } catch (e) {
+        this.log('anchor_publish_failed', { error: (e as Error).message });
+        this.rescan();
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, pollMs);
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.wake = undefined;
+    }
+  }
+
+  /** Publishes one page of the outbox; false when there was nothing to do (or anchoring is paused). */
+  private async publishOnce(): Promise<boolean> {
+    const { member, outbox, maxInFlight = 50_000 } = this.options;
+    if (!member.healthy() || this.inFlight.size >= maxInFlight) return false;
+    const page = await outbox.unanchored({ afterSeq: this.cursor, limit: OUTBOX_PAGE });
+    if (page.length === 0) {
+      this.recovering = false;
+      this.releaseStale();
+      return false;
+    }
+    this.cursor = page[page.length - 1].seq;
+    const fresh = new Map<string, { version: UnanchoredVersion; refs: VersionRef[] }>();
+    for (const version of page) {
+      const digest = anchoredDigest(version);
+      if (this.inFlight.has(digest)) continue;
+      const ref = { type: version.type, id: version.id, versionId: version.versionId };
+      const seen = fresh.get(digest);
+      if (seen) seen.refs.push(ref);
+      else fresh.set(digest, { version, refs: [ref] });
+    }
+    if (this.recovering && fresh.size > 0) await this.markAlreadyAnchored(fresh);
+    await this.publish([...fresh].map(([digest, { version, refs }]) => ({ digest, version, refs })));
+    return true;
+  }
+
+  private async markAlreadyAnchored(fresh: Map<string, { version: UnanchoredVersion; refs: VersionRef[] }>): Promise<void> {
+    const { ledger, member } = this.options;
+    const found = await ledger.locate(member.channel, [...fresh.keys()]);
+    const marks: AnchorMark[] = [];
+    for (const [digest, location] of found) {
+      if (location.creator !== member.memberId) continue;
+      for (const ref of fresh.get(digest)!.refs) marks.push({ ...ref, blockNumber: location.blockNumber, envelopeIndex: location.envelopeIndex, entryIndex: location.entryIndex });
+      fresh.delete(digest);
+    }
+    if (marks.length) {
+      await this.options.outbox.markAnchored(marks);
+      this.counters.anchored += marks.length;
+    }
+  }
+
+  private async publish(items: Array<{ digest: string; version: UnanchoredVersion; refs: VersionRef[] }>): Promise<void> {
+    if (items.length === 0) return;
+    const { member, signer, entriesPerEnvelope = MAX_ANCHOR_ENTRIES } = this.options;
+    const size = Math.min(Math.max(1, entriesPerEnvelope), MAX_ANCHOR_ENTRIES);
+    const envelopes: Uint8Array[] = [];
+    const now = Date.now();
+    const accessLog = items.filter(({ version }) => version.type === ACCESS_LOG_TYPE);
+    const resources = items.filter(({ version }) => version.type !== ACCESS_LOG_TYPE);
+    for (let i = 0; i < resources.length; i += size) {
+      const entries: AnchorEntry[] = resources.slice(i, i + size).map(({ digest, version }) =>
+        version.patientToken ? { digest, type: version.type, patient: version.patientToken } : { digest, type: version.type },
+      );
+      envelopes.push(encodeEnvelope(createEnvelope(signer, { channel: member.channel, type: 'anchor', payload: { entries } })));
+    }
+    // Access-log records go in audit envelopes: digests only, not even the patient token.
+    for (let i = 0; i < accessLog.length; i += size) {
+      const entries = accessLog.slice(i, i + size).map(({ digest }) => ({ digest }));
+      envelopes.push(encodeEnvelope(createEnvelope(signer, { channel: member.channel, type: 'audit', payload: { entries } })));
+    }
+    for (const { digest, refs } of items) this.inFlight.set(digest, { versions: refs, since: now });
+    try {
+      await member.submit(envelopes);
+      this.counters.published += items.length;
+    } catch (e) {
+      // Outcome unknown: release them; the next pass finds them (in the ledger, or still unanchored).
+      for (const { digest } of items) this.inFlight.delete(digest);
+      throw e;
+    }
+  }
+
+  private async markFrom({ block, verdicts }: CommittedBlock): Promise<void> {
+    const me = this.options.member.memberId;
+    const marks: AnchorMark[] = [];
+    let released = false;
+    verdicts.forEach((verdict, envelopeIndex) => {
+      if (verdict.valid) {
+        const { envelope } = verdict;
+        if (envelope.creator !== me || (envelope.type !== 'anchor' && envelope.type !== 'audit')) return;
+        envelope.payload.entries.forEach(({ digest }, entryIndex) => {
+          const flight = this.inFlight.get(digest);
+          if (!flight) return;
+          this.inFlight.delete(digest);
+          for (const ref of flight.versions) marks.push({ ...ref, blockNumber: block.header.number, envelopeIndex, entryIndex });
+        });
+      } else {
+        // Our own envelope rejected (e.g. a replay after an unknown-outcome retry): publish its digests again.
+        const parsed = parseEnvelope(block.envelopes[envelopeIndex], Infinity);
+        if (!parsed.valid || parsed.envelope.creator !== me || (parsed.envelope.type !== 'anchor' && parsed.envelope.type !== 'audit')) return;
+        this.log('anchor_envelope_rejected', { block: block.header.number, envelope: envelopeIndex, reason: verdict.reason });
+        for (const { digest } of parsed.envelope.payload.entries) this.inFlight.delete(digest);
+        released = true;
+      }
+    });
+    if (marks.length) {
+      await this.options.outbox.markAnchored(marks);
+      this.counters.anchored += marks.length;
+    }
+    if (released) this.rescan();
+    this.notify();
+  }
+
+  /** In-flight digests older than resubmitAfterMs were lost (e.g. an append that failed after all): publish again. */
+  private releaseStale(): void {
+    const { resubmitAfterMs = 30_000 } = this.options;
+    const cutoff = Date.now() - resubmitAfterMs;
+    let released = 0;
+    for (const [digest, flight] of this.inFlight) {
+      if (flight.since < cutoff) {
+        this.inFlight.delete(digest);
+        released++;
+      }
+    }
+    if (released > 0) {
+      this.counters.resubmitted += released;
+      this.rescan();
+    }
+  }
+
+  /** Start again from the beginning of the outbox, checking the ledger before publishing. */
+  private rescan(): void {
+    this.cursor = 0;
+    this.recovering = true;
+  }
+}
