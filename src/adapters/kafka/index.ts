@@ -7,4 +7,5 @@ export { createKafkaClient, DEFAULT_RETRY, parseBrokerList, quietLogCreator, typ
 export { channelTopic, channelTopicConfig, ensureChannelTopic, type ChannelTopicOptions } from './topics.ts';
 export { ChannelProducer, ChannelSendError, type OutgoingMessage } from './producer.ts';
 export { ChannelConsumer, type ChannelConsumerOptions, type ChannelRecord } from './consumer.ts';
+export { KafkaOrderer, type KafkaOrdererOptions } from './kafka-orderer.ts';
 export { kafkaReachable } from './health.ts';

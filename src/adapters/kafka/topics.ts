@@ -3,10 +3,12 @@
  * order (Fabric's Kafka orderer design). The topic is created with explicit durability settings rather
  * than the broker's defaults (which would allow unclean leader election on some clusters and delete
  * data after 7 days), and an existing topic is checked against them: a channel whose topic has more
- * partitions, fewer replicas or a finite retention is refused, never silently used.
+ * partitions, fewer replicas, a finite retention or another message size limit is refused, never
+ * silently used.
  */
 import kafkajs from 'kafkajs';
 import type { Admin } from 'kafkajs';
+import { MAX_RECORD_BYTES } from '../../ledger/orderer.ts';
 import { createKafkaClient, type KafkaConnection } from './client.ts';
 
 export interface ChannelTopicOptions extends KafkaConnection {
@@ -27,10 +29,19 @@ export function channelTopic(channel: string): string {
   return channel;
 }
 
+/**
+ * The largest record batch (one produce request's messages) a channel topic accepts: the topic's
+ * `max.message.bytes`, and what consumers fetch at once. Twice the orderer's MAX_RECORD_BYTES, so the
+ * largest record fits in a batch with room to spare; the broker's default (about 1 MiB) would refuse
+ * a 1 MiB envelope.
+ */
+export const CHANNEL_MAX_BATCH_BYTES = 2 * MAX_RECORD_BYTES;
+
 /** The topic-level settings every channel topic must have. */
 export function channelTopicConfig(minInsyncReplicas: number): Record<string, string> {
   return {
     'min.insync.replicas': String(minInsyncReplicas),
+    'max.message.bytes': String(CHANNEL_MAX_BATCH_BYTES),
     'unclean.leader.election.enable': 'false',
     'retention.ms': '-1',
     'retention.bytes': '-1',
