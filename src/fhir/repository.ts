@@ -235,6 +235,9 @@ class Mutex {
   }
 }
 
+/** The pseudonymous ledger token of a patient compartment owner (`Patient/123`), set on the versions it owns. */
+export type PatientTokenOf = (owner: string) => string;
+
 export class FhirRepository {
   private readonly writeLock = new Mutex();
   /** Submitted batches that are not durable yet, oldest first. */
@@ -243,6 +246,7 @@ export class FhirRepository {
   constructor(
     readonly store: ResourceStore,
     private readonly checker: VersionChecker = createVersionChecker(0),
+    private readonly options: { patientToken?: PatientTokenOf } = {},
   ) {}
 
   async read(type: string, id: string): Promise<ResourceVersion> {
@@ -535,7 +539,7 @@ export class FhirRepository {
   async write<T>(fn: (session: WriteSession) => Promise<T>): Promise<T> {
     let durable: Promise<void> | undefined;
     const result = await this.writeLock.run(async () => {
-      const session = new WriteSession(this.store, this.checker, [...this.inflight]);
+      const session = new WriteSession(this.store, this.checker, [...this.inflight], this.options.patientToken);
       const value = await fn(session);
       this.inflight.push(session);
       durable = this.finish(session);
@@ -596,6 +600,7 @@ export class WriteSession {
     private readonly store: ResourceStore,
     private readonly checker: VersionChecker,
     private readonly predecessors: WriteSession[] = [],
+    private readonly patientToken?: PatientTokenOf,
   ) {}
 
   /** The newest write to `key` not yet in the store: this session's own, else the latest in-flight one. */
@@ -658,6 +663,7 @@ export class WriteSession {
     } else {
       record = { type, id, versionId, lastUpdated: this.now, deleted: true, content: null, digest: null };
     }
+    if (owner !== undefined && this.patientToken) record.patientToken = this.patientToken(owner);
     const version: ResourceVersion = { type, id, versionId, lastUpdated: this.now, deleted: !resource, json };
     this.staged.set(key, { write: { record, terms, expectedVersion: previous, owner }, version, label: this.label });
     return version;

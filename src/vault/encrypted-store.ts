@@ -2,13 +2,15 @@
  * The vault: a ResourceStore decorator that seals every resource version (AES-256-GCM under its
  * compartment's data key, AAD binding hospital, type, id, version and key) and turns every index term into a
  * keyed blind index before anything reaches the adapter, and undoes both on the way out. The adapters below
- * only ever see ciphertext and blind-index tokens.
+ * only ever see ciphertext and blind-index tokens. The anchor outbox passes through in the clear (digests,
+ * pseudonymous patient tokens, anchor locations): the ledger publisher reads it without any key.
  */
 import { BlindIndex } from './blind-index.ts';
 import { DataKeys, INDEX_KEY_ID, KeyErasedError } from './data-keys.ts';
 import { open, seal, SealError } from './seal.ts';
 import type { MasterKeyring } from './keyring.ts';
 import type {
+  AnchorMark,
   ErasableStore,
   HistoryQuery,
   IndexTerm,
@@ -17,6 +19,7 @@ import type {
   ResourceStore,
   StoreQuery,
   StoredVersion,
+  UnanchoredVersion,
   VersionWrite,
 } from './store.ts';
 
@@ -77,6 +80,7 @@ export class EncryptedStore implements ErasableStore {
     const sealed = writes.map((w, i): VersionWrite => {
       const r = w.record;
       const keyId = keyIds[i];
+      // Everything but the content stays as it is: digest and patientToken are what the ledger gets anyway.
       const record = keyId
         ? { ...r, keyId, content: seal(keys.get(keyId)!, r.content!, contentAad(this.hospitalId, r.type, r.id, r.versionId, keyId)) }
         : { ...r };
@@ -133,6 +137,14 @@ export class EncryptedStore implements ErasableStore {
   async history(query: HistoryQuery): Promise<StoredVersion[]> {
     const rows = await this.inner.history(query);
     return Promise.all(rows.map((r) => this.unseal(r)));
+  }
+
+  unanchored(query: { afterSeq?: number; limit: number }): Promise<UnanchoredVersion[]> {
+    return this.inner.unanchored(query);
+  }
+
+  markAnchored(marks: AnchorMark[]): Promise<void> {
+    return this.inner.markAnchored(marks);
   }
 
   insertKey(key: NewKey): Promise<KeyEntry> {

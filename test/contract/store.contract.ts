@@ -1,7 +1,14 @@
 /** The ResourceStore contract: every adapter runs this same suite against its real engine. */
 import assert from 'node:assert/strict';
 import { describe, it, before, after } from 'node:test';
-import { VersionConflictError, type IndexTerm, type ResourceStore, type VersionWrite } from '../../src/vault/store.ts';
+import {
+  VersionConflictError,
+  type AnchorMark,
+  type IndexTerm,
+  type ResourceStore,
+  type UnanchoredVersion,
+  type VersionWrite,
+} from '../../src/vault/store.ts';
 
 const enc = new TextEncoder();
 
@@ -196,6 +203,76 @@ export function storeContract(name: string, open: () => Promise<ResourceStore>):
         // Erasing a key never seen leaves a tombstone, so it cannot be created later.
         assert.deepEqual(await store.eraseKey('k-never', T3), { resources: 0 });
         assert.equal((await store.getKey('k-never'))?.erasedAt, T3);
+      });
+    });
+
+    describe('anchor outbox', () => {
+      const at = (blockNumber: number, envelopeIndex: number, entryIndex: number) => ({ blockNumber, envelopeIndex, entryIndex });
+      const mark = (v: UnanchoredVersion, location: ReturnType<typeof at>): AnchorMark => ({ type: v.type, id: v.id, versionId: v.versionId, ...location });
+      const slot = (v: { type: string; id: string; versionId: number }) => `${v.type}/${v.id}/${v.versionId}`;
+      const outbox = async (query: { afterSeq?: number; limit: number } = { limit: 1000 }) => (await store.unanchored(query)).map(slot);
+
+      it('holds every version committed so far, oldest first, until it is anchored', async () => {
+        const backlog = await store.unanchored({ limit: 1000 });
+        const history = await store.history({ limit: 1000 });
+        assert.ok(backlog.length > 0);
+        assert.deepEqual(backlog.map((v) => [v.seq, slot(v)]), history.reverse().map((v) => [v.seq, slot(v)]));
+        await store.markAnchored(backlog.map((v, i) => mark(v, at(1, 0, i))));
+        assert.deepEqual(await outbox(), []);
+      });
+
+      it('lists new versions in seq order with digest, patient token and deletions (digest null)', async () => {
+        const e1 = write('Encounter', 'e1', 1, T1);
+        e1.record.patientToken = 'tok-1';
+        await store.commit([e1, write('Encounter', 'e2', 1, T1)]);
+        const deletion = write('Encounter', 'e1', 2, T2, [], true);
+        deletion.record.patientToken = 'tok-1';
+        await store.commit([deletion]);
+        const listed = await store.unanchored({ limit: 10 });
+        assert.deepEqual(listed.map(({ seq: _seq, ...v }) => v), [
+          { type: 'Encounter', id: 'e1', versionId: 1, lastUpdated: T1, deleted: false, digest: 'digest-e1-1', patientToken: 'tok-1' },
+          { type: 'Encounter', id: 'e2', versionId: 1, lastUpdated: T1, deleted: false, digest: 'digest-e2-1' },
+          { type: 'Encounter', id: 'e1', versionId: 2, lastUpdated: T2, deleted: true, digest: null, patientToken: 'tok-1' },
+        ]);
+        assert.ok(listed[0].seq < listed[1].seq && listed[1].seq < listed[2].seq);
+        assert.equal((await store.version('Encounter', 'e1', 1))?.patientToken, 'tok-1');
+        assert.equal((await store.current('Encounter', 'e2'))?.patientToken, undefined);
+      });
+
+      it('pages by afterSeq and limit', async () => {
+        const listed = await store.unanchored({ limit: 10 });
+        assert.deepEqual(await outbox({ limit: 2 }), listed.slice(0, 2).map(slot));
+        assert.deepEqual(await outbox({ afterSeq: listed[0].seq, limit: 10 }), listed.slice(1).map(slot));
+        assert.deepEqual(await outbox({ afterSeq: listed[1].seq, limit: 1 }), [slot(listed[2])]);
+        assert.deepEqual(await outbox({ afterSeq: listed[2].seq, limit: 10 }), []);
+        assert.deepEqual(await outbox({ limit: 0 }), []);
+      });
+
+      it('gets nothing from a rejected batch', async () => {
+        const before = await outbox();
+        await assert.rejects(store.commit([write('Encounter', 'e3', 1, T3), write('Encounter', 'e2', 1, T3)]), VersionConflictError);
+        assert.deepEqual(await outbox(), before);
+      });
+
+      it('anchors versions once: they leave the outbox, keep their first location, and reads show it', async () => {
+        const [e1v1, e2v1, e1v2] = await store.unanchored({ limit: 10 });
+        await store.markAnchored([mark(e1v1, at(7, 0, 0)), mark(e1v2, at(7, 0, 1))]);
+        assert.deepEqual(await outbox(), [slot(e2v1)]);
+        // Marked again elsewhere (a publisher retrying after a crash): the first location stands.
+        await store.markAnchored([mark(e1v1, at(9, 2, 3)), mark(e2v1, at(8, 1, 0))]);
+        assert.deepEqual(await outbox(), []);
+        // A version that does not exist is ignored.
+        await store.markAnchored([{ type: 'Encounter', id: 'nope', versionId: 1, ...at(9, 0, 0) }]);
+
+        assert.deepEqual((await store.version('Encounter', 'e1', 1))?.anchor, at(7, 0, 0));
+        assert.deepEqual((await store.current('Encounter', 'e1'))?.anchor, at(7, 0, 1));
+        assert.deepEqual((await store.current('Encounter', 'e2'))?.anchor, at(8, 1, 0));
+        const history = await store.history({ type: 'Encounter', id: 'e1', limit: 10 });
+        assert.deepEqual(history.map((v) => [v.versionId, v.anchor]), [[2, at(7, 0, 1)], [1, at(7, 0, 0)]]);
+
+        await store.commit([write('Encounter', 'e2', 2, T3)]);
+        assert.equal((await store.current('Encounter', 'e2'))?.anchor, undefined);
+        assert.deepEqual(await outbox(), ['Encounter/e2/2']);
       });
     });
   });

@@ -173,6 +173,7 @@ describe('a transaction interrupted by a crash', () => {
       assert.equal(await countOf('Patient'), 0);
       assert.equal(await countOf('Observation'), 0);
       assert.deepEqual(await store.history({ limit: 5 }), []);
+      assert.deepEqual(await store.unanchored({ limit: 5 }), []);
       await store.close();
     } finally {
       rmSync(dataDir, { recursive: true, force: true });

@@ -1,7 +1,7 @@
 /**
- * MongoStore's commit protocol against the real engine: failed and interrupted batches never show, recovery
- * leaves a clean store, a batch killed after its commit point becomes whole, and concurrent writers never
- * both win. Crashes are real: this file re-runs itself as a child process (MEDBLOCK_RECOVERY_CHILD set)
+ * MongoStore's commit protocol against the real engine: failed and interrupted batches never show (neither to
+ * readers nor in the anchor outbox), recovery leaves a clean store, a batch killed after its commit point
+ * becomes whole, and concurrent writers never both win. Crashes are real: this file re-runs itself as a child process (MEDBLOCK_RECOVERY_CHILD set)
  * that SIGKILLs itself at a chosen step of commit(), through the adapter's onStep hook.
  */
 import assert from 'node:assert/strict';
@@ -117,6 +117,7 @@ if (process.env.MEDBLOCK_RECOVERY_CHILD) {
         search: (await store.search(query)).map((r) => `${r.id}@${r.versionId}`),
         count: await store.count(query),
         byCode2: await store.count({ ...query, clauses: [{ param: 'code', anyOf: ['code-2'] }] }),
+        outbox: (await store.unanchored({ limit: 100_000 })).map((v) => `${v.id}@${v.versionId}`).sort(),
         txs: await db.collection('txs').countDocuments(),
         versions: await db.collection('versions').countDocuments(),
       };
@@ -216,6 +217,12 @@ if (process.env.MEDBLOCK_RECOVERY_CHILD) {
 
         await crashAt({ uri, database, prefix, creates: 20, updates: 20, killAt });
 
+        // Committed, so already in the outbox before anyone rolls it forward (a store without init() recovers nothing).
+        const observer = new MongoStore(uri, database);
+        stores.push(observer);
+        const batch = [...ids(`${prefix}u`, 20).map((id) => `${id}@2`), ...ids(`${prefix}c`, 20).map((id) => `${id}@1`)];
+        assert.deepEqual((await snapshot(observer, watched)).outbox, [...baseline.outbox, ...batch].sort());
+
         // Committed batches are finished whatever their age: the default staleness does not hold them back.
         const restarted = await open();
         const seen = await snapshot(restarted, watched);
@@ -225,6 +232,7 @@ if (process.env.MEDBLOCK_RECOVERY_CHILD) {
         assert.equal(seen.count, baseline.count + 20);
         assert.equal(seen.byCode2, baseline.byCode2 + 20);
         assert.equal(seen.txs, 0);
+        assert.deepEqual(seen.outbox, [...baseline.outbox, ...batch].sort());
         const one = await restarted.current('Observation', `${prefix}u-0007`);
         assert.deepEqual(JSON.parse(dec.decode(one!.content!)), { resourceType: 'Observation', id: `${prefix}u-0007`, v: 2, mark: 'x' });
       });
@@ -328,6 +336,18 @@ if (process.env.MEDBLOCK_RECOVERY_CHILD) {
         assert.equal(await db.collection('versions').countDocuments({ keyId: key }), 31);
       });
     }
+
+    it('(e) markAnchored shreds again the terms of an erased key that its write may have put back (FerretDB write-back)', async () => {
+      const store = await open();
+      await store.commit([write('ea-1', 1, T1, 'x', 'key-ea')]);
+      await store.eraseKey('key-ea', T2);
+      // What a markAnchored that read the version before the erasure emptied its terms writes back on FerretDB.
+      const versions = db.collection<{ _id: string; terms: string[] }>('versions');
+      await versions.updateOne({ _id: 'Observation/ea-1/1' }, { $set: { terms: ['code=code-1'] } });
+      await store.markAnchored([{ type: 'Observation', id: 'ea-1', versionId: 1, blockNumber: 1, envelopeIndex: 0, entryIndex: 0 }]);
+      assert.equal(await versions.countDocuments({ keyId: 'key-ea', terms: { $ne: [] } }), 0);
+      assert.deepEqual((await store.version('Observation', 'ea-1', 1))?.anchor, { blockNumber: 1, envelopeIndex: 0, entryIndex: 0 });
+    });
 
     it('(e) an erasure wins over a re-wrap and an insert of the same key racing with it', async () => {
       const eraser = await open();

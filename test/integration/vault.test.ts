@@ -1,8 +1,9 @@
 /**
  * The encrypted vault end to end, on every adapter: no PHI at rest, ciphertexts bound to their record,
- * $everything, and crypto-shredding with $erase.
+ * $everything, the anchor outbox, and crypto-shredding with $erase.
  */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -13,6 +14,7 @@ import { EncryptedStore, contentAad } from '../../src/vault/encrypted-store.ts';
 import { open } from '../../src/vault/seal.ts';
 import { MasterKeyring, keySource } from '../../src/vault/keyring.ts';
 import { wrapAad } from '../../src/vault/data-keys.ts';
+import { FhirRepository } from '../../src/fhir/repository.ts';
 import type { KeyEntry } from '../../src/vault/store.ts';
 
 const SMART = join(FHIR_DATA, 'synthea', 'smart-2019');
@@ -176,6 +178,34 @@ forEachStore((start, store) => {
       const conditions = bundles[1].entry.filter((e: Json) => e.resource.resourceType === 'Condition').length;
       assert.equal(search.entry?.length ?? 0, conditions);
       assert.ok(search.entry.every((e: Json) => e.resource.subject.reference === `Patient/${patients[1]}`));
+    });
+
+    it('keeps the anchor outbox readable without keys: patient tokens and digests in the clear, anchors on reads', async () => {
+      const tokenOf = (owner: string) => createHash('sha256').update(`test\0${owner}`).digest('base64url');
+      const repo = new FhirRepository(t.gateway.store, undefined, { patientToken: tokenOf });
+      const [patient, observation, organization] = await repo.write(async (s) => {
+        const p = await s.create({ resourceType: 'Patient', name: [{ family: 'Outbox' }] });
+        const o = await s.create({ resourceType: 'Observation', status: 'final', code: { text: 'x' }, subject: { reference: `Patient/${p.id}` } });
+        return [p, o, await s.create({ resourceType: 'Organization', name: 'Outbox clinic' })];
+      });
+      const vault = t.gateway.store as EncryptedStore;
+      const outbox = await vault.unanchored({ limit: 100_000 });
+      // The adapter's own outbox is the same: the publisher needs no key.
+      assert.deepEqual(await vault.inner.unanchored({ limit: 100_000 }), outbox);
+      const ours = outbox.filter((v) => [patient.id, observation.id, organization.id].includes(v.id));
+      assert.deepEqual(ours.map((v) => [v.type, v.patientToken]), [
+        ['Patient', tokenOf(`Patient/${patient.id}`)],
+        ['Observation', tokenOf(`Patient/${patient.id}`)],
+        ['Organization', undefined],
+      ]);
+      assert.ok(ours.every((v) => /^[0-9a-f]{64}$/.test(v.digest!)));
+
+      const anchor = { blockNumber: 3, envelopeIndex: 1, entryIndex: 4 };
+      await vault.markAnchored([{ type: 'Observation', id: observation.id, versionId: 1, ...anchor }]);
+      const stored = await vault.current('Observation', observation.id);
+      assert.deepEqual(stored?.anchor, anchor);
+      assert.equal(JSON.parse(new TextDecoder().decode(stored!.content!)).subject.reference, `Patient/${patient.id}`);
+      assert.ok(!(await vault.unanchored({ limit: 100_000 })).some((v) => v.id === observation.id));
     });
 
     it('crypto-shreds a patient with $erase: 410 everywhere, nothing in the store opens the old ciphertext', async () => {

@@ -11,7 +11,8 @@
  *     succeeds) and a delete by `_id` (exactly one deleter gets deletedCount 1).
  *   - No query uses an index: the index expressions (`sjson->"_id"`) differ from the query expressions
  *     (`sjson->'$._id'`). Every statement scans its collection, and every updated document costs a scan.
- *     Inserts are cheap. So a create touches pointers only by insert, and versions are never updated.
+ *     Inserts are cheap. So a create touches pointers only by insert, and commit() never updates a version
+ *     (markAnchored does, once per version, off the request path).
  *   - An `update` command holds a pooled connection per statement until it ends, and the pool has 100
  *     connections. A command with ≥ 100 statements, or concurrent commands that add up to that, hangs.
  *     Update bulks are therefore sent in commands of at most 8 statements there.
@@ -28,9 +29,10 @@
  *              The commit point is the insert of 'committed'; a recoverer aborts by inserting 'aborted'.
  *              Whichever insert lands first wins, on FerretDB too.
  *   versions   `{_id: 'Type/id/v', seq, type, id, v, lastUpdated, deleted, content (binary), digest, keyId,
- *              terms, tx}`. These documents are immutable, except that erasing a data key empties the terms
- *              of the versions sealed under it. The `_id` is the version's slot, so it is unique, and an
- *              exact `_id` is the one filter FerretDB pushes down to SQLite; current() and version() use it.
+ *              patientToken, terms, tx, anchored, anchor?}`. These documents are immutable, except that
+ *              erasing a data key empties the terms of the versions sealed under it and that markAnchored
+ *              sets `anchored: true` and `anchor` once. The `_id` is the version's slot, so it is unique, and
+ *              an exact `_id` is the one filter FerretDB pushes down to SQLite; current() and version() use it.
  *   current    one pointer per resource: `{_id: 'Type/id', type, id, version, seq, lastUpdated, deleted,
  *              keyId, terms}`. `terms` is a flat array of `param=value` strings with a multikey index (param
  *              names never contain `=`). A clause becomes `$in` (`$nin` when negated, which also matches
@@ -99,6 +101,18 @@
  * same resource inside that per-document read-then-write, the late write can put the pointer back. On
  * MongoDB the conditional update is atomic.
  *
+ * Anchor outbox. Versions are staged with `anchored: false`, and on MongoDB the index {anchored, seq} serves
+ * the outbox query. Staged versions are in that state before their commit point too, so unanchored() keeps
+ * only those whose batch has the 'committed' decision: a batch in flight, aborted or left over never shows,
+ * and one that committed shows even before it is rolled forward (it will become visible). The decision is
+ * read after the versions, and a 'committed' decision is permanent, so the check cannot go stale.
+ * markAnchored is one conditional updateOne per version (`anchored: false`), so a version keeps its first
+ * location. On FerretDB that condition is not a compare-and-set: two markAnchored of one version at once may
+ * both apply (the later location stays), and one racing with an erasure's step 3 (below) may write back the
+ * terms the erasure just emptied, or lose its anchor to the erasure's write-back (the version is then in the
+ * outbox again and is anchored a second time). Written-back terms are handled as in roll-forward:
+ * markAnchored reads the tombstones of the marked versions' keys after its writes and shreds again.
+ *
  * Erasure (crypto-shredding). eraseKey(k) runs three steps, each idempotent, so running it again finishes
  * an interrupted one:
  *   1. Insert the tombstone `erased_keys {_id: k}`. A unique insert: the first erasure's instant stands.
@@ -146,6 +160,8 @@ import type {
 } from 'mongodb';
 import {
   VersionConflictError,
+  type AnchorLocation,
+  type AnchorMark,
   type HistoryQuery,
   type InstantBound,
   type KeyEntry,
@@ -153,6 +169,7 @@ import {
   type ResourceStore,
   type StoreQuery,
   type StoredVersion,
+  type UnanchoredVersion,
   type VersionWrite,
 } from '../../vault/store.ts';
 
@@ -204,8 +221,13 @@ interface VersionDoc {
   digest: string | null;
   /** The data key the content is sealed under; null for deletions and plaintext. */
   keyId: string | null;
+  patientToken: string | null;
   terms: string[];
   tx: number;
+  /** False while the version is in the anchor outbox. */
+  anchored: boolean;
+  /** Where the ledger anchored the version; set with `anchored: true`. */
+  anchor?: AnchorLocation;
 }
 
 interface PointerDoc {
@@ -257,6 +279,7 @@ const VERSION_INDEXES: IndexDescription[] = [
   { key: { type: 1, seq: -1 }, name: 'history_by_type' },
   { key: { type: 1, id: 1, seq: -1 }, name: 'history_by_id' },
   { key: { tx: 1 }, name: 'by_tx' },
+  { key: { anchored: 1, seq: 1 }, name: 'outbox' },
 ];
 const POINTER_INDEXES: IndexDescription[] = [
   { key: { type: 1, id: 1 }, name: 'by_id' },
@@ -271,7 +294,12 @@ function bytesOf(binary: Binary | null): Uint8Array | null {
   return binary ? binary.buffer.subarray(0, binary.length()) : null;
 }
 
-function toStored(doc: VersionDoc): StoredVersion {
+/** What unanchored() reads of a version: no content, no terms. */
+const OUTBOX_FIELDS = ['seq', 'type', 'id', 'v', 'lastUpdated', 'deleted', 'digest', 'patientToken', 'tx'] as const;
+const OUTBOX_PROJECTION = Object.fromEntries(OUTBOX_FIELDS.map((field) => [field, 1]));
+type OutboxDoc = Pick<VersionDoc, (typeof OUTBOX_FIELDS)[number]>;
+
+function toUnanchored(doc: OutboxDoc): UnanchoredVersion {
   return {
     seq: doc.seq,
     type: doc.type,
@@ -279,9 +307,17 @@ function toStored(doc: VersionDoc): StoredVersion {
     versionId: doc.v,
     lastUpdated: doc.lastUpdated,
     deleted: doc.deleted,
-    content: bytesOf(doc.content),
     digest: doc.digest,
+    ...(doc.patientToken !== null && { patientToken: doc.patientToken }),
+  };
+}
+
+function toStored(doc: VersionDoc): StoredVersion {
+  return {
+    ...toUnanchored(doc),
+    content: bytesOf(doc.content),
     ...(doc.keyId !== null && { keyId: doc.keyId }),
+    ...(doc.anchor && { anchor: doc.anchor }),
   };
 }
 
@@ -551,8 +587,10 @@ export class MongoStore implements ResourceStore {
       content: r.content ? new Binary(r.content) : null,
       digest: r.digest,
       keyId: r.keyId ?? null,
+      patientToken: r.patientToken ?? null,
       terms: termStrings(terms),
       tx: txId,
+      anchored: false,
     }));
     try {
       await this.versions.insertMany(docs, { ordered: false });
@@ -589,18 +627,18 @@ export class MongoStore implements ResourceStore {
     }
     await this.step('moved', txId);
     // Before the tx document goes, so that recovery repeats this check if the gateway dies here.
-    await this.shredIfErased(moves);
+    await this.shredIfErased(moves.flatMap((m) => m.target.keyId ?? []));
     await this.txs.deleteOne({ _id: txId });
     await this.step('finished', txId);
   }
 
   /**
-   * Hides the pointers just moved if their data key was erased meanwhile (see "Erasure" in the header
-   * comment): the pointers were written before the tombstones are read here, and eraseKey inserts its
-   * tombstone before it hides pointers, so either this read sees the tombstone or the erasure sees the pointers.
+   * Shreds again what was just written under these data keys if they were erased meanwhile (see "Erasure" in
+   * the header comment): the documents were written before the tombstones are read here, and eraseKey inserts
+   * its tombstone before it shreds, so either this read sees the tombstone or the erasure sees the writes.
    */
-  private async shredIfErased(moves: Move[]): Promise<void> {
-    const keyIds = [...new Set(moves.flatMap((m) => m.target.keyId ?? []))];
+  private async shredIfErased(writtenUnder: string[]): Promise<void> {
+    const keyIds = [...new Set(writtenUnder)];
     if (keyIds.length === 0) return;
     const erased = await this.erasedKeys.find({ _id: { $in: keyIds } }, { projection: { _id: 1 } }).toArray();
     if (erased.length > 0) await this.shredIndex(erased.map((e) => e._id));
@@ -758,6 +796,46 @@ export class MongoStore implements ResourceStore {
       if (docs.length < want || result.length >= query.limit) return result;
       beforeSeq = docs[docs.length - 1].seq;
     }
+  }
+
+  // ------------------------------------------------------------------------------------------ anchor outbox
+
+  async unanchored(query: { afterSeq?: number; limit: number }): Promise<UnanchoredVersion[]> {
+    if (query.limit <= 0) return [];
+    const result: UnanchoredVersion[] = [];
+    let afterSeq = query.afterSeq;
+    // Versions of batches not committed are skipped; pages are refilled past them.
+    for (;;) {
+      const filter: Filter<VersionDoc> = { anchored: false };
+      if (afterSeq !== undefined) filter.seq = { $gt: afterSeq };
+      const want = query.limit - result.length;
+      const docs = await this.versions.find(filter, { projection: OUTBOX_PROJECTION }).sort({ seq: 1 }).limit(want).toArray();
+      if (docs.length === 0) return result;
+      const decisions = await this.decisions
+        .find({ _id: { $in: [...new Set(docs.map((d) => d.tx))] }, outcome: 'committed' }, { projection: { _id: 1 } })
+        .toArray();
+      const committed = new Set(decisions.map((d) => d._id));
+      for (const d of docs) if (committed.has(d.tx)) result.push(toUnanchored(d));
+      if (docs.length < want || result.length >= query.limit) return result;
+      afterSeq = docs[docs.length - 1].seq;
+    }
+  }
+
+  async markAnchored(marks: AnchorMark[]): Promise<void> {
+    if (marks.length === 0) return;
+    const slots = marks.map((m) => slotKey(m.type, m.id, m.versionId));
+    const updates: AnyBulkWriteOperation<VersionDoc>[] = marks.map(({ blockNumber, envelopeIndex, entryIndex }, i) => ({
+      updateOne: {
+        filter: { _id: slots[i], anchored: false },
+        update: { $set: { anchored: true, anchor: { blockNumber, envelopeIndex, entryIndex } } },
+      },
+    }));
+    for (let i = 0; i < updates.length; i += this.updatesPerCommand) {
+      await this.versions.bulkWrite(updates.slice(i, i + this.updatesPerCommand), { ordered: false });
+    }
+    // FerretDB writes back the whole document it read: terms an erasure emptied meanwhile may be back.
+    const sealed = await this.versions.find({ _id: { $in: slots }, keyId: { $ne: null } }, { projection: { keyId: 1 } }).toArray();
+    await this.shredIfErased(sealed.map((d) => d.keyId!));
   }
 
   // ------------------------------------------------------------------------------------------- data keys

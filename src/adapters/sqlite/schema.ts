@@ -4,15 +4,23 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 /** Bumped when the layout changes incompatibly; a vault of another version is refused, never migrated blindly. */
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
+/** What the current schema holds, for the refusal message. */
+const SCHEMA_DESCRIPTION = 'encrypted, with the ledger anchor outbox';
 
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS versions (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
-  last_updated TEXT NOT NULL, deleted INTEGER NOT NULL, content BLOB, digest TEXT, key_id TEXT,
+  last_updated TEXT NOT NULL, deleted INTEGER NOT NULL, digest TEXT, key_id TEXT, patient_token TEXT,
+  anchor_block INTEGER, anchor_envelope INTEGER, anchor_entry INTEGER,
+  -- Last, so that reading the other columns (the outbox) never walks a large content's overflow pages.
+  content BLOB,
   UNIQUE (type, id, version)
 );
+-- The anchor outbox: only versions not anchored yet are in this index, so the publisher's scan stays as
+-- small as its backlog however large the vault grows.
+CREATE INDEX IF NOT EXISTS versions_unanchored ON versions (seq) WHERE anchor_block IS NULL;
 CREATE TABLE IF NOT EXISTS current (
   type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, seq INTEGER NOT NULL,
   last_updated TEXT NOT NULL, deleted INTEGER NOT NULL, key_id TEXT,
@@ -51,8 +59,8 @@ export function openDatabase(file: string): Database.Database {
   if (fresh.n > 0 && version !== SCHEMA_VERSION) {
     db.close();
     throw new Error(
-      `${file} is a vault of schema ${version}, this gateway uses schema ${SCHEMA_VERSION} (encrypted); ` +
-        'import the data into a new MEDBLOCK_DATA_DIR',
+      `${file} is a vault of schema ${version}, this gateway uses schema ${SCHEMA_VERSION} (${SCHEMA_DESCRIPTION}) ` +
+        'and does not migrate vaults: import the data into a new MEDBLOCK_DATA_DIR',
     );
   }
   db.exec(SCHEMA);

@@ -3,6 +3,7 @@ import { Worker } from 'node:worker_threads';
 import {
   CommitAbortedError,
   VersionConflictError,
+  type AnchorMark,
   type HistoryQuery,
   type KeyEntry,
   type NewKey,
@@ -10,6 +11,7 @@ import {
   type StoreQuery,
   type StoredVersion,
   type TermClause,
+  type UnanchoredVersion,
   type VersionWrite,
 } from '../../vault/store.ts';
 import { KeyErasedError } from '../../vault/data-keys.ts';
@@ -17,16 +19,23 @@ import { openDatabase } from './schema.ts';
 import { SqliteWriter, type KeyOperation } from './sqlite-writer.ts';
 import type { WriterReply, WriterRequest } from './writer-protocol.ts';
 
-interface VersionRow {
+interface OutboxRow {
   seq: number;
   type: string;
   id: string;
   version: number;
   last_updated: string;
   deleted: number;
-  content: Buffer | null;
   digest: string | null;
+  patient_token: string | null;
+}
+
+interface VersionRow extends OutboxRow {
+  content: Buffer | null;
   key_id: string | null;
+  anchor_block: number | null;
+  anchor_envelope: number | null;
+  anchor_entry: number | null;
 }
 
 interface KeyRow {
@@ -41,10 +50,10 @@ function toKeyEntry(row: KeyRow): KeyEntry {
   return { keyId: row.key_id, createdAt: row.created_at, masterKeyId: row.master_key_id, wrapped: row.wrapped, erasedAt: row.erased_at };
 }
 
+const OUTBOX_COLUMNS = 'v.seq, v.type, v.id, v.version, v.last_updated, v.deleted, v.digest, v.patient_token';
+const VERSION_COLUMNS = `${OUTBOX_COLUMNS}, v.content, v.key_id, v.anchor_block, v.anchor_envelope, v.anchor_entry`;
 
-const VERSION_COLUMNS = 'v.seq, v.type, v.id, v.version, v.last_updated, v.deleted, v.content, v.digest, v.key_id';
-
-function toStored(row: VersionRow): StoredVersion {
+function toUnanchored(row: OutboxRow): UnanchoredVersion {
   return {
     seq: row.seq,
     type: row.type,
@@ -52,9 +61,19 @@ function toStored(row: VersionRow): StoredVersion {
     versionId: row.version,
     lastUpdated: row.last_updated,
     deleted: row.deleted === 1,
-    content: row.content,
     digest: row.digest,
+    ...(row.patient_token !== null && { patientToken: row.patient_token }),
+  };
+}
+
+function toStored(row: VersionRow): StoredVersion {
+  return {
+    ...toUnanchored(row),
+    content: row.content,
     ...(row.key_id !== null && { keyId: row.key_id }),
+    ...(row.anchor_block !== null && {
+      anchor: { blockNumber: row.anchor_block, envelopeIndex: row.anchor_envelope!, entryIndex: row.anchor_entry! },
+    }),
   };
 }
 
@@ -81,7 +100,10 @@ export class SqliteStore implements ResourceStore {
   private inline?: SqliteWriter;
   private thread?: Worker;
   private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (result?: number | boolean) => void; reject: (e: Error) => void; key: boolean }>();
+  private readonly pending = new Map<
+    number,
+    { resolve: (result?: number | boolean) => void; reject: (e: Error) => void; kind: WriterRequest['kind'] }
+  >();
 
   constructor(
     private readonly file: string,
@@ -116,8 +138,8 @@ export class SqliteStore implements ResourceStore {
     this.pending.delete(reply.id);
     if (this.pending.size === 0) this.thread!.unref();
     if (!reply.error) return waiter.resolve(reply.result);
-    // A failed key write does not poison the batch queue; a failed batch does, until `resume`.
-    if (waiter.key) return waiter.reject(new Error(`vault key write failed (${reply.error.message})`));
+    // A failed key or anchor write does not poison the batch queue; a failed batch does, until `resume`.
+    if (waiter.kind !== 'commit') return waiter.reject(new Error(`vault ${waiter.kind} write failed (${reply.error.message})`));
     if (!reply.error.aborted) this.thread!.postMessage({ kind: 'resume' } satisfies WriterRequest);
     if (reply.error.conflict) waiter.reject(new VersionConflictError(reply.error.conflict.type, reply.error.conflict.id));
     else if (reply.error.erased) waiter.reject(new KeyErasedError(reply.error.erased.keyId, reply.error.erased.erasedAt));
@@ -137,6 +159,10 @@ export class SqliteStore implements ResourceStore {
         `SELECT ${VERSION_COLUMNS} FROM current c JOIN versions v ON v.seq = c.seq WHERE c.type = ? AND c.id = ?`,
       ),
       version: db.prepare(`SELECT ${VERSION_COLUMNS} FROM versions v WHERE v.type = ? AND v.id = ? AND v.version = ?`),
+      // Answered from the partial index versions_unanchored: proportional to the backlog, not to the vault.
+      unanchored: db.prepare(
+        `SELECT ${OUTBOX_COLUMNS} FROM versions v WHERE v.anchor_block IS NULL AND v.seq > ? ORDER BY v.seq LIMIT ?`,
+      ),
       getKey: db.prepare('SELECT * FROM data_keys WHERE key_id = ?'),
       listKeys: db.prepare(
         'SELECT * FROM data_keys WHERE erased_at IS NULL AND master_key_id <> ? AND key_id > ? ORDER BY key_id LIMIT ?',
@@ -170,7 +196,7 @@ export class SqliteStore implements ResourceStore {
 
   private post(request: Extract<WriterRequest, { id: number }>): Promise<number | boolean | undefined> {
     return new Promise((resolve, reject) => {
-      this.pending.set(request.id, { resolve, reject, key: request.kind === 'key' });
+      this.pending.set(request.id, { resolve, reject, kind: request.kind });
       // Keep the process alive while a request is outstanding, and only then.
       this.thread!.ref();
       this.thread!.postMessage(request satisfies WriterRequest);
@@ -181,6 +207,18 @@ export class SqliteStore implements ResourceStore {
   private async keyOperation(operation: KeyOperation): Promise<number | boolean> {
     if (this.inline) return this.inline.applyKeyOperation(operation);
     return (await this.post({ kind: 'key', id: this.nextId++, operation })) as number | boolean;
+  }
+
+  async markAnchored(marks: AnchorMark[]): Promise<void> {
+    if (marks.length === 0) return;
+    if (this.inline) return this.inline.markAnchored(marks);
+    await this.post({ kind: 'anchor', id: this.nextId++, marks });
+  }
+
+  async unanchored(query: { afterSeq?: number; limit: number }): Promise<UnanchoredVersion[]> {
+    if (query.limit <= 0) return []; // LIMIT -1 would mean no limit
+    const rows = this.statements.unanchored.all(query.afterSeq ?? 0, query.limit) as OutboxRow[];
+    return rows.map(toUnanchored);
   }
 
   async current(type: string, id: string): Promise<StoredVersion | undefined> {

@@ -1,10 +1,11 @@
 /**
  * Every write to the vault file: version batches (one SQL transaction each, with the optimistic version
- * check) and data-key changes. One connection does all writing, so writes never wait on each other's locks.
+ * check), data-key changes and anchor locations. One connection does all writing, so writes never wait on
+ * each other's locks.
  */
 import type Database from 'better-sqlite3';
 import { KeyErasedError } from '../../vault/data-keys.ts';
-import { VersionConflictError, type NewKey, type VersionWrite } from '../../vault/store.ts';
+import { VersionConflictError, type AnchorMark, type NewKey, type VersionWrite } from '../../vault/store.ts';
 
 export type KeyOperation =
   | { name: 'insertKeys'; keys: NewKey[] }
@@ -14,6 +15,8 @@ export type KeyOperation =
 export class SqliteWriter {
   readonly statements;
   readonly apply: (writes: VersionWrite[]) => void;
+  /** Records anchor locations, all in one transaction; a version already anchored keeps its first location. */
+  readonly markAnchored: (marks: AnchorMark[]) => void;
   private readonly keys;
   private readonly erase: (keyId: string, erasedAt: string) => number;
   private readonly insertKeys: (keys: NewKey[]) => number;
@@ -45,7 +48,8 @@ export class SqliteWriter {
     });
     this.statements = {
       insertVersion: db.prepare(
-        'INSERT INTO versions (type, id, version, last_updated, deleted, content, digest, key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+        `INSERT INTO versions (type, id, version, last_updated, deleted, content, digest, key_id, patient_token)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
       insertCurrent: db.prepare(
         'INSERT INTO current (type, id, version, seq, last_updated, deleted, key_id) VALUES (?, ?, ?, ?, ?, ?, ?)',
@@ -56,6 +60,13 @@ export class SqliteWriter {
       deleteTerms: db.prepare('DELETE FROM terms WHERE type = ? AND id = ?'),
       insertTerm: db.prepare('INSERT OR IGNORE INTO terms (type, param, value, id) VALUES (?, ?, ?, ?)'),
     };
+    const anchor = db.prepare(
+      `UPDATE versions SET anchor_block = ?, anchor_envelope = ?, anchor_entry = ?
+       WHERE type = ? AND id = ? AND version = ? AND anchor_block IS NULL`,
+    );
+    this.markAnchored = db.transaction((marks: AnchorMark[]) => {
+      for (const m of marks) anchor.run(m.blockNumber, m.envelopeIndex, m.entryIndex, m.type, m.id, m.versionId);
+    });
     const erasedAt = db.prepare('SELECT erased_at FROM data_keys WHERE key_id = ? AND erased_at IS NOT NULL');
     this.apply = db.transaction((writes: VersionWrite[]) => {
       // Another process may still hold an erased key in its cache: nothing sealed under it may land.
@@ -83,7 +94,9 @@ export class SqliteWriter {
     if (r.versionId <= expectedVersion) throw new VersionConflictError(r.type, r.id);
     const deleted = r.deleted ? 1 : 0;
     const keyId = r.keyId ?? null;
-    const { lastInsertRowid: seq } = s.insertVersion.run(r.type, r.id, r.versionId, r.lastUpdated, deleted, r.content, r.digest, keyId);
+    const { lastInsertRowid: seq } = s.insertVersion.run(
+      r.type, r.id, r.versionId, r.lastUpdated, deleted, r.content, r.digest, keyId, r.patientToken ?? null,
+    );
     // The current pointer moves only from the expected version: the optimistic concurrency check.
     if (expectedVersion === 0) {
       s.insertCurrent.run(r.type, r.id, r.versionId, seq, r.lastUpdated, deleted, keyId);

@@ -1,7 +1,8 @@
 /**
  * The vault's writer thread: applies commit batches strictly in the order they were posted, so the fsync of
  * one batch overlaps the main thread's work on the next request. After a failed batch it aborts every batch
- * already queued behind it (they may depend on the failed one) until the main thread posts `resume`.
+ * already queued behind it (they may depend on the failed one) until the main thread posts `resume`; key and
+ * anchor writes depend on no batch and are always applied.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { KeyErasedError } from '../../vault/data-keys.ts';
@@ -25,9 +26,14 @@ parentPort!.on('message', (message: WriterRequest) => {
     return;
   }
   let reply: WriterReply;
-  if (message.kind === 'key') {
+  if (message.kind === 'key' || message.kind === 'anchor') {
     try {
-      reply = { id: message.id, result: writer.applyKeyOperation(message.operation) };
+      if (message.kind === 'key') {
+        reply = { id: message.id, result: writer.applyKeyOperation(message.operation) };
+      } else {
+        writer.markAnchored(message.marks);
+        reply = { id: message.id };
+      }
     } catch (e) {
       reply = { id: message.id, error: { message: (e as Error).name } };
     }
