@@ -4,9 +4,10 @@
  * teams with AuditEvent read access) and anchored in the ledger through the outbox in `audit` envelopes
  * (digests only), so `medblock verify` detects an altered or deleted record.
  *
- * Writing is asynchronous with group commit: a record is queued, and every record queued while a batch
- * is being committed goes into the next one, so the log costs one vault write per batch, not per request.
- * The records of the last batch in progress can be lost if the process dies at that moment.
+ * Writing uses group commit: a record is queued, and every record queued while a batch is being committed
+ * goes into the next one, so the log costs one vault write per batch, not per request. The HTTP layer
+ * waits for a request's record to be durable before it answers (and answers 503 if it cannot be written),
+ * so every answer that left the gateway has its record; a crash can only lose records of unanswered requests.
  */
 import type { FhirRepository } from '../fhir/repository.ts';
 
@@ -49,8 +50,14 @@ export function auditEvent(record: AccessRecord, hospitalId: string): Record<str
   };
 }
 
+interface Queued {
+  record: AccessRecord;
+  resolve: () => void;
+  reject: (error: Error) => void;
+}
+
 export class AccessLog {
-  private queue: AccessRecord[] = [];
+  private queue: Queued[] = [];
   private flushing: Promise<void> | undefined;
   private failures = 0;
 
@@ -60,10 +67,11 @@ export class AccessLog {
     private readonly onError: (error: Error) => void = () => {},
   ) {}
 
-  /** Queues a record; it is committed with the next batch. */
-  record(record: AccessRecord): void {
-    this.queue.push(record);
+  /** Queues a record; resolves once the batch it went into is committed (rejects if that batch failed). */
+  record(record: AccessRecord): Promise<void> {
+    const committed = new Promise<void>((resolve, reject) => this.queue.push({ record, resolve, reject }));
     if (!this.flushing) this.flushing = this.flush();
+    return committed;
   }
 
   /** Records that failed to be written (each failure is also reported through onError). */
@@ -81,11 +89,13 @@ export class AccessLog {
       const batch = this.queue.splice(0);
       try {
         await this.repo.write(async (session) => {
-          for (const record of batch) await session.create(auditEvent(record, this.hospitalId) as never);
+          for (const { record } of batch) await session.create(auditEvent(record, this.hospitalId) as never);
         });
+        for (const { resolve } of batch) resolve();
       } catch (e) {
         this.failures += batch.length;
         this.onError(e as Error);
+        for (const { reject } of batch) reject(e as Error);
       }
     }
     this.flushing = undefined;

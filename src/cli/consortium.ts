@@ -1,8 +1,12 @@
-/** `medblock consortium init`: a new consortium's CA, member certificates and keys, written to a fresh directory. */
-import { existsSync } from 'node:fs';
+/** `medblock consortium …`: a new consortium's CA, member certificates and keys; membership changes as config transactions. */
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { createConsortium } from '../identity/ca.ts';
-import { writeConsortiumDir } from '../identity/consortium-dir.ts';
+import type { GatewayConfig } from '../config.ts';
+import { loadConsortium, openOrderer } from '../gateway.ts';
+import { createConsortium, issueMemberCertificate, type MemberRequest } from '../identity/ca.ts';
+import { memberCertificateCheck, writeConsortiumDir, writeMemberRequestDir } from '../identity/consortium-dir.ts';
+import { approveConfigChange, createEnvelope, encodeEnvelope, newNonce, type ConfigApproval, type ConfigChange } from '../ledger/envelope.ts';
+import { encodeChannelMessage } from '../ledger/orderer.ts';
 
 export interface ConsortiumInitOptions {
   /** Comma-separated member ids. */
@@ -27,4 +31,106 @@ export async function runConsortiumInit(opts: ConsortiumInitOptions): Promise<vo
       `(${consortium.members.map((m) => m.id).join(', ')}), quorum ${consortium.quorum}\n` +
       `each member directory holds private keys: hand it to that member only, over a secure channel\n`,
   );
+}
+
+/** `medblock consortium request`: a joining member's keys and the request to send to the CA operator. */
+export async function runConsortiumRequest(opts: { member: string; out: string }): Promise<void> {
+  const out = resolve(opts.out);
+  await writeMemberRequestDir(out, opts.member);
+  process.stdout.write(
+    `member ${opts.member}'s keys and request written to ${out}\n` +
+      `send ${out}/request.json to the CA operator (medblock consortium issue); the private keys never leave ${out}\n`,
+  );
+}
+
+/**
+ * `medblock consortium issue`, run by the CA operator: checks a member request (CSR self-signature, member
+ * id, signing-key proof of possession) and writes the member certificate.
+ */
+export async function runConsortiumIssue(opts: { ca: string; request: string; out: string }): Promise<void> {
+  const ca = { certPem: readFileSync(resolve(opts.ca, 'ca.crt'), 'utf8'), keyPem: readFileSync(resolve(opts.ca, 'ca.key'), 'utf8') };
+  const { memberId, ...request } = JSON.parse(readFileSync(resolve(opts.request), 'utf8')) as MemberRequest & { memberId: string };
+  if (typeof memberId !== 'string') throw new Error(`${opts.request} names no memberId`);
+  const certificate = issueMemberCertificate(ca, request, memberId);
+  writeFileSync(resolve(opts.out), certificate, { flag: 'wx', mode: 0o644 });
+  process.stdout.write(
+    `certificate for ${memberId} written to ${opts.out}; a member proposes adding it with ` +
+      '`medblock consortium propose --add ' + memberId + ' --certificate <it> --signing-key <its signing.pub>`\n',
+  );
+}
+
+/**
+ * Config transactions (docs/ledger.md, "Changing the membership"): a proposal file travels between the
+ * members; each approves it with its own signing key; once it holds a quorum of approvals, any member
+ * submits it to the ordering service as a config envelope it signs.
+ */
+export interface ConfigProposal {
+  format: 'medblock-config-proposal/v1';
+  channel: string;
+  nonce: string;
+  change: ConfigChange;
+  approvals: ConfigApproval[];
+}
+
+export interface ProposeOptions {
+  add?: string;
+  certificate?: string;
+  signingKey?: string;
+  revoke?: string;
+  out: string;
+}
+
+export async function runConsortiumPropose(config: GatewayConfig, opts: ProposeOptions): Promise<void> {
+  if ((opts.add === undefined) === (opts.revoke === undefined)) throw new Error('give exactly one of --add <member> or --revoke <member>');
+  const consortium = await loadConsortium(config);
+  let change: ConfigChange;
+  if (opts.add !== undefined) {
+    if (!opts.certificate || !opts.signingKey) throw new Error('--add needs --certificate <member.crt> and --signing-key <signing.pub>');
+    const certificate = readFileSync(opts.certificate, 'utf8');
+    const signingKey = readFileSync(opts.signingKey, 'utf8');
+    const problem = memberCertificateCheck(consortium.caCertificatePem)(certificate, opts.add, signingKey, new Date().toISOString());
+    if (problem) throw new Error(`the certificate ${problem}`);
+    change = { action: 'addMember', member: opts.add, certificate, signingKey };
+  } else {
+    change = { action: 'revokeMember', member: opts.revoke! };
+  }
+  const proposal: ConfigProposal = { format: 'medblock-config-proposal/v1', channel: consortium.channel, nonce: newNonce(), change, approvals: [] };
+  writeFileSync(resolve(opts.out), `${JSON.stringify(proposal, null, 2)}\n`, { flag: 'wx' });
+  process.stdout.write(`proposal written to ${opts.out}: ${change.action} ${change.member}; collect approvals with \`medblock consortium approve\`\n`);
+}
+
+function readProposal(file: string): ConfigProposal {
+  const proposal = JSON.parse(readFileSync(file, 'utf8')) as ConfigProposal;
+  if (proposal?.format !== 'medblock-config-proposal/v1') throw new Error(`${file} is not a config proposal`);
+  return proposal;
+}
+
+export async function runConsortiumApprove(config: GatewayConfig, file: string): Promise<void> {
+  const consortium = await loadConsortium(config);
+  const proposal = readProposal(file);
+  if (proposal.channel !== consortium.channel) throw new Error(`the proposal is for channel ${proposal.channel}, not ${consortium.channel}`);
+  const me = consortium.self.memberId;
+  if (proposal.approvals.some((a) => a.member === me)) throw new Error(`${me} already approved this proposal`);
+  proposal.approvals.push(approveConfigChange(consortium.self, proposal.channel, proposal.nonce, proposal.change));
+  writeFileSync(file, `${JSON.stringify(proposal, null, 2)}\n`);
+  process.stdout.write(`${me} approved: ${proposal.approvals.length} approval(s) (${proposal.approvals.map((a) => a.member).join(', ')})\n`);
+}
+
+/** Orders the config envelope; with the solo orderer, run it while the gateway is stopped (the log is then read at start). */
+export async function runConsortiumSubmit(config: GatewayConfig, file: string): Promise<void> {
+  const consortium = await loadConsortium(config);
+  const proposal = readProposal(file);
+  const envelope = createEnvelope(consortium.self, {
+    channel: proposal.channel, type: 'config', nonce: proposal.nonce, payload: { ...proposal.change, approvals: proposal.approvals },
+  });
+  const orderer = await openOrderer(config, consortium.channel);
+  try {
+    const [offset] = await orderer.append([encodeChannelMessage({ kind: 'envelope', bytes: encodeEnvelope(envelope) })]);
+    process.stdout.write(
+      `submitted to the ${orderer.kind} orderer at offset ${offset}; every member validates the approvals (quorum of active members) ` +
+        'and applies the change from the block after the one that commits it\n',
+    );
+  } finally {
+    await orderer.close();
+  }
 }

@@ -16,7 +16,8 @@ import { createVersionChecker } from '../fhir/checks/pool.ts';
 import { FhirRepository } from '../fhir/repository.ts';
 import { routeRequest } from '../fhir/routes.ts';
 import { initValidation } from '../fhir/validation/index.ts';
-import { openVault } from '../gateway.ts';
+import { loadConsortium, openVault } from '../gateway.ts';
+import { patientTokens } from '../ledger/patient-token.ts';
 
 interface Job {
   label: string;
@@ -86,7 +87,9 @@ async function inProcessSender(config: GatewayConfig): Promise<{ send: Send; clo
   await store.init();
   initValidation();
   const checker = createVersionChecker(config.workers);
-  const repo = new FhirRepository(store, checker);
+  // What it writes lands in the vault's outbox; the gateway's publisher anchors it (at its next start if it is stopped).
+  const consortium = await loadConsortium(config);
+  const repo = new FhirRepository(store, checker, { patientToken: patientTokens(consortium.patientTokenKey) });
   const ctx: FhirContext = { repo, baseUrl: 'urn:medblock:import' };
   ctx.dispatch = (req) => routeRequest(req, ctx);
   const auth = { subject: 'medblock-import', grants: parseScopes('system/*.cruds') };

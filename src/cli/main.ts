@@ -1,7 +1,15 @@
 /** The `medblock` command. */
 import { Command, Option } from 'commander';
 import { loadConfig } from '../config.ts';
-import { runConsortiumInit } from './consortium.ts';
+import {
+  runConsortiumApprove,
+  runConsortiumInit,
+  runConsortiumIssue,
+  runConsortiumPropose,
+  runConsortiumRequest,
+  runConsortiumSubmit,
+  type ProposeOptions,
+} from './consortium.ts';
 import { runImport } from './import.ts';
 import { runKeyStatus, runRotate } from './keys.ts';
 import { runStart } from './start.ts';
@@ -80,6 +88,43 @@ consortium
   .option('--channel <name>', 'ledger channel name', 'consortium')
   .addOption(new Option('--quorum <n>', 'attestations that make a block final (default: a majority of members)').argParser(Number))
   .action(async (opts: { members: string; out: string; channel: string; quorum?: number }) => runConsortiumInit(opts));
+
+consortium
+  .command('request')
+  .description('a joining member: create its keys and the certificate request for the CA operator')
+  .requiredOption('--member <id>', 'the joining member\'s id')
+  .requiredOption('--out <dir>', 'a new directory for its keys and request.json')
+  .action(async (opts: { member: string; out: string }) => runConsortiumRequest(opts));
+
+consortium
+  .command('issue')
+  .description('the CA operator: check a member request and issue its certificate')
+  .requiredOption('--ca <dir>', 'the CA directory (ca.crt and ca.key)')
+  .requiredOption('--request <file>', 'the joining member\'s request.json')
+  .requiredOption('--out <file>', 'the certificate file to create')
+  .action(async (opts: { ca: string; request: string; out: string }) => runConsortiumIssue(opts));
+
+consortium
+  .command('propose')
+  .description('start a membership change (a config transaction) in a new proposal file')
+  .option('--add <member>', 'add this member (with --certificate and --signing-key from its CSR, issued by the consortium CA)')
+  .option('--certificate <file>', 'the new member\'s certificate (member.crt)')
+  .option('--signing-key <file>', 'the new member\'s envelope-signing public key (signing.pub)')
+  .option('--revoke <member>', 'revoke this member from the block after the change commits')
+  .requiredOption('--out <file>', 'the proposal file to create')
+  .action(async (opts: ProposeOptions) => runConsortiumPropose(loadConfig(), opts));
+
+consortium
+  .command('approve')
+  .description('add this member\'s signed approval (MEDBLOCK_HOSPITAL_ID\'s signing key) to a proposal file')
+  .argument('<proposal>', 'proposal file')
+  .action(async (file: string) => runConsortiumApprove(loadConfig(), file));
+
+consortium
+  .command('submit')
+  .description('order the proposal as a config envelope once it holds a quorum of approvals')
+  .argument('<proposal>', 'proposal file')
+  .action(async (file: string) => runConsortiumSubmit(loadConfig(), file));
 
 program.parseAsync().catch((e: unknown) => {
   process.stderr.write(`medblock: ${(e as Error).message}\n`);

@@ -5,6 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { createVersionChecker, type VersionChecker } from './checks/pool.ts';
 import {
+  type AnchorLocation,
   CommitAbortedError,
   isErasable,
   VersionConflictError,
@@ -36,6 +37,10 @@ export interface ResourceVersion {
   deleted: boolean;
   /** Serialized resource (absent for deletions). */
   json?: string;
+  /** Hex SHA-256 of the canonical JSON, as the vault recorded it (absent for deletions). */
+  digest?: string;
+  /** Where the ledger anchored this version; absent while it waits in the outbox. */
+  anchor?: AnchorLocation;
 }
 
 export const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
@@ -50,7 +55,7 @@ export function assertId(id: string): void {
   if (!ID_PATTERN.test(id)) throw errors.badRequest(`'${id.slice(0, 70)}' is not a valid resource id`);
 }
 
-function toVersion(stored: VersionRecord): ResourceVersion {
+function toVersion(stored: VersionRecord & { anchor?: AnchorLocation }): ResourceVersion {
   return {
     type: stored.type,
     id: stored.id,
@@ -58,6 +63,8 @@ function toVersion(stored: VersionRecord): ResourceVersion {
     lastUpdated: stored.lastUpdated,
     deleted: stored.deleted,
     json: stored.content ? decoder.decode(stored.content) : undefined,
+    digest: stored.digest ?? undefined,
+    anchor: stored.anchor,
   };
 }
 
@@ -238,6 +245,12 @@ class Mutex {
 /** The pseudonymous ledger token of a patient compartment owner (`Patient/123`), set on the versions it owns. */
 export type PatientTokenOf = (owner: string) => string;
 
+export interface RepositoryOptions {
+  patientToken?: PatientTokenOf;
+  /** Called after each batch is durable (the ledger's outbox publisher looks at the outbox at once). */
+  afterCommit?: () => void;
+}
+
 export class FhirRepository {
   private readonly writeLock = new Mutex();
   /** Submitted batches that are not durable yet, oldest first. */
@@ -246,7 +259,7 @@ export class FhirRepository {
   constructor(
     readonly store: ResourceStore,
     private readonly checker: VersionChecker = createVersionChecker(0),
-    private readonly options: { patientToken?: PatientTokenOf } = {},
+    private readonly options: RepositoryOptions = {},
   ) {}
 
   async read(type: string, id: string): Promise<ResourceVersion> {
@@ -565,6 +578,7 @@ export class FhirRepository {
           }
         }
         await session.commit();
+        this.options.afterCommit?.();
       } finally {
         this.inflight.splice(this.inflight.indexOf(session), 1);
       }

@@ -126,7 +126,13 @@ export function createApp(opts: AppOptions): express.Express {
         degraded = true;
         checks.ledger = `diverged at block ${status.divergences.map((d) => d.blockNumber).join(', ')}`;
       } else {
-        checks.ledger = status.failure ? 'down' : status.catchingUp ? 'catching up' : 'ok';
+        checks.ledger = status.failure
+          ? 'down'
+          : status.catchingUp
+            ? 'catching up'
+            : status.activeMember
+              ? 'ok'
+              : `${status.member} is not an active member of channel ${status.channel} (joining: waiting for the config change that adds it; or revoked)`;
       }
     }
     const ok = Object.values(checks).every((c) => c === 'ok');
@@ -145,6 +151,7 @@ export function createApp(opts: AppOptions): express.Express {
     let contentType = 'application/fhir+json';
     let auth: AuthContext | undefined;
     let path: string[] = [];
+    let response: FhirResponse;
     const pretty = req.query._pretty === 'true';
     try {
       contentType = responseType(req);
@@ -170,12 +177,21 @@ export function createApp(opts: AppOptions): express.Express {
         preferReturn: preferReturn(req),
         auth,
       };
-      send(res, await routeRequest(fhirRequest, ctx), contentType, pretty);
+      response = await routeRequest(fhirRequest, ctx);
     } catch (e) {
       const error = e instanceof FhirError ? e : internalError(e, interaction);
-      send(res, { status: error.status, headers: error.headers, body: error.outcome }, contentType, pretty);
+      response = { status: error.status, headers: error.headers, body: error.outcome };
+    }
+    try {
+      // No answer leaves before its access-log record is durable: an access that is not logged never happened.
+      if (auth && opts.accessLog) {
+        await opts.accessLog.record(accessRecord(auth, req.method, path, interaction, response.status)).catch(() => {
+          const error = new FhirError(503, [{ severity: 'error', code: 'transient', diagnostics: 'the access log cannot be written; nothing was returned' }], { 'Retry-After': '5' });
+          response = { status: error.status, headers: error.headers, body: error.outcome };
+        });
+      }
+      send(res, response, contentType, pretty);
     } finally {
-      if (auth && opts.accessLog) opts.accessLog.record(accessRecord(auth, req.method, path, interaction, res.statusCode));
       metrics.requests.inc({ interaction, status: String(res.statusCode) });
       metrics.duration.observe({ interaction }, (performance.now() - started) / 1000);
       log('info', 'fhir_request', { interaction, method: req.method, status: res.statusCode, ms: Math.round(performance.now() - started) });

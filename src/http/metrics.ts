@@ -30,6 +30,7 @@ export class Metrics {
     gauge('medblock_ledger_final_height', 'Highest block attested by a quorum (-1 before the first)', () => status().finalHeight);
     gauge('medblock_ledger_divergences', 'Blocks on which attestations disagree; anything above 0 is an alarm and stops anchoring', () => status().divergences.length);
     gauge('medblock_ledger_catching_up', '1 while the member replays the ordered log after a start', () => (status().catchingUp ? 1 : 0));
+    gauge('medblock_ledger_active_member', '1 while this gateway is an active member of its channel (0: joining, or revoked)', () => (status().activeMember ? 1 : 0));
     gauge('medblock_ledger_failed', '1 when the ledger member stopped on a store or orderer failure', () => (status().failure ? 1 : 0));
     gauge('medblock_anchor_published_total', 'Resource versions this gateway submitted for anchoring', () => counters().published);
     gauge('medblock_anchor_anchored_total', 'Resource versions marked anchored in the vault', () => counters().anchored);

@@ -10,6 +10,7 @@ import { createHash, createPrivateKey, createPublicKey, generateKeyPair, randomB
 import { promisify } from 'node:util';
 import forge from 'node-forge';
 import { generateSigningKey, isSigningKeyUri, signingKeyUri } from './signing-key.ts';
+import { CHANNEL_PATTERN } from '../ledger/envelope.ts';
 
 const generateKeyPairAsync = promisify(generateKeyPair);
 const { pki } = forge;
@@ -108,7 +109,7 @@ export async function createCa(options: { channel?: string; now?: Date } = {}): 
 /** Creates the CA and every member's keys and certificate (the CA operator then hands each member its keys). */
 export async function createConsortium(options: { members: string[]; channel?: string; quorum?: number; now?: Date }): Promise<Consortium> {
   const channel = options.channel ?? DEFAULT_CHANNEL;
-  if (!MEMBER_ID_PATTERN.test(channel)) throw new Error(`invalid channel name ${JSON.stringify(channel)}: 1-64 letters, digits, dots, dashes or underscores`);
+  if (!CHANNEL_PATTERN.test(channel)) throw new Error(`invalid channel name ${JSON.stringify(channel)}: a lowercase letter, then up to 248 lowercase letters, digits, dots or dashes`);
   if (options.members.length === 0) throw new Error('a consortium needs at least one member');
   options.members.forEach(assertMemberId);
   const duplicate = options.members.find((id, i) => options.members.indexOf(id) !== i);

@@ -18,7 +18,7 @@ import { dirname, join } from 'node:path';
 import type { BlockCutterConfig } from '../ledger/block-cutter.ts';
 import { DEFAULT_MAX_ENVELOPE_BYTES, type ValidationContext } from '../ledger/envelope.ts';
 import { Membership } from '../ledger/membership.ts';
-import { certificateFingerprint, createConsortium, RSA_BITS, verifyMemberCertificate, type Consortium } from './ca.ts';
+import { certificateFingerprint, createConsortium, createMemberRequest, RSA_BITS, verifyMemberCertificate, type Consortium } from './ca.ts';
 import { SIGNING_KEY_CURVE, signingKeyUri } from './signing-key.ts';
 
 /** Channel settings every member must share (the cutter's) plus the batch timeout each member arms. */
@@ -145,9 +145,7 @@ export function loadMemberConsortium(dir: string, memberId: string): MemberConso
     }
     return { id: m.id, certificatePem, signingPublicKeyPem: m.signingPublicKey };
   });
-  if (!members.some((m) => m.id === memberId)) {
-    throw new ConsortiumConfigError(dir, `this gateway's MEDBLOCK_HOSPITAL_ID ${JSON.stringify(memberId)} is not a member`);
-  }
+  if (!members.some((m) => m.id === memberId)) checkJoiningMember(dir, caCertificatePem, memberId);
   const privateKey = createPrivateKey(readText(dir, join(memberId, 'signing.key'), 'this member\'s signing key'));
   const tokenKey = Buffer.from(readText(dir, join(memberId, PATIENT_TOKEN_KEY_FILE), 'the patient-token key').trim(), 'base64');
   if (tokenKey.length !== 32) throw new ConsortiumConfigError(dir, `${PATIENT_TOKEN_KEY_FILE} must hold 32 bytes in base64`);
@@ -162,6 +160,43 @@ export function loadMemberConsortium(dir: string, memberId: string): MemberConso
     self: { memberId, privateKey },
     patientTokenKey: createSecretKey(tokenKey),
   };
+}
+
+/**
+ * A member that joined after genesis is not in consortium.json (which every member must keep identical: it
+ * is the genesis membership). Its own directory holds the certificate the CA issued from its request; the
+ * ledger admits it when the quorum-approved config change adding it commits, and until then its gateway
+ * replays the chain but neither anchors nor attests.
+ */
+function checkJoiningMember(dir: string, caCertificatePem: string, memberId: string): void {
+  const certificate = join(memberId, 'member.crt');
+  if (!existsSync(join(dir, certificate))) {
+    throw new ConsortiumConfigError(
+      dir,
+      `this gateway's MEDBLOCK_HOSPITAL_ID ${JSON.stringify(memberId)} is not a member, and ${certificate} (a joining member's certificate) does not exist`,
+    );
+  }
+  const check = verifyMemberCertificate(caCertificatePem, readText(dir, certificate, 'this member\'s certificate'));
+  if (!check.ok) throw new ConsortiumConfigError(dir, `${certificate} is not valid: ${check.reasons.join('; ')}`);
+  if (check.memberId !== memberId) throw new ConsortiumConfigError(dir, `${certificate} names ${check.memberId}, not ${memberId}`);
+  if (check.signingKeyUri !== signingKeyUri(readText(dir, join(memberId, 'signing.pub'), 'this member\'s signing public key'))) {
+    throw new ConsortiumConfigError(dir, `${certificate} does not name the key in ${join(memberId, 'signing.pub')}`);
+  }
+}
+
+/**
+ * `medblock consortium request`: a joining member's directory with its private keys (0600) and the request
+ * to send to the CA operator (request.json: the CSR, the signing public key and its proof of possession).
+ */
+export async function writeMemberRequestDir(out: string, memberId: string): Promise<void> {
+  const { request, keyPem, signingKeyPem } = await createMemberRequest(memberId);
+  if (existsSync(out)) throw new Error(`${out} already exists; refusing to overwrite it`);
+  mkdirSync(dirname(out), { recursive: true });
+  writePrivateDir(
+    out,
+    { 'request.json': `${JSON.stringify({ memberId, ...request }, null, 2)}\n`, 'signing.pub': request.signingPublicKeyPem },
+    { 'member.key': keyPem, 'signing.key': signingKeyPem },
+  );
 }
 
 /**

@@ -119,6 +119,9 @@ export class AnchorPublisher {
     if (!member.healthy() || this.inFlight.size >= maxInFlight) return false;
     const page = await outbox.unanchored({ afterSeq: this.cursor, limit: OUTBOX_PAGE });
     if (page.length === 0) {
+      // The end of a pass. Start the next one from the beginning: a store whose batches commit out of seq
+      // order (MongoDB) can make a version appear behind the cursor.
+      this.cursor = 0;
       this.recovering = false;
       this.releaseStale();
       return false;
@@ -186,6 +189,7 @@ export class AnchorPublisher {
   private async markFrom({ block, verdicts }: CommittedBlock): Promise<void> {
     const me = this.options.member.memberId;
     const marks: AnchorMark[] = [];
+    const committed: string[] = [];
     let released = false;
     verdicts.forEach((verdict, envelopeIndex) => {
       if (verdict.valid) {
@@ -194,7 +198,7 @@ export class AnchorPublisher {
         envelope.payload.entries.forEach(({ digest }, entryIndex) => {
           const flight = this.inFlight.get(digest);
           if (!flight) return;
-          this.inFlight.delete(digest);
+          committed.push(digest);
           for (const ref of flight.versions) marks.push({ ...ref, blockNumber: block.header.number, envelopeIndex, entryIndex });
         });
       } else {
@@ -210,6 +214,8 @@ export class AnchorPublisher {
       await this.options.outbox.markAnchored(marks);
       this.counters.anchored += marks.length;
     }
+    // Only now: until marked, the versions are still in the outbox and must not look publishable.
+    for (const digest of committed) this.inFlight.delete(digest);
     if (released) this.rescan();
     this.notify();
   }

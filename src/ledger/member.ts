@@ -60,6 +60,8 @@ export interface LedgerStatus {
   catchingUp: boolean;
   /** Why this member stopped (a store or orderer failure), if it did. */
   failure?: string;
+  /** False while a joining member waits for the config change that adds it, and once it is revoked. */
+  activeMember: boolean;
 }
 
 export class LedgerMember extends EventEmitter<{ block: [CommittedBlock]; final: [number]; divergence: [Divergence]; failure: [Error] }> {
@@ -127,13 +129,14 @@ export class LedgerMember extends EventEmitter<{ block: [CommittedBlock]; final:
       divergences: this.tracker?.divergences ?? [],
       catchingUp: this.consumedOffset + 1 < this.catchUpTarget,
       failure: this.failure?.message,
+      activeMember: this.membership.isActiveAt(this.memberId, (this.head?.number ?? -1) + 1),
     };
   }
 
-  /** True when this member may anchor: running, caught up, and no divergence. */
+  /** True when this member may anchor: running, caught up, no divergence, and an active member of the channel. */
   healthy(): boolean {
     const status = this.status();
-    return !status.failure && !status.catchingUp && status.divergences.length === 0 && this.subscription !== undefined;
+    return !status.failure && !status.catchingUp && status.divergences.length === 0 && this.subscription !== undefined && status.activeMember;
   }
 
   currentMembership(): Membership {
@@ -206,11 +209,14 @@ export class LedgerMember extends EventEmitter<{ block: [CommittedBlock]; final:
     const headerHash = blockHeaderHash(block.header);
     const divergence = this.tracker.recordCommitted(block.header);
     if (divergence) this.raiseDivergence(divergence);
-    const attestation = createAttestation(this.options.signer, block.header);
-    // Not awaited: ordering our own attestation must not hold up the next block; a failure only delays finality.
-    this.options.orderer
-      .append([encodeChannelMessage({ kind: 'attestation', bytes: Buffer.from(canonicalize(attestation), 'utf8') })])
-      .catch((e: unknown) => this.log('ledger_attestation_send_failed', { block: block.header.number, error: (e as Error).message }));
+    // A joining (not yet admitted) or revoked member does not attest: the others would reject its attestation.
+    if (this.membership.isActiveAt(this.memberId, block.header.number)) {
+      const attestation = createAttestation(this.options.signer, block.header);
+      // Not awaited: ordering our own attestation must not hold up the next block; a failure only delays finality.
+      this.options.orderer
+        .append([encodeChannelMessage({ kind: 'attestation', bytes: Buffer.from(canonicalize(attestation), 'utf8') })])
+        .catch((e: unknown) => this.log('ledger_attestation_send_failed', { block: block.header.number, error: (e as Error).message }));
+    }
     this.emit('block', { block, headerHash, verdicts });
   }
 

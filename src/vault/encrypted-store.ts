@@ -89,7 +89,8 @@ export class EncryptedStore implements ErasableStore {
     await this.inner.commit(sealed);
   }
 
-  private async unseal(stored: StoredVersion): Promise<StoredVersion> {
+  /** Opens one raw version read from the adapter (verify reads raw rows, so one bad record is one problem). */
+  async unseal(stored: StoredVersion): Promise<StoredVersion> {
     if (!stored.content) return stored;
     if (!stored.keyId) throw new TamperedContentError(stored.type, stored.id, stored.versionId);
     let key: Buffer | undefined;

@@ -9,6 +9,7 @@ import { mintToken } from '../../src/access/tokens.ts';
 import { createGateway, type Gateway } from '../../src/gateway.ts';
 import { describeWithEngine } from './engines.ts';
 import { keySource } from '../../src/vault/keyring.ts';
+import { testConsortium } from './consortium.ts';
 
 process.env.MEDBLOCK_LOG ??= 'off';
 
@@ -27,6 +28,8 @@ export interface TestGateway {
 
 /** A gateway on the embedded SQLite vault, or on MongoDB at `mongodbUri` (in a fresh database dropped on close). */
 export async function startTestGateway(opts: { mongodbUri?: string } = {}): Promise<TestGateway> {
+  // One consortium (of this hospital alone) per test process: the solo orderer and ledger live in the data dir.
+  const consortiumDir = await testConsortium(['test-hospital']);
   const dataDir = mkdtempSync(join(tmpdir(), 'medblock-test-'));
   const mongodb = opts.mongodbUri
     ? { uri: opts.mongodbUri, database: `medblock_test_${Math.random().toString(36).slice(2, 10)}` }
@@ -37,6 +40,7 @@ export async function startTestGateway(opts: { mongodbUri?: string } = {}): Prom
     mongodb,
     hospitalId: 'test-hospital',
     masterKey: keySource(dataDir, {}),
+    consortiumDir,
   });
   const token = (scope: string, patient?: string) => mintToken(gateway.issuer, { subject: 'tester', scope, patient });
   return {
