@@ -55,8 +55,19 @@ export async function runVerify(config: GatewayConfig, options: VerifyOptions): 
     const proof = readJson(options.proof, 'proof');
     const report = verifyResourceProof(proof, { trustedCaCertificate });
     if (options.resource) {
-      const digest = canonicalDigestHex(parseFhirJson(readFileSync(options.resource, 'utf8')));
+      const resource = parseFhirJson(readFileSync(options.resource, 'utf8')) as { resourceType?: unknown; id?: unknown; meta?: { versionId?: unknown } };
+      const digest = canonicalDigestHex(resource);
       if (digest !== proof?.resource?.digest) report.problems.push({ path: '/resource/digest', problem: `the resource file hashes to ${digest}, not to the proven digest` });
+      // The ledger holds only the digest: the type, id and version the proof names are bound to it through the
+      // version's own JSON (resourceType, id, meta.versionId), so they must be those of the file.
+      const claimed = proof?.resource ?? {};
+      if (resource?.resourceType !== claimed.type) report.problems.push({ path: '/resource/type', problem: `the resource file is a ${String(resource?.resourceType)}, not a ${String(claimed.type)}` });
+      if (resource?.id !== claimed.id) report.problems.push({ path: '/resource/id', problem: `the resource file has id ${JSON.stringify(resource?.id ?? null)}, not ${JSON.stringify(claimed.id ?? null)}` });
+      if (resource?.meta?.versionId !== String(claimed.versionId)) {
+        report.problems.push({ path: '/resource/versionId', problem: `the resource file is version ${JSON.stringify(resource?.meta?.versionId ?? null)}, not ${JSON.stringify(String(claimed.versionId))}` });
+      }
+    } else {
+      report.warnings.push('no --resource given: the proof shows the digest was anchored; the type, id and version it names are bound to that digest only through the version\'s JSON');
     }
     return printReport('resource proof', report, options.json === true);
   }
@@ -106,9 +117,21 @@ async function verifyGateway(config: GatewayConfig, json: boolean): Promise<numb
           counts.erased++;
           continue;
         }
-        const digest = version.deleted
-          ? tombstoneDigest(version.type, version.id, version.versionId, version.lastUpdated)
-          : canonicalDigestHex(parseFhirJson(Buffer.from(version.content!).toString('utf8')));
+        // A version that is neither deleted nor erased must have content: a blanked record is a problem, not a crash.
+        if (!version.deleted && !version.content) {
+          problems.push({ where, problem: 'has no content, yet is neither deleted nor erased: the record was blanked' });
+          continue;
+        }
+        let digest: string;
+        try {
+          digest = version.deleted
+            ? tombstoneDigest(version.type, version.id, version.versionId, version.lastUpdated)
+            : canonicalDigestHex(parseFhirJson(Buffer.from(version.content!).toString('utf8')));
+        } catch {
+          // The error text is not printed: it could quote the record's content.
+          problems.push({ where, problem: 'its content is not a JSON document with a canonical form' });
+          continue;
+        }
         vaultDigests.add(digest);
         if (!version.deleted && version.digest !== digest) problems.push({ where, problem: 'its content does not hash to the digest the vault records' });
         if (!version.anchor) {
