@@ -21,6 +21,7 @@ import { loadMemberConsortium } from '../../src/identity/consortium-dir.ts';
 import { createAttestation } from '../../src/ledger/attestation.ts';
 import { blockHeaderHash } from '../../src/ledger/block.ts';
 import { canonicalize } from '../../src/ledger/canonical-json.ts';
+import { createEnvelope, encodeEnvelope } from '../../src/ledger/envelope.ts';
 import { encodeChannelMessage } from '../../src/ledger/orderer.ts';
 import { patientTokens } from '../../src/ledger/patient-token.ts';
 import { keySource } from '../../src/vault/keyring.ts';
@@ -109,18 +110,31 @@ describeWithEngine('kafka', 'a three-member consortium on Kafka', (brokers) => {
     const responses = await Promise.all(writes);
     for (const res of responses) assert.equal(res.status, 200);
     await until('h1 and h2 anchored everything', async () => (await fullyAnchored(gateways.h1)) && (await fullyAnchored(gateways.h2)));
-    // h3's own writes are in blocks h1 holds: 4 bundles × 21 versions by h3.
-    const byCreator = new Map<string, number>();
-    const head = (await gateways.h1.ledger!.store.head(gateways.h1.ledger!.member.channel))!;
-    for (let n = 0; n <= head.number; n++) {
-      const block = (await gateways.h1.ledger!.store.block(gateways.h1.ledger!.member.channel, n))!;
-      block.envelopes.forEach((bytes, i) => {
-        if (!block.validity[i].valid) return;
-        const envelope = JSON.parse(Buffer.from(bytes).toString('utf8'));
-        if (envelope.type === 'anchor') byCreator.set(envelope.creator, (byCreator.get(envelope.creator) ?? 0) + envelope.payload.entries.length);
-      });
-    }
+    // Every member's writes are in the chain h1 holds, h3's (another process) included: 4 bundles × 21 versions each.
+    const anchoredBy = async () => {
+      const byCreator = new Map<string, number>();
+      const channel = gateways.h1.ledger!.member.channel;
+      const head = (await gateways.h1.ledger!.store.head(channel))!;
+      for (let n = 0; n <= head.number; n++) {
+        const block = (await gateways.h1.ledger!.store.block(channel, n))!;
+        block.envelopes.forEach((bytes, i) => {
+          if (!block.validity[i].valid) return;
+          const envelope = JSON.parse(Buffer.from(bytes).toString('utf8'));
+          if (envelope.type === 'anchor') byCreator.set(envelope.creator, (byCreator.get(envelope.creator) ?? 0) + envelope.payload.entries.length);
+        });
+      }
+      return byCreator;
+    };
+    await until('h3\'s versions in h1\'s chain', async () => ((await anchoredBy()).get('h3') ?? 0) >= 84);
+    const byCreator = await anchoredBy();
     for (const id of ['h1', 'h2', 'h3']) assert.ok((byCreator.get(id) ?? 0) >= 84, `${id} anchored its 84 versions (got ${byCreator.get(id)})`);
+    // No envelope of an honest member was marked invalid.
+    const channel = gateways.h1.ledger!.member.channel;
+    const head = (await gateways.h1.ledger!.store.head(channel))!;
+    for (let n = 0; n <= head.number; n++) {
+      const block = (await gateways.h1.ledger!.store.block(channel, n))!;
+      assert.ok(block.validity.every((v) => v.valid), `block ${n}: ${JSON.stringify(block.validity.filter((v) => !v.valid))}`);
+    }
   });
 
   it('finds every hospital holding a patient through the pseudonymous record locator', async () => {
@@ -165,6 +179,40 @@ describeWithEngine('kafka', 'a three-member consortium on Kafka', (brokers) => {
     assert.equal(blockHeaderHash(h1Header), blockHeaderHash(h3Head), 'h3 committed the same chain as h1');
     const [h2Header] = await gateways.h2.ledger!.store.headers(channel, h3Head.number, h3Head.number);
     assert.equal(blockHeaderHash(h2Header), blockHeaderHash(h3Head));
+  });
+
+  it('marks forged envelopes and garbage on the topic invalid on every member, without forking', async () => {
+    const channel = gateways.h1.ledger!.member.channel;
+    const h3Consortium = loadMemberConsortium(consortiumDir, 'h3');
+    const entries = [{ digest: 'ab'.repeat(32), type: 'Patient' }];
+    // h3's key signs an envelope that names h1 as its creator; and bytes that are not an envelope at all.
+    const impersonation = { ...createEnvelope(h3Consortium.self, { channel, type: 'anchor', payload: { entries } }), creator: 'h1' };
+    const rogue = await KafkaOrderer.connect({ brokers: brokers.split(','), channel, replicationFactor: 1, minInsyncReplicas: 1 });
+    const before = (await gateways.h1.ledger!.store.head(channel))!.number;
+    await rogue.append([
+      encodeChannelMessage({ kind: 'envelope', bytes: encodeEnvelope(impersonation) }),
+      encodeChannelMessage({ kind: 'envelope', bytes: Buffer.from('{"not":"an envelope"}') }),
+      Buffer.from('not even a channel message'),
+    ]);
+    await rogue.close();
+    const verdicts = async (gateway: Gateway) => {
+      const found: string[] = [];
+      const head = (await gateway.ledger!.store.head(channel))!;
+      for (let n = before + 1; n <= head.number; n++) {
+        const block = (await gateway.ledger!.store.block(channel, n))!;
+        block.validity.forEach((v) => found.push(v.valid ? 'valid' : v.reason));
+      }
+      return found;
+    };
+    await until('both rogue envelopes committed', async () => (await verdicts(gateways.h1)).filter((v) => v !== 'valid').length === 2);
+    assert.deepEqual((await verdicts(gateways.h1)).filter((v) => v !== 'valid'), ['bad-signature', 'malformed']);
+    assert.equal((await gateways.h1.ledger!.store.locate(channel, [entries[0].digest])).size, 0, 'an invalid envelope indexes nothing');
+    await until('h2 at the same height', async () => (await gateways.h2.ledger!.store.head(channel))!.number >= (await gateways.h1.ledger!.store.head(channel))!.number);
+    const height = (await gateways.h1.ledger!.store.head(channel))!.number;
+    const [h1Header] = await gateways.h1.ledger!.store.headers(channel, height, height);
+    const [h2Header] = await gateways.h2.ledger!.store.headers(channel, height, height);
+    assert.equal(blockHeaderHash(h1Header), blockHeaderHash(h2Header));
+    for (const id of ['h1', 'h2']) assert.equal(gateways[id].ledger!.member.status().divergences.length, 0);
   });
 
   it('raises the divergence alarm when a member attests a forged block, and stops anchoring', async () => {

@@ -2,7 +2,6 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after } from 'node:test';
 import { createConsortium } from '../../src/identity/ca.ts';
 import { writeConsortiumDir } from '../../src/identity/consortium-dir.ts';
 
@@ -17,7 +16,8 @@ export function testConsortium(members: string[], channel?: string): Promise<str
     if (!root) {
       const base = mkdtempSync(join(tmpdir(), 'medblock-consortia-'));
       root = base;
-      after(() => rmSync(base, { recursive: true, force: true }));
+      // At process exit, not in an `after` hook: a hook registered from inside a suite's hook runs when that suite ends.
+      process.once('exit', () => rmSync(base, { recursive: true, force: true }));
     }
     const out = join(root, `c${made.size}`);
     dir = createConsortium({ members, channel: channel ?? `test-${Math.random().toString(36).slice(2, 10)}` }).then((c) => {
