@@ -72,8 +72,14 @@ export async function runVerify(config: GatewayConfig, options: VerifyOptions): 
     return printReport('resource proof', report, options.json === true);
   }
   if (options.consistency) {
-    const oldHeader = options.oldCheckpoint ? readJson(options.oldCheckpoint, 'checkpoint')?.checkpoint?.header ?? readJson(options.oldCheckpoint, 'checkpoint')?.header : undefined;
-    return printReport('consistency proof', verifyConsistencyProof(readJson(options.consistency, 'consistency proof'), { trustedCaCertificate, oldHeader }), options.json === true);
+    // A $checkpoint answer, a checkpoint or a bare header; a file holding none of them is a problem, never a skipped check.
+    const kept = options.oldCheckpoint ? readJson(options.oldCheckpoint, 'checkpoint') : undefined;
+    const oldHeader = kept?.checkpoint?.header ?? kept?.header ?? (kept && typeof kept === 'object' && 'previousHash' in kept ? kept : undefined);
+    const report = verifyConsistencyProof(readJson(options.consistency, 'consistency proof'), { trustedCaCertificate, oldHeader });
+    if (options.oldCheckpoint && oldHeader === undefined) {
+      report.problems.push({ path: '/from', problem: `${options.oldCheckpoint} holds no block header (a $checkpoint answer, a checkpoint or a header): nothing to compare with` });
+    }
+    return printReport('consistency proof', report, options.json === true);
   }
   return verifyGateway(config, options.json === true);
 }

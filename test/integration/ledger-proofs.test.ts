@@ -259,10 +259,14 @@ describe('ledger proofs on the embedded default (solo orderer + SQLite ledger st
     // A rewritten history: the proof starts from another header than the one the verifier kept.
     const rewritten = clone(consistency);
     rewritten.from = { ...rewritten.from, dataHash: flipHex(rewritten.from.dataHash) } as BlockHeader;
-    const [ok, badHeader, badFrom] = await Promise.all([
+    const [ok, badHeader, badFrom, bareHeaderOk, otherBlock, noHeader] = await Promise.all([
       medblock(['verify', '--consistency', consistencyFile, '--old-checkpoint', oldCheckpointFile, '--ca', caFile]),
       medblock(['verify', '--consistency', writeJson(tamperedHeader, 'consistency'), '--old-checkpoint', oldCheckpointFile, '--ca', caFile]),
       medblock(['verify', '--consistency', writeJson(rewritten, 'consistency'), '--old-checkpoint', oldCheckpointFile, '--ca', caFile]),
+      // --old-checkpoint may be a bare header; one of another block, or a file with no header, must fail (never skip the check).
+      medblock(['verify', '--consistency', consistencyFile, '--old-checkpoint', writeJson(firstCheckpoint.checkpoint.header, 'header'), '--ca', caFile]),
+      medblock(['verify', '--consistency', consistencyFile, '--old-checkpoint', writeJson(second.checkpoint.header, 'header'), '--ca', caFile]),
+      medblock(['verify', '--consistency', consistencyFile, '--old-checkpoint', writeJson({ checkpoint: {} }, 'empty'), '--ca', caFile]),
     ]);
     assert.equal(ok.status, 0, ok.stdout + ok.stderr);
     assert.match(ok.stdout, /^OK: consistency proof verifies$/m);
@@ -270,6 +274,9 @@ describe('ledger proofs on the embedded default (solo orderer + SQLite ledger st
     assertFails(badHeader, tamperedHeader.headers.length > 1 ? /^FAIL \/headers\/1\/previousHash: does not match the hash of the previous header/ : /^FAIL \/headers: does not end at the checkpoint header$/);
     assertFails(badFrom, /^FAIL \/from: is not the header of the old checkpoint/);
     assertFails(badFrom, /^FAIL \/headers\/0\/previousHash: /);
+    assert.equal(bareHeaderOk.status, 0, bareHeaderOk.stdout + bareHeaderOk.stderr);
+    assertFails(otherBlock, /^FAIL \/from: is not the header of the old checkpoint/);
+    assertFails(noHeader, /^FAIL \/from: .* holds no block header/);
   });
 
   it('proof operations: 403 without read scope on the type, 404 for an unknown version, 400 for a bad from, 409 beyond the checkpoint', async () => {
