@@ -7,7 +7,11 @@
  *  2. search and `$everything` on an encrypted SQLite vault of distinct cloned patients, at 10,000 and at
  *     ≥ 100,000 resources (bench/search.ts);
  *  3. the in-process compute floor: parse + validate + JCS + SHA-256 + AES-256-GCM (bench/floor.ts);
- *  4. our validator against @medplum/core's (bench/validation.ts).
+ *  4. our validator against @medplum/core's (bench/validation.ts);
+ *  5. the consortium ledger: anchored digests/s with three members, and finality latency (submit →
+ *     quorum-attested) under that load and at light load, on Kafka (started by test/engines unless
+ *     MEDBLOCK_KAFKA_BROKERS is set) and on the solo orderer; the three members run in this one process,
+ *     and must end with the same head hash, else the bench exits non-zero after the table (bench/ledger.ts).
  * Prints one markdown table and writes bench/results.json. Figures are for comparison within one run:
  * the machine is shared and noisy, so nothing here is a pass/fail test.
  *
@@ -25,17 +29,30 @@
  *   BENCH_EVERYTHING_CALLS=40       timed $everything calls per measurement
  *   BENCH_FLOOR_RESOURCES=20000     resources through the compute floor
  *   BENCH_VALIDATION=1              0 skips the validator comparison
+ *   BENCH_LEDGER=1                  0 skips the consortium ledger part
+ *   BENCH_LEDGER_ORDERERS=kafka,solo  orderers the ledger part runs on
+ *   BENCH_LEDGER_DIGESTS=300000     digests anchored per orderer (1000 per envelope, shared by the 3 members)
+ *   BENCH_LEDGER_IN_FLIGHT=4        envelopes per member ordered but not yet committed on it (the anchor
+ *                                   publisher's bound); more adds queueing latency, not throughput, here
+ *   BENCH_LEDGER_LIGHT=20           envelopes of the light-load finality run (one at a time; 0 skips it)
  *   BENCH_RESULTS=bench/results.json  where to write the results (relative to the project root)
  *   BENCH_PROFILE=<dir>             V8 CPU profiles of every gateway process, under <dir>/<store>-<vault>/
  *   MEDBLOCK_MONGODB_URI            use this MongoDB-wire server instead of starting FerretDB
+ *   MEDBLOCK_KAFKA_BROKERS          use this Kafka instead of starting one
+ *
+ * Only the ledger part, quickly: BENCH_STORES= BENCH_VAULT_RESOURCES=0 BENCH_VALIDATION=0
+ * BENCH_FLOOR_RESOURCES=1000 BENCH_RESULTS=/tmp/ledger-bench.json npm run bench
  */
 import { cpus } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { writeFileSync } from 'node:fs';
+import { parseBrokerList } from '../src/adapters/kafka/client.ts';
+import { MAX_ANCHOR_ENTRIES } from '../src/ledger/envelope.ts';
 import { startEngines } from '../test/engines/index.ts';
 import { computeFloor } from './floor.ts';
 import { ROOT } from './harness.ts';
 import { securityTax, type TaxResult } from './ingest.ts';
+import { LedgerBenchFailure, ledgerBench, type LedgerBenchResult, type LedgerOrdererKind } from './ledger.ts';
 import { vaultSearch, type VaultSearchResult } from './search.ts';
 import { measureValidation } from './validation.ts';
 import { loadWorkload } from './workload.ts';
@@ -54,6 +71,11 @@ const KNOBS = {
   everythingCalls: num('BENCH_EVERYTHING_CALLS', 40),
   floorResources: num('BENCH_FLOOR_RESOURCES', 20_000),
   validation: process.env.BENCH_VALIDATION !== '0',
+  ledger: process.env.BENCH_LEDGER !== '0',
+  ledgerOrderers: (process.env.BENCH_LEDGER_ORDERERS ?? 'kafka,solo').split(',').filter(Boolean) as LedgerOrdererKind[],
+  ledgerDigests: num('BENCH_LEDGER_DIGESTS', 300_000),
+  ledgerInFlight: num('BENCH_LEDGER_IN_FLIGHT', 4),
+  ledgerLightEnvelopes: num('BENCH_LEDGER_LIGHT', 20),
 };
 
 const GOALS = {
@@ -63,6 +85,9 @@ const GOALS = {
   searchP95Ms: 20,
   everythingP95Ms: 150,
   searchGrowth: 1.5,
+  /** Fabric on Kafka published ~3,500 tx/s. */
+  ledgerDigestsPerSecond: 10_000,
+  ledgerFinalityP99Ms: 1_000,
 };
 
 const progress = (line: string) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${line}\n`);
@@ -72,6 +97,13 @@ async function mongoEngine(): Promise<{ uri: string; stop: () => Promise<void> }
   if (process.env.MEDBLOCK_MONGODB_URI) return { uri: process.env.MEDBLOCK_MONGODB_URI, stop: async () => {} };
   const engines = await startEngines({ mongodb: true, kafka: false });
   return { uri: engines.mongodbUri, stop: () => engines.stop() };
+}
+
+/** MEDBLOCK_KAFKA_BROKERS, or a Kafka started for the run (test/engines). */
+async function kafkaEngine(): Promise<{ brokers: string[]; stop: () => Promise<void> }> {
+  if (process.env.MEDBLOCK_KAFKA_BROKERS) return { brokers: parseBrokerList(process.env.MEDBLOCK_KAFKA_BROKERS), stop: async () => {} };
+  const engines = await startEngines({ mongodb: false, kafka: true });
+  return { brokers: parseBrokerList(engines.kafkaBrokers), stop: () => engines.stop() };
 }
 
 function table(rows: string[][]): string {
@@ -120,6 +152,25 @@ async function main() {
     const v = measureValidation({ rounds: 2, maxPerType: 300 });
     validation = { oursUsPerResource: Number(v.oursUs.toFixed(1)), medplumUsPerResource: Number(v.medplumUs.toFixed(1)), speedup: Number(v.speedup.toFixed(1)) };
   }
+  const ledger: LedgerBenchResult[] = [];
+  /** Correctness failures of the ledger part (members at different heads, …): the bench exits non-zero. */
+  const ledgerFailures: string[] = [];
+  for (const orderer of KNOBS.ledger ? KNOBS.ledgerOrderers : []) {
+    const kafka = orderer === 'kafka' ? await kafkaEngine() : undefined;
+    try {
+      ledger.push(await ledgerBench({
+        orderer, brokers: kafka?.brokers, digests: KNOBS.ledgerDigests, entriesPerEnvelope: MAX_ANCHOR_ENTRIES,
+        inFlight: KNOBS.ledgerInFlight, lightEnvelopes: KNOBS.ledgerLightEnvelopes, progress,
+      }));
+    } catch (e) {
+      if (!(e instanceof LedgerBenchFailure)) throw e;
+      progress(`ledger on ${orderer}: FAILED: ${e.message}`);
+      ledgerFailures.push(e.message);
+      if (e.result) ledger.push(e.result);
+    } finally {
+      await kafka?.stop();
+    }
+  }
 
   const ratios = Object.fromEntries(
     tax.map((t) => [
@@ -142,6 +193,8 @@ async function main() {
     computeFloor: floor,
     ratios,
     validation,
+    ledger,
+    ledgerFailures,
     totalSeconds: Math.round((performance.now() - started) / 1000),
   };
   const out = process.env.BENCH_RESULTS ?? join('bench', 'results.json');
@@ -152,8 +205,8 @@ async function main() {
   const mongo = tax.find((t) => t.store === 'mongodb');
   const both = (f: (t: TaxResult) => string): [string, string] => [sqlite ? f(sqlite) : '—', mongo ? f(mongo) : '—'];
   const x = (n: number) => `${n}×`;
-  const rows: string[][] = [
-    ['metric', 'SQLite', 'MongoDB wire (FerretDB), smart-2019', 'goal'],
+  const rows: string[][] = [['metric', 'SQLite', 'MongoDB wire (FerretDB), smart-2019', 'goal']];
+  if (tax.length) rows.push(
     ['**security tax** (same ingest, alternating segments)', '', '', ''],
     ['  resources per mode / bundles / segments', ...both((t) => `${t.encrypted.resources} / ${t.encrypted.bundles} / ${t.rounds}`), ''],
     ['  ingest encrypted (resources/s)', ...both((t) => String(t.encrypted.resourcesPerSecond)), `≥ ${GOALS.ingestPerSecond}`],
@@ -166,7 +219,7 @@ async function main() {
     ['  gateway peak RSS MB encrypted / plaintext', ...both((t) => `${t.encrypted.peakRssMb} / ${t.plaintext.peakRssMb}`), ''],
     ['  ratio encrypted ingest / compute floor', ...both((t) => String(ratios[t.store].ingestToFloor)), `≥ ${GOALS.ingestToFloor}`],
     ['  ratio by CPU (floor / encrypted ingest)', ...both((t) => String(ratios[t.store].ingestToFloorByCpu)), `≥ ${GOALS.ingestToFloor}`],
-  ];
+  );
   if (vault) {
     const [small, large] = [vault.phases[0], vault.phases[vault.phases.length - 1]];
     const at = (p: typeof small) => `${p.vaultResources.toLocaleString('en')} res`;
@@ -197,8 +250,33 @@ async function main() {
   if (validation) {
     rows.push(['validation µs/resource: ours / @medplum/core', `${validation.oursUsPerResource} / ${validation.medplumUsPerResource} (${validation.speedup}×)`, '', '']);
   }
+  if (ledger.length) {
+    const kafka = ledger.find((l) => l.orderer === 'kafka');
+    const solo = ledger.find((l) => l.orderer === 'solo');
+    const each = (f: (l: LedgerBenchResult) => string): [string, string] => [kafka ? f(kafka) : '—', solo ? f(solo) : '—'];
+    const n = (v: number) => v.toLocaleString('en');
+    const [l] = ledger;
+    rows.push(
+      [`**consortium ledger**: 3 members in one process (${cpus().length} cores), quorum ${l.quorum}`, 'Kafka (1 broker, replication 1)', 'solo orderer', ''],
+      [`  channel: production defaults, blocks ≤ ${l.settings.maxMessageCount} envelopes / ${l.settings.preferredMaxBytes / 1024 / 1024} MiB, batch timeout ${l.settings.batchTimeoutMs} ms`, '', '', ''],
+      [`  load: anchors of ${l.entriesPerEnvelope} digests (${Math.round(l.envelopeBytes / 1024)} KB) signed in the timed run, ≤ ${l.inFlightPerMember} uncommitted per member`, '', '', ''],
+      ['  digests / envelopes / blocks (envelopes per block)', ...each((r) => `${n(r.digests)} / ${r.envelopes} / ${r.blocks} (${r.envelopesPerBlock})`), ''],
+      ['  **anchored digests/s** (committed on all 3 members)', ...each((r) => n(r.digestsPerSecond)), `≥ ${n(GOALS.ledgerDigestsPerSecond)}`],
+      ['  **finality p50 / p99 ms under that load** (submit → quorum-attested on the submitter)', ...each((r) => `${r.finalityMs.p50} / ${r.finalityMs.p99}`), `p99 ≤ ${GOALS.ledgerFinalityP99Ms}`],
+      ['    of which submit → committed on the submitter, p50 / p99 ms', ...each((r) => `${r.commitMs.p50} / ${r.commitMs.p99}`), ''],
+      ['    a member\'s attestation append (queued behind its envelopes), p50 / p99 ms', ...each((r) => `${r.attestationAppendMs.p50} / ${r.attestationAppendMs.p99}`), ''],
+      ['  finality p50 / p99 ms at light load (one envelope at a time)', ...each((r) => (r.lightFinalityMs ? `${r.lightFinalityMs.p50} / ${r.lightFinalityMs.p99} (n ${r.lightFinalityMs.n})` : '—')), `p99 ≤ ${GOALS.ledgerFinalityP99Ms}`],
+      ['  ledger store append ms per block and member: mean / p99 (first → last tenth)', ...each((r) => `${r.storeAppendMs.mean} / ${r.storeAppendMs.p99} (${r.storeAppendMs.firstTenthMean} → ${r.storeAppendMs.lastTenthMean})`), ''],
+      ['  process CPU µs/digest (3 members + signers) / cores busy', ...each((r) => `${r.cpuUsPerDigest} / ${r.cpuCoresBusy}`), ''],
+      ['  same head on all 3 members: height, header hash', ...each((r) => `${r.sameHead ? 'yes' : '**NO**'}: ${r.height}, ${r.headHash.slice(0, 12)}…`), 'equal'],
+    );
+  }
   rows.push(['bench wall time (s)', String(results.totalSeconds), '', '≤ 1500']);
   console.log(table(rows));
+  if (ledgerFailures.length) {
+    console.error(`ledger correctness failure:\n${ledgerFailures.join('\n')}`);
+    process.exitCode = 1;
+  }
 }
 
 await main();

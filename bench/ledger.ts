@@ -1,0 +1,419 @@
+/**
+ * The consortium ledger under load (issue "Benchmark": anchored digests/s through Kafka with three members,
+ * finality latency submit → quorum-attested, beside the solo orderer).
+ *
+ * Three members h1, h2, h3 run in THIS process (like test/integration/ledger-member.test.ts), each with
+ * its own SqliteLedgerStore file and, on Kafka, its own KafkaOrderer (producer + consumer) on a fresh
+ * single-partition channel topic (replication factor 1 on the one broker); on solo the three share one
+ * SoloOrderer, which is in-process by design. Channel settings are the production defaults
+ * (DEFAULT_LEDGER_SETTINGS: blocks of ≤ 10 envelopes / 2 MiB, batch timeout 100 ms), quorum 2 of 3.
+ *
+ * Load: every member signs anchor envelopes of `entriesPerEnvelope` entries (random SHA-256 digests,
+ * resource types, HMAC patient tokens, ~100 entries per patient) and submits them one per submit() call,
+ * with at most `inFlight` of its envelopes ordered but not yet committed on itself (what the anchor
+ * publisher bounds), until `digests` digests are submitted in all. Signing is inside the measured time.
+ *
+ *  - throughput: digests / seconds from the first submit until every member committed every envelope;
+ *  - finality latency per envelope: submit() call → the block holding it is final (quorum-attested) on
+ *    the submitting member, under that load, and in a light-load run (h1 alone, one envelope at a time);
+ *  - correctness: every envelope valid, no divergence, and all three members end at the same height with
+ *    the same head hash (read back from their stores). A mismatch is a LedgerBenchFailure.
+ */
+import { createHash, generateKeyPairSync, randomBytes, randomUUID, type KeyObject } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createKafkaClient } from '../src/adapters/kafka/client.ts';
+import { KafkaOrderer } from '../src/adapters/kafka/kafka-orderer.ts';
+import { channelTopic } from '../src/adapters/kafka/topics.ts';
+import { SoloOrderer } from '../src/adapters/solo/solo-orderer.ts';
+import { SqliteLedgerStore } from '../src/adapters/sqlite/sqlite-ledger-store.ts';
+import { DEFAULT_LEDGER_SETTINGS } from '../src/identity/consortium-dir.ts';
+import { blockHeaderHash } from '../src/ledger/block.ts';
+import { createEnvelope, encodeEnvelope, type AnchorEntry, type EnvelopeSigner } from '../src/ledger/envelope.ts';
+import { LedgerMember, type CommittedBlock } from '../src/ledger/member.ts';
+import { Membership } from '../src/ledger/membership.ts';
+import { decodeChannelMessage, type Orderer } from '../src/ledger/orderer.ts';
+import { patientTokens } from '../src/ledger/patient-token.ts';
+import { percentile, round1 } from './harness.ts';
+
+export type LedgerOrdererKind = 'kafka' | 'solo';
+
+export interface LedgerBenchOptions {
+  orderer: LedgerOrdererKind;
+  /** Kafka only. */
+  brokers?: string[];
+  /** Digests submitted in all, shared evenly by the three members. */
+  digests: number;
+  entriesPerEnvelope: number;
+  /** Per member: envelopes ordered but not yet committed on the submitting member. */
+  inFlight: number;
+  /** Envelopes of the light-load run (h1 alone, one at a time, each waited for until final); 0 skips it. */
+  lightEnvelopes: number;
+  progress: (line: string) => void;
+}
+
+export interface Latency {
+  p50: number;
+  p99: number;
+  max: number;
+  n: number;
+}
+
+export interface LedgerBenchResult {
+  orderer: LedgerOrdererKind;
+  members: number;
+  quorum: number;
+  settings: { maxMessageCount: number; preferredMaxBytes: number; batchTimeoutMs: number };
+  entriesPerEnvelope: number;
+  envelopeBytes: number;
+  inFlightPerMember: number;
+  digests: number;
+  envelopes: number;
+  /** Until every member committed every envelope. */
+  seconds: number;
+  digestsPerSecond: number;
+  /** Until every member saw every block final. */
+  secondsToAllFinal: number;
+  blocks: number;
+  envelopesPerBlock: number;
+  finalityMs: Latency;
+  /** Under load: submit() call → the block holding it committed on the submitting member (finality minus attestation). */
+  commitMs: Latency;
+  /** Under load: how long a member's append of its attestation took (it queues behind the member's own envelope appends). */
+  attestationAppendMs: Latency;
+  /** Light load: one envelope at a time from h1. */
+  lightFinalityMs?: Latency;
+  /** store.appendBlock per block and member under load: mean, p99, and the mean of the first and the last tenth of the blocks. */
+  storeAppendMs: { mean: number; p99: number; firstTenthMean: number; lastTenthMean: number };
+  /** This process (three members, their stores and orderer clients, the signers): CPU µs per digest, and cores busy. */
+  cpuUsPerDigest: number;
+  cpuCoresBusy: number;
+  height: number;
+  headHash: string;
+  sameHead: boolean;
+}
+
+/** A correctness failure (fork, invalid envelope, divergence, member failure), as opposed to a slow figure. */
+export class LedgerBenchFailure extends Error {
+  override name = 'LedgerBenchFailure';
+  /** The figures, when the run got as far as comparing the members' heads. */
+  constructor(message: string, readonly result?: LedgerBenchResult) {
+    super(message);
+  }
+}
+
+const MEMBERS = ['h1', 'h2', 'h3'] as const;
+const QUORUM = 2;
+const RESOURCE_TYPES = ['Observation', 'Observation', 'Observation', 'Condition', 'Encounter', 'Procedure', 'MedicationRequest', 'Immunization', 'DiagnosticReport', 'Claim'];
+const ENTRIES_PER_PATIENT = 100;
+
+interface Node {
+  id: string;
+  member: LedgerMember;
+  store: SqliteLedgerStore;
+  orderer: Orderer;
+  signer: EnvelopeSigner;
+  /** nonce → submit time, until the envelope is in a committed block on this member. */
+  submitted: Map<string, number>;
+  /** block number → submit times of this member's envelopes in it, until it is final here. */
+  awaitingFinal: Map<number, number[]>;
+  committedEnvelopes: number;
+  blocks: number;
+  invalid: number;
+  /** Duration of each store.appendBlock (one SQLite transaction: block, envelopes, index rows, fsync). */
+  appendMs: number[];
+  /** Where commit latencies go (the current run's list). */
+  commitSink: number[];
+  /** Where finality latencies go (the current run's list). */
+  sink: number[];
+  /** Submitters waiting for a free in-flight slot. */
+  slotWaiters: Array<() => void>;
+  onCommitted: () => void;
+  onFinal: () => void;
+}
+
+const latency = (values: number[]): Latency => {
+  const sorted = [...values].sort((a, b) => a - b);
+  return { p50: round1(percentile(sorted, 50)), p99: round1(percentile(sorted, 99)), max: round1(sorted[sorted.length - 1] ?? NaN), n: sorted.length };
+};
+
+const mean = (values: number[]) => values.reduce((a, b) => a + b, 0) / values.length;
+
+function appendStats(perMember: number[][]): LedgerBenchResult['storeAppendMs'] {
+  const tenth = (n: number) => Math.max(1, Math.floor(n / 10));
+  const all = perMember.flat().sort((a, b) => a - b);
+  return {
+    mean: round1(mean(all)),
+    p99: round1(percentile(all, 99)),
+    firstTenthMean: round1(mean(perMember.flatMap((ms) => ms.slice(0, tenth(ms.length))))),
+    lastTenthMean: round1(mean(perMember.flatMap((ms) => ms.slice(-tenth(ms.length))))),
+  };
+}
+
+/** Realistic anchor entries: hex SHA-256 digests, resource types, one HMAC patient token per ENTRIES_PER_PATIENT entries. */
+function entryFactory(): (n: number) => AnchorEntry[] {
+  const token = patientTokens(randomBytes(32));
+  let patient = 0;
+  let inPatient = 0;
+  let currentToken = token(`Patient/${randomUUID()}`);
+  return (n) => {
+    const seed = randomBytes(16 * n);
+    return Array.from({ length: n }, (_, i) => {
+      if (inPatient++ === ENTRIES_PER_PATIENT) {
+        inPatient = 1;
+        patient++;
+        currentToken = token(`Patient/${randomUUID()}`);
+      }
+      const digest = createHash('sha256').update(seed.subarray(16 * i, 16 * i + 16)).digest('hex');
+      return { digest, type: RESOURCE_TYPES[(patient + i) % RESOURCE_TYPES.length], patient: currentToken };
+    });
+  };
+}
+
+export async function ledgerBench(options: LedgerBenchOptions): Promise<LedgerBenchResult> {
+  const { orderer: kind, entriesPerEnvelope, inFlight, progress } = options;
+  const work = mkdtempSync(join(tmpdir(), `medblock-bench-ledger-${kind}-`));
+  const channel = `bench-${kind}-${randomBytes(6).toString('hex')}`;
+  const keys: Record<string, { publicKey: KeyObject; privateKey: KeyObject }> = Object.fromEntries(
+    MEMBERS.map((id) => [id, generateKeyPairSync('ec', { namedCurve: 'P-256' })]),
+  );
+  const genesis = new Membership(Object.fromEntries(MEMBERS.map((id) => [id, { publicKey: keys[id].publicKey }])));
+  const { batchTimeoutMs, maxEnvelopeBytes, maxMessageCount, preferredMaxBytes, absoluteMaxBytes } = DEFAULT_LEDGER_SETTINGS;
+  const failures: Error[] = [];
+  /** Timeouts of the waits below, cleared on the way out whatever happened. */
+  const timers = new Set<NodeJS.Timeout>();
+  const nodes: Node[] = [];
+  const orderers: Orderer[] = [];
+  let shared: SoloOrderer | undefined;
+  let attestationAppends: number[] = [];
+  /** Times this orderer's appends of attestations (the members' own, unawaited). */
+  const timeAttestations = (orderer: Orderer): Orderer => {
+    const append = orderer.append.bind(orderer);
+    orderer.append = (messages) => {
+      if (messages.length !== 1 || decodeChannelMessage(messages[0])?.kind !== 'attestation') return append(messages);
+      const t0 = performance.now();
+      const appended = append(messages);
+      appended.then(() => attestationAppends.push(performance.now() - t0), () => {});
+      return appended;
+    };
+    return orderer;
+  };
+  try {
+    if (kind === 'solo') orderers.push((shared = timeAttestations(SoloOrderer.open(join(work, 'orderer.sqlite'))) as SoloOrderer));
+    for (const id of MEMBERS) {
+      let orderer: Orderer;
+      if (shared) {
+        orderer = shared;
+      } else {
+        if (!options.brokers?.length) throw new Error('ledger bench on Kafka: no brokers');
+        orderer = timeAttestations(await KafkaOrderer.connect({ brokers: options.brokers, channel, replicationFactor: 1, minInsyncReplicas: 1, clientId: `bench-${id}` }));
+        orderers.push(orderer);
+      }
+      const store = new SqliteLedgerStore(join(work, `${id}-ledger.sqlite`));
+      await store.init();
+      const signer: EnvelopeSigner = { memberId: id, privateKey: keys[id].privateKey };
+      const member = new LedgerMember({
+        channel, signer, genesis, quorum: QUORUM, orderer, store, batchTimeoutMs, maxEnvelopeBytes,
+        cutter: { maxMessageCount, preferredMaxBytes, absoluteMaxBytes },
+      });
+      const node: Node = { id, member, store, orderer, signer, submitted: new Map(), awaitingFinal: new Map(), committedEnvelopes: 0, blocks: 0, invalid: 0, appendMs: [], commitSink: [], sink: [], slotWaiters: [], onCommitted: () => {}, onFinal: () => {} };
+      const append = store.appendBlock.bind(store);
+      store.appendBlock = async (block, index) => {
+        const t0 = performance.now();
+        try {
+          return await append(block, index);
+        } finally {
+          node.appendMs.push(performance.now() - t0);
+        }
+      };
+      member.on('block', ({ block, verdicts }: CommittedBlock) => {
+        node.blocks++;
+        const now = performance.now();
+        for (const verdict of verdicts) {
+          if (!verdict.valid) {
+            node.invalid++;
+            continue;
+          }
+          node.committedEnvelopes++;
+          if (verdict.envelope.creator !== id) continue;
+          const t0 = node.submitted.get(verdict.envelope.nonce);
+          if (t0 === undefined) continue;
+          node.submitted.delete(verdict.envelope.nonce);
+          node.commitSink.push(now - t0);
+          // A block is committed here before any attestation of it can be read (they follow it in the log).
+          if (member.status().finalHeight >= block.header.number) node.sink.push(now - t0);
+          else node.awaitingFinal.set(block.header.number, [...(node.awaitingFinal.get(block.header.number) ?? []), t0]);
+        }
+        for (const resume of node.slotWaiters.splice(0)) resume();
+        node.onCommitted();
+      });
+      member.on('final', (height) => {
+        const now = performance.now();
+        for (const [number, times] of node.awaitingFinal) {
+          if (number > height) continue;
+          for (const t0 of times) node.sink.push(now - t0);
+          node.awaitingFinal.delete(number);
+        }
+        node.onFinal();
+      });
+      const fail = (failure: LedgerBenchFailure) => {
+        failures.push(failure);
+        for (const other of nodes) for (const resume of other.slotWaiters.splice(0)) resume();
+        node.onCommitted();
+      };
+      member.on('divergence', (d) => fail(new LedgerBenchFailure(`${id}: divergence at block ${d.blockNumber}`)));
+      member.on('failure', (e) => fail(new LedgerBenchFailure(`${id} failed: ${e.message}`)));
+      nodes.push(node);
+    }
+    await Promise.all(nodes.map(async ({ member }) => {
+      await member.start();
+      await member.caughtUp();
+    }));
+    const checkFailures = () => {
+      if (failures.length) throw failures[0];
+      const invalid = nodes.find((n) => n.invalid > 0);
+      if (invalid) throw new LedgerBenchFailure(`${invalid.id} marked ${invalid.invalid} envelope(s) invalid`);
+    };
+    /** Resolves when `done()` holds, re-checked on every block / final event of any member. */
+    const until = (what: string, done: () => boolean, timeoutMs = 120_000) =>
+      new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => finish(new LedgerBenchFailure(`ledger on ${kind}: timed out waiting for ${what}`)), timeoutMs);
+        timers.add(timer);
+        const finish = (err?: Error) => {
+          clearTimeout(timer);
+          timers.delete(timer);
+          for (const node of nodes) node.onCommitted = node.onFinal = () => {};
+          if (err) reject(err);
+          else resolve();
+        };
+        const check = () => {
+          if (failures.length) return finish(failures[0]);
+          if (done()) finish();
+        };
+        for (const node of nodes) node.onCommitted = node.onFinal = check;
+        check();
+      });
+    const nextEntries = entryFactory();
+    const sign = (node: Node) =>
+      createEnvelope(node.signer, { channel, type: 'anchor', payload: { entries: nextEntries(entriesPerEnvelope) } });
+
+    // ---------------------------------------------------------------------------- under load
+    const perMember = Math.ceil(options.digests / entriesPerEnvelope / MEMBERS.length);
+    const envelopes = perMember * MEMBERS.length;
+    const loadLatencies: number[] = [];
+    const commitLatencies: number[] = [];
+    for (const node of nodes) Object.assign(node, { sink: loadLatencies, commitSink: commitLatencies });
+    attestationAppends = [];
+    progress(`ledger on ${kind}: ${envelopes} envelopes of ${entriesPerEnvelope} digests from 3 members, ≤ ${inFlight} in flight each`);
+    const blocksBefore = nodes[0].blocks;
+    for (const node of nodes) node.appendMs = [];
+    let envelopeBytes = 0;
+    const cpuBefore = process.cpuUsage();
+    const started = performance.now();
+    const allCommitted = until('every member to commit every envelope', () => nodes.every((n) => n.committedEnvelopes >= envelopes), 300_000);
+    allCommitted.catch(() => {});
+    await Promise.all(nodes.map(async (node) => {
+      const sends: Promise<unknown>[] = [];
+      for (let i = 0; i < perMember; i++) {
+        while (node.submitted.size >= inFlight) await new Promise<void>((resume) => node.slotWaiters.push(resume));
+        if (failures.length) throw failures[0];
+        const envelope = sign(node);
+        const bytes = encodeEnvelope(envelope);
+        envelopeBytes = bytes.length;
+        node.submitted.set(envelope.nonce, performance.now());
+        const sent = node.member.submit([bytes]);
+        sent.catch(() => {}); // rejected through Promise.all below, not as an unhandled rejection meanwhile
+        sends.push(sent);
+        // The members share this thread with the signers: let them consume between two envelopes.
+        await new Promise((resume) => setImmediate(resume));
+      }
+      await Promise.all(sends);
+    }));
+    await allCommitted;
+    const seconds = (performance.now() - started) / 1000;
+    const cpu = process.cpuUsage(cpuBefore);
+    const blocks = nodes[0].blocks - blocksBefore;
+    const appendMs = nodes.map((n) => n.appendMs);
+    await until('every block final on its submitter', () => nodes.every((n) => n.awaitingFinal.size === 0 && n.submitted.size === 0));
+    const secondsToAllFinal = (performance.now() - started) / 1000;
+    const attestationAppendMs = latency(attestationAppends);
+    checkFailures();
+    const digests = envelopes * entriesPerEnvelope;
+    progress(`ledger on ${kind}: ${Math.round(digests / seconds)} digests/s, finality p50 ${latency(loadLatencies).p50} ms`);
+
+    // ---------------------------------------------------------------------------- light load
+    let lightFinalityMs: Latency | undefined;
+    if (options.lightEnvelopes > 0) {
+      const light: number[] = [];
+      for (const node of nodes) Object.assign(node, { sink: light, commitSink: [] });
+      const [h1] = nodes;
+      for (let i = 0; i < options.lightEnvelopes; i++) {
+        const envelope = sign(h1);
+        const bytes = encodeEnvelope(envelope);
+        h1.submitted.set(envelope.nonce, performance.now());
+        const done = until('a light-load envelope to be final', () => h1.submitted.size === 0 && h1.awaitingFinal.size === 0, 30_000);
+        await h1.member.submit([bytes]);
+        await done;
+      }
+      lightFinalityMs = latency(light);
+      checkFailures();
+    }
+
+    // ---------------------------------------------------------------------------- same chain everywhere
+    const target = Math.max(...nodes.map((n) => n.member.status().height));
+    await until('every member at the same height', () => nodes.every((n) => n.member.status().height === target), 30_000);
+    const heads = await Promise.all(nodes.map(async (n) => {
+      const head = await n.store.head(channel);
+      return head ? blockHeaderHash(head) : '';
+    }));
+    checkFailures();
+    const sameHead = new Set(heads).size === 1 && heads[0] !== '';
+    const result: LedgerBenchResult = {
+      orderer: kind,
+      members: MEMBERS.length,
+      quorum: QUORUM,
+      settings: { maxMessageCount, preferredMaxBytes, batchTimeoutMs },
+      entriesPerEnvelope,
+      envelopeBytes,
+      inFlightPerMember: inFlight,
+      digests,
+      envelopes,
+      seconds: round1(seconds),
+      digestsPerSecond: Math.round(digests / seconds),
+      secondsToAllFinal: round1(secondsToAllFinal),
+      blocks,
+      envelopesPerBlock: round1(envelopes / blocks),
+      finalityMs: latency(loadLatencies),
+      commitMs: latency(commitLatencies),
+      attestationAppendMs,
+      lightFinalityMs,
+      storeAppendMs: appendStats(appendMs),
+      cpuUsPerDigest: round1((cpu.user + cpu.system) / digests),
+      cpuCoresBusy: Number(((cpu.user + cpu.system) / 1e6 / seconds).toFixed(2)),
+      height: target,
+      headHash: heads[0],
+      sameHead,
+    };
+    if (!sameHead) throw new LedgerBenchFailure(`ledger on ${kind}: members end at different heads at height ${target}: ${heads.join(' ')}`, result);
+    return result;
+  } finally {
+    for (const timer of timers) clearTimeout(timer);
+    for (const { member } of nodes) await member.stop().catch(() => {});
+    for (const orderer of orderers) await orderer.close().catch(() => {});
+    for (const { store } of nodes) await store.close().catch(() => {});
+    rmSync(work, { recursive: true, force: true });
+    if (kind === 'kafka' && options.brokers?.length) await deleteChannelTopic(options.brokers, channel).catch(() => {});
+  }
+}
+
+/** The bench's channel topic is throwaway: ~50 MB per run on the broker otherwise. */
+async function deleteChannelTopic(brokers: string[], channel: string): Promise<void> {
+  const admin = createKafkaClient({ brokers }).admin();
+  await admin.connect();
+  try {
+    await admin.deleteTopics({ topics: [channelTopic(channel)] });
+  } finally {
+    await admin.disconnect();
+  }
+}
