@@ -28,8 +28,7 @@ const BUNDLE = join(FHIR_DATA, 'synthea', 'smart-2019', 'Buster_Hoeger_ad2e3fc5-
 const HOSPITAL = 'test-hospital';
 const work = mkdtempSync(join(tmpdir(), 'medblock-proofs-'));
 after(() => rmSync(work, { recursive: true, force: true }));
-// Created here, at the top level: testConsortium removes its directories in an `after` hook of whatever
-// context first calls it, and the CLI runs below need this one until the end of the file.
+// The consortium startTestGateway uses (one per process): the CLI runs below need its directory and CA.
 const consortiumReady = testConsortium([HOSPITAL]);
 
 // The CLI gets nothing of the test run's engines or keys: proofs are checked with an empty data dir.
