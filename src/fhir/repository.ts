@@ -44,6 +44,15 @@ export interface ResourceVersion {
 }
 
 export const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
+
+/**
+ * AuditEvents are the hospital's access records, not a patient's data: they are in no patient compartment
+ * (not in `$everything`, not under `patient/` scopes, not in the ledger's patient locator) and all are
+ * sealed under one audit key (an owner no resource id can spell), so erasing a patient keeps the record
+ * of who accessed them. Compliance finds them by patient with `AuditEvent?patient=` / `entity=`.
+ */
+const AUDIT_RECORD_TYPE = 'AuditEvent';
+const AUDIT_KEY_OWNER = 'AuditEvent/_access-log';
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -668,16 +677,17 @@ export class WriteSession {
     if (resource) {
       const stamped = stamp(resource, id, versionId, this.now);
       json = stringifyFhirJson(stamped);
-      const patients = patientCompartments(type, stamped);
+      const patients = type === AUDIT_RECORD_TYPE ? [] : patientCompartments(type, stamped);
       terms = extractTerms(type, stamped);
       for (const patient of patients) terms.push({ param: COMPARTMENT_PARAM, value: compartmentTerm(patient) });
       if (patients.length > 0) owner = compartmentTerm(patients[0]);
+      if (type === AUDIT_RECORD_TYPE) owner = AUDIT_KEY_OWNER;
       // The digest is set by check(), with validation, before the batch is committed.
       record = { type, id, versionId, lastUpdated: this.now, deleted: false, content: encoder.encode(json), digest: null };
     } else {
       record = { type, id, versionId, lastUpdated: this.now, deleted: true, content: null, digest: null };
     }
-    if (owner !== undefined && this.patientToken) record.patientToken = this.patientToken(owner);
+    if (owner !== undefined && owner !== AUDIT_KEY_OWNER && this.patientToken) record.patientToken = this.patientToken(owner);
     const version: ResourceVersion = { type, id, versionId, lastUpdated: this.now, deleted: !resource, json };
     this.staged.set(key, { write: { record, terms, expectedVersion: previous, owner }, version, label: this.label });
     return version;

@@ -24,7 +24,7 @@ export interface AnchorPublisherOptions {
   signer: EnvelopeSigner;
   /** Entries per anchor envelope (≤ MAX_ANCHOR_ENTRIES). */
   entriesPerEnvelope?: number;
-  /** Digests ordered but not yet seen in a committed block; publishing pauses above it. */
+  /** Digests ordered but not yet seen in a committed block; publishing pauses above it (default 10,000: beyond about that, more in flight only adds queueing, measured by the ledger benchmark). */
   maxInFlight?: number;
   /** How often the outbox is read when nothing wakes the publisher. */
   pollMs?: number;
@@ -115,7 +115,7 @@ export class AnchorPublisher {
 
   /** Publishes one page of the outbox; false when there was nothing to do (or anchoring is paused). */
   private async publishOnce(): Promise<boolean> {
-    const { member, outbox, maxInFlight = 50_000 } = this.options;
+    const { member, outbox, maxInFlight = 10_000 } = this.options;
     if (!member.healthy() || this.inFlight.size >= maxInFlight) return false;
     const page = await outbox.unanchored({ afterSeq: this.cursor, limit: OUTBOX_PAGE });
     if (page.length === 0) {

@@ -14,7 +14,7 @@ import { createAttestation, FinalityTracker, type Attestation, type Checkpoint, 
 import { buildBlockWithVerdicts, blockHeaderHash, type Block, type BlockHeader } from './block.ts';
 import { BlockCutter, initialCutterState, type BlockCutterConfig, type CutBlock } from './block-cutter.ts';
 import { canonicalize } from './canonical-json.ts';
-import { parseEnvelope, type Envelope, type EnvelopeSigner, type EnvelopeVerdict, type ValidationContext } from './envelope.ts';
+import { type Envelope, type EnvelopeSigner, type EnvelopeVerdict, type ValidationContext } from './envelope.ts';
 import { LedgerAppendError, type BlockIndex, type LedgerStore } from './ledger-store.ts';
 import { applyConfigChange, type Membership } from './membership.ts';
 import { decodeChannelMessage, encodeChannelMessage, type Orderer, type OrderedRecord, type Subscription } from './orderer.ts';
@@ -214,7 +214,7 @@ export class LedgerMember extends EventEmitter<{ block: [CommittedBlock]; final:
       const attestation = createAttestation(this.options.signer, block.header);
       // Not awaited: ordering our own attestation must not hold up the next block; a failure only delays finality.
       this.options.orderer
-        .append([encodeChannelMessage({ kind: 'attestation', bytes: Buffer.from(canonicalize(attestation), 'utf8') })])
+        .appendControl([encodeChannelMessage({ kind: 'attestation', bytes: Buffer.from(canonicalize(attestation), 'utf8') })])
         .catch((e: unknown) => this.log('ledger_attestation_send_failed', { block: block.header.number, error: (e as Error).message }));
     }
     this.emit('block', { block, headerHash, verdicts });
@@ -236,10 +236,12 @@ export class LedgerMember extends EventEmitter<{ block: [CommittedBlock]; final:
 
   /** The nonces of this batch's envelopes that earlier blocks committed (the validation context needs a sync lookup). */
   private async committedNoncesOf(cut: CutBlock): Promise<Set<string>> {
+    // A plain parse is enough (building the block validates fully): only envelopes that validate are
+    // looked up, and those carry exactly these creator and nonce values.
     const pairs: Array<{ creator: string; nonce: string }> = [];
     for (const { bytes } of cut.envelopes) {
-      const parsed = parseEnvelope(bytes, this.options.maxEnvelopeBytes);
-      if (parsed.valid) pairs.push({ creator: parsed.envelope.creator, nonce: parsed.envelope.nonce });
+      const value = parseJson(bytes) as { creator?: unknown; nonce?: unknown } | undefined;
+      if (typeof value?.creator === 'string' && typeof value.nonce === 'string') pairs.push({ creator: value.creator, nonce: value.nonce });
     }
     return pairs.length ? this.options.store.committedNonces(this.options.channel, pairs) : new Set();
   }
@@ -276,7 +278,7 @@ export class LedgerMember extends EventEmitter<{ block: [CommittedBlock]; final:
     const timer = setTimeout(() => {
       this.timers.delete(blockNumber);
       this.options.orderer
-        .append([encodeChannelMessage({ kind: 'timeToCut', blockNumber })])
+        .appendControl([encodeChannelMessage({ kind: 'timeToCut', blockNumber })])
         .catch((e: unknown) => this.log('ledger_time_to_cut_send_failed', { block: blockNumber, error: (e as Error).message }));
     }, this.options.batchTimeoutMs);
     timer.unref();

@@ -58,6 +58,13 @@ export interface Orderer {
    */
   append(messages: Uint8Array[]): Promise<number[]>;
   /**
+   * Appends small control messages (attestations, time-to-cut markers) without queueing behind this
+   * orderer's envelope appends: otherwise a member's attestation waits for megabytes of its own anchors,
+   * and finality with it. Their order relative to append() calls is not kept (nothing relies on it);
+   * among appendControl calls it is. Same durability and same failure meaning as append().
+   */
+  appendControl(messages: Uint8Array[]): Promise<number[]>;
+  /**
    * Delivers every record from `fromOffset` on, in offset order, each once, in batches of one or more;
    * the next batch only after the handler's promise resolved. Records appended later are delivered as
    * they arrive. A `fromOffset` past endOffset() is refused. Do not await the subscription's stop(), or

@@ -200,6 +200,29 @@ export function ordererContract(name: string, open: () => Promise<Orderer>): voi
       assert.equal(reading.records.length, delivered, 'no delivery after stop()');
     });
 
+    it('appendControl() appends like append(), in call order among control appends, also while envelopes are being appended', async () => {
+      const envelopes = Array.from({ length: 5 }, () => fresh(50));
+      const controls = Array.from({ length: 5 }, () => fresh(1));
+      const appending = envelopes.map((batch) => append(batch));
+      const controlOffsets = await Promise.all(controls.map(async (batch) => {
+        const offsets = await orderer.appendControl(batch);
+        offsets.forEach((offset, i) => { log[offset] = batch[i]!; });
+        return offsets[0]!;
+      }));
+      await Promise.all(appending);
+      assert.deepEqual(controlOffsets, [...controlOffsets].sort((a, b) => a - b), 'control appends keep their call order');
+      assert.equal(await orderer.endOffset(), log.length);
+      assert.equal(log.filter(Boolean).length, log.length, 'no hole in the log');
+      await assert.rejects(orderer.appendControl([Buffer.alloc(MAX_RECORD_BYTES + 1)]), RangeError);
+      const reading = await read(orderer, 0);
+      try {
+        await reading.until(log.length);
+      } finally {
+        await reading.subscription.stop();
+      }
+      assertRecords(reading.records, log, 0);
+    });
+
     it('endOffset() is the length of the log', async () => {
       assert.equal(await orderer.endOffset(), log.length);
       await append(fresh(4));

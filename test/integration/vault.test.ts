@@ -251,6 +251,11 @@ forEachStore((start, store) => {
       const again = body(await t.http.post(`/fhir/Patient/${id}/$erase`).set('Authorization', `Bearer ${t.admin}`)).parameter;
       assert.equal(again.find((p: Json) => p.name === 'erasedAt').valueInstant, result.find((p: Json) => p.name === 'erasedAt').valueInstant);
 
+      // The access log survives the erasure: it is the hospital's record, sealed under its own key.
+      const accesses = body(await get(t, `AuditEvent?entity=${encodeURIComponent(`Patient/${id}`)}&_count=1000`)).entry ?? [];
+      const erasures = accesses.filter((e: Json) => e.resource.subtype?.[0]?.code === 'operation' && e.resource.action === 'C' && e.resource.outcome === '0');
+      assert.ok(erasures.length >= 1, `the $erase itself is on record (${accesses.length} access records about the patient)`);
+
       // Anyone holding the master key and the whole database: no key in the store opens the old ciphertext.
       const tombstone = await vault.inner.getKey(keyId);
       assert.deepEqual([tombstone?.wrapped, tombstone?.masterKeyId], [null, null]);

@@ -26,8 +26,11 @@ export class KafkaOrderer implements Orderer {
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
 
+  /** Control messages have a producer (and a send queue) of their own, so they never wait behind envelopes. */
+  private controlQueue: Promise<unknown> = Promise.resolve();
+
   private constructor(private readonly channel: string, private readonly connection: KafkaConnection,
-    private readonly producer: ChannelProducer, private readonly admin: Admin) {}
+    private readonly producer: ChannelProducer, private readonly controlProducer: ChannelProducer, private readonly admin: Admin) {}
 
   /** Creates the channel's topic if needed (or checks the existing one), then connects a producer. */
   static async connect(options: KafkaOrdererOptions): Promise<KafkaOrderer> {
@@ -37,9 +40,13 @@ export class KafkaOrderer implements Orderer {
     const { topic } = await ensureChannelTopic(options);
     const admin = createKafkaClient(connection).admin();
     await admin.connect();
+    const producers: ChannelProducer[] = [];
     try {
-      return new KafkaOrderer(topic, connection, await ChannelProducer.connect(connection), admin);
+      producers.push(await ChannelProducer.connect(connection));
+      producers.push(await ChannelProducer.connect(connection));
+      return new KafkaOrderer(topic, connection, producers[0]!, producers[1]!, admin);
     } catch (err) {
+      await Promise.all(producers.map((p) => p.disconnect().catch(() => {})));
       await admin.disconnect().catch(() => {});
       throw err;
     }
@@ -52,8 +59,20 @@ export class KafkaOrderer implements Orderer {
     } catch (err) {
       return Promise.reject(err);
     }
-    const result = this.queue.then(() => this.send(messages));
+    const result = this.queue.then(() => this.send(this.producer, messages));
     this.queue = result.catch(() => {});
+    return result;
+  }
+
+  appendControl(messages: Uint8Array[]): Promise<number[]> {
+    try {
+      this.assertOpen();
+      checkAppendable(messages);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const result = this.controlQueue.then(() => this.send(this.controlProducer, messages));
+    this.controlQueue = result.catch(() => {});
     return result;
   }
 
@@ -84,16 +103,16 @@ export class KafkaOrderer implements Orderer {
     if (this.closed) return;
     this.closed = true;
     await Promise.all([...this.subscriptions].map((consumer) => consumer.stop()));
-    await this.queue;
-    await this.producer.disconnect();
+    await Promise.all([this.queue, this.controlQueue]);
+    await Promise.all([this.producer.disconnect(), this.controlProducer.disconnect()]);
     await this.admin.disconnect();
   }
 
-  private async send(messages: Uint8Array[]): Promise<number[]> {
+  private async send(producer: ChannelProducer, messages: Uint8Array[]): Promise<number[]> {
     const offsets: number[] = [];
     for (const request of splitIntoRequests(messages)) {
       // A failed request rejects the append, and its later requests are never sent.
-      offsets.push(...await this.producer.send(this.channel, request.map((bytes) => ({ value: asBuffer(bytes) }))));
+      offsets.push(...await producer.send(this.channel, request.map((bytes) => ({ value: asBuffer(bytes) }))));
     }
     return offsets;
   }

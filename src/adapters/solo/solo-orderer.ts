@@ -69,6 +69,11 @@ export class SoloOrderer implements Orderer {
     return messages.map((_, i) => first + i);
   }
 
+  /** The solo log has no queue to jump: the same as append(). */
+  appendControl(messages: Uint8Array[]): Promise<number[]> {
+    return this.append(messages);
+  }
+
   async subscribe(fromOffset: number, handler: (records: OrderedRecord[]) => Promise<void>): Promise<Subscription> {
     this.assertOpen();
     if (!Number.isSafeInteger(fromOffset) || fromOffset < 0) throw new Error(`invalid fromOffset ${fromOffset}`);

@@ -28,9 +28,10 @@ export function versionHeaders(v: ResourceVersion, ctx: FhirContext, withLocatio
  * digest must be the one the ledger holds at the vault's anchor location. Throws AnchorMismatchError.
  */
 export async function assertAnchorIntact(v: ResourceVersion, ctx: FhirContext): Promise<void> {
-  if (!ctx.ledger || !v.json || !v.digest) return;
+  if (!ctx.ledger || v.deleted) return;
   const mismatch = new AnchorMismatchError(v.type, v.id, v.versionId);
-  if (canonicalDigestHex(parseFhirJson(v.json)) !== v.digest) throw mismatch;
+  // A live version always has content and a digest: one without either was blanked in the store.
+  if (!v.json || !v.digest || canonicalDigestHex(parseFhirJson(v.json)) !== v.digest) throw mismatch;
   if (v.anchor) await ctx.ledger.checkAnchor({ type: v.type, id: v.id, versionId: v.versionId, digest: v.digest }, v.anchor);
 }
 
