@@ -10,6 +10,7 @@ import { ledgerStoreContract } from './ledger-store.contract.ts';
 const dir = mkdtempSync(join(tmpdir(), 'medblock-sqlite-ledger-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 ledgerStoreContract('sqlite', async () => new SqliteLedgerStore(join(dir, 'ledger.sqlite')));
+ledgerStoreContract('sqlite, writing inline', async () => new SqliteLedgerStore(join(dir, 'inline-ledger.sqlite'), { inline: true }));
 
 it('refuses a ledger file of another schema version instead of reading it', async () => {
   const file = join(dir, 'old.sqlite');
@@ -17,5 +18,5 @@ it('refuses a ledger file of another schema version instead of reading it', asyn
   db.exec('CREATE TABLE blocks (number INTEGER PRIMARY KEY)');
   db.pragma('user_version = 0');
   db.close();
-  await assert.rejects(new SqliteLedgerStore(file).init(), /is a ledger of schema 0, this gateway uses schema 1: .*rebuilds its ledger from the orderer/);
+  await assert.rejects(new SqliteLedgerStore(file).init(), /is a ledger of schema 0, this gateway uses schema 2: .*rebuilds its ledger from the orderer/);
 });
