@@ -15,7 +15,17 @@
  *
  *  - throughput: digests / seconds from the first submit until every member committed every envelope;
  *  - finality latency per envelope: submit() call → the block holding it is final (quorum-attested) on
- *    the submitting member, under that load, and in a light-load run (h1 alone, one envelope at a time);
+ *    the submitting member, under that load, and in a light-load run (h1 alone, one envelope at a time).
+ *    That saturated run is closed-loop: its latency is mostly queueing (in flight / throughput), so it
+ *    says little about finality at a given load;
+ *  - open loop (after the saturated run, on the same, now larger, chain): every member submits one
+ *    envelope every `openLoop.periodMs` on its own timer (the three timers staggered by a third of a
+ *    period) for `openLoop.seconds`, whatever the ledger does, so the offered load is fixed (the goal,
+ *    10,000 digests/s, by default: 3 × 1000 digests / 300 ms). Finality is measured from the envelope's
+ *    SCHEDULED send time (a timer firing late because the event loop was blocked counts against the
+ *    ledger: no coordinated omission). Reported: finality p50/p99, the offered and the achieved rates
+ *    (digests committed on all three members per second of the run), and the main thread's event-loop
+ *    delay p50/p99/max during it (perf_hooks.monitorEventLoopDelay);
  *  - correctness: every envelope valid, no divergence, and all three members end at the same height with
  *    the same head hash (read back from their stores). A mismatch is a LedgerBenchFailure.
  */
@@ -23,6 +33,7 @@ import { createHash, generateKeyPairSync, randomBytes, randomUUID, type KeyObjec
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { createKafkaClient } from '../src/adapters/kafka/client.ts';
 import { KafkaOrderer } from '../src/adapters/kafka/kafka-orderer.ts';
 import { channelTopic } from '../src/adapters/kafka/topics.ts';
@@ -50,6 +61,8 @@ export interface LedgerBenchOptions {
   inFlight: number;
   /** Envelopes of the light-load run (h1 alone, one at a time, each waited for until final); 0 skips it. */
   lightEnvelopes: number;
+  /** The open-loop run: one envelope per member every `periodMs`, for `seconds`; omitted or seconds 0 skips it. */
+  openLoop?: { periodMs: number; seconds: number };
   progress: (line: string) => void;
 }
 
@@ -80,10 +93,12 @@ export interface LedgerBenchResult {
   finalityMs: Latency;
   /** Under load: submit() call → the block holding it committed on the submitting member (finality minus attestation). */
   commitMs: Latency;
-  /** Under load: how long a member's append of its attestation took (it queues behind the member's own envelope appends). */
+  /** Under load: how long a member's append of its attestation took (Orderer.appendControl, not queued behind envelopes). */
   attestationAppendMs: Latency;
   /** Light load: one envelope at a time from h1. */
   lightFinalityMs?: Latency;
+  /** Fixed offered load (open loop), after the saturated run. */
+  openLoop?: OpenLoopResult;
   /** store.appendBlock per block and member under load: mean, p99, and the mean of the first and the last tenth of the blocks. */
   storeAppendMs: { mean: number; p99: number; firstTenthMean: number; lastTenthMean: number };
   /** This process (three members, their stores and orderer clients, the signers): CPU µs per digest, and cores busy. */
@@ -92,6 +107,28 @@ export interface LedgerBenchResult {
   height: number;
   headHash: string;
   sameHead: boolean;
+}
+
+export interface OpenLoopResult {
+  periodMs: number;
+  seconds: number;
+  envelopes: number;
+  /** Digests/s the timers were set to submit (3 members × entries per envelope / period). */
+  offeredDigestsPerSecond: number;
+  /** Digests/s actually submitted (envelopes signed and handed to submit() over the run, timers firing late included). */
+  submittedDigestsPerSecond: number;
+  /** Digests committed on all three members / seconds from the first scheduled send until the last of them committed. */
+  achievedDigestsPerSecond: number;
+  /** Scheduled send time → the block holding it final (quorum-attested) on the submitter. */
+  finalityMs: Latency;
+  /** Scheduled send time → committed on the submitter. */
+  commitMs: Latency;
+  /** How late the send timers fired, p99 ms (the event loop was busy). */
+  sendLagP99Ms: number;
+  /** Main-thread event-loop delay during the run (perf_hooks histogram, 10 ms resolution). */
+  eventLoopDelayMs: { p50: number; p99: number; max: number };
+  /** store.appendBlock per block and member during the run. */
+  storeAppendMs: { mean: number; p99: number };
 }
 
 /** A correctness failure (fork, invalid envelope, divergence, member failure), as opposed to a slow figure. */
@@ -134,6 +171,7 @@ interface Node {
 }
 
 const latency = (values: number[]): Latency => {
+  if (values.length === 0) return { p50: NaN, p99: NaN, max: NaN, n: 0 };
   const sorted = [...values].sort((a, b) => a - b);
   return { p50: round1(percentile(sorted, 50)), p99: round1(percentile(sorted, 99)), max: round1(sorted[sorted.length - 1] ?? NaN), n: sorted.length };
 };
@@ -187,10 +225,10 @@ export async function ledgerBench(options: LedgerBenchOptions): Promise<LedgerBe
   const orderers: Orderer[] = [];
   let shared: SoloOrderer | undefined;
   let attestationAppends: number[] = [];
-  /** Times this orderer's appends of attestations (the members' own, unawaited). */
+  /** Times this orderer's appends of attestations (the members' own, unawaited, through appendControl). */
   const timeAttestations = (orderer: Orderer): Orderer => {
-    const append = orderer.append.bind(orderer);
-    orderer.append = (messages) => {
+    const append = orderer.appendControl.bind(orderer);
+    orderer.appendControl = (messages) => {
       if (messages.length !== 1 || decodeChannelMessage(messages[0])?.kind !== 'attestation') return append(messages);
       const t0 = performance.now();
       const appended = append(messages);
@@ -342,6 +380,72 @@ export async function ledgerBench(options: LedgerBenchOptions): Promise<LedgerBe
     const digests = envelopes * entriesPerEnvelope;
     progress(`ledger on ${kind}: ${Math.round(digests / seconds)} digests/s, finality p50 ${latency(loadLatencies).p50} ms`);
 
+    // ---------------------------------------------------------------------------- open loop
+    let openLoop: OpenLoopResult | undefined;
+    if (options.openLoop && options.openLoop.seconds > 0) {
+      const { periodMs, seconds: runSeconds } = options.openLoop;
+      const perNode = Math.max(1, Math.round((runSeconds * 1000) / periodMs));
+      const total = perNode * nodes.length;
+      const finality: number[] = [];
+      const commit: number[] = [];
+      const lags: number[] = [];
+      for (const node of nodes) Object.assign(node, { sink: finality, commitSink: commit, appendMs: [] });
+      const committedBefore = nodes.map((n) => n.committedEnvelopes);
+      const committedAll = () => Math.min(...nodes.map((n, i) => n.committedEnvelopes - committedBefore[i]));
+      progress(`ledger on ${kind}: open loop, ${nodes.length} × one ${entriesPerEnvelope}-digest envelope every ${periodMs} ms for ${runSeconds} s`);
+      const delay = monitorEventLoopDelay({ resolution: 10 });
+      const sends: Promise<unknown>[] = [];
+      let lastSubmit = 0;
+      let lastCommitted = 0;
+      const start = performance.now() + 50;
+      delay.enable();
+      const allCommitted = until('every member to commit every open-loop envelope', () => {
+        if (committedAll() < total) return false;
+        lastCommitted ||= performance.now();
+        return true;
+      }, runSeconds * 1000 + 120_000);
+      allCommitted.catch(() => {});
+      await Promise.all(nodes.map(async (node, n) => {
+        for (let k = 0; k < perNode; k++) {
+          // Open loop: the k-th envelope is due at a fixed time, however the previous ones fared.
+          const due = start + (n * periodMs) / nodes.length + k * periodMs;
+          const wait = due - performance.now();
+          if (wait > 0) await new Promise((resume) => setTimeout(resume, wait));
+          if (failures.length) throw failures[0];
+          lags.push(performance.now() - due);
+          const envelope = sign(node);
+          node.submitted.set(envelope.nonce, due);
+          const sent = node.member.submit([encodeEnvelope(envelope)]);
+          sent.catch(() => {});
+          sends.push(sent);
+          lastSubmit = performance.now();
+        }
+      }));
+      await Promise.all(sends);
+      await allCommitted;
+      delay.disable();
+      const ms = (ns: number) => round1(ns / 1e6);
+      const eventLoopDelayMs = { p50: ms(delay.percentile(50)), p99: ms(delay.percentile(99)), max: ms(delay.max) };
+      await until('every open-loop block final on its submitter', () => nodes.every((n) => n.awaitingFinal.size === 0 && n.submitted.size === 0));
+      checkFailures();
+      const appends = nodes.flatMap((n) => n.appendMs).sort((a, b) => a - b);
+      openLoop = {
+        periodMs,
+        seconds: runSeconds,
+        envelopes: total,
+        offeredDigestsPerSecond: Math.round((nodes.length * entriesPerEnvelope * 1000) / periodMs),
+        // The sends are due over (perNode - 1/3) periods; the last third is the interval the last one stands for.
+        submittedDigestsPerSecond: Math.round((total * entriesPerEnvelope) / ((lastSubmit - start + periodMs / nodes.length) / 1000)),
+        achievedDigestsPerSecond: Math.round((total * entriesPerEnvelope) / ((lastCommitted - start) / 1000)),
+        finalityMs: latency(finality),
+        commitMs: latency(commit),
+        sendLagP99Ms: round1(percentile([...lags].sort((a, b) => a - b), 99)),
+        eventLoopDelayMs,
+        storeAppendMs: { mean: round1(mean(appends)), p99: round1(percentile(appends, 99)) },
+      };
+      progress(`ledger on ${kind}: open loop at ${openLoop.offeredDigestsPerSecond} digests/s offered: finality p50 ${openLoop.finalityMs.p50} / p99 ${openLoop.finalityMs.p99} ms`);
+    }
+
     // ---------------------------------------------------------------------------- light load
     let lightFinalityMs: Latency | undefined;
     if (options.lightEnvelopes > 0) {
@@ -388,6 +492,7 @@ export async function ledgerBench(options: LedgerBenchOptions): Promise<LedgerBe
       commitMs: latency(commitLatencies),
       attestationAppendMs,
       lightFinalityMs,
+      openLoop,
       storeAppendMs: appendStats(appendMs),
       cpuUsPerDigest: round1((cpu.user + cpu.system) / digests),
       cpuCoresBusy: Number(((cpu.user + cpu.system) / 1e6 / seconds).toFixed(2)),
