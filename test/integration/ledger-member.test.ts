@@ -94,6 +94,11 @@ describe('ledger members on the solo orderer', () => {
     assert.equal(new Set(hashes).size, 1, 'every member has the same head hash');
     const height = nodes.h1.member.status().height;
     await until('the head is final on every member', () => Object.values(nodes).every((n) => n.member.status().finalHeight >= height));
+    // The checkpoint is saved by the store's writer right after finality is reached.
+    await until('the checkpoint stored on every member', async () => {
+      for (const node of Object.values(nodes)) if (((await node.store.checkpoint(CHANNEL))?.header.number ?? -1) < height) return false;
+      return true;
+    });
     for (const node of Object.values(nodes)) {
       assert.deepEqual(node.member.status().divergences, []);
       const checkpoint = await node.store.checkpoint(CHANNEL);

@@ -14,7 +14,8 @@
 import type Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { startWorker } from '../../worker.ts';
 import type { Attestation, Checkpoint } from '../../ledger/attestation.ts';
 import type { Block, BlockHeader, EnvelopeValidity } from '../../ledger/block.ts';
 import type { ConfigChange } from '../../ledger/envelope.ts';
@@ -137,7 +138,7 @@ export class SqliteLedgerStore implements LedgerStore {
       this.inline = new LedgerWriter(db);
       return;
     }
-    const thread = new Worker(new URL('./ledger-writer-bootstrap.mjs', import.meta.url), { workerData: { file: this.file } });
+    const thread = startWorker(new URL('./ledger-writer-thread.ts', import.meta.url), { file: this.file });
     this.thread = thread;
     await new Promise<void>((resolve, reject) => {
       const onExit = () => reject(new Error(`the ledger writer thread of ${this.file} stopped while opening`));

@@ -1,5 +1,6 @@
 import type Database from 'better-sqlite3';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { startWorker } from '../../worker.ts';
 import {
   CommitAbortedError,
   VersionConflictError,
@@ -124,7 +125,7 @@ export class SqliteStore implements ResourceStore {
       this.inline = new SqliteWriter(this.db);
       return;
     }
-    this.thread = new Worker(new URL('./writer-bootstrap.mjs', import.meta.url), { workerData: { file: this.file } });
+    this.thread = startWorker(new URL('./writer-thread.ts', import.meta.url), { file: this.file });
     this.thread.on('message', (reply: WriterReply) => this.settle(reply));
     this.thread.on('error', (e) => this.failAll(e));
     this.thread.on('exit', () => this.failAll(new Error('the vault writer thread stopped')));

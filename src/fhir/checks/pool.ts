@@ -3,7 +3,8 @@
  * ingest uses every core; with no spare core (or `workers: 0`) they run inline on the calling thread.
  */
 import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { startWorker } from '../../worker.ts';
 import { checkVersion, type VersionCheck } from './check.ts';
 
 export interface VersionChecker {
@@ -24,7 +25,7 @@ class WorkerChecker implements VersionChecker {
 
   constructor(count: number) {
     this.workers = Array.from({ length: count }, () => {
-      const worker = new Worker(new URL('./worker-bootstrap.mjs', import.meta.url));
+      const worker = startWorker(new URL('./worker.ts', import.meta.url));
       worker.on('message', ({ id, checks, error }: { id: number; checks?: VersionCheck[]; error?: string }) => {
         const job = this.jobs.get(id);
         if (!job) return;

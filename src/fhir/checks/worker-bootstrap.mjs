@@ -1,5 +1,0 @@
-// Worker entry: the worker needs tsx's loader for TypeScript whether or not the parent was started with it.
-import { register } from 'tsx/esm/api';
-
-register();
-await import('./worker.ts');
