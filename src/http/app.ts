@@ -6,7 +6,8 @@ import { FhirJsonSyntaxError, parseFhirJson, stringifyFhirJson } from '../fhir/j
 import { errors, FhirError, operationOutcome } from '../fhir/outcome.ts';
 import { TamperedContentError } from '../vault/encrypted-store.ts';
 import { AnchorMismatchError, type LedgerService } from '../ledger/service.ts';
-import type { FhirRepository } from '../fhir/repository.ts';
+import { ID_PATTERN, type FhirRepository } from '../fhir/repository.ts';
+import { isKnownResourceType } from '../fhir/validation/index.ts';
 import { matchRoute, routeRequest } from '../fhir/routes.ts';
 import { log } from './log.ts';
 import type { AccessLog } from '../audit/access-log.ts';
@@ -185,7 +186,7 @@ export function createApp(opts: AppOptions): express.Express {
     try {
       // No answer leaves before its access-log record is durable: an access that is not logged never happened.
       if (auth && opts.accessLog) {
-        await opts.accessLog.record(accessRecord(auth, req.method, path, interaction, response.status)).catch(() => {
+        await opts.accessLog.record(accessRecord(auth, req.method, path, interaction, response)).catch(() => {
           const error = new FhirError(503, [{ severity: 'error', code: 'transient', diagnostics: 'the access log cannot be written; nothing was returned' }], { 'Retry-After': '5' });
           response = { status: error.status, headers: error.headers, body: error.outcome };
         });
@@ -217,20 +218,22 @@ export function createApp(opts: AppOptions): express.Express {
   return app;
 }
 
-const ID_SEGMENT = /^[A-Za-z0-9\-.]{1,64}$/;
 
 /** What the access log keeps of a request: who, which interaction, which resource or type, the status. */
-function accessRecord(auth: AuthContext, method: string, path: string[], interaction: string, status: number) {
-  const [type, id] = path;
-  const typed = type !== undefined && /^[A-Z][A-Za-z]+$/.test(type);
+function accessRecord(auth: AuthContext, method: string, path: string[], interaction: string, response: FhirResponse) {
+  // A create names its new resource only in the answer's Location.
+  const created = /\/([A-Za-z]+)\/([^/]+)\/_history\/[^/]+$/.exec(response.headers?.Location ?? '');
+  const [type, id] = path.length === 1 && created ? [created[1], created[2]] : path;
+  // Only what makes a valid AuditEvent: a request for an unknown type or a malformed id is logged by type or not at all.
+  const typed = type !== undefined && isKnownResourceType(type);
   return {
     actor: auth.subject,
     interaction,
     method,
-    resource: typed && id !== undefined && ID_SEGMENT.test(id) ? `${type}/${id}` : undefined,
+    resource: typed && id !== undefined && ID_PATTERN.test(id) ? `${type}/${id}` : undefined,
     resourceType: typed ? type : undefined,
-    patient: auth.patient,
-    status,
+    patient: auth.patient !== undefined && ID_PATTERN.test(auth.patient) ? auth.patient : undefined,
+    status: response.status,
     recorded: new Date().toISOString(),
   };
 }

@@ -59,7 +59,9 @@ export class AnchorPublisher {
   private wake: (() => void) | undefined;
   private marking: Promise<void> = Promise.resolve();
   private readonly onBlock = (committed: CommittedBlock) => {
-    this.marking = this.marking.then(() => this.markFrom(committed)).catch((e: unknown) => this.log('anchor_mark_failed', { error: (e as Error).message }));
+    this.marking = this.marking
+      .then(() => (this.running ? this.markFrom(committed) : undefined))
+      .catch((e: unknown) => this.log('anchor_mark_failed', { error: (e as Error).message }));
   };
   private readonly log: NonNullable<AnchorPublisherOptions['log']>;
   readonly counters = { published: 0, anchored: 0, resubmitted: 0 };
@@ -75,12 +77,19 @@ export class AnchorPublisher {
     this.loopDone = this.loop();
   }
 
-  async stop(): Promise<void> {
+  /**
+   * Stops publishing. Marks still queued are dropped and one in progress gets a short grace period: marking
+   * is only bookkeeping (the next start finds those versions in the ledger and marks them), and on a store
+   * where each update is slow (FerretDB scans per update) a backlog would otherwise hold a shutdown for minutes.
+   */
+  async stop(graceMs = 2000): Promise<void> {
     this.running = false;
     this.options.member.off('block', this.onBlock);
     this.notify();
     await this.loopDone;
-    await this.marking;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.marking, new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs)))]);
+    clearTimeout(timer);
   }
 
   /** Something was committed to the vault: look at the outbox now rather than at the next poll. */

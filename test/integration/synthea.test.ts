@@ -85,7 +85,8 @@ forEachStore((start, store) => {
       for (let cursor: number | undefined; ; ) {
         const page = await store.history({ limit: 5000, beforeSeq: cursor });
         for (const v of page) {
-          if (v.deleted || seen.has(`${v.type}/${v.id}`)) continue;
+          // AuditEvents are the gateway's own access log, not data the bundles sent.
+          if (v.deleted || v.type === 'AuditEvent' || seen.has(`${v.type}/${v.id}`)) continue;
           seen.add(`${v.type}/${v.id}`);
           stored++;
           references.push(...collectReferences(JSON.parse(new TextDecoder().decode(v.content!))));

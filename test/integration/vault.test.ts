@@ -37,7 +37,9 @@ function phiStrings(bundle: Json): string[] {
       for (const n of r.name ?? []) [n.family, ...(n.given ?? [])].forEach(add);
       for (const i of r.identifier ?? []) add(i.value);
       add(r.birthDate);
-      for (const a of r.address ?? []) [...(a.line ?? []), a.city, a.postalCode].forEach(add);
+      for (const a of r.address ?? []) [...(a.line ?? []), a.city].forEach(add);
+      // A 5-digit postal code alone occurs by chance in MBs of hex digests and ciphertext: look for it as JSON.
+      for (const a of r.address ?? []) if (a.postalCode) add(`"postalCode":"${a.postalCode}"`);
       for (const t of r.telecom ?? []) add(t.value);
       // Narrative: its longest text run between tags.
       const runs = String(r.text?.div ?? '').split(/<[^>]+>/).map((s) => s.trim());

@@ -82,8 +82,9 @@
  *
  * Durability: writes use `{w: 'majority', j: true}`.
  */
-import { BSON, Binary, MongoBulkWriteError, MongoClient, MongoServerError } from 'mongodb';
-import type { Collection, Db, Filter, MongoClientOptions, OptionalUnlessRequiredId, WriteError } from 'mongodb';
+import { BSON, Binary, MongoBulkWriteError, MongoClient } from 'mongodb';
+import type { Collection, Db, Filter, MongoClientOptions, OptionalUnlessRequiredId } from 'mongodb';
+import { isDuplicateKey, writeErrorsOf } from './driver-errors.ts';
 import type { Attestation, Checkpoint } from '../../ledger/attestation.ts';
 import { blockHeaderHash, type Block, type BlockHeader, type EnvelopeValidity } from '../../ledger/block.ts';
 import type { ConfigChange } from '../../ledger/envelope.ts';
@@ -171,7 +172,6 @@ interface CheckpointDoc {
 
 type EntryDoc = Tag & { _id: string };
 
-const DUPLICATE_KEY = 11000;
 /** BSON's document limit (the server's maxBsonObjectSize). */
 const MAX_DOCUMENT_BYTES = 16 * 1024 * 1024;
 /** On FerretDB, lookups of at most this many `_id`s are exact queries, one by one (see the header). */
@@ -192,19 +192,6 @@ function chunks<T>(items: T[], size = LOOKUP_CHUNK): T[][] {
   const out: T[][] = [];
   for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
   return out;
-}
-
-function writeErrorsOf(e: MongoBulkWriteError): WriteError[] {
-  const errors = e.writeErrors as WriteError | WriteError[];
-  return Array.isArray(errors) ? errors : [errors];
-}
-
-function isDuplicateKey(e: unknown): boolean {
-  if (e instanceof MongoBulkWriteError) {
-    const errors = writeErrorsOf(e);
-    return errors.length > 0 && errors.every((w) => w.code === DUPLICATE_KEY);
-  }
-  return e instanceof MongoServerError && e.code === DUPLICATE_KEY;
 }
 
 /** Block number order, then `key` (compared by code unit, like SQLite's BINARY collation). */

@@ -148,7 +148,7 @@
  *
  * Durability: writes use `{w: 'majority', j: true}`.
  */
-import { Binary, MongoBulkWriteError, MongoClient, MongoServerError } from 'mongodb';
+import { Binary, MongoBulkWriteError, MongoClient } from 'mongodb';
 import type {
   AnyBulkWriteOperation,
   Collection,
@@ -156,8 +156,8 @@ import type {
   Filter,
   IndexDescription,
   MongoClientOptions,
-  WriteError,
 } from 'mongodb';
+import { isDuplicateKey, writeErrorsOf } from './driver-errors.ts';
 import {
   VersionConflictError,
   type AnchorLocation,
@@ -271,7 +271,6 @@ interface Move {
 
 /** Seqs per block: a batch holds at most this many writes. */
 const BLOCK = 2 ** 20;
-const DUPLICATE_KEY = 11000;
 const FERRETDB_UPDATES_PER_COMMAND = 8;
 
 const VERSION_INDEXES: IndexDescription[] = [
@@ -327,19 +326,6 @@ function liveKeyEntry(doc: DataKeyDoc): KeyEntry {
 
 function tombstoneEntry(doc: ErasedKeyDoc): KeyEntry {
   return { keyId: doc._id, createdAt: doc.createdAt, masterKeyId: null, wrapped: null, erasedAt: doc.erasedAt };
-}
-
-function writeErrorsOf(e: MongoBulkWriteError): WriteError[] {
-  const errors = e.writeErrors as WriteError | WriteError[];
-  return Array.isArray(errors) ? errors : [errors];
-}
-
-function isDuplicateKey(e: unknown): boolean {
-  if (e instanceof MongoBulkWriteError) {
-    const errors = writeErrorsOf(e);
-    return errors.length > 0 && errors.every((w) => w.code === DUPLICATE_KEY);
-  }
-  return e instanceof MongoServerError && e.code === DUPLICATE_KEY;
 }
 
 /** A slot or pointer is held by other batches; `blockers` are their txIds (recoverable when stale). */
