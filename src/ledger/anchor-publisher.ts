@@ -52,6 +52,8 @@ export function anchoredDigest(version: Pick<UnanchoredVersion, 'type' | 'id' | 
 export class AnchorPublisher {
   private readonly inFlight = new Map<string, InFlight>();
   private cursor = 0;
+  /** When the current pass over the outbox started from its beginning (Date.now()). */
+  private passStartedAt = 0;
   /** True during a pass that started from the beginning of the outbox: digests are looked up in the ledger first. */
   private recovering = true;
   private running = false;
@@ -124,15 +126,18 @@ export class AnchorPublisher {
 
   /** Publishes one page of the outbox; false when there was nothing to do (or anchoring is paused). */
   private async publishOnce(): Promise<boolean> {
-    const { member, outbox, maxInFlight = 10_000 } = this.options;
+    const { member, outbox, maxInFlight = 10_000, pollMs = 1000 } = this.options;
     if (!member.healthy() || this.inFlight.size >= maxInFlight) return false;
     const page = await outbox.unanchored({ afterSeq: this.cursor, limit: OUTBOX_PAGE });
     if (page.length === 0) {
-      // The end of a pass. Start the next one from the beginning: a store whose batches commit out of seq
-      // order (MongoDB) can make a version appear behind the cursor.
-      this.cursor = 0;
+      // The end of the outbox. A store whose batches commit out of seq order (MongoDB) can make a version
+      // appear behind the cursor, so passes start again from the beginning, but at most once per pollMs:
+      // a pass from the beginning re-reads every version still in flight (skipped, but read), and starting
+      // one on every commit notification made reading the outbox cost as much as sealing. In between, a
+      // notification reads only what was committed after the cursor.
       this.recovering = false;
       this.releaseStale();
+      if (Date.now() - this.passStartedAt >= pollMs) this.restartPass();
       return false;
     }
     this.cursor = page[page.length - 1].seq;
@@ -248,7 +253,12 @@ export class AnchorPublisher {
 
   /** Start again from the beginning of the outbox, checking the ledger before publishing. */
   private rescan(): void {
-    this.cursor = 0;
+    this.restartPass();
     this.recovering = true;
+  }
+
+  private restartPass(): void {
+    this.cursor = 0;
+    this.passStartedAt = Date.now();
   }
 }
