@@ -23,13 +23,30 @@ export class BlindIndex {
 
   /** Tokens of many terms of one type in one AES pass. */
   tokens(type: string, terms: ReadonlyArray<{ param: string; value: string }>): string[] {
+    return this.tokensOf(terms.map((t) => ({ type, param: t.param, value: t.value })));
+  }
+
+  /**
+   * Tokens of many terms of any types in one AES pass (a whole commit batch: one cipher, not one per
+   * resource). Equal terms are hashed and encrypted once: a bundle repeats its patient, encounters and codes.
+   */
+  tokensOf(terms: ReadonlyArray<{ type: string; param: string; value: string }>): string[] {
     if (terms.length === 0) return [];
     const blocks = Buffer.allocUnsafe(terms.length * TOKEN_BYTES);
-    terms.forEach((t, i) => {
-      (hash('sha256', `${type}\0${t.param}\0${t.value}`, 'buffer') as unknown as Buffer).copy(blocks, i * TOKEN_BYTES, 0, TOKEN_BYTES);
+    const slots = new Map<string, number>();
+    const slotOf = terms.map((t) => {
+      const input = `${t.type}\0${t.param}\0${t.value}`;
+      let slot = slots.get(input);
+      if (slot === undefined) {
+        slot = slots.size;
+        slots.set(input, slot);
+        (hash('sha256', input, 'buffer') as unknown as Buffer).copy(blocks, slot * TOKEN_BYTES, 0, TOKEN_BYTES);
+      }
+      return slot;
     });
     const aes = createCipheriv('aes-256-ecb', this.key, null).setAutoPadding(false);
-    const out = aes.update(blocks);
-    return terms.map((_, i) => out.toString('base64url', i * TOKEN_BYTES, (i + 1) * TOKEN_BYTES));
+    const out = aes.update(blocks.subarray(0, slots.size * TOKEN_BYTES));
+    const tokens = Array.from({ length: slots.size }, (_, i) => out.toString('base64url', i * TOKEN_BYTES, (i + 1) * TOKEN_BYTES));
+    return slotOf.map((slot) => tokens[slot]);
   }
 }

@@ -13,7 +13,6 @@ import type {
   AnchorMark,
   ErasableStore,
   HistoryQuery,
-  IndexTerm,
   KeyEntry,
   NewKey,
   ResourceStore,
@@ -69,13 +68,14 @@ export class EncryptedStore implements ErasableStore {
     return `k-${this.index.token('', '_key', owner)}`;
   }
 
-  private blindTerms(type: string, terms: IndexTerm[]): IndexTerm[] {
-    const tokens = this.index.tokens(type, terms);
-    return terms.map((t, i) => ({ param: t.param, value: tokens[i] }));
-  }
-
   async commit(writes: VersionWrite[]): Promise<void> {
-    const keyIds = writes.map((w) => (w.record.content ? this.keyIdFor(w.owner ?? `${w.record.type}/${w.record.id}`) : undefined));
+    // Every blind token of the batch in one AES pass: the key ids (as keyIdFor), then each write's terms.
+    const inputs: Array<{ type: string; param: string; value: string }> = [];
+    for (const w of writes) if (w.record.content) inputs.push({ type: '', param: '_key', value: w.owner ?? `${w.record.type}/${w.record.id}` });
+    for (const w of writes) for (const t of w.terms) inputs.push({ type: w.record.type, param: t.param, value: t.value });
+    const tokens = this.index.tokensOf(inputs);
+    let next = 0;
+    const keyIds = writes.map((w) => (w.record.content ? `k-${tokens[next++]}` : undefined));
     const keys = await this.keys.forWrite(keyIds.filter((k): k is string => k !== undefined));
     const sealed = writes.map((w, i): VersionWrite => {
       const r = w.record;
@@ -84,7 +84,8 @@ export class EncryptedStore implements ErasableStore {
       const record = keyId
         ? { ...r, keyId, content: seal(keys.get(keyId)!, r.content!, contentAad(this.hospitalId, r.type, r.id, r.versionId, keyId)) }
         : { ...r };
-      return { record, terms: this.blindTerms(r.type, w.terms), expectedVersion: w.expectedVersion };
+      const terms = w.terms.map((t) => ({ param: t.param, value: tokens[next++] }));
+      return { record, terms, expectedVersion: w.expectedVersion };
     });
     await this.inner.commit(sealed);
   }
