@@ -14,5 +14,12 @@ const PREFIX = 'medblock/patient-token/v1\n';
 export type PatientTokenFunction = (patientReference: string) => string;
 
 export function patientTokens(key: KeyObject | Uint8Array): PatientTokenFunction {
-  return (reference) => createHmac('sha256', key).update(PREFIX).update(reference, 'utf8').digest('base64url');
+  // The last reference's token is kept: a bundle's versions mostly belong to one patient, one after the other.
+  let last: { reference: string; token: string } | undefined;
+  return (reference) => {
+    if (last?.reference !== reference) {
+      last = { reference, token: createHmac('sha256', key).update(PREFIX).update(reference, 'utf8').digest('base64url') };
+    }
+    return last.token;
+  };
 }
