@@ -674,20 +674,21 @@ export class WriteSession {
     let json: string | undefined;
     // A resource in a patient compartment is sealed under that patient's key (the first one, by definition order).
     let owner: string | undefined;
+    let patient: string | undefined;
     if (resource) {
       const stamped = stamp(resource, id, versionId, this.now);
       json = stringifyFhirJson(stamped);
       const patients = type === AUDIT_RECORD_TYPE ? [] : patientCompartments(type, stamped);
       terms = extractTerms(type, stamped);
       for (const patient of patients) terms.push({ param: COMPARTMENT_PARAM, value: compartmentTerm(patient) });
-      if (patients.length > 0) owner = compartmentTerm(patients[0]);
-      if (type === AUDIT_RECORD_TYPE) owner = AUDIT_KEY_OWNER;
+      if (patients.length > 0) patient = compartmentTerm(patients[0]);
+      owner = type === AUDIT_RECORD_TYPE ? AUDIT_KEY_OWNER : patient;
       // The digest is set by check(), with validation, before the batch is committed.
       record = { type, id, versionId, lastUpdated: this.now, deleted: false, content: encoder.encode(json), digest: null };
     } else {
       record = { type, id, versionId, lastUpdated: this.now, deleted: true, content: null, digest: null };
     }
-    if (owner !== undefined && owner !== AUDIT_KEY_OWNER && this.patientToken) record.patientToken = this.patientToken(owner);
+    if (patient !== undefined && this.patientToken) record.patientToken = this.patientToken(patient);
     const version: ResourceVersion = { type, id, versionId, lastUpdated: this.now, deleted: !resource, json };
     this.staged.set(key, { write: { record, terms, expectedVersion: previous, owner }, version, label: this.label });
     return version;

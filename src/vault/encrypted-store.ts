@@ -22,6 +22,13 @@ import type {
   VersionWrite,
 } from './store.ts';
 
+/** The blind-index term whose token names an owner's data key. */
+function keyIdTerm(owner: string): { type: string; param: string; value: string } {
+  return { type: '', param: '_key', value: owner };
+}
+
+const keyIdOf = (token: string): string => `k-${token}`;
+
 /** A stored version failed authentication: it was altered or moved, or the keys do not belong to it. */
 export class TamperedContentError extends Error {
   constructor(readonly type: string, readonly id: string, readonly versionId: number) {
@@ -65,17 +72,18 @@ export class EncryptedStore implements ErasableStore {
 
   /** The data key id of a compartment owner (`Patient/123`) or a resource (`Organization/7`): a blind token. */
   keyIdFor(owner: string): string {
-    return `k-${this.index.token('', '_key', owner)}`;
+    const { type, param, value } = keyIdTerm(owner);
+    return keyIdOf(this.index.token(type, param, value));
   }
 
   async commit(writes: VersionWrite[]): Promise<void> {
     // Every blind token of the batch in one AES pass: the key ids (as keyIdFor), then each write's terms.
     const inputs: Array<{ type: string; param: string; value: string }> = [];
-    for (const w of writes) if (w.record.content) inputs.push({ type: '', param: '_key', value: w.owner ?? `${w.record.type}/${w.record.id}` });
+    for (const w of writes) if (w.record.content) inputs.push(keyIdTerm(w.owner ?? `${w.record.type}/${w.record.id}`));
     for (const w of writes) for (const t of w.terms) inputs.push({ type: w.record.type, param: t.param, value: t.value });
     const tokens = this.index.tokensOf(inputs);
     let next = 0;
-    const keyIds = writes.map((w) => (w.record.content ? `k-${tokens[next++]}` : undefined));
+    const keyIds = writes.map((w) => (w.record.content ? keyIdOf(tokens[next++]) : undefined));
     const keys = await this.keys.forWrite(keyIds.filter((k): k is string => k !== undefined));
     const sealed = writes.map((w, i): VersionWrite => {
       const r = w.record;

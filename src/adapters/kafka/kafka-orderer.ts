@@ -19,18 +19,27 @@ const RECORD_FRAMING_BYTES = 32;
 /** …and a record batch's header. One append is split into requests that stay within CHANNEL_MAX_BATCH_BYTES. */
 const BATCH_HEADER_BYTES = 64;
 
+interface SendLane {
+  producer: ChannelProducer;
+  tail: Promise<unknown>;
+}
+
 export class KafkaOrderer implements Orderer {
   readonly kind = 'kafka';
   private readonly subscriptions = new Set<ChannelConsumer>();
-  /** Appends run one after another, so that the requests of one append are never interleaved with another's. */
-  private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
-
-  /** Control messages have a producer (and a send queue) of their own, so they never wait behind envelopes. */
-  private controlQueue: Promise<unknown> = Promise.resolve();
+  /**
+   * A producer and the appends queued on it, run one after another so that the requests of one append are
+   * never interleaved with another's. Control messages have a lane of their own, so they never wait behind envelopes.
+   */
+  private readonly envelopes: SendLane;
+  private readonly control: SendLane;
 
   private constructor(private readonly channel: string, private readonly connection: KafkaConnection,
-    private readonly producer: ChannelProducer, private readonly controlProducer: ChannelProducer, private readonly admin: Admin) {}
+    envelopeProducer: ChannelProducer, controlProducer: ChannelProducer, private readonly admin: Admin) {
+    this.envelopes = { producer: envelopeProducer, tail: Promise.resolve() };
+    this.control = { producer: controlProducer, tail: Promise.resolve() };
+  }
 
   /** Creates the channel's topic if needed (or checks the existing one), then connects a producer. */
   static async connect(options: KafkaOrdererOptions): Promise<KafkaOrderer> {
@@ -53,26 +62,22 @@ export class KafkaOrderer implements Orderer {
   }
 
   append(messages: Uint8Array[]): Promise<number[]> {
-    try {
-      this.assertOpen();
-      checkAppendable(messages);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    const result = this.queue.then(() => this.send(this.producer, messages));
-    this.queue = result.catch(() => {});
-    return result;
+    return this.enqueue(this.envelopes, messages);
   }
 
   appendControl(messages: Uint8Array[]): Promise<number[]> {
+    return this.enqueue(this.control, messages);
+  }
+
+  private enqueue(lane: SendLane, messages: Uint8Array[]): Promise<number[]> {
     try {
       this.assertOpen();
       checkAppendable(messages);
     } catch (err) {
       return Promise.reject(err);
     }
-    const result = this.controlQueue.then(() => this.send(this.controlProducer, messages));
-    this.controlQueue = result.catch(() => {});
+    const result = lane.tail.then(() => this.send(lane.producer, messages));
+    lane.tail = result.catch(() => {});
     return result;
   }
 
@@ -103,8 +108,9 @@ export class KafkaOrderer implements Orderer {
     if (this.closed) return;
     this.closed = true;
     await Promise.all([...this.subscriptions].map((consumer) => consumer.stop()));
-    await Promise.all([this.queue, this.controlQueue]);
-    await Promise.all([this.producer.disconnect(), this.controlProducer.disconnect()]);
+    const lanes = [this.envelopes, this.control];
+    await Promise.all(lanes.map((lane) => lane.tail));
+    await Promise.all(lanes.map((lane) => lane.producer.disconnect()));
     await this.admin.disconnect();
   }
 

@@ -84,11 +84,12 @@
  */
 import { BSON, Binary, MongoBulkWriteError, MongoClient } from 'mongodb';
 import type { Collection, Db, Filter, MongoClientOptions, OptionalUnlessRequiredId } from 'mongodb';
-import { isDuplicateKey, writeErrorsOf } from './driver-errors.ts';
+import { isDuplicateKey, isFerretDb, serverNow, writeErrorsOf } from './driver.ts';
 import type { Attestation, Checkpoint } from '../../ledger/attestation.ts';
 import { blockHeaderHash, type Block, type BlockHeader, type EnvelopeValidity } from '../../ledger/block.ts';
 import type { ConfigChange } from '../../ledger/envelope.ts';
 import { LedgerAppendError, type BlockIndex, type DigestLocation, type LedgerStore } from '../../ledger/ledger-store.ts';
+import { chunks } from '../chunks.ts';
 
 /** Points inside appendBlock() where the test hook runs. */
 export type AppendStep =
@@ -188,12 +189,6 @@ const blockKey = (channel: string, n: number): string => `${channel}/${pad(n)}`;
 /** Bounds of the `_id`s that start with `prefix/`: '0' follows '/' in every collation by code point. */
 const under = (prefix: string) => ({ $gte: `${prefix}/`, $lt: `${prefix}0` });
 
-function chunks<T>(items: T[], size = LOOKUP_CHUNK): T[][] {
-  const out: T[][] = [];
-  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
-  return out;
-}
-
 /** Block number order, then `key` (compared by code unit, like SQLite's BINARY collation). */
 function byBlockThen<T extends { block: number }>(key: (item: T) => number | string): (a: T, b: T) => number {
   return (a, b) => a.block - b.block || (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0);
@@ -242,8 +237,7 @@ export class MongoLedgerStore implements LedgerStore {
 
   async init(): Promise<void> {
     await this.client.connect();
-    const info = await this.db.admin().command({ buildInfo: 1 });
-    this.ferretdb = 'ferretdbVersion' in info;
+    this.ferretdb = await isFerretDb(this.db);
     // FerretDB evaluates every index on every write but answers no query from one.
     if (!this.ferretdb) {
       await Promise.all(this.entryCollections.map((c) => c.createIndex({ hash: 1 }, { name: 'by_hash' })));
@@ -260,9 +254,7 @@ export class MongoLedgerStore implements LedgerStore {
    * `staleAfterMs` whose block has no marker with their hash (a crash between the entries and the marker).
    */
   async recover(): Promise<void> {
-    const hello = await this.db.admin().command({ hello: 1 });
-    const now = hello.localTime instanceof Date ? hello.localTime.getTime() : Date.now();
-    const staleBefore = new Date(now - this.staleAfterMs);
+    const staleBefore = new Date((await serverNow(this.db)) - this.staleAfterMs);
     for (const p of await this.pending.find({}).toArray()) {
       const committed = (await this.committedHashes(p.channel, [p.block])).get(p.block);
       if (committed === p.hash) {
@@ -290,7 +282,7 @@ export class MongoLedgerStore implements LedgerStore {
       }
       return found;
     }
-    for (const chunk of chunks(unique)) found.push(...((await collection.find({ _id: { $in: chunk } } as Filter<T>).toArray()) as T[]));
+    for (const chunk of chunks(unique, LOOKUP_CHUNK)) found.push(...((await collection.find({ _id: { $in: chunk } } as Filter<T>).toArray()) as T[]));
     return found;
   }
 
@@ -339,7 +331,7 @@ export class MongoLedgerStore implements LedgerStore {
       for (const _id of ids) await collection.deleteOne({ _id, hash });
       return;
     }
-    for (const chunk of chunks(ids)) await collection.deleteMany({ _id: { $in: chunk }, hash });
+    for (const chunk of chunks(ids, LOOKUP_CHUNK)) await collection.deleteMany({ _id: { $in: chunk }, hash });
   }
 
   /**

@@ -157,7 +157,7 @@ import type {
   IndexDescription,
   MongoClientOptions,
 } from 'mongodb';
-import { isDuplicateKey, writeErrorsOf } from './driver-errors.ts';
+import { isDuplicateKey, isFerretDb, serverNow, writeErrorsOf } from './driver.ts';
 import {
   VersionConflictError,
   type AnchorLocation,
@@ -400,8 +400,7 @@ export class MongoStore implements ResourceStore {
 
   async init(): Promise<void> {
     await this.client.connect();
-    const info = await this.db.admin().command({ buildInfo: 1 });
-    const ferretdb = 'ferretdbVersion' in info;
+    const ferretdb = await isFerretDb(this.db);
     this.updatesPerCommand = this.options.maxUpdatesPerCommand ?? (ferretdb ? FERRETDB_UPDATES_PER_COMMAND : Infinity);
     // FerretDB evaluates every index on every write but answers no query from one.
     if (!ferretdb) await Promise.all([this.versions.createIndexes(VERSION_INDEXES), this.pointers.createIndexes(POINTER_INDEXES)]);
@@ -661,9 +660,7 @@ export class MongoStore implements ResourceStore {
   // -------------------------------------------------------------------------------------------- recovery
 
   private async staleBefore(): Promise<Date> {
-    const hello = await this.db.admin().command({ hello: 1 });
-    const now = hello.localTime instanceof Date ? hello.localTime.getTime() : Date.now();
-    return new Date(now - this.staleAfterMs);
+    return new Date((await serverNow(this.db)) - this.staleAfterMs);
   }
 
   /**

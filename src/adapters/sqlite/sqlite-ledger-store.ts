@@ -34,17 +34,12 @@ import {
   type LedgerWriterReply,
   type LedgerWriterRequest,
 } from './ledger-writer.ts';
+import { chunks } from '../chunks.ts';
 
 export { LEDGER_SCHEMA_VERSION };
 
 /** SQLite binds at most 32766 variables per statement; lookups are chunked well below that. */
 const LOOKUP_CHUNK = 500;
-
-function chunks<T>(items: T[], size = LOOKUP_CHUNK): T[][] {
-  const out: T[][] = [];
-  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
-  return out;
-}
 
 const placeholders = (n: number) => Array.from({ length: n }, () => '?').join(', ');
 
@@ -264,7 +259,7 @@ export class SqliteLedgerStore implements LedgerStore {
     const found = new Map<string, DigestLocation>();
     const id = this.channelId(channel);
     if (id === undefined) return found;
-    for (const chunk of chunks([...new Set(digests)])) {
+    for (const chunk of chunks([...new Set(digests)], LOOKUP_CHUNK)) {
       const rows = this.db
         .prepare(
           `SELECT digest, block, envelope_index, entry_index, creator, kind FROM digests WHERE channel = ? AND digest IN (${placeholders(chunk.length)})`,
