@@ -468,7 +468,8 @@ function clusterId(): string {
   return bytes.toString('base64url');
 }
 
-async function freePorts(n: number): Promise<number[]> {
+/** `n` ports free on 127.0.0.1 right now (the test gateways and engines take them next). */
+export async function freePorts(n: number): Promise<number[]> {
   const servers = await Promise.all(Array.from({ length: n }, () => new Promise<net.Server>((resolve, reject) => {
     const s = net.createServer();
     s.once('error', reject);

@@ -7,14 +7,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { body, FHIR_JSON, startTestGateway, type TestGateway } from '../support/gateway.ts';
+import { untilWithin } from '../support/until.ts';
 
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const until = untilWithin(15_000, 50);
 
 describe('access log', () => {
   let t: TestGateway;

@@ -17,19 +17,14 @@ import { blockHeaderHash } from '../../src/ledger/block.ts';
 import { keySource } from '../../src/vault/keyring.ts';
 import { testConsortium } from '../support/consortium.ts';
 import { describeWithEngine } from '../support/engines.ts';
+import { untilWithin } from '../support/until.ts';
 
 const BIN = join(import.meta.dirname, '..', '..', 'bin', 'medblock.js');
 const FHIR = 'application/fhir+json';
 const work = mkdtempSync(join(tmpdir(), 'medblock-membership-'));
 after(() => rmSync(work, { recursive: true, force: true }));
 
-async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const until = untilWithin(30_000, 50);
 
 describeWithEngine('kafka', 'consortium membership changes on Kafka (medblock consortium CLI)', (brokers) => {
   let consortiumDir: string;

@@ -8,7 +8,6 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, it } from 'node:test';
@@ -28,29 +27,15 @@ import { keySource } from '../../src/vault/keyring.ts';
 import { testConsortium } from '../support/consortium.ts';
 import { describeWithEngine } from '../support/engines.ts';
 import { transactionOf } from '../support/bundles.ts';
+import { untilWithin } from '../support/until.ts';
+import { freePorts } from '../engines/index.ts';
 
 const BIN = join(import.meta.dirname, '..', '..', 'bin', 'medblock.js');
 const FHIR = 'application/fhir+json';
 const work = mkdtempSync(join(tmpdir(), 'medblock-consortium-e2e-'));
 after(() => rmSync(work, { recursive: true, force: true }));
 
-async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-    server.on('error', reject);
-  });
-}
+const until = untilWithin(60_000, 100);
 
 describeWithEngine('kafka', 'a three-member consortium on Kafka', (brokers) => {
   let consortiumDir: string;
@@ -87,7 +72,7 @@ describeWithEngine('kafka', 'a three-member consortium on Kafka', (brokers) => {
       });
       tokens[id] = await mintToken(gateways[id].issuer, { subject: `${id}-tester`, scope: 'user/*.cruds' });
     }
-    h3.port = await freePort();
+    [h3.port] = await freePorts(1);
     await startH3();
     h3.token = await mintToken(await loadDevIssuer(h3.dataDir), { subject: 'h3-tester', scope: 'user/*.cruds' });
   });

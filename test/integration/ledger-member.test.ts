@@ -19,6 +19,7 @@ import { approveConfigChange, createEnvelope, encodeEnvelope, newNonce, type Env
 import { LedgerMember } from '../../src/ledger/member.ts';
 import { Membership } from '../../src/ledger/membership.ts';
 import { encodeChannelMessage } from '../../src/ledger/orderer.ts';
+import { untilWithin } from '../support/until.ts';
 
 const CHANNEL = 'solo-test';
 const work = mkdtempSync(join(tmpdir(), 'medblock-ledger-member-'));
@@ -35,13 +36,7 @@ function anchor(by: string, entries = 3): Uint8Array {
   return encodeEnvelope(createEnvelope(signer(by), { channel: CHANNEL, type: 'anchor', payload: { entries: Array.from({ length: entries }, () => ({ digest: digest(), type: 'Observation', patient: token() })) } }));
 }
 
-async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+const until = untilWithin(15_000, 20);
 
 interface Node {
   member: LedgerMember;
