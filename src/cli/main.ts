@@ -1,4 +1,5 @@
 /** The `medblock` command. */
+import { existsSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { loadConfig } from '../config.ts';
 import {
@@ -76,6 +77,15 @@ program
   .option('--json', 'print the report as JSON')
   .action(async (opts: VerifyOptions) => {
     process.exitCode = await runVerify(loadConfig(), opts);
+  });
+
+program
+  .command('bench')
+  .description('run the benchmarks, as `npm run bench` (knobs: BENCH_* variables, listed in bench/run.ts): prints a table, writes bench/results.json')
+  .action(async () => {
+    const bench = new URL('../../bench/run.ts', import.meta.url);
+    if (!existsSync(bench)) throw new Error('the benchmarks are not in this installation: run them from a checkout of the repository');
+    await import(bench.href);
   });
 
 const consortium = program.command('consortium').description('consortium identity: CA, member certificates and keys (docs/identity.md)');

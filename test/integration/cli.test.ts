@@ -1,7 +1,7 @@
-/** The `medblock` command as a user runs it: token, import, start. */
+/** The `medblock` command as a user runs it: token, import, bench, start. */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -27,6 +27,19 @@ describe('medblock CLI', () => {
     assert.equal(claims.sub, 'alice');
     assert.equal(claims.scope, 'user/*.rs');
     assert.equal(claims.patient, 'p1');
+  });
+
+  it('bench runs the benchmark (here only its compute floor) and writes its results file', () => {
+    const results = join(dataDir, 'bench-results.json');
+    const res = spawnSync(process.execPath, [BIN, 'bench'], {
+      encoding: 'utf8',
+      timeout: 300_000,
+      env: { ...env, BENCH_STORES: '', BENCH_VAULT_RESOURCES: '0', BENCH_VALIDATION: '0', BENCH_LEDGER: '0', BENCH_FLOOR_RESOURCES: '200', BENCH_RESULTS: results },
+    });
+    assert.equal(res.status, 0, res.stderr);
+    assert.match(res.stdout, /\| \*\*compute floor\*\* .*\| \d+ /);
+    const written = JSON.parse(readFileSync(results, 'utf8'));
+    assert.ok(written.computeFloor.resourcesPerSecond > 0);
   });
 
   it('import loads bundles with a summary and exits 0; failures are listed and exit non-zero', () => {
