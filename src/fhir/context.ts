@@ -4,6 +4,8 @@ import type { FhirRepository } from './repository.ts';
 import type { LedgerService } from '../ledger/service.ts';
 
 export type PreferReturn = 'minimal' | 'representation' | 'OperationOutcome';
+/** `Prefer: handling=`: strict (the default) refuses unknown or unsupported parameters; lenient ignores them. */
+export type PreferHandling = 'strict' | 'lenient';
 
 export interface FhirRequest {
   method: string;
@@ -16,6 +18,7 @@ export interface FhirRequest {
   ifMatch?: string;
   ifNoneExist?: string;
   preferReturn?: PreferReturn;
+  preferHandling?: PreferHandling;
   auth: AuthContext;
 }
 

@@ -1,7 +1,7 @@
 /** The express application: health, readiness, metrics, and the FHIR API at /fhir. */
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { InvalidTokenError, verifyToken, type AuthContext, type DevIssuer } from '../access/tokens.ts';
-import type { FhirContext, FhirRequest, FhirResponse, PreferReturn } from '../fhir/context.ts';
+import type { FhirContext, FhirRequest, FhirResponse, PreferHandling, PreferReturn } from '../fhir/context.ts';
 import { FhirJsonSyntaxError, parseFhirJson, stringifyFhirJson } from '../fhir/json.ts';
 import { errors, FhirError, operationOutcome } from '../fhir/outcome.ts';
 import { TamperedContentError } from '../vault/encrypted-store.ts';
@@ -58,6 +58,11 @@ function responseType(req: Request): string {
 function preferReturn(req: Request): PreferReturn | undefined {
   const m = /return=(minimal|representation|OperationOutcome)/.exec(req.get('Prefer') ?? '');
   return m?.[1] as PreferReturn | undefined;
+}
+
+function preferHandling(req: Request): PreferHandling | undefined {
+  const m = /handling=(strict|lenient)/.exec(req.get('Prefer') ?? '');
+  return m?.[1] as PreferHandling | undefined;
 }
 
 function queryPairs(req: Request): Array<[string, string]> {
@@ -176,6 +181,7 @@ export function createApp(opts: AppOptions): express.Express {
         ifMatch: req.get('If-Match'),
         ifNoneExist: req.get('If-None-Exist'),
         preferReturn: preferReturn(req),
+        preferHandling: preferHandling(req),
         auth,
       };
       response = await routeRequest(fhirRequest, ctx);

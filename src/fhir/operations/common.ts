@@ -64,6 +64,28 @@ export function resourceBody(body: unknown, expectedType?: string): FhirResource
   return body as FhirResource;
 }
 
+/** Parameters every interaction accepts: they shape the response format only. */
+const FORMAT_PARAMS = ['_format', '_pretty'];
+
+/**
+ * Refuses query parameters the interaction does not support (400 naming the parameter, never its value),
+ * unless the client asked for `Prefer: handling=lenient`; returns the supported ones, in order.
+ */
+export function supportedParams(req: FhirRequest, supported: readonly string[], interaction: string): Array<[string, string]> {
+  const kept: Array<[string, string]> = [];
+  for (const pair of req.query) {
+    if (FORMAT_PARAMS.includes(pair[0]) || supported.includes(pair[0])) kept.push(pair);
+    else if (req.preferHandling !== 'lenient') {
+      throw errors.notSupported(
+        `parameter '${pair[0].slice(0, 64)}' is not supported on ${interaction}` +
+          (supported.length ? ` (supported: ${supported.join(', ')})` : '') +
+          '; send Prefer: handling=lenient to have unsupported parameters ignored',
+      );
+    }
+  }
+  return kept;
+}
+
 /** `W/"3"` or `"3"` → 3. */
 export function parseIfMatch(header: string | undefined): number | undefined {
   if (header === undefined) return undefined;
