@@ -2,6 +2,8 @@
  * `medblock import`: loads Bundles and NDJSON into the gateway, in-process against the data dir or over
  * HTTP to a running gateway. A transaction that fails is retried once after everything else, so bundles
  * that depend on reference data (conditional references to practitioners, organizations) load in any order.
+ * A job keeps its Bundle as JSON text and every attempt sends a fresh parse of it, so a retry never sees
+ * what an earlier attempt did to the parsed value.
  */
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -21,7 +23,9 @@ import { patientTokens } from '../ledger/patient-token.ts';
 
 interface Job {
   label: string;
-  bundle: { resourceType: 'Bundle'; type: string; entry: unknown[] };
+  type: 'batch' | 'transaction';
+  /** The Bundle as JSON text. */
+  text: string;
   bytes: number;
 }
 
@@ -35,8 +39,8 @@ interface EntryResponse {
   response?: { status?: string; outcome?: { issue?: Array<{ diagnostics?: string }> } };
 }
 
-/** Sends one bundle; resolves with the HTTP status and response text. */
-type Send = (bundle: Job['bundle']) => Promise<{ status: number; text: string }>;
+/** Sends one bundle (JSON text); resolves with the HTTP status and response text. */
+type Send = (bundle: string) => Promise<{ status: number; text: string }>;
 
 function listFiles(paths: string[]): string[] {
   const files: string[] = [];
@@ -63,23 +67,24 @@ function* jobsOf(file: string, batchSize: number): Generator<Job> {
     const lines = text.split('\n').filter((l) => l.trim() !== '');
     for (let start = 0; start < lines.length; start += batchSize) {
       const chunk = lines.slice(start, start + batchSize);
-      yield {
-        label: `${file}:${start + 1}-${start + chunk.length}`,
-        bundle: { resourceType: 'Bundle', type: 'batch', entry: chunk.map((l) => entryFor(parseFhirJson(l) as { resourceType: string })) },
-        bytes: chunk.reduce((n, l) => n + l.length + 1, 0),
-      };
+      const entry = chunk.map((l) => entryFor(parseFhirJson(l) as { resourceType: string }));
+      yield { label: `${file}:${start + 1}-${start + chunk.length}`, ...batchOf(entry), bytes: chunk.reduce((n, l) => n + l.length + 1, 0) };
     }
     return;
   }
   const value = parseFhirJson(text) as { resourceType?: string; type?: string; entry?: Array<{ resource?: object }> };
   if (value.resourceType === 'Bundle' && (value.type === 'transaction' || value.type === 'batch')) {
-    yield { label: file, bundle: value as Job['bundle'], bytes: text.length };
+    yield { label: file, type: value.type, text, bytes: text.length };
   } else if (value.resourceType === 'Bundle') {
     const entry = (value.entry ?? []).filter((e) => e.resource).map((e) => entryFor(e.resource!));
-    yield { label: file, bundle: { resourceType: 'Bundle', type: 'batch', entry }, bytes: text.length };
+    yield { label: file, ...batchOf(entry), bytes: text.length };
   } else {
-    yield { label: file, bundle: { resourceType: 'Bundle', type: 'batch', entry: [entryFor(value)] }, bytes: text.length };
+    yield { label: file, ...batchOf([entryFor(value)]), bytes: text.length };
   }
+}
+
+function batchOf(entry: unknown[]): Pick<Job, 'type' | 'text'> {
+  return { type: 'batch', text: stringifyFhirJson({ resourceType: 'Bundle', type: 'batch', entry }) };
 }
 
 async function inProcessSender(config: GatewayConfig): Promise<{ send: Send; close: () => Promise<void> }> {
@@ -96,7 +101,7 @@ async function inProcessSender(config: GatewayConfig): Promise<{ send: Send; clo
   return {
     send: async (bundle) => {
       try {
-        const res = await routeRequest({ method: 'POST', path: [], query: [], body: bundle, auth }, ctx);
+        const res = await routeRequest({ method: 'POST', path: [], query: [], body: parseFhirJson(bundle), auth }, ctx);
         return { status: res.status, text: typeof res.body === 'string' ? res.body : stringifyFhirJson(res.body) };
       } catch (e) {
         if (e instanceof FhirError) return { status: e.status, text: JSON.stringify(e.outcome) };
@@ -116,7 +121,7 @@ function httpSender(url: string, token: string): { send: Send; close: () => Prom
       const res = await fetch(url.replace(/\/+$/, ''), {
         method: 'POST',
         headers: { 'Content-Type': 'application/fhir+json', Accept: 'application/fhir+json', Authorization: `Bearer ${token}` },
-        body: stringifyFhirJson(bundle),
+        body: bundle,
       });
       return { status: res.status, text: await res.text() };
     },
@@ -173,9 +178,9 @@ export async function runImport(
   const failures: Failure[] = [];
   const deferred: Job[] = [];
   const run = async (job: Job, retrying: boolean) => {
-    const { status, text } = await target.send(job.bundle);
+    const { status, text } = await target.send(job.text);
     const result = tally(job, status, text);
-    if (job.bundle.type === 'transaction' && result.ok === 0 && !retrying) {
+    if (job.type === 'transaction' && result.ok === 0 && !retrying) {
       deferred.push(job);
       return;
     }

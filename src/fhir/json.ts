@@ -587,6 +587,22 @@ export function stringifyFhirJson(value: unknown, space?: number): string {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Copying
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * A deep copy of parsed FHIR JSON that a handler may change without touching the caller's value.
+ * `structuredClone` would not do: it turns a FhirDecimal into a plain object (its class is lost), which
+ * validation no longer sees as a number. LosslessNumbers are immutable and shared; a `__proto__` key stays
+ * an own member (Object.fromEntries defines, it does not assign).
+ */
+export function cloneFhirJson<T>(value: T): T {
+  if (Array.isArray(value)) return value.map(cloneFhirJson) as T;
+  if (value === null || typeof value !== 'object' || isLosslessNumberImpl(value)) return value;
+  return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, cloneFhirJson(v)])) as T;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Test helper
 // ---------------------------------------------------------------------------------------------
 

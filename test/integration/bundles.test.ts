@@ -118,12 +118,13 @@ forEachStore((start) => {
       assert.equal(await count('Observation?identifier=urn:test|all-or-nothing-0'), 0);
     });
 
-    it('processes DELETE, POST, PUT, GET in the spec order', async () => {
+    it('processes DELETE, POST, PUT, then GET, each entry answered in its place', async () => {
       const existing = body(await post('Patient', { resourceType: 'Patient', identifier: [{ system: 'urn:t', value: 'order' }] }));
+      const other = body(await post('Patient', { resourceType: 'Patient', identifier: [{ system: 'urn:t', value: 'order-other' }] }));
       const tx = {
         resourceType: 'Bundle', type: 'transaction',
         entry: [
-          { request: { method: 'GET', url: `Patient/${existing.id}` } },
+          { request: { method: 'GET', url: `Patient/${other.id}` } },
           { resource: { resourceType: 'Patient', id: 'order-put', active: true }, request: { method: 'PUT', url: 'Patient/order-put' } },
           { resource: { resourceType: 'Patient', active: false }, request: { method: 'POST', url: 'Patient' } },
           { request: { method: 'DELETE', url: `Patient/${existing.id}` } },
@@ -131,7 +132,41 @@ forEachStore((start) => {
       };
       const res = await post('', tx);
       assert.equal(res.status, 200, res.text);
-      assert.deepEqual(body(res).entry.map((e: any) => e.response.status.slice(0, 3)), ['410', '201', '201', '200']);
+      const out = body(res);
+      assert.deepEqual(out.entry.map((e: any) => e.response.status.slice(0, 3)), ['200', '201', '201', '200']);
+      assert.equal(out.entry[0].resource.identifier[0].value, 'order-other');
+      assert.equal((await get(`Patient/${existing.id}`)).status, 410);
+      assert.equal(body(await get('Patient/order-put')).active, true);
+    });
+
+    it('fails as a whole when a GET entry fails, and leaves nothing behind', async () => {
+      const tx = {
+        resourceType: 'Bundle', type: 'transaction',
+        entry: [
+          { resource: { resourceType: 'Patient', identifier: [{ system: 'urn:t', value: 'read-fails' }] }, request: { method: 'POST', url: 'Patient' } },
+          { request: { method: 'GET', url: 'Patient/12345' } },
+        ],
+      };
+      const res = await post('', tx);
+      assert.equal(res.status, 404, res.text);
+      const oo = body(res);
+      assert.equal(oo.resourceType, 'OperationOutcome');
+      assert.match(oo.issue[0].diagnostics, /^Bundle\.entry\[1\]: /);
+      assert.equal(await count('Patient?identifier=urn:t|read-fails'), 0);
+    });
+
+    it('refuses a GET entry of a resource the transaction writes (its new state is not readable before the commit)', async () => {
+      const tx = {
+        resourceType: 'Bundle', type: 'transaction',
+        entry: [
+          { resource: { resourceType: 'Patient', id: 'written-and-read', active: true }, request: { method: 'PUT', url: 'Patient/written-and-read' } },
+          { request: { method: 'GET', url: 'Patient/written-and-read' } },
+        ],
+      };
+      const res = await post('', tx);
+      assert.equal(res.status, 400, res.text);
+      assert.match(body(res).issue[0].diagnostics, /^Bundle\.entry\[1\]: GET of a resource this transaction writes/);
+      assert.equal((await get('Patient/written-and-read')).status, 404);
     });
   });
 
@@ -156,6 +191,63 @@ forEachStore((start) => {
     it('rejects a Bundle that is neither batch nor transaction', async () => {
       const res = await post('', { resourceType: 'Bundle', type: 'collection', entry: [] });
       assert.equal(res.status, 400);
+    });
+
+    it('answers an entry whose resource holds null inside an array with a 4xx of its own, writing nothing of it', async () => {
+      const batch = {
+        resourceType: 'Bundle', type: 'batch',
+        entry: [
+          { resource: { resourceType: 'Patient', identifier: [null] }, request: { method: 'POST', url: 'Patient' } },
+          { resource: { resourceType: 'Patient', id: 'batch-null-telecom', telecom: [null] }, request: { method: 'PUT', url: 'Patient/batch-null-telecom' } },
+          { resource: { resourceType: 'Patient', identifier: [{ system: 'urn:t', value: 'batch-null-ok' }] }, request: { method: 'POST', url: 'Patient' } },
+        ],
+      };
+      const res = await post('', batch);
+      assert.equal(res.status, 200, res.text);
+      const out = body(res);
+      assert.deepEqual(out.entry.map((e: any) => e.response.status[0]), ['4', '4', '2']);
+      assert.equal(out.entry[0].response.outcome.resourceType, 'OperationOutcome');
+      assert.equal((await get('Patient/batch-null-telecom')).status, 404);
+      assert.equal(await count('Patient?identifier=urn:t|batch-null-ok'), 1);
+    });
+  });
+
+  describe('malformed bundles', () => {
+    const ok = (value: string) => ({ resource: { resourceType: 'Patient', identifier: [{ system: 'urn:t', value }] }, request: { method: 'POST', url: 'Patient' } });
+
+    for (const type of ['batch', 'transaction']) {
+      it(`${type}: an entry that is null or has no request is a 400 for the whole Bundle, naming the entry`, async () => {
+        const cases: Array<[unknown, string]> = [
+          [null, 'Bundle.entry[1]'],
+          [{ resource: { resourceType: 'Patient' } }, 'Bundle.entry[1].request'],
+          [{ resource: { resourceType: 'Patient' }, request: null }, 'Bundle.entry[1].request'],
+        ];
+        for (const [entry, where] of cases) {
+          const res = await post('', { resourceType: 'Bundle', type, entry: [ok(`malformed-${type}`), entry] });
+          assert.equal(res.status, 400, res.text);
+          const oo = body(res);
+          assert.equal(oo.resourceType, 'OperationOutcome');
+          assert.deepEqual(oo.issue[0].expression, [where]);
+        }
+        assert.equal(await count(`Patient?identifier=urn:t|malformed-${type}`), 0);
+      });
+    }
+
+    it('transaction: null inside an array of a PUT or POST entry fails the transaction with a 4xx, writing nothing', async () => {
+      for (const [i, resource] of [{ identifier: [null] }, { telecom: [null] }, { name: [{ given: [null] }] }].entries()) {
+        const tx = {
+          resourceType: 'Bundle', type: 'transaction',
+          entry: [
+            ok(`tx-null-${i}`),
+            { resource: { resourceType: 'Patient', id: `tx-null-${i}`, ...resource }, request: { method: 'PUT', url: `Patient/tx-null-${i}` } },
+          ],
+        };
+        const res = await post('', tx);
+        assert.ok(res.status >= 400 && res.status < 500, `${res.status} ${res.text}`);
+        assert.match(body(res).issue[0].diagnostics, /Bundle\.entry\[1\]/);
+        assert.equal(await count(`Patient?identifier=urn:t|tx-null-${i}`), 0);
+        assert.equal((await get(`Patient/tx-null-${i}`)).status, 404);
+      }
     });
   });
 });

@@ -3,12 +3,20 @@
  *
  * A transaction runs in ONE write session: every entry is staged, then committed in one store batch, so
  * either all of it becomes visible or none of it (also across a crash: the store's commit is atomic).
- * A batch runs its entries independently; their successful writes are committed together.
+ * Its GET/HEAD entries run last, as the spec orders, but still inside the transaction: before the commit,
+ * so a failing read fails the whole transaction. They read the stored data, which does not hold the
+ * transaction's own writes yet; reading by id a resource the transaction writes is refused rather than
+ * answered with its old state (searches, which cannot be checked that way, see the stored data only).
+ * A batch runs its entries independently; their successful writes are committed together, and its reads
+ * run after that commit.
+ *
+ * Handlers never change the request they were given: entry resources are copied before their references
+ * are rewritten, so the same Bundle object can be sent again (`medblock import` retries transactions).
  */
 import { randomUUID } from 'node:crypto';
 import type { FhirContext, FhirRequest, FhirResponse, Handler } from '../context.ts';
 import { serializeBundle, type BundleEntryParts } from '../bundle-json.ts';
-import { parseFhirJson, stringifyFhirJson } from '../json.ts';
+import { cloneFhirJson, parseFhirJson, stringifyFhirJson } from '../json.ts';
 import { errors, FhirError } from '../outcome.ts';
 import { parseConditionalReference, rewriteReferences } from '../references.ts';
 import type { FhirResource, WriteSession } from '../repository.ts';
@@ -52,6 +60,19 @@ function entryError(index: number, e: unknown): FhirError {
   throw e;
 }
 
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** An entry that is no object, or has no request (bdl-3), makes the Bundle itself malformed: 400 for all of it. */
+function assertEntryShape(entry: unknown, index: number): asserts entry is BundleEntry {
+  const where = `Bundle.entry[${index}]`;
+  if (!isObject(entry)) throw errors.badRequest(`${where} is not an object`, [where]);
+  if (!isObject(entry.request)) {
+    throw errors.badRequest(`${where}.request is missing: every entry of a batch or transaction needs one`, [`${where}.request`]);
+  }
+}
+
 function parseEntryUrl(raw: string, baseUrl: string): { path: string[]; query?: string } {
   let url = raw.startsWith(`${baseUrl}/`) ? raw.slice(baseUrl.length + 1) : raw;
   if (url.startsWith('/')) url = url.slice(1);
@@ -62,7 +83,6 @@ function parseEntryUrl(raw: string, baseUrl: string): { path: string[]; query?: 
 
 function planEntry(entry: BundleEntry, index: number, baseUrl: string): PlannedEntry {
   const where = `Bundle.entry[${index}]`;
-  if (!entry || typeof entry !== 'object') throw errors.badRequest(`${where} is not an object`);
   const method = entry.request?.method as Method | undefined;
   if (!method || !(method in ORDER)) throw errors.badRequest(`${where}.request.method must be GET, HEAD, POST, PUT, PATCH or DELETE`, [`${where}.request.method`]);
   if (typeof entry.request?.url !== 'string' || entry.request.url === '') {
@@ -74,7 +94,8 @@ function planEntry(entry: BundleEntry, index: number, baseUrl: string): PlannedE
   const planned: PlannedEntry = { index, method, type, id, query, path, ifNoneExist: entry.request.ifNoneExist };
   try {
     planned.ifMatch = parseIfMatch(entry.request.ifMatch);
-    if (method === 'POST' || method === 'PUT') planned.resource = resourceBody(entry.resource, type);
+    // A copy: resolveReferences rewrites references in place.
+    if (method === 'POST' || method === 'PUT') planned.resource = cloneFhirJson(resourceBody(entry.resource, type));
     if (method === 'PATCH') planned.resource = entry.resource;
   } catch (e) {
     throw entryError(index, e);
@@ -199,10 +220,7 @@ async function executeWrite(session: WriteSession, p: PlannedEntry, req: FhirReq
   }
 }
 
-/**
- * GET/HEAD entries go through the same route table as top-level requests. They run after the writes are
- * committed, so a failed read is reported in its own entry and never undoes the writes.
- */
+/** A batch's GET/HEAD entry, after its writes are committed: a failed read is reported in its own entry. */
 async function executeRead(p: PlannedEntry, req: FhirRequest, ctx: FhirContext): Promise<BundleEntryParts> {
   try {
     return await dispatchRead(p, req, ctx);
@@ -211,6 +229,7 @@ async function executeRead(p: PlannedEntry, req: FhirRequest, ctx: FhirContext):
   }
 }
 
+/** GET/HEAD entries go through the same route table as top-level requests (which throw on failure). */
 async function dispatchRead(p: PlannedEntry, req: FhirRequest, ctx: FhirContext): Promise<BundleEntryParts> {
   const res = await ctx.dispatch!({
     method: 'GET',
@@ -259,8 +278,19 @@ async function transaction(req: FhirRequest, ctx: FhirContext, planned: PlannedE
         throw entryError(p.index, e);
       }
     }
+    // Reads last, still inside the session: throwing here aborts the transaction before its commit.
+    const written = new Set(writes.filter((p) => !p.existing).map((p) => `${p.type}/${p.plannedId}`));
+    for (const p of planned.filter((p) => ORDER[p.method] === 3)) {
+      try {
+        if (p.id && written.has(`${p.type}/${p.id}`)) {
+          throw errors.badRequest(`${p.method} of a resource this transaction writes: its new state is not readable before the commit; read it after the transaction`);
+        }
+        results[p.index] = await dispatchRead(p, req, ctx);
+      } catch (e) {
+        throw entryError(p.index, e);
+      }
+    }
   });
-  for (const p of planned.filter((p) => ORDER[p.method] === 3)) results[p.index] = await executeRead(p, req, ctx);
   return results;
 }
 
@@ -313,8 +343,9 @@ export const processBundle: Handler = async (req, ctx): Promise<FhirResponse> =>
   if (bundle.type !== 'transaction' && bundle.type !== 'batch') {
     throw errors.badRequest('the Bundle type must be transaction or batch', ['Bundle.type']);
   }
-  const entries = (bundle.entry ?? []) as BundleEntry[];
+  const entries: unknown = bundle.entry ?? [];
   if (!Array.isArray(entries)) throw errors.badRequest('Bundle.entry must be an array', ['Bundle.entry']);
+  entries.forEach(assertEntryShape);
   const results =
     bundle.type === 'transaction'
       ? await transaction(req, ctx, entries.map((e, i) => planEntry(e, i, ctx.baseUrl)), entries)

@@ -1,6 +1,6 @@
 import jsonpatch from 'fast-json-patch';
 import type { Handler } from '../context.ts';
-import { parseFhirJson } from '../json.ts';
+import { cloneFhirJson, parseFhirJson } from '../json.ts';
 import { errors } from '../outcome.ts';
 import type { FhirResource, WriteSession } from '../repository.ts';
 import type { Access } from '../../access/policy.ts';
@@ -29,7 +29,9 @@ export async function patchResource(
     const validationError = jsonpatch.validate(operations as jsonpatch.Operation[]);
     if (validationError) throw validationError;
     const doc = parseFhirJson(current.json) as FhirResource;
-    patched = jsonpatch.applyPatch(doc, operations as jsonpatch.Operation[], true, true).newDocument;
+    // A copy of the operations: fast-json-patch inserts their values by reference, so a later operation
+    // would write into the request body.
+    patched = jsonpatch.applyPatch(doc, cloneFhirJson(operations) as jsonpatch.Operation[], true, true).newDocument;
   } catch (e) {
     const name = (e as { name?: string }).name ?? '';
     throw errors.unprocessable([
