@@ -94,7 +94,7 @@ forEachStore((start) => {
       encountersPerPatient.push(inEverything.size);
     }
     // Every Encounter a bundle sent belongs to the bundle's Patient, the first one included.
-    assert.deepEqual(encountersPerPatient.sort(), sentEncounters.sort(), `${tag}: Encounters per patient`);
+    assert.deepEqual(encountersPerPatient.sort((a, b) => a - b), sentEncounters.sort((a, b) => a - b), `${tag}: Encounters per patient`);
   }
 
   /** Every reference of every stored resource names a stored resource (no dangling subject, no urn:uuid left). */
