@@ -95,19 +95,20 @@ export async function patchResource(
   access: Access = { kind: 'all' },
 ): Promise<WriteOutcome> {
   const current = await session.current(type, id);
-  if (!current) throw errors.notFound(`${type}/${id} is not known`);
-  if (current.deleted || !current.json) throw errors.gone(`${type}/${id} was deleted`);
-  if (ifMatch !== undefined && current.versionId !== ifMatch) {
-    throw errors.preconditionFailed(`If-Match expects version ${ifMatch}, the current version is ${current.versionId}`);
-  }
+  if (!current) throw errors.notFound(`this ${type} is not known`);
+  if (current.deleted || !current.json) throw errors.gone(`this ${type} was deleted`);
+  // Access first: a version number is not told to a token that may not see the resource.
   assertVersionAccessible(access, current);
+  if (ifMatch !== undefined && current.versionId !== ifMatch) {
+    throw errors.preconditionFailed(`If-Match does not name the current version, ${current.versionId}`);
+  }
   const patched = patch.apply(parseFhirJson(current.json) as FhirResource);
   if (patched?.resourceType !== type || patched.id !== id) {
     throw cannotApply(patch.kind, 'a patch must not change resourceType or id');
   }
   assertAccessible(access, type, patched);
   const { version } = await session.update(patched, id, current.versionId);
-  return { status: 200, version, message: `patched ${type}/${id} to version ${version.versionId}` };
+  return { status: 200, version, message: `patched the ${type} to version ${version.versionId}` };
 }
 
 /** PATCH [base]/[type]/[id]: the body's Content-Type names the patch format. */
@@ -240,7 +241,8 @@ function prepareFhirPathPatch(document: unknown): PreparedPatch {
     if (typeof path !== 'string') throw bad('needs a path (valueString)');
     let select: FhirPathOperation['select'];
     try {
-      select = fhirpath.compile(path, r4, { resolveInternalTypes: false }) as FhirPathOperation['select'];
+      // trace() would write the resource's values to stdout.
+      select = fhirpath.compile(path, r4, { resolveInternalTypes: false, traceFn: () => {} }) as FhirPathOperation['select'];
     } catch {
       throw bad('has a path that is not a valid FHIRPath expression');
     }
