@@ -10,6 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import supertest from 'supertest';
 import { loadConfig } from '../../src/config.ts';
 import { createApp } from '../../src/http/app.ts';
+import { entryPatch } from '../../src/fhir/operations/patch.ts';
 import type { AccessRecord } from '../../src/audit/access-log.ts';
 import { body, FHIR_JSON, startTestGateway, type TestGateway } from '../support/gateway.ts';
 
@@ -268,6 +269,27 @@ describe('HTTP layer', () => {
       assert.equal(current.meta.versionId, '1');
       assert.equal(current.birthDate, '1970-01-01');
       outcome(await patchWith(created.id, FHIR_JSON, { resourceType: 'Patient' }), 400);
+    });
+
+    it('keeps JSON Patch entries of a transaction working, and prepares the patch of any Bundle PATCH entry', async () => {
+      const created = await create(patient('Entrypatch'));
+      const binary = (contentType: string, document: unknown) => ({
+        resourceType: 'Binary', contentType, data: Buffer.from(JSON.stringify(document)).toString('base64'),
+      });
+      const res = await t.http.post('/fhir').set(auth()).set('Content-Type', FHIR_JSON).send(JSON.stringify({
+        resourceType: 'Bundle', type: 'transaction',
+        entry: [{
+          request: { method: 'PATCH', url: `Patient/${created.id}` },
+          resource: binary('application/json-patch+json', [{ op: 'add', path: '/active', value: true }]),
+        }],
+      }));
+      assert.equal(res.status, 200, res.text);
+      assert.equal(body(await get(`Patient/${created.id}`)).active, true);
+
+      const resource = () => ({ resourceType: 'Patient', id: 'p', active: true, gender: 'male' } as any);
+      assert.deepEqual(entryPatch(binary('application/merge-patch+json', { active: null })).apply(resource()), { resourceType: 'Patient', id: 'p', gender: 'male' });
+      assert.equal(entryPatch(fhirPatch(op('replace', 'Patient.gender', { name: 'value', valueCode: 'female' }))).apply(resource()).gender, 'female');
+      assert.throws(() => entryPatch(binary('text/plain', [])), (e: any) => e.status === 400 && /Parameters resource .* or a Binary/.test(e.message));
     });
 
     it('refuses other media types with 415 naming the three it takes', async () => {
