@@ -1,4 +1,5 @@
 /** Runtime configuration from the environment (see the README's configuration table). */
+import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { keySource, type KeySource } from './vault/keyring.ts';
 
@@ -8,6 +9,8 @@ export interface GatewayConfig {
   dataDir: string;
   /** Public FHIR base URL, e.g. https://gw.example.org/fhir; derived from requests when unset. */
   baseUrl?: string;
+  /** Proxies (IPs or CIDRs) whose Forwarded / X-Forwarded-Host / X-Forwarded-Proto headers give the base URL. */
+  trustedProxies?: string[];
   maxBodyBytes: number;
   /** Worker threads for validation and digests (default: one per core beyond the first; 0 = inline). */
   workers?: number;
@@ -47,6 +50,21 @@ function kafkaReplication(): GatewayConfig['kafkaReplication'] {
   return { replicationFactor, minInsyncReplicas };
 }
 
+/** MEDBLOCK_TRUSTED_PROXIES: comma-separated IP addresses or CIDRs (express's `trust proxy` syntax). */
+function trustedProxies(raw: string | undefined): string[] | undefined {
+  const list = raw?.split(',').map((p) => p.trim()).filter(Boolean);
+  if (!list?.length) return undefined;
+  for (const entry of list) {
+    const [address, prefix, ...rest] = entry.split('/');
+    const version = isIP(address);
+    const bits = version === 4 ? 32 : 128;
+    if (!version || rest.length > 0 || (prefix !== undefined && !(/^\d{1,3}$/.test(prefix) && Number(prefix) <= bits))) {
+      throw new Error('MEDBLOCK_TRUSTED_PROXIES must be comma-separated IP addresses or CIDRs, e.g. 10.0.0.5,172.16.0.0/12');
+    }
+  }
+  return list;
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig {
   const mongoUri = env.MEDBLOCK_MONGODB_URI?.trim();
   if (mongoUri && !/^mongodb(\+srv)?:\/\//.test(mongoUri)) throw new Error('MEDBLOCK_MONGODB_URI must start with mongodb:// or mongodb+srv://');
@@ -61,6 +79,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig 
     port: integer('PORT', 8080, 0, 65535),
     dataDir,
     baseUrl: env.MEDBLOCK_BASE_URL?.replace(/\/+$/, '') || undefined,
+    trustedProxies: trustedProxies(env.MEDBLOCK_TRUSTED_PROXIES),
     maxBodyBytes: integer('MEDBLOCK_MAX_BODY_MB', 64, 1, 1024) * 1024 * 1024,
     workers: env.MEDBLOCK_WORKERS ? integer('MEDBLOCK_WORKERS', 0, 0, 64) : undefined,
     mongodb: mongoUri ? { uri: mongoUri, database: mongoDatabase(mongoUri) ?? 'medblock' } : undefined,

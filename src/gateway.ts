@@ -147,6 +147,8 @@ export async function createGateway(config: GatewayConfig, options: GatewayOptio
     repo,
     issuer,
     baseUrl: config.baseUrl,
+    listen: { host: config.host, port: config.port },
+    trustedProxies: config.trustedProxies,
     maxBodyBytes: config.maxBodyBytes,
     accessLog,
     ledger: ledger?.service,

@@ -15,6 +15,8 @@ export interface FhirRequest {
   query: Array<[string, string]>;
   /** Parsed FHIR JSON body, if any. */
   body?: unknown;
+  /** The body's media type without parameters (a PATCH's names its patch format). */
+  contentType?: string;
   ifMatch?: string;
   ifNoneExist?: string;
   preferReturn?: PreferReturn;

@@ -39,6 +39,7 @@ export const ROUTES: Route[] = [
   { method: 'PUT', pattern: ':type?', handler: updateConditional, interaction: 'conditional-update' },
   { method: 'DELETE', pattern: ':type?', handler: removeConditional, interaction: 'conditional-delete' },
   { method: 'GET', pattern: ':type/_history', handler: typeHistory, interaction: 'history-type' },
+  { method: 'POST', pattern: ':type/_search', handler: search, interaction: 'search-type' },
   { method: 'POST', pattern: ':type/$validate', handler: validate, interaction: 'validate' },
   { method: 'GET', pattern: ':type/:id', handler: read, interaction: 'read' },
   { method: 'PUT', pattern: ':type/:id', handler: update, interaction: 'update' },

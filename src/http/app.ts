@@ -9,6 +9,8 @@ import { AnchorMismatchError, type LedgerService } from '../ledger/service.ts';
 import { ID_PATTERN, type FhirRepository } from '../fhir/repository.ts';
 import { isKnownResourceType } from '../fhir/validation/index.ts';
 import { matchRoute, routeRequest } from '../fhir/routes.ts';
+import { patchKind, PATCH_FORMATS_ACCEPTED } from '../fhir/operations/patch.ts';
+import { publicBaseUrl, type BaseUrlOptions } from './base-url.ts';
 import { log } from './log.ts';
 import type { AccessLog } from '../audit/access-log.ts';
 import { Metrics } from './metrics.ts';
@@ -16,8 +18,12 @@ import { Metrics } from './metrics.ts';
 export interface AppOptions {
   repo: FhirRepository;
   issuer: DevIssuer;
-  /** Fixed public FHIR base URL; derived from each request's Host when absent. */
+  /** Fixed public FHIR base URL; without it, derived from a Host that names this gateway (see publicBaseUrl). */
   baseUrl?: string;
+  /** The configured listen address: its host name is a Host the gateway answers to (also localhost and 127.0.0.1). */
+  listen?: { host: string; port: number };
+  /** Proxies (IPs or CIDRs) whose Forwarded / X-Forwarded-Host / X-Forwarded-Proto headers are believed. */
+  trustedProxies?: string[];
   /** Request body limit in bytes. */
   maxBodyBytes: number;
   /** Where every authenticated FHIR request is recorded (an AuditEvent per request). */
@@ -28,29 +34,36 @@ export interface AppOptions {
 }
 
 const JSON_TYPES = new Set(['application/fhir+json', 'application/json']);
-const FORMAT_ALIASES: Record<string, string> = {
-  json: 'application/fhir+json',
-  'application/fhir+json': 'application/fhir+json',
-  'application/json': 'application/json',
-  'application/json+fhir': 'application/fhir+json',
-};
+const FORM = 'application/x-www-form-urlencoded';
+/** `_format` values (FHIR's short names and media types) and the media type each answers with. */
+const FORMATS = new Map([
+  ['json', 'application/fhir+json'],
+  ['application/fhir+json', 'application/fhir+json'],
+  ['application/json', 'application/json'],
+  ['application/json+fhir', 'application/fhir+json'],
+]);
+/** Invalid UTF-8 is refused, never decoded to U+FFFD (decode() of a whole buffer keeps no state). */
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+/** A request without a token reaches only the capability statement; it gets no grants. */
+const NO_TOKEN: AuthContext = { subject: '', grants: [] };
 
 function mediaType(header: string | undefined): string | undefined {
   return header?.split(';')[0].trim().toLowerCase() || undefined;
 }
 
 /** The response content type the client asked for with _format or Accept (406 when not JSON). */
-function responseType(req: Request): string {
-  const format = req.query._format;
-  if (typeof format === 'string') {
-    const t = FORMAT_ALIASES[format.toLowerCase()];
-    if (!t) throw errors.notAcceptable(`_format=${format.slice(0, 40)} is not supported; this server speaks FHIR JSON`);
-    return t;
+function responseType(req: Request, query: Array<[string, string]>): string {
+  const formats = query.filter(([k]) => k === '_format').map(([, v]) => FORMATS.get(mediaType(v) ?? ''));
+  if (formats.length > 0) {
+    if (formats.some((f) => f === undefined)) {
+      throw errors.notAcceptable(`_format is not supported; this server speaks FHIR JSON (_format ${[...FORMATS.keys()].join(', ')})`);
+    }
+    return formats[0]!;
   }
   const accept = req.get('Accept');
   if (!accept) return 'application/fhir+json';
-  const types = accept.split(',').map((a) => mediaType(a)!);
-  if (types.some((t) => t === 'application/fhir+json' || t === '*/*' || t === 'application/*')) return 'application/fhir+json';
+  const types = accept.split(',').map((a) => mediaType(a));
+  if (types.some((t) => t === '*/*' || t === 'application/*' || FORMATS.get(t ?? '') === 'application/fhir+json')) return 'application/fhir+json';
   if (types.includes('application/json')) return 'application/json';
   throw errors.notAcceptable('Accept must allow application/fhir+json or application/json');
 }
@@ -78,23 +91,73 @@ function pathSegments(path: string): string[] {
   }
 }
 
-function parseBody(req: Request): unknown {
-  if (!Buffer.isBuffer(req.body) || req.body.length === 0) return undefined;
-  const type = mediaType(req.get('Content-Type'));
-  const allowed = req.method === 'PATCH' ? type === 'application/json-patch+json' : JSON_TYPES.has(type ?? '');
-  if (!allowed) {
-    throw errors.unsupportedMediaType(
-      req.method === 'PATCH'
-        ? 'PATCH needs Content-Type application/json-patch+json'
-        : 'Content-Type must be application/fhir+json or application/json',
-    );
+/** The bearer token's identity (401 without one, or with one that does not verify). */
+async function authenticate(issuer: DevIssuer, header: string | undefined): Promise<AuthContext> {
+  const m = header && /^Bearer\s+(\S+)$/i.exec(header);
+  if (!m) throw errors.unauthorized('an Authorization: Bearer token is required');
+  return verifyToken(issuer, m[1]).catch((e: unknown) => {
+    throw e instanceof InvalidTokenError ? errors.unauthorized(e.message) : e;
+  });
+}
+
+/** FHIR and SMART clients read the capability statement before they have a token. */
+function isPublic(method: string, path: string[]): boolean {
+  return method === 'GET' && path.length === 1 && path[0] === 'metadata';
+}
+
+/** `POST [type]/_search` and `POST _search`: a search whose parameters come in a form-encoded body. */
+function isSearchPost(method: string, path: string[]): boolean {
+  return method === 'POST' && path.length <= 2 && path.at(-1) === '_search';
+}
+
+/** The body as text: UTF-8 only; another declared charset is refused (415), invalid bytes too (400). */
+function bodyText(req: Request): string {
+  const charset = /;\s*charset\s*=\s*"?([^";\s]*)/i.exec(req.get('Content-Type') ?? '')?.[1].toLowerCase();
+  if (charset !== undefined && charset !== 'utf-8' && charset !== 'utf8') {
+    throw errors.unsupportedMediaType('the body must be UTF-8: send charset=utf-8 or no charset');
   }
   try {
-    return parseFhirJson(req.body.toString('utf8'));
+    return UTF8.decode(req.body as Buffer);
+  } catch {
+    throw errors.badRequest('the body is not valid UTF-8');
+  }
+}
+
+interface Body {
+  /** Parsed FHIR JSON. */
+  json?: unknown;
+  contentType?: string;
+  /** The parameters of a form-encoded search. */
+  form?: Array<[string, string]>;
+}
+
+function readBody(req: Request, method: string, path: string[]): Body {
+  if (!Buffer.isBuffer(req.body) || req.body.length === 0) return {};
+  const type = mediaType(req.get('Content-Type'));
+  if (isSearchPost(method, path)) {
+    if (type !== FORM) throw errors.unsupportedMediaType(`POST _search takes its parameters as ${FORM}`);
+    return { form: [...new URLSearchParams(bodyText(req))] };
+  }
+  if (method === 'PATCH') {
+    if (!patchKind(type)) throw errors.unsupportedMediaType(PATCH_FORMATS_ACCEPTED);
+  } else if (type === FORM) {
+    throw errors.unsupportedMediaType(`${FORM} is accepted only by POST [type]/_search`);
+  } else if (!JSON_TYPES.has(type ?? '')) {
+    throw errors.unsupportedMediaType('Content-Type must be application/fhir+json or application/json');
+  }
+  try {
+    return { json: parseFhirJson(bodyText(req)), contentType: type };
   } catch (e) {
     if (e instanceof FhirJsonSyntaxError) throw errors.badRequest(`the body is not valid JSON: ${e.message}`);
     throw e;
   }
+}
+
+/** True when an If-None-Match header lists the response's ETag (weak comparison) or is `*`. */
+function notModified(ifNoneMatch: string | undefined, etag: string | undefined): boolean {
+  if (!ifNoneMatch || !etag) return false;
+  const opaque = (tag: string) => tag.trim().replace(/^W\//, '');
+  return ifNoneMatch.split(',').some((tag) => tag.trim() === '*' || opaque(tag) === opaque(etag));
 }
 
 function send(res: Response, response: FhirResponse, contentType: string, pretty: boolean): void {
@@ -107,14 +170,22 @@ function send(res: Response, response: FhirResponse, contentType: string, pretty
   let text = typeof response.body === 'string' ? response.body : stringifyFhirJson(response.body);
   if (pretty) text = stringifyFhirJson(parseFhirJson(text), 2);
   res.setHeader('Content-Type', `${response.contentType ?? contentType}; charset=utf-8`);
-  res.send(text);
+  // Not res.send: its freshness check would answer 304 to any If-None-Match: * (a search included).
+  const bytes = Buffer.from(text, 'utf8');
+  res.setHeader('Content-Length', bytes.length);
+  res.end(bytes);
 }
 
 export function createApp(opts: AppOptions): express.Express {
   const metrics = opts.metrics ?? new Metrics();
   const app = express();
   app.disable('x-powered-by');
+  // ETags are FHIR versions, set by the handlers; a hash of the body would make searches and errors cacheable.
+  app.set('etag', false);
   app.set('query parser', 'simple');
+  if (opts.trustedProxies?.length) app.set('trust proxy', opts.trustedProxies);
+  const baseUrlOf = (req: Request) =>
+    opts.baseUrl ?? publicBaseUrl(req, { listen: opts.listen, trusted: app.get('trust proxy fn') as BaseUrlOptions['trusted'] });
 
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
@@ -160,31 +231,36 @@ export function createApp(opts: AppOptions): express.Express {
     let response: FhirResponse;
     const pretty = req.query._pretty === 'true';
     try {
-      contentType = responseType(req);
-      const header = req.get('Authorization');
-      const m = header && /^Bearer\s+(\S+)$/i.exec(header);
-      if (!m) throw errors.unauthorized('an Authorization: Bearer token is required');
-      auth = await verifyToken(opts.issuer, m[1]).catch((e: unknown) => {
-        throw e instanceof InvalidTokenError ? errors.unauthorized(e.message) : e;
-      });
-      path = pathSegments(req.path);
       const query = queryPairs(req);
-      interaction = matchRoute(req.method === 'HEAD' ? 'GET' : req.method, path, query).route.interaction;
-      const baseUrl = opts.baseUrl ?? `${req.protocol}://${req.get('host')}${req.baseUrl}`;
+      contentType = responseType(req, query);
+      const baseUrl = baseUrlOf(req);
+      path = pathSegments(req.path);
+      const method = req.method === 'HEAD' ? 'GET' : req.method;
+      const authorization = req.get('Authorization');
+      if (authorization !== undefined || !isPublic(method, path)) auth = await authenticate(opts.issuer, authorization);
+      const body = readBody(req, method, path);
+      if (body.form) query.push(...body.form);
+      interaction = matchRoute(method, path, query).route.interaction;
       const ctx: FhirContext = { repo: opts.repo, baseUrl, ledger: opts.ledger };
       ctx.dispatch = (r) => routeRequest(r, ctx);
       const fhirRequest: FhirRequest = {
-        method: req.method === 'HEAD' ? 'GET' : req.method,
+        method,
         path,
         query,
-        body: parseBody(req),
+        body: body.json,
+        contentType: body.contentType,
         ifMatch: req.get('If-Match'),
         ifNoneExist: req.get('If-None-Exist'),
         preferReturn: preferReturn(req),
         preferHandling: preferHandling(req),
-        auth,
+        // Unauthenticated requests reach only public routes; they are not access-logged (no actor).
+        auth: auth ?? NO_TOKEN,
       };
       response = await routeRequest(fhirRequest, ctx);
+      // A read the client holds already (same version) answers 304; no other interaction does.
+      if ((interaction === 'read' || interaction === 'vread') && response.status === 200 && notModified(req.get('If-None-Match'), response.headers?.ETag)) {
+        response = { status: 304, headers: response.headers };
+      }
     } catch (e) {
       const error = e instanceof FhirError ? e : internalError(e, interaction);
       response = { status: error.status, headers: error.headers, body: error.outcome };

@@ -23,7 +23,7 @@ import type { FhirResource, WriteSession } from '../repository.ts';
 import { assertAccessible, parseIfMatch, requireAccess, resourceBody } from './common.ts';
 import { createResource, type WriteOutcome } from './create.ts';
 import { conditionalDelete, deleteResource, type DeleteOutcome } from './delete.ts';
-import { patchResource } from './patch.ts';
+import { patchResource, preparePatch } from './patch.ts';
 import { updateResource } from './update.ts';
 
 type Method = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
@@ -207,7 +207,7 @@ async function executeWrite(session: WriteSession, p: PlannedEntry, req: FhirReq
     case 'PATCH': {
       const access = requireAccess(req, p.type, 'u');
       if (!p.id) throw errors.notSupported('conditional PATCH is not supported');
-      return writeEntry(await patchResource(session, p.type, p.id, patchOperations(p.resource), p.ifMatch, access), req);
+      return writeEntry(await patchResource(session, p.type, p.id, preparePatch('json-patch', patchOperations(p.resource)), p.ifMatch, access), req);
     }
     case 'DELETE': {
       const access = requireAccess(req, p.type, 'd');

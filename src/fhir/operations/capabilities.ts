@@ -5,6 +5,7 @@
 import type { Handler } from '../context.ts';
 import { indexedParams, type IndexedParam } from '../search/parameters.ts';
 import { heldProfileDetails, knownResourceTypes } from '../validation/index.ts';
+import { PATCH_FORMATS } from './patch.ts';
 
 const TYPE_INTERACTIONS = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'history-type', 'create', 'search-type'];
 
@@ -67,12 +68,12 @@ function build(): object {
     implementation: { description: 'MedBlock Gateway FHIR R4 endpoint' },
     fhirVersion: '4.0.1',
     format: ['application/fhir+json', 'application/json'],
-    patchFormat: ['application/json-patch+json'],
+    patchFormat: PATCH_FORMATS,
     rest: [
       {
         mode: 'server',
         security: {
-          description: 'Bearer JWT required on every request; SMART v1 (user/Type.read|write) and v2 (user/Type.cruds) scopes',
+          description: 'Bearer JWT required on every request except GET metadata; SMART v1 (user/Type.read|write) and v2 (user/Type.cruds) scopes',
           service: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/restful-security-service', code: 'SMART-on-FHIR' }] }],
         },
         resource: knownResourceTypes().map((type) => {
