@@ -23,7 +23,7 @@ import type { FhirResource, WriteSession } from '../repository.ts';
 import { assertAccessible, parseIfMatch, requireAccess, resourceBody } from './common.ts';
 import { createResource, type WriteOutcome } from './create.ts';
 import { conditionalDelete, deleteResource, type DeleteOutcome } from './delete.ts';
-import { patchResource, preparePatch } from './patch.ts';
+import { entryPatch, patchResource } from './patch.ts';
 import { updateResource } from './update.ts';
 
 type Method = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
@@ -178,15 +178,6 @@ function deleteEntry(result: DeleteOutcome): BundleEntryParts {
   return { response: { status: STATUS_TEXT[result.status], ...(result.versionId ? { etag: `W/"${result.versionId}"` } : {}) } };
 }
 
-/** The JSON Patch of a PATCH entry: a Binary resource carrying application/json-patch+json. */
-function patchOperations(resource: FhirResource | undefined): unknown {
-  const binary = resource as { resourceType?: string; contentType?: string; data?: string } | undefined;
-  if (binary?.resourceType !== 'Binary' || binary.contentType !== 'application/json-patch+json' || !binary.data) {
-    throw errors.notSupported('a PATCH entry must carry a Binary with contentType application/json-patch+json');
-  }
-  return parseFhirJson(Buffer.from(binary.data, 'base64').toString('utf8'));
-}
-
 async function executeWrite(session: WriteSession, p: PlannedEntry, req: FhirRequest): Promise<BundleEntryParts> {
   switch (p.method) {
     case 'POST': {
@@ -207,7 +198,7 @@ async function executeWrite(session: WriteSession, p: PlannedEntry, req: FhirReq
     case 'PATCH': {
       const access = requireAccess(req, p.type, 'u');
       if (!p.id) throw errors.notSupported('conditional PATCH is not supported');
-      return writeEntry(await patchResource(session, p.type, p.id, preparePatch('json-patch', patchOperations(p.resource)), p.ifMatch, access), req);
+      return writeEntry(await patchResource(session, p.type, p.id, entryPatch(p.resource), p.ifMatch, access), req);
     }
     case 'DELETE': {
       const access = requireAccess(req, p.type, 'd');
