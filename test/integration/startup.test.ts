@@ -4,12 +4,17 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
+import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { SoloOrderer } from '../../src/adapters/solo/solo-orderer.ts';
+import { SqliteLedgerStore } from '../../src/adapters/sqlite/sqlite-ledger-store.ts';
+import { LedgerMember } from '../../src/ledger/member.ts';
+import { Membership } from '../../src/ledger/membership.ts';
+import { encodeChannelMessage, type Orderer } from '../../src/ledger/orderer.ts';
 import { describeWithEngine } from '../support/engines.ts';
 
 const BIN = join(import.meta.dirname, '..', '..', 'bin', 'medblock.js');
@@ -80,6 +85,40 @@ describe('medblock start: fatal start-up errors', () => {
     assert.equal(debug.code, 1);
     assert.match(debug.stderr, /^medblock: start-up failed: ENOTDIR.*\n/);
     assert.match(debug.stderr, /^\s+at .*gateway\.ts/m);
+  });
+});
+
+describe('ledger member start-up', () => {
+  it('caughtUp() rejects when the member fails while catching up, instead of waiting forever', { timeout: 30_000 }, async () => {
+    const dir = mkdtempSync(join(work, 'member-'));
+    const solo = SoloOrderer.open(join(dir, 'orderer.sqlite'));
+    const store = new SqliteLedgerStore(join(dir, 'ledger.sqlite'));
+    await store.init();
+    try {
+      await solo.append([encodeChannelMessage({ kind: 'timeToCut', blockNumber: 0 })]);
+      // The log holds a record to catch up on, and delivering it fails (as an unreadable log or a broken store would).
+      const orderer: Orderer = {
+        kind: solo.kind,
+        append: (messages) => solo.append(messages),
+        appendControl: (messages) => solo.appendControl(messages),
+        endOffset: () => solo.endOffset(),
+        close: () => solo.close(),
+        subscribe: (fromOffset) => solo.subscribe(fromOffset, () => Promise.reject(new Error('injected: the record cannot be delivered'))),
+      };
+      const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const member = new LedgerMember({
+        channel: 'startup', signer: { memberId: 'h1', privateKey }, genesis: new Membership({ h1: { publicKey } }), orderer, store,
+        batchTimeoutMs: 50, cutter: { maxMessageCount: 4, preferredMaxBytes: 64 * 1024, absoluteMaxBytes: 256 * 1024 },
+      });
+      await member.start();
+      await assert.rejects(member.caughtUp(), /injected: the record cannot be delivered/);
+      assert.equal(member.status().failure, 'injected: the record cannot be delivered');
+      await assert.rejects(member.caughtUp(), /injected/); // asked again after the failure
+      await member.stop();
+    } finally {
+      await solo.close();
+      await store.close();
+    }
   });
 });
 
