@@ -97,27 +97,32 @@ function replicationAdvice(replicas: number): string {
   return `set MEDBLOCK_KAFKA_REPLICATION_FACTOR=${replicas} and MEDBLOCK_KAFKA_MIN_INSYNC_REPLICAS to at most ${replicas}`;
 }
 
-/** Closes what a failed start-up had opened, last opened first; a failing close must not hide the start-up error. */
-async function closeOpened(closers: Array<() => Promise<void>>): Promise<void> {
-  for (const close of closers.reverse()) await close().catch(() => {});
+/** Closers of what a start-up has opened so far, in opening order. */
+type Opened = Array<() => Promise<void>>;
+
+/**
+ * Runs a start-up that records a closer for everything it opens. If it fails, closes those, last opened
+ * first, and rejects with its error (a failing close must not hide it).
+ */
+async function closingOnFailure<T>(startUp: (opened: Opened) => Promise<T>): Promise<T> {
+  const opened: Opened = [];
+  try {
+    return await startUp(opened);
+  } catch (e) {
+    for (const close of opened.reverse()) await close().catch(() => {});
+    throw e;
+  }
 }
 
 /**
  * Starts this member's ledger node and its outbox publisher; resolves once the node has caught up with the
  * log. On failure, closes what it had opened and rejects.
  */
-export async function openLedger(config: GatewayConfig, outbox: ResourceStore, consortium: MemberConsortium): Promise<Ledger> {
-  const opened: Array<() => Promise<void>> = [];
-  try {
-    return await startLedger(config, outbox, consortium, opened);
-  } catch (e) {
-    await closeOpened(opened);
-    throw e;
-  }
+export function openLedger(config: GatewayConfig, outbox: ResourceStore, consortium: MemberConsortium): Promise<Ledger> {
+  return closingOnFailure((opened) => startLedger(config, outbox, consortium, opened));
 }
 
-async function startLedger(config: GatewayConfig, outbox: ResourceStore, consortium: MemberConsortium,
-  opened: Array<() => Promise<void>>): Promise<Ledger> {
+async function startLedger(config: GatewayConfig, outbox: ResourceStore, consortium: MemberConsortium, opened: Opened): Promise<Ledger> {
   const store = openLedgerStore(config);
   opened.push(() => store.close());
   await store.init();
@@ -164,17 +169,11 @@ export interface GatewayOptions {
 }
 
 /** Opens and starts everything the configuration names; on failure, closes what it had opened and rejects. */
-export async function createGateway(config: GatewayConfig, options: GatewayOptions = {}): Promise<Gateway> {
-  const opened: Array<() => Promise<void>> = [];
-  try {
-    return await assembleGateway(config, options, opened);
-  } catch (e) {
-    await closeOpened(opened);
-    throw e;
-  }
+export function createGateway(config: GatewayConfig, options: GatewayOptions = {}): Promise<Gateway> {
+  return closingOnFailure((opened) => assembleGateway(config, options, opened));
 }
 
-async function assembleGateway(config: GatewayConfig, options: GatewayOptions, opened: Array<() => Promise<void>>): Promise<Gateway> {
+async function assembleGateway(config: GatewayConfig, options: GatewayOptions, opened: Opened): Promise<Gateway> {
   const baseline = options.plaintextVaultForBenchmark === true;
   const store = baseline ? openDatabaseStore(config) : openVault(config);
   opened.push(() => store.close());

@@ -20,13 +20,13 @@ export interface ChannelTopicOptions extends KafkaConnection {
 }
 
 /**
- * A channel topic's replication does not fit the cluster: the brokers refused to create the topic with
- * more replicas than they are (`available` = brokers in the cluster), or the existing topic has another
- * replication factor (`available` = its replicas). Callers turn it into advice on their own settings.
+ * The channel topic's replication factor does not fit: the cluster refused to create the topic with more
+ * replicas than it has brokers (`available`: the brokers), or the existing topic has another replication
+ * factor (`available`: its replicas). Callers turn it into advice on their own settings.
  */
 export class ChannelReplicationError extends Error {
   override name = 'ChannelReplicationError';
-  constructor(message: string, readonly requested: number, readonly available: number, options?: ErrorOptions) {
+  constructor(message: string, readonly available: number, options?: ErrorOptions) {
     super(message, options);
   }
 }
@@ -92,7 +92,7 @@ export async function ensureChannelTopic(options: ChannelTopicOptions): Promise<
       if (err.errors?.some((e) => e.type === 'INVALID_REPLICATION_FACTOR')) {
         const brokers = (await admin.describeCluster()).brokers.length;
         throw new ChannelReplicationError(`${message} (the cluster has ${brokers} broker${brokers === 1 ? '' : 's'})`,
-          replicationFactor, brokers, { cause: err });
+          brokers, { cause: err });
       }
       throw new Error(message, { cause: err });
     });
@@ -125,6 +125,6 @@ async function verifyChannelTopic(admin: Admin, topic: string, replicationFactor
   }
   if (problems.length) {
     const message = `Kafka topic "${topic}" cannot be used as a ledger channel: ${problems.join('; ')}`;
-    throw replicationProblem ? new ChannelReplicationError(message, replicationFactor, replicas) : new Error(message);
+    throw replicationProblem ? new ChannelReplicationError(message, replicas) : new Error(message);
   }
 }
