@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { loadDevIssuer, type DevIssuer } from './access/tokens.ts';
 import { AccessLog } from './audit/access-log.ts';
 import { KafkaOrderer } from './adapters/kafka/kafka-orderer.ts';
+import { ChannelReplicationError } from './adapters/kafka/topics.ts';
 import { MongoLedgerStore } from './adapters/mongodb/mongo-ledger-store.ts';
 import { MongoStore } from './adapters/mongodb/mongo-store.ts';
 import { SoloOrderer } from './adapters/solo/solo-orderer.ts';
@@ -80,16 +81,53 @@ export function openLedgerStore(config: GatewayConfig): LedgerStore {
 /** Kafka when brokers are configured, else the embedded solo orderer's log in the data dir. */
 export async function openOrderer(config: GatewayConfig, channel: string): Promise<Orderer> {
   if (config.kafkaBrokers) {
-    return KafkaOrderer.connect({ brokers: config.kafkaBrokers, channel, ...config.kafkaReplication });
+    try {
+      return await KafkaOrderer.connect({ brokers: config.kafkaBrokers, channel, ...config.kafkaReplication });
+    } catch (e) {
+      // Name the settings involved, so that the operator knows what to change.
+      const advice = e instanceof ChannelReplicationError ? `; ${replicationAdvice(e.available)}` : '';
+      throw new Error(`Kafka orderer (MEDBLOCK_KAFKA_BROKERS=${config.kafkaBrokers.join(',')}): ${(e as Error).message}${advice}`, { cause: e });
+    }
   }
   return SoloOrderer.open(join(config.dataDir, `orderer-${channel}.sqlite`));
 }
 
-/** Starts this member's ledger node and its outbox publisher; resolves once the node has caught up with the log. */
-export async function openLedger(config: GatewayConfig, outbox: ResourceStore, consortium: MemberConsortium): Promise<Ledger> {
+function replicationAdvice(replicas: number): string {
+  if (replicas === 1) return 'on a single broker set MEDBLOCK_KAFKA_REPLICATION_FACTOR=1 MEDBLOCK_KAFKA_MIN_INSYNC_REPLICAS=1';
+  return `set MEDBLOCK_KAFKA_REPLICATION_FACTOR=${replicas} and MEDBLOCK_KAFKA_MIN_INSYNC_REPLICAS to at most ${replicas}`;
+}
+
+/** Closers of what a start-up has opened so far, in opening order. */
+type Opened = Array<() => Promise<void>>;
+
+/**
+ * Runs a start-up that records a closer for everything it opens. If it fails, closes those, last opened
+ * first, and rejects with its error (a failing close must not hide it).
+ */
+async function closingOnFailure<T>(startUp: (opened: Opened) => Promise<T>): Promise<T> {
+  const opened: Opened = [];
+  try {
+    return await startUp(opened);
+  } catch (e) {
+    for (const close of opened.reverse()) await close().catch(() => {});
+    throw e;
+  }
+}
+
+/**
+ * Starts this member's ledger node and its outbox publisher; resolves once the node has caught up with the
+ * log. On failure, closes what it had opened and rejects.
+ */
+export function openLedger(config: GatewayConfig, outbox: ResourceStore, consortium: MemberConsortium): Promise<Ledger> {
+  return closingOnFailure((opened) => startLedger(config, outbox, consortium, opened));
+}
+
+async function startLedger(config: GatewayConfig, outbox: ResourceStore, consortium: MemberConsortium, opened: Opened): Promise<Ledger> {
   const store = openLedgerStore(config);
+  opened.push(() => store.close());
   await store.init();
   const orderer = await openOrderer(config, consortium.channel);
+  opened.push(() => orderer.close());
   const { batchTimeoutMs, maxEnvelopeBytes, ...cutter } = consortium.ledger;
   const signer = consortium.self;
   const member = new LedgerMember({
@@ -105,6 +143,7 @@ export async function openLedger(config: GatewayConfig, outbox: ResourceStore, c
     checkMemberCertificate: memberCertificateCheck(consortium.caCertificatePem),
     log: (event, fields) => log(event.includes('alarm') || event.includes('failed') ? 'error' : 'warn', event, fields),
   });
+  opened.push(() => member.stop());
   await member.start();
   await member.caughtUp();
   const publisher = new AnchorPublisher({ outbox, member, ledger: store, signer, log: (event, fields) => log('warn', event, fields) });
@@ -129,14 +168,22 @@ export interface GatewayOptions {
   plaintextVaultForBenchmark?: boolean;
 }
 
-export async function createGateway(config: GatewayConfig, options: GatewayOptions = {}): Promise<Gateway> {
+/** Opens and starts everything the configuration names; on failure, closes what it had opened and rejects. */
+export function createGateway(config: GatewayConfig, options: GatewayOptions = {}): Promise<Gateway> {
+  return closingOnFailure((opened) => assembleGateway(config, options, opened));
+}
+
+async function assembleGateway(config: GatewayConfig, options: GatewayOptions, opened: Opened): Promise<Gateway> {
   const baseline = options.plaintextVaultForBenchmark === true;
   const store = baseline ? openDatabaseStore(config) : openVault(config);
+  opened.push(() => store.close());
   await store.init();
   initValidation();
   const consortium = baseline ? undefined : await loadConsortium(config);
   const ledger = consortium ? await openLedger(config, store, consortium) : undefined;
+  if (ledger) opened.push(() => closeLedger(ledger));
   const checker = createVersionChecker(config.workers);
+  opened.push(() => checker.close());
   const repo = new FhirRepository(store, checker, {
     patientToken: consortium ? patientTokens(consortium.patientTokenKey) : undefined,
     afterCommit: ledger ? () => ledger.publisher.notify() : undefined,

@@ -27,13 +27,14 @@ export interface DevIssuer {
   publicKey: Key;
 }
 
-function keyFile(dataDir: string): string {
+/** Where a data dir keeps its development issuer key (created by the gateway's first start). */
+export function devIssuerKeyFile(dataDir: string): string {
   return join(dataDir, 'keys', 'dev-issuer.jwk.json');
 }
 
 /** Loads the development issuer key from the data dir, creating it (mode 0600) on first use. */
 export async function loadDevIssuer(dataDir: string): Promise<DevIssuer> {
-  const file = keyFile(dataDir);
+  const file = devIssuerKeyFile(dataDir);
   let jwk: JWK;
   if (existsSync(file)) {
     jwk = JSON.parse(readFileSync(file, 'utf8')) as JWK;

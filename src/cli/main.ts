@@ -1,5 +1,6 @@
 /** The `medblock` command. */
 import { existsSync } from 'node:fs';
+import { inspect } from 'node:util';
 import { Command, Option } from 'commander';
 import { loadConfig } from '../config.ts';
 import {
@@ -34,7 +35,8 @@ program
   .requiredOption('--scope <scopes>', 'space-separated SMART scopes, e.g. "user/*.cruds" or "user/Observation.read"')
   .option('--patient <id>', 'patient the token is bound to (for patient/ scopes)')
   .option('--expires-in <span>', 'lifetime, e.g. 30m, 8h, 7d', '8h')
-  .action(async (opts: { sub: string; scope: string; patient?: string; expiresIn: string }) => runToken(loadConfig(), opts));
+  .option('--create-key', 'create the data dir\'s dev issuer key if the gateway has not yet (else that is an error)')
+  .action(async (opts: { sub: string; scope: string; patient?: string; expiresIn: string; createKey?: boolean }) => runToken(loadConfig(), opts));
 
 program
   .command('import')
@@ -136,7 +138,12 @@ consortium
   .argument('<proposal>', 'proposal file')
   .action(async (file: string) => runConsortiumSubmit(loadConfig(), file));
 
+// A command that fails exits at once: whatever it still holds open (a broker connection's retry timer, a
+// worker thread) must not keep a failed `medblock start` alive for its supervisor. One line, no stack:
+// MEDBLOCK_LOG=debug adds the stack and causes.
 program.parseAsync().catch((e: unknown) => {
-  process.stderr.write(`medblock: ${(e as Error).message}\n`);
-  process.exitCode = 1;
+  const message = e instanceof Error ? e.message : String(e);
+  process.stderr.write(`medblock: ${message.replace(/\s*\n\s*/g, ' ')}\n`);
+  if (process.env.MEDBLOCK_LOG === 'debug') process.stderr.write(`${inspect(e)}\n`);
+  process.exit(1);
 });

@@ -77,7 +77,7 @@ export class LedgerMember extends EventEmitter<{ block: [CommittedBlock]; final:
   private timers = new Map<number, NodeJS.Timeout>();
   private failure: Error | undefined;
   private readonly log: NonNullable<LedgerMemberOptions['log']>;
-  private caughtUpWaiters: Array<() => void> = [];
+  private caughtUpWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
 
   constructor(private readonly options: LedgerMemberOptions) {
     super();
@@ -113,10 +113,11 @@ export class LedgerMember extends EventEmitter<{ block: [CommittedBlock]; final:
     this.subscription = undefined;
   }
 
-  /** Resolves once this member consumed everything the log held when it started. */
+  /** Resolves once this member consumed everything the log held when it started; rejects if it fails before. */
   caughtUp(): Promise<void> {
     if (!this.status().catchingUp) return Promise.resolve();
-    return new Promise((resolve) => this.caughtUpWaiters.push(resolve));
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => this.caughtUpWaiters.push({ resolve, reject }));
   }
 
   status(): LedgerStatus {
@@ -292,12 +293,13 @@ export class LedgerMember extends EventEmitter<{ block: [CommittedBlock]; final:
   }
 
   private resolveCaughtUp(): void {
-    for (const resolve of this.caughtUpWaiters.splice(0)) resolve();
+    for (const { resolve } of this.caughtUpWaiters.splice(0)) resolve();
   }
 
   private fail(e: unknown): void {
     this.failure = e instanceof Error ? e : new Error(String(e));
     this.log('ledger_member_failed', { error: this.failure.message });
+    for (const { reject } of this.caughtUpWaiters.splice(0)) reject(this.failure);
     this.emit('failure', this.failure);
   }
 }

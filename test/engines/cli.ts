@@ -1,5 +1,5 @@
 // Usage: npx tsx test/engines/cli.ts start|stop|status|provision [--keep-logs]
-//   eval "$(npx tsx test/engines/cli.ts start)"   # prints the two export lines on stdout
+//   eval "$(npx tsx test/engines/cli.ts start)"   # prints the export lines on stdout (engines' addresses, single-broker replication)
 // `start` leaves the engines running after it exits; `stop` stops them. See docs/engines.md.
 import { existsSync, readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
@@ -35,9 +35,12 @@ function livePids(state: State): number[] {
   });
 }
 
+/** Everything a gateway needs to run on these engines: the Kafka is a single broker, so its topics get one replica. */
 function printExports(state: State): void {
   process.stdout.write(`export MEDBLOCK_MONGODB_URI=${state.mongodbUri}\n`);
   process.stdout.write(`export MEDBLOCK_KAFKA_BROKERS=${state.kafkaBrokers}\n`);
+  process.stdout.write('export MEDBLOCK_KAFKA_REPLICATION_FACTOR=1\n');
+  process.stdout.write('export MEDBLOCK_KAFKA_MIN_INSYNC_REPLICAS=1\n');
 }
 
 async function stop(keepLogs: boolean): Promise<void> {

@@ -1,7 +1,7 @@
 /** The `medblock` command as a user runs it: token, import, bench, start. */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -19,8 +19,18 @@ function medblock(...args: string[]) {
 }
 
 describe('medblock CLI', () => {
-  it('token prints the JWT alone on stdout', () => {
-    const res = medblock('token', '--sub', 'alice', '--scope', 'user/*.rs', '--patient', 'p1');
+  it('token refuses a data dir without a gateway key, naming MEDBLOCK_DATA_DIR and the ways out', () => {
+    const res = medblock('token', '--sub', 'alice', '--scope', 'user/*.rs');
+    assert.equal(res.status, 1);
+    assert.equal(res.stdout, '');
+    assert.equal(res.stderr, `medblock: MEDBLOCK_DATA_DIR ${dataDir} has no gateway key (${join(dataDir, 'keys', 'dev-issuer.jwk.json')}), ` +
+      'so no gateway would accept a token minted now. Set MEDBLOCK_DATA_DIR to the data dir of the gateway, or start the ' +
+      'gateway once to create its key, or pass --create-key to create it here for a gateway started later on this data dir\n');
+    assert.equal(existsSync(join(dataDir, 'keys', 'dev-issuer.jwk.json')), false);
+  });
+
+  it('token --create-key prints the JWT alone on stdout (the gateway started below accepts its key)', () => {
+    const res = medblock('token', '--sub', 'alice', '--scope', 'user/*.rs', '--patient', 'p1', '--create-key');
     assert.equal(res.status, 0, res.stderr);
     assert.match(res.stdout, /^[\w-]+\.[\w-]+\.[\w-]+\n$/);
     const claims = JSON.parse(Buffer.from(res.stdout.split('.')[1], 'base64url').toString());
@@ -66,11 +76,13 @@ describe('medblock CLI', () => {
         });
         child.on('exit', (code) => reject(new Error(`exited ${code}: ${log}`)));
       });
+      // Minted before the first request: a blocking mint that outlasts the keep-alive timeout would leave
+      // fetch a socket the gateway is closing.
+      const token = medblock('token', '--sub', 'bob', '--scope', 'user/Patient.read').stdout.trim();
       const base = `http://127.0.0.1:${port}`;
       assert.equal((await fetch(`${base}/healthz`)).status, 200);
       assert.equal((await fetch(`${base}/readyz`)).status, 200);
       assert.equal((await fetch(`${base}/fhir/Patient`)).status, 401);
-      const token = medblock('token', '--sub', 'bob', '--scope', 'user/Patient.read').stdout.trim();
       const res = await fetch(`${base}/fhir/Patient/ndjson-ok`, { headers: { Authorization: `Bearer ${token}` } });
       assert.equal(res.status, 200);
       assert.match(await (await fetch(`${base}/metrics`)).text(), /medblock_http_requests_total\{interaction="read",status="200"\} 1/);

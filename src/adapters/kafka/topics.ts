@@ -19,6 +19,18 @@ export interface ChannelTopicOptions extends KafkaConnection {
   minInsyncReplicas?: number;
 }
 
+/**
+ * The channel topic's replication factor does not fit: the cluster refused to create the topic with more
+ * replicas than it has brokers (`available`: the brokers), or the existing topic has another replication
+ * factor (`available`: its replicas). Callers turn it into advice on their own settings.
+ */
+export class ChannelReplicationError extends Error {
+  override name = 'ChannelReplicationError';
+  constructor(message: string, readonly available: number, options?: ErrorOptions) {
+    super(message, options);
+  }
+}
+
 /** Kafka's legal topic names. The channel name is the topic name, unchanged. */
 const TOPIC_NAME = /^[A-Za-z0-9._-]{1,249}$/;
 
@@ -73,11 +85,16 @@ export async function ensureChannelTopic(options: ChannelTopicOptions): Promise<
         configEntries: Object.entries(config).map(([name, value]) => ({ name, value })),
       }],
       waitForLeaders: true,
-    }).catch((err: Error & { errors?: Error[] }) => {
+    }).catch(async (err: Error & { errors?: Array<Error & { type?: string }> }) => {
       // kafkajs reports the broker's reasons only inside an aggregate "Topic creation errors".
       const reasons = err.errors?.map((e) => e.message).join('; ') || err.message;
-      throw new Error(`creating Kafka topic "${topic}" (1 partition, replication factor ${replicationFactor}) failed: ${reasons}`,
-        { cause: err });
+      const message = `creating Kafka topic "${topic}" (1 partition, replication factor ${replicationFactor}) failed: ${reasons}`;
+      if (err.errors?.some((e) => e.type === 'INVALID_REPLICATION_FACTOR')) {
+        const brokers = (await admin.describeCluster()).brokers.length;
+        throw new ChannelReplicationError(`${message} (the cluster has ${brokers} broker${brokers === 1 ? '' : 's'})`,
+          brokers, { cause: err });
+      }
+      throw new Error(message, { cause: err });
     });
     await verifyChannelTopic(admin, topic, replicationFactor, config);
     return { topic, created };
@@ -95,7 +112,8 @@ async function verifyChannelTopic(admin: Admin, topic: string, replicationFactor
     problems.push(`it has ${partitions.length} partitions, a channel needs exactly 1 (total order)`);
   }
   const replicas = partitions[0]?.replicas.length ?? 0;
-  if (replicas !== replicationFactor) problems.push(`replication factor is ${replicas}, expected ${replicationFactor}`);
+  const replicationProblem = partitions.length > 0 && replicas !== replicationFactor;
+  if (replicationProblem) problems.push(`replication factor is ${replicas}, expected ${replicationFactor}`);
 
   const described = await admin.describeConfigs({
     resources: [{ type: kafkajs.ConfigResourceTypes.TOPIC, name: topic, configNames: Object.keys(config) }],
@@ -106,6 +124,7 @@ async function verifyChannelTopic(admin: Admin, topic: string, replicationFactor
     if (actual.get(name) !== expected) problems.push(`${name} is ${JSON.stringify(actual.get(name) ?? null)}, expected "${expected}"`);
   }
   if (problems.length) {
-    throw new Error(`Kafka topic "${topic}" cannot be used as a ledger channel: ${problems.join('; ')}`);
+    const message = `Kafka topic "${topic}" cannot be used as a ledger channel: ${problems.join('; ')}`;
+    throw replicationProblem ? new ChannelReplicationError(message, replicas) : new Error(message);
   }
 }
