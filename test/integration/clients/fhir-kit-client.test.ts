@@ -21,14 +21,14 @@ before(async () => {
 });
 after(async () => t.close());
 
-/** The HTTP status and OperationOutcome of a request the client reports as failed. */
-async function failure(request: Promise<unknown>): Promise<{ status: number; outcome: OperationOutcome }> {
+/** The HTTP status, headers and OperationOutcome of a request the client reports as failed. */
+async function failure(request: Promise<unknown>): Promise<{ status: number; headers: Headers; outcome: OperationOutcome }> {
   try {
     await request;
   } catch (e) {
-    const { response } = e as { response?: { status: number; data: OperationOutcome } };
+    const { response, config } = e as { response?: { status: number; data: OperationOutcome }; config: { headers: Headers } };
     assert.ok(response, `not an HTTP failure: ${(e as Error).message}`);
-    return { status: response.status, outcome: response.data };
+    return { status: response.status, headers: config.headers, outcome: response.data };
   }
   assert.fail('the request succeeded; it should have failed');
 }
@@ -117,6 +117,27 @@ describe('fhir-kit-client 2.0.3 against a listening gateway', () => {
     assert.equal(gone.outcome.resourceType, 'OperationOutcome');
     const missing = await failure(client.read({ resourceType: 'Patient', id: randomUUID() }));
     assert.equal(missing.status, 404);
+  });
+
+  it('reads with _elements: only the elements asked for', async () => {
+    const patient = await got<Patient>(client.request(`Patient/${buster.patientId}?_elements=name,gender`));
+    assert.equal(patient.id, buster.patientId);
+    assert.ok(patient.name?.length && patient.gender, 'the elements asked for are there');
+    assert.deepEqual(Object.keys(patient).filter((k) => !['resourceType', 'id', 'meta', 'name', 'gender'].includes(k)), []);
+  });
+
+  it('gives ETags only where they name a version, and answers a repeated search in full', async () => {
+    const patient = await got<Patient>(client.read({ resourceType: 'Patient', id: buster.patientId }));
+    assert.equal(header(patient, 'etag'), `W/"${patient.meta?.versionId}"`);
+    const searchParams = { patient: buster.patientId, _count: 5 };
+    const first = await got<Bundle>(client.search({ resourceType: 'Observation', searchParams }));
+    assert.equal(header(first, 'etag'), null, 'a search bundle has no version, so no ETag');
+    assert.equal(header(await client.capabilityStatement(), 'etag'), null, 'no ETag on metadata');
+    assert.equal((await failure(client.read({ resourceType: 'Patient', id: randomUUID() }))).headers.get('etag'), null, 'no ETag on an error');
+    // A client that sends back whatever ETag it saw must still get the bundle, never an empty 304.
+    const again = await got<Bundle>(client.search({ resourceType: 'Observation', searchParams, options: { headers: { 'If-None-Match': header(first, 'etag') ?? 'W/"1"' } } }));
+    assert.equal(status(again), 200);
+    assert.deepEqual(again.entry?.map((e) => e.resource?.id), first.entry?.map((e) => e.resource?.id));
   });
 
   it('vreads every version, each as it was', async () => {
