@@ -37,8 +37,8 @@ async function failure(request: Promise<unknown>): Promise<{ status: number; hea
 const got = async <T extends Resource>(response: Promise<FhirResource> | undefined): Promise<T> => (await response) as unknown as T;
 const send = (resource: Resource): FhirResource => resource as unknown as FhirResource;
 
-const header = (resource: unknown, name: string) => Client.httpFor(resource as Resource & Record<string, unknown>).response?.headers.get(name);
-const status = (resource: unknown) => Client.httpFor(resource as Resource & Record<string, unknown>).response?.status;
+const header = (resource: unknown, name: string) => Client.httpFor(resource as FhirResource).response?.headers.get(name);
+const status = (resource: unknown) => Client.httpFor(resource as FhirResource).response?.status;
 
 /** A Patient with an identifier no other test uses. */
 function newPatient(family = 'Kit'): Patient {
@@ -57,16 +57,18 @@ async function allPages(first: Bundle): Promise<Bundle[]> {
   }
 }
 
-/** Checks the paging of a search for `expected` (`Type/id`s) with `_count=count`; returns the matches' references. */
+const isMatch = (e: BundleEntry) => e.search?.mode !== 'include' && e.search?.mode !== 'outcome';
+
+/** Checks that the pages of a search with `_count=count` hold exactly `expected` (`Type/id`s), once each, with links to the gateway. */
 function assertPagedExactly(pages: Bundle[], expected: string[], count: number): void {
-  const matches = pages.flatMap((p) => (p.entry ?? []).filter((e) => e.search?.mode !== 'include' && e.search?.mode !== 'outcome'));
+  const matches = pages.flatMap((p) => (p.entry ?? []).filter(isMatch));
   const refs = matches.map((e) => `${e.resource!.resourceType}/${e.resource!.id}`);
   assert.equal(new Set(refs).size, refs.length, 'no resource appears on two pages');
   assert.deepEqual([...refs].sort(), [...expected].sort(), 'the pages hold exactly the expected resources');
   assert.ok(pages.length >= Math.ceil(expected.length / count), `${pages.length} pages for ${expected.length} resources at _count=${count}`);
   pages.forEach((p, i) => {
     assert.equal(p.total, expected.length, `total on page ${i + 1}`);
-    const onPage = (p.entry ?? []).filter((e) => e.search?.mode !== 'include' && e.search?.mode !== 'outcome').length;
+    const onPage = (p.entry ?? []).filter(isMatch).length;
     assert.ok(onPage <= count, `page ${i + 1} holds ${onPage} matches, more than _count=${count}`);
     for (const l of p.link ?? []) assert.ok(l.url.startsWith(`${t.baseUrl}/`), `link ${l.relation} points at the gateway's base URL`);
   });
