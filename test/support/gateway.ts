@@ -1,5 +1,7 @@
-/** An in-process gateway on a temporary data dir, driven with supertest. */
+/** An in-process gateway on a temporary data dir, driven with supertest (or over a real HTTP listener). */
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MongoClient } from 'mongodb';
@@ -23,25 +25,47 @@ export interface TestGateway {
   admin: string;
   token(scope: string, patient?: string): Promise<string>;
   http: supertest.Agent;
+  /** The FHIR base URL the gateway writes into links and Location headers. */
+  baseUrl: string;
   close(): Promise<void>;
 }
 
-/** A gateway on the embedded SQLite vault, or on MongoDB at `mongodbUri` (in a fresh database dropped on close). */
-export async function startTestGateway(opts: { mongodbUri?: string } = {}): Promise<TestGateway> {
+export interface TestGatewayOptions {
+  /** MongoDB at this URI (in a fresh database dropped on close) instead of the embedded SQLite vault. */
+  mongodbUri?: string;
+  /**
+   * Serve on a real HTTP listener on 127.0.0.1 (a free port), with the base URL pointing at it, so that
+   * FHIR clients written by others can follow its `next` links and Location headers.
+   */
+  listen?: boolean;
+}
+
+/** Listens on a free port of 127.0.0.1 with no handler yet: the gateway's base URL needs the port first. */
+async function freeListener(): Promise<{ server: Server; port: number }> {
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(0, '127.0.0.1', resolve));
+  return { server, port: (server.address() as AddressInfo).port };
+}
+
+/** A gateway on a temporary data dir (see TestGatewayOptions). */
+export async function startTestGateway(opts: TestGatewayOptions = {}): Promise<TestGateway> {
   // One consortium (of this hospital alone) per test process: the solo orderer and ledger live in the data dir.
   const consortiumDir = await testConsortium(['test-hospital']);
   const dataDir = mkdtempSync(join(tmpdir(), 'medblock-test-'));
   const mongodb = opts.mongodbUri
     ? { uri: opts.mongodbUri, database: `medblock_test_${Math.random().toString(36).slice(2, 10)}` }
     : undefined;
+  const listener = opts.listen ? await freeListener() : undefined;
+  const baseUrl = listener ? `http://127.0.0.1:${listener.port}/fhir` : 'http://gateway.test/fhir';
   const gateway = await createGateway({
-    host: '127.0.0.1', port: 0, dataDir, maxBodyBytes: 8 * 1024 * 1024,
-    baseUrl: 'http://gateway.test/fhir',
+    host: '127.0.0.1', port: listener?.port ?? 0, dataDir, maxBodyBytes: 8 * 1024 * 1024,
+    baseUrl,
     mongodb,
     hospitalId: 'test-hospital',
     masterKey: keySource(dataDir, {}),
     consortiumDir,
   });
+  listener?.server.on('request', gateway.app);
   const token = (scope: string, patient?: string) => mintToken(gateway.issuer, { subject: 'tester', scope, patient });
   return {
     gateway,
@@ -49,7 +73,12 @@ export async function startTestGateway(opts: { mongodbUri?: string } = {}): Prom
     admin: await token('user/*.cruds'),
     token,
     http: supertest.agent(gateway.app),
+    baseUrl,
     close: async () => {
+      if (listener) {
+        listener.server.closeAllConnections();
+        await new Promise<void>((resolve) => listener.server.close(() => resolve()));
+      }
       await gateway.close();
       rmSync(dataDir, { recursive: true, force: true });
       if (mongodb) {
