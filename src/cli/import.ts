@@ -8,7 +8,8 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import cliProgress from 'cli-progress';
-import { loadDevIssuer, mintToken } from '../access/tokens.ts';
+import { mintToken } from '../access/tokens.ts';
+import { gatewayDevIssuer } from './token.ts';
 import { parseScopes } from '../access/scopes.ts';
 import type { GatewayConfig } from '../config.ts';
 import type { FhirContext } from '../fhir/context.ts';
@@ -165,7 +166,7 @@ export async function runImport(
     return 1;
   }
   const target = opts.url
-    ? httpSender(opts.url, opts.token ?? (await mintToken(await loadDevIssuer(config.dataDir), { subject: 'medblock-import', scope: 'system/*.cruds', expiresIn: '2h' })))
+    ? httpSender(opts.url, opts.token ?? (await mintToken(await gatewayDevIssuer(config, 'pass --token with a token the gateway at --url accepts'), { subject: 'medblock-import', scope: 'system/*.cruds', expiresIn: '2h' })))
     : await inProcessSender(config);
   const totalBytes = files.reduce((n, f) => n + statSync(f).size, 0);
   const bar = new cliProgress.SingleBar(

@@ -15,13 +15,16 @@ export async function runToken(
  * The dev issuer key a gateway on this data dir created, for minting tokens it accepts. Without one this is
  * an error rather than a new key: no running gateway knows a key created here, so its tokens would all get 401.
  */
-export async function gatewayDevIssuer(config: GatewayConfig): Promise<DevIssuer> {
+export async function gatewayDevIssuer(
+  config: GatewayConfig,
+  lastResort = 'pass --create-key to create it here for a gateway started later on this data dir',
+): Promise<DevIssuer> {
   const keyFile = devIssuerKeyFile(config.dataDir);
   if (!existsSync(keyFile)) {
     throw new Error(
       `MEDBLOCK_DATA_DIR ${config.dataDir} has no gateway key (${keyFile}), so no gateway would accept a token ` +
         'minted now. Set MEDBLOCK_DATA_DIR to the data dir of the gateway, or start the gateway once to create ' +
-        'its key, or pass --create-key to create it here for a gateway started later on this data dir',
+        `its key, or ${lastResort}`,
     );
   }
   return loadDevIssuer(config.dataDir);

@@ -9,7 +9,7 @@ import { AnchorMismatchError, type LedgerService } from '../ledger/service.ts';
 import { ID_PATTERN, type FhirRepository } from '../fhir/repository.ts';
 import { isKnownResourceType } from '../fhir/validation/index.ts';
 import { matchRoute, routeRequest } from '../fhir/routes.ts';
-import { patchKind, PATCH_FORMATS_ACCEPTED } from '../fhir/operations/patch.ts';
+import { isPatchMediaType, PATCH_FORMATS_ACCEPTED } from '../fhir/operations/patch.ts';
 import { publicBaseUrl, type BaseUrlOptions } from './base-url.ts';
 import { log } from './log.ts';
 import type { AccessLog } from '../audit/access-log.ts';
@@ -139,7 +139,7 @@ function readBody(req: Request, method: string, path: string[]): Body {
     return { form: [...new URLSearchParams(bodyText(req))] };
   }
   if (method === 'PATCH') {
-    if (!patchKind(type)) throw errors.unsupportedMediaType(PATCH_FORMATS_ACCEPTED);
+    if (!isPatchMediaType(type)) throw errors.unsupportedMediaType(PATCH_FORMATS_ACCEPTED);
   } else if (type === FORM) {
     throw errors.unsupportedMediaType(`${FORM} is accepted only by POST [type]/_search`);
   } else if (!JSON_TYPES.has(type ?? '')) {

@@ -292,12 +292,31 @@ describe('HTTP layer', () => {
       assert.throws(() => entryPatch(binary('text/plain', [])), (e: any) => e.status === 400 && /Parameters resource .* or a Binary/.test(e.message));
     });
 
-    it('refuses other media types with 415 naming the three it takes', async () => {
+    it('refuses other media types with 415 naming the four it takes', async () => {
       const created = await create(patient('Patchtype'));
-      for (const type of ['application/json', 'text/plain', 'application/xml']) {
+      for (const type of ['text/plain', 'application/xml', 'application/octet-stream']) {
         const text = outcome(await t.http.patch(`/fhir/Patient/${created.id}`).set(auth()).set('Content-Type', type).send('[]'), 415);
-        assert.match(text, /application\/json-patch\+json.*application\/merge-patch\+json.*application\/fhir\+json/);
+        assert.match(text, /application\/json-patch\+json.*application\/merge-patch\+json.*application\/fhir\+json.*application\/json/);
       }
+    });
+
+    it('reads the format of a plain application/json PATCH from its shape (as fhirpy sends it)', async () => {
+      const created = await create(patient('Plainjson'));
+      const patchJson = (doc: unknown) =>
+        t.http.patch(`/fhir/Patient/${created.id}`).set(auth()).set('Content-Type', 'application/json').send(JSON.stringify(doc));
+      // An object without resourceType: a JSON merge patch of the named fields.
+      let res = await patchJson({ gender: 'female', active: false });
+      assert.equal(res.status, 200, res.text);
+      assert.deepEqual([body(res).gender, body(res).active, body(res).name[0].family], ['female', false, 'Plainjson']);
+      // An array: a JSON Patch.
+      res = await patchJson([{ op: 'replace', path: '/gender', value: 'male' }]);
+      assert.equal(res.status, 200, res.text);
+      assert.equal(body(res).gender, 'male');
+      // A Parameters resource: a FHIRPath Patch.
+      res = await patchJson(fhirPatch(op('replace', 'Patient.gender', { name: 'value', valueCode: 'other' })));
+      assert.equal(res.status, 200, res.text);
+      assert.equal(body(res).gender, 'other');
+      assert.equal(body(res).meta.versionId, '4');
     });
   });
 

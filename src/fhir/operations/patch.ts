@@ -18,23 +18,36 @@ import { assertAccessible, assertVersionAccessible, parseIfMatch, requireAccess,
 
 export type PatchKind = 'json-patch' | 'merge-patch' | 'fhirpath-patch';
 
-/** The media type of a PATCH body names its format. */
-const PATCH_MEDIA_TYPES = new Map<string, PatchKind>([
+/**
+ * The media type of a PATCH body names its format. Plain application/json is what some clients send
+ * (fhirpy's `save(fields=…)` sends a partial resource): its format is read from the body's shape.
+ */
+const PATCH_MEDIA_TYPES = new Map<string, PatchKind | 'by-shape'>([
   ['application/json-patch+json', 'json-patch'],
   ['application/merge-patch+json', 'merge-patch'],
   ['application/fhir+json', 'fhirpath-patch'],
+  ['application/json', 'by-shape'],
 ]);
 
 export const PATCH_FORMATS = [...PATCH_MEDIA_TYPES.keys()];
 
 /** The text of the 415 a PATCH in any other format gets. */
 export const PATCH_FORMATS_ACCEPTED =
-  'PATCH takes Content-Type application/json-patch+json (JSON Patch), application/merge-patch+json (JSON merge patch) ' +
-  'or application/fhir+json (FHIRPath Patch: a Parameters resource)';
+  'PATCH takes Content-Type application/json-patch+json (JSON Patch), application/merge-patch+json (JSON merge patch), ' +
+  'application/fhir+json (FHIRPath Patch: a Parameters resource) or application/json (an array: JSON Patch; a ' +
+  'Parameters resource: FHIRPath Patch; any other object: JSON merge patch)';
 
-/** The patch format of a media type (without parameters), if it is one the gateway applies. */
-export function patchKind(mediaType: string | undefined): PatchKind | undefined {
-  return mediaType === undefined ? undefined : PATCH_MEDIA_TYPES.get(mediaType);
+/** Whether a media type (without parameters) is one a PATCH body may have. */
+export function isPatchMediaType(mediaType: string | undefined): boolean {
+  return mediaType !== undefined && PATCH_MEDIA_TYPES.has(mediaType);
+}
+
+/** The patch format of a body of this media type, if it is one the gateway applies. */
+export function patchKind(mediaType: string | undefined, document?: unknown): PatchKind | undefined {
+  const kind = mediaType === undefined ? undefined : PATCH_MEDIA_TYPES.get(mediaType);
+  if (kind !== 'by-shape') return kind;
+  if (Array.isArray(document)) return 'json-patch';
+  return (document as { resourceType?: unknown } | undefined)?.resourceType === 'Parameters' ? 'fhirpath-patch' : 'merge-patch';
 }
 
 /** A patch whose shape is checked and whose expressions are compiled, ready to apply to a resource. */
@@ -69,8 +82,8 @@ export function preparePatch(kind: PatchKind, document: unknown): PreparedPatch 
 export function entryPatch(resource: unknown): PreparedPatch {
   const r = resource as { resourceType?: unknown; contentType?: unknown; data?: unknown } | undefined;
   if (r?.resourceType === 'Parameters') return preparePatch('fhirpath-patch', r);
-  const kind = r?.resourceType === 'Binary' && typeof r.contentType === 'string' ? patchKind(r.contentType) : undefined;
-  if (!kind || kind === 'fhirpath-patch' || typeof r?.data !== 'string') {
+  const kind = r?.resourceType === 'Binary' && typeof r.contentType === 'string' ? PATCH_MEDIA_TYPES.get(r.contentType) : undefined;
+  if ((kind !== 'json-patch' && kind !== 'merge-patch') || typeof r?.data !== 'string') {
     throw errors.notSupported(
       'a PATCH entry must carry a Parameters resource (FHIRPath Patch) or a Binary with contentType ' +
         'application/json-patch+json or application/merge-patch+json',
@@ -116,7 +129,7 @@ export const patch: Handler = async (req, ctx, { type, id }) => {
   const access = requireAccess(req, type, 'u');
   const ifMatch = parseIfMatch(req.ifMatch);
   if (req.body === undefined) throw errors.badRequest('the request has no body');
-  const kind = patchKind(req.contentType);
+  const kind = patchKind(req.contentType, req.body);
   if (!kind) throw errors.unsupportedMediaType(PATCH_FORMATS_ACCEPTED);
   const prepared = preparePatch(kind, req.body);
   const result = await ctx.repo.write((s) => patchResource(s, type, id, prepared, ifMatch, access));
