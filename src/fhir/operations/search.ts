@@ -118,19 +118,18 @@ export const systemSearch: Handler = async (req, ctx) => {
     if (!m) throw errors.badRequest('_cursor is malformed');
     cursor = { typeIndex: Number(m[1]), afterId: m[2] };
   }
-  // The shared criteria parse the same for every type; each type's query is narrowed for the caller.
-  const criteria = params.filter(([k]) => k !== '_type' && k !== '_cursor');
-  const parsed = types.map(({ type, restrict }) => {
-    const p = parseSearch(type, criteria);
-    return { ...p, query: restrict ? restrict(p.query) : p.query };
+  // The shared criteria are type-independent: parsed once, then one query per type, narrowed for the caller.
+  const parsed = parseSearch('Patient', params.filter(([k]) => k !== '_type' && k !== '_cursor'));
+  const queries = types.map(({ type, restrict }) => {
+    const query = { ...parsed.query, type };
+    return restrict ? restrict(query) : query;
   });
-  const first = parsed[0] ?? parseSearch('Patient', criteria);
-  const page = await ctx.repo.searchAcross(parsed.map((p) => p.query), {
-    limit: first.countOnly ? 0 : first.query.limit,
+  const page = await ctx.repo.searchAcross(queries, {
+    limit: parsed.countOnly ? 0 : parsed.query.limit,
     cursor,
-    withTotal: first.total !== 'none' || first.countOnly,
+    withTotal: parsed.total !== 'none' || parsed.countOnly,
   });
-  const applied: Array<[string, string]> = [...params.filter(([k]) => k === '_type'), ...first.applied];
+  const applied: Array<[string, string]> = [...params.filter(([k]) => k === '_type'), ...parsed.applied];
   const link = [{ relation: 'self', url: linkUrl(ctx.baseUrl, '', [...applied, ...(cursorValue ? [['_cursor', cursorValue] as [string, string]] : [])]) }];
   if (page.nextCursor) {
     link.push({ relation: 'next', url: linkUrl(ctx.baseUrl, '', [...applied, ['_cursor', `${page.nextCursor.typeIndex}:${page.nextCursor.afterId}`]]) });
