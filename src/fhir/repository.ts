@@ -23,7 +23,7 @@ import { errors, FhirError } from './outcome.ts';
 import { dateSortKey, parseSearch, type Cursor, type IncludeSpec, type ParsedSearch, type Predicate, type SortSpec } from './search/query.ts';
 import { normalizeReference, referenceValueTerms } from './search/terms.ts';
 import { extractTerms } from './search/terms.ts';
-import { isKnownResourceType } from './validation/index.ts';
+import { isKnownResourceType, knownResourceTypes } from './validation/index.ts';
 import { COMPARTMENT_PARAM, compartmentParams, compartmentTerm, compartmentTypes, patientCompartments } from './compartment.ts';
 
 export type FhirResource = Record<string, unknown> & { resourceType: string; id?: string; meta?: Record<string, unknown> };
@@ -567,6 +567,8 @@ export class FhirRepository {
    * $everything SHOULD return them with the record. Reads every matching resource.
    */
   private async referencedOutsideCompartment(queries: StoreQuery[], canInclude: (type: string) => boolean): Promise<string[]> {
+    // A caller who may read none of those types (a patient-bound token) is spared the scan.
+    if (!knownResourceTypes().some((t) => !compartmentParams().has(t) && canInclude(t))) return [];
     const wanted = new Set<string>();
     for (const query of queries) {
       let afterId: string | undefined;
