@@ -23,7 +23,7 @@ import { errors, FhirError } from './outcome.ts';
 import { dateSortKey, parseSearch, type Cursor, type IncludeSpec, type ParsedSearch, type Predicate, type SortSpec } from './search/query.ts';
 import { normalizeReference, referenceValueTerms } from './search/terms.ts';
 import { extractTerms } from './search/terms.ts';
-import { isKnownResourceType } from './validation/index.ts';
+import { isKnownResourceType, knownResourceTypes } from './validation/index.ts';
 import { COMPARTMENT_PARAM, compartmentParams, compartmentTerm, compartmentTypes, patientCompartments } from './compartment.ts';
 
 export type FhirResource = Record<string, unknown> & { resourceType: string; id?: string; meta?: Record<string, unknown> };
@@ -57,11 +57,16 @@ const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
 export function assertResourceType(type: string): void {
-  if (!isKnownResourceType(type)) throw errors.notFound(`'${type}' is not a FHIR R4 resource type`);
+  if (!isKnownResourceType(type)) throw errors.notFound('the URL or body names no FHIR R4 resource type');
 }
 
 export function assertId(id: string): void {
-  if (!ID_PATTERN.test(id)) throw errors.badRequest(`'${id.slice(0, 70)}' is not a valid resource id`);
+  if (!ID_PATTERN.test(id)) throw errors.badRequest('the resource id is not valid (1-64 of A-Z a-z 0-9 - .)');
+}
+
+/** The 404 text for a resource that is not there (the same whoever asks, and without its id). */
+export function unknownResource(type: string): string {
+  return `no ${type} with this id is known`;
 }
 
 function toVersion(stored: VersionRecord & { anchor?: AnchorLocation }): ResourceVersion {
@@ -108,6 +113,15 @@ export interface SearchPage {
   warnings: string[];
 }
 
+/** A position in a paging over several types: the query's index in the list and the last id returned. */
+export interface TypeCursor {
+  typeIndex: number;
+  afterId: string;
+}
+
+/** A position in $everything: among the compartment resources, or among the referenced ones (by `Type/id`). */
+export type EverythingCursor = ({ phase: 'compartment' } & TypeCursor) | { phase: 'referenced'; afterKey: string };
+
 export interface SearchOptions {
   /** This server's FHIR base: absolute references to it count as local. */
   baseUrl?: string;
@@ -118,6 +132,8 @@ export interface SearchOptions {
   restrictFor?: (type: string) => ((query: StoreQuery) => StoreQuery) | undefined;
   /** Whether an included resource may be returned to the caller (others are dropped). */
   canInclude?: (v: ResourceVersion) => boolean;
+  /** `Prefer: handling=`: lenient leaves unknown or unsupported parameters out instead of a 400. */
+  handling?: 'strict' | 'lenient';
 }
 
 /** Candidates scanned in one store round trip when a post-filter or an in-memory sort runs. */
@@ -275,20 +291,20 @@ export class FhirRepository {
     assertResourceType(type);
     assertId(id);
     const stored = await this.store.current(type, id);
-    if (!stored) throw errors.notFound(`${type}/${id} is not known`);
-    if (stored.erased) throw erasedError(type, id);
-    if (stored.deleted) throw goneError(type, id, stored.versionId);
+    if (!stored) throw errors.notFound(unknownResource(type));
+    if (stored.erased) throw erasedError(type);
+    if (stored.deleted) throw goneError(type, stored.versionId);
     return toVersion(stored);
   }
 
   async vread(type: string, id: string, versionId: string): Promise<ResourceVersion> {
     assertResourceType(type);
     assertId(id);
-    if (!/^[1-9]\d{0,15}$/.test(versionId)) throw errors.notFound(`${type}/${id} has no version '${versionId}'`);
-    const stored = await this.store.version(type, id, Number(versionId));
-    if (!stored) throw errors.notFound(`${type}/${id} has no version ${versionId}`);
-    if (stored.erased) throw erasedError(type, id);
-    if (stored.deleted) throw goneError(type, id, stored.versionId);
+    const n = /^[1-9]\d{0,15}$/.test(versionId) ? Number(versionId) : NaN;
+    const stored = Number.isSafeInteger(n) ? await this.store.version(type, id, n) : undefined;
+    if (!stored) throw errors.notFound(`this ${type} has no such version`);
+    if (stored.erased) throw erasedError(type);
+    if (stored.deleted) throw goneError(type, stored.versionId);
     return toVersion(stored);
   }
 
@@ -309,11 +325,11 @@ export class FhirRepository {
     options: SearchOptions = {},
   ): Promise<SearchPage> {
     assertResourceType(type);
-    const parsed = parseSearch(type, params, { baseUrl: options.baseUrl });
+    const parsed = parseSearch(type, params, { baseUrl: options.baseUrl, handling: options.handling });
     const { countOnly, applied } = parsed;
     const resolved = await resolveChains(this.store, parsed, options);
     const warnings: string[] = [];
-    if (!resolved) return { versions: [], included: [], total: 0, applied, warnings };
+    if (!resolved) return { versions: [], included: [], total: parsed.total === 'none' ? undefined : 0, applied, warnings };
     const query = restrict ? restrict(resolved) : resolved;
     const filter = parsed.postFilter;
     const limit = query.limit;
@@ -323,6 +339,16 @@ export class FhirRepository {
       if (total === undefined) throw tooCostly(`counting needs to check more than ${MAX_SCAN} candidates; narrow the search`);
       return { versions: [], included: [], total, applied, warnings };
     }
+    // The total of every page, as `_total` asks (see docs/search.md).
+    const pageTotal = async (): Promise<number | undefined> => {
+      if (parsed.total === 'none') return undefined;
+      const exact = await countMatches(this.store, query, filter, MAX_SCAN);
+      if (exact !== undefined) return exact;
+      if (parsed.total === 'accurate') throw tooCostly(`an accurate total needs to check more than ${MAX_SCAN} candidates; narrow the search or ask _total=estimate`);
+      if (parsed.total === 'estimate') return this.store.count(query);
+      warnings.push(`total left out: counting needs to check more than ${MAX_SCAN} candidates (_total=estimate gives an upper bound)`);
+      return undefined;
+    };
 
     let versions: ResourceVersion[];
     let total: number | undefined;
@@ -350,10 +376,10 @@ export class FhirRepository {
       const start = from < 0 ? items.length : from;
       const page = items.slice(start, start + limit);
       versions = page.map((i) => toVersion(i.row));
-      total = items.length;
+      total = parsed.total === 'none' ? undefined : items.length;
       if (start + limit < items.length && page.length > 0) nextCursor = encodeSortCursor(page[page.length - 1]);
     } else if (!filter) {
-      total = query.afterId === undefined ? await this.store.count(query) : undefined;
+      total = await pageTotal();
       if (limit === 0) return { versions: [], included: [], total, applied, warnings };
       const rows = await this.store.search({ ...query, limit: limit + 1 });
       const hasMore = rows.length > limit;
@@ -361,7 +387,7 @@ export class FhirRepository {
       versions = page.filter((r) => !r.erased).map(toVersion);
       nextCursor = hasMore ? page[page.length - 1].id : undefined;
     } else {
-      total = query.afterId === undefined ? await countMatches(this.store, query, filter, MAX_SCAN) : undefined;
+      total = await pageTotal();
       if (limit === 0) return { versions: [], included: [], total, applied, warnings };
       const page: StoredVersion[] = [];
       let lastConsumed = query.afterId;
@@ -454,8 +480,50 @@ export class FhirRepository {
   }
 
   /**
-   * `Patient/[id]/$everything`: the Patient, then every resource of its compartment type by type (in
-   * compartmentTypes() order) and by id within a type, so the cursor `<type index>:<last id>` pages stably.
+   * Current resources of several queries (one per type), paged query after query and by id within one, so
+   * the cursor `{typeIndex, afterId}` (the position of the last resource returned) pages stably.
+   */
+  private async pageAcross(queries: StoreQuery[], limit: number, cursor?: TypeCursor): Promise<{ versions: ResourceVersion[]; nextCursor?: TypeCursor }> {
+    const versions: ResourceVersion[] = [];
+    let last = cursor;
+    let afterId = cursor?.afterId;
+    for (let typeIndex = cursor?.typeIndex ?? 0; typeIndex < queries.length; typeIndex++, afterId = undefined) {
+      const room = limit - versions.length;
+      const rows = await this.store.search({ ...queries[typeIndex], afterId, limit: room + 1 });
+      const taken = rows.slice(0, room);
+      versions.push(...taken.filter((r) => !r.erased).map(toVersion));
+      if (taken.length > 0) last = { typeIndex, afterId: taken[taken.length - 1].id };
+      // A full page resumes after its last resource (which may lie in an earlier query).
+      if (rows.length > room) return { versions, nextCursor: last };
+    }
+    return { versions };
+  }
+
+  /** Number of current resources matching any of the queries (each query is of its own type). */
+  private async countAcross(queries: StoreQuery[]): Promise<number> {
+    const counts = await Promise.all(queries.map((q) => this.store.count(q)));
+    return counts.reduce((a, b) => a + b, 0);
+  }
+
+  /**
+   * System search (`GET [base]?_type=…`): the resources of several types matching store-native criteria
+   * (`_id`, `_lastUpdated`), paged type after type. `total` counts every type's matches (one count each).
+   */
+  async searchAcross(
+    queries: StoreQuery[],
+    options: { limit: number; cursor?: TypeCursor; withTotal: boolean },
+  ): Promise<{ versions: ResourceVersion[]; total?: number; nextCursor?: TypeCursor }> {
+    const total = options.withTotal ? await this.countAcross(queries) : undefined;
+    if (options.limit === 0) return { versions: [], total };
+    return { ...(await this.pageAcross(queries, options.limit, options.cursor)), total };
+  }
+
+  /**
+   * `Patient/[id]/$everything`: the Patient, then every resource of its compartment types (in
+   * compartmentTypes() order, by id within a type), then the resources they refer to that no compartment
+   * can hold (Practitioner, Organization, Location, Medication …) in `Type/id` order, each once, as
+   * `included`. A page holds at most `limit` entries of both kinds; the cursor is the position in that order,
+   * so the pages never repeat an entry. `total` counts the compartment resources (the matches).
    */
   async everything(
     patientId: string,
@@ -463,58 +531,66 @@ export class FhirRepository {
       since?: string;
       types?: string[];
       limit: number;
-      cursor?: { typeIndex: number; afterId: string };
+      cursor?: EverythingCursor;
       /** Whether resources of a type outside the compartment may be included (the caller's access). */
       canInclude: (type: string) => boolean;
     },
-  ): Promise<{ versions: ResourceVersion[]; included: ResourceVersion[]; nextCursor?: string }> {
-    const { versions, nextCursor } = await this.compartmentPage(patientId, options);
-    return { versions, included: await this.referencedOutsideCompartment(versions, options.canInclude), nextCursor };
-  }
-
-  private async compartmentPage(
-    patientId: string,
-    options: { since?: string; types?: string[]; limit: number; cursor?: { typeIndex: number; afterId: string } },
-  ): Promise<{ versions: ResourceVersion[]; nextCursor?: string }> {
-    const patient = await this.read('Patient', patientId);
-    const types = compartmentTypes().filter((t) => !options.types || options.types.includes(t));
+  ): Promise<{ versions: ResourceVersion[]; included: ResourceVersion[]; total: number; nextCursor?: EverythingCursor }> {
+    await this.read('Patient', patientId);
     const since = options.since ? [{ op: 'ge' as const, value: options.since }] : [];
-    const versions: ResourceVersion[] = [];
-    let { typeIndex, afterId } = options.cursor ?? { typeIndex: 0, afterId: undefined as string | undefined };
-    // Position of the last resource returned: the next page starts after it.
-    let last = options.cursor && `${options.cursor.typeIndex}:${options.cursor.afterId}`;
-    for (; typeIndex < types.length; typeIndex++, afterId = undefined) {
-      const type = types[typeIndex];
-      const room = options.limit - versions.length;
-      const query: StoreQuery =
+    const queries: StoreQuery[] = compartmentTypes()
+      .filter((t) => !options.types || options.types.includes(t))
+      .map((type) =>
         type === 'Patient'
-          ? { type, ids: [patientId], clauses: [], lastUpdated: since, afterId, limit: room + 1 }
-          : { type, clauses: [{ param: COMPARTMENT_PARAM, anyOf: [compartmentTerm(patientId)] }], lastUpdated: since, afterId, limit: room + 1 };
-      const rows = type === 'Patient' && !since.length && afterId === undefined ? [patient] : (await this.store.search(query)).filter((r) => !r.erased).map(toVersion);
-      if (rows.length > room) {
-        versions.push(...rows.slice(0, room));
-        if (room > 0) last = `${typeIndex}:${versions[versions.length - 1].id}`;
-        return { versions, nextCursor: last };
-      }
-      versions.push(...rows);
-      if (rows.length > 0) last = `${typeIndex}:${rows[rows.length - 1].id}`;
+          ? { type, ids: [patientId], clauses: [], lastUpdated: since, limit: 0 }
+          : { type, clauses: [{ param: COMPARTMENT_PARAM, anyOf: [compartmentTerm(patientId)] }], lastUpdated: since, limit: 0 },
+      );
+    const total = await this.countAcross(queries);
+    const cursor = options.cursor;
+    let versions: ResourceVersion[] = [];
+    if (cursor?.phase !== 'referenced') {
+      const page = await this.pageAcross(queries, options.limit, cursor);
+      if (page.nextCursor) return { versions: page.versions, included: [], total, nextCursor: { phase: 'compartment', ...page.nextCursor } };
+      versions = page.versions;
     }
-    return { versions };
+    const room = options.limit - versions.length;
+    const after = cursor?.phase === 'referenced' ? cursor.afterKey : '';
+    const keys = (await this.referencedOutsideCompartment(queries, options.canInclude)).filter((k) => k > after);
+    const included = await this.currentOf(keys.slice(0, room));
+    const nextCursor: EverythingCursor | undefined =
+      keys.length > room ? { phase: 'referenced', afterKey: room > 0 ? keys[room - 1] : after } : undefined;
+    return { versions, included, total, nextCursor };
   }
 
   /**
-   * The resources a page refers to that no patient compartment can hold (Practitioner, Organization,
-   * Location, Medication …), once per page: $everything SHOULD return them with the record.
+   * The `Type/id`s, sorted, that the queries' resources refer to and that no patient compartment can hold:
+   * $everything SHOULD return them with the record. Reads every matching resource.
    */
-  private async referencedOutsideCompartment(page: ResourceVersion[], canInclude: (type: string) => boolean): Promise<ResourceVersion[]> {
+  private async referencedOutsideCompartment(queries: StoreQuery[], canInclude: (type: string) => boolean): Promise<string[]> {
+    // A caller who may read none of those types (a patient-bound token) is spared the scan.
+    if (!knownResourceTypes().some((t) => !compartmentParams().has(t) && canInclude(t))) return [];
     const wanted = new Set<string>();
-    for (const v of page) {
-      // Stored JSON is compact, so a reference is exactly `"reference":"Type/id"` (relative, local).
-      for (const m of v.json?.matchAll(/"reference":"([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[A-Za-z0-9\-.]{1,64})?"/g) ?? []) {
-        if (!compartmentParams().has(m[1]) && canInclude(m[1])) wanted.add(`${m[1]}/${m[2]}`);
+    for (const query of queries) {
+      let afterId: string | undefined;
+      for (;;) {
+        const rows = await this.store.search({ ...query, afterId, limit: SCAN_CHUNK });
+        for (const row of rows) {
+          // Stored JSON is compact, so a reference is exactly `"reference":"Type/id"` (relative, local).
+          const json = row.content && !row.erased ? decoder.decode(row.content) : '';
+          for (const m of json.matchAll(/"reference":"([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[A-Za-z0-9\-.]{1,64})?"/g)) {
+            if (!compartmentParams().has(m[1]) && canInclude(m[1])) wanted.add(`${m[1]}/${m[2]}`);
+          }
+        }
+        if (rows.length < SCAN_CHUNK) break;
+        afterId = rows[rows.length - 1].id;
       }
     }
-    const rows = await Promise.all([...wanted].map((key) => {
+    return [...wanted].sort();
+  }
+
+  /** The current, live versions of `Type/id` keys, in their order (missing, deleted and erased ones left out). */
+  private async currentOf(keys: string[]): Promise<ResourceVersion[]> {
+    const rows = await Promise.all(keys.map((key) => {
       const [type, id] = key.split('/');
       return this.store.current(type, id);
     }));
@@ -532,21 +608,26 @@ export class FhirRepository {
     return this.writeLock.run(async () => {
       await Promise.allSettled(this.inflight.map((s) => s.durable));
       const current = await this.store.current('Patient', patientId);
-      if (!current) throw errors.notFound(`Patient/${patientId} is not known`);
+      if (!current) throw errors.notFound(unknownResource('Patient'));
       return store.eraseOwner(compartmentTerm(patientId), new Date().toISOString());
     });
   }
 
-  async history(query: HistoryQuery): Promise<{ versions: Array<ResourceVersion & { seq: number }>; nextCursor?: number }> {
+  /**
+   * A page of history, newest first, with the total number of versions in the range (erased versions are
+   * counted but left out of the page: their content is gone).
+   */
+  async history(query: HistoryQuery): Promise<{ versions: Array<ResourceVersion & { seq: number }>; total: number; nextCursor?: number }> {
     if (query.type) assertResourceType(query.type);
     if (query.id) assertId(query.id);
-    const rows = await this.store.history({ ...query, limit: query.limit + 1 });
+    const [rows, total] = await Promise.all([this.store.history({ ...query, limit: query.limit + 1 }), this.store.countHistory(query)]);
     const hasMore = rows.length > query.limit;
     const page = hasMore ? rows.slice(0, query.limit) : rows;
     return {
+      total,
       // Erased versions are left out; the cursor still moves past them.
       versions: page.filter((r) => !r.erased).map((r) => ({ ...toVersion(r), seq: r.seq })),
-      nextCursor: hasMore ? page[page.length - 1].seq : undefined,
+      nextCursor: hasMore && page.length > 0 ? page[page.length - 1].seq : undefined,
     };
   }
 
@@ -597,12 +678,12 @@ export class FhirRepository {
   }
 }
 
-function erasedError(type: string, id: string): FhirError {
-  return errors.gone(`${type}/${id} was erased at the patient's request: its content is destroyed and cannot be recovered`);
+function erasedError(type: string): FhirError {
+  return errors.gone(`this ${type} was erased at the patient's request: its content is destroyed and cannot be recovered`);
 }
 
-function goneError(type: string, id: string, versionId: number): FhirError {
-  const e = errors.gone(`${type}/${id} was deleted`);
+function goneError(type: string, versionId: number): FhirError {
+  const e = errors.gone(`this ${type} was deleted`);
   return new FhirError(e.status, e.issues, { ETag: `W/"${versionId}"` });
 }
 
@@ -825,7 +906,7 @@ function localReference(ref: string, baseUrl: string | undefined): string | unde
 const SUBSETTED = { system: 'http://terminology.hl7.org/CodeSystem/v3-ObservationValue', code: 'SUBSETTED' };
 
 /** `_elements`: the resource with only the listed top-level elements (plus id and meta), tagged SUBSETTED. */
-function subsetted(v: ResourceVersion, elements: string[], parsed?: Record<string, unknown>): ResourceVersion {
+export function subsetted(v: ResourceVersion, elements: string[], parsed?: Record<string, unknown>): ResourceVersion {
   const resource = parsed ?? parseVersion(v);
   const keep = new Set(elements);
   const out: Record<string, unknown> = {};

@@ -12,7 +12,7 @@ import { vread } from './operations/vread.ts';
 import { update, updateConditional } from './operations/update.ts';
 import { patch } from './operations/patch.ts';
 import { remove, removeConditional } from './operations/delete.ts';
-import { search } from './operations/search.ts';
+import { compartmentSearch, search, systemSearch } from './operations/search.ts';
 import { instanceHistory, systemHistory, typeHistory } from './operations/history.ts';
 import { validate } from './operations/validate.ts';
 import { everything } from './operations/everything.ts';
@@ -29,18 +29,24 @@ export interface Route {
 }
 
 export const ROUTES: Route[] = [
+  // The whole server
   { method: 'GET', pattern: 'metadata', handler: capabilities, interaction: 'capabilities' },
+  { method: 'GET', pattern: '', handler: systemSearch, interaction: 'search-system' },
   { method: 'POST', pattern: '', handler: processBundle, interaction: 'batch/transaction' },
+  { method: 'POST', pattern: '_search', handler: systemSearch, interaction: 'search-system' },
   { method: 'GET', pattern: '_history', handler: systemHistory, interaction: 'history-system' },
   { method: 'GET', pattern: '$checkpoint', handler: checkpoint, interaction: 'ledger-checkpoint' },
   { method: 'GET', pattern: '$consistency', handler: consistency, interaction: 'ledger-consistency' },
+  // A type
   { method: 'GET', pattern: ':type', handler: search, interaction: 'search-type' },
   { method: 'POST', pattern: ':type', handler: create, interaction: 'create' },
   { method: 'PUT', pattern: ':type?', handler: updateConditional, interaction: 'conditional-update' },
   { method: 'DELETE', pattern: ':type?', handler: removeConditional, interaction: 'conditional-delete' },
+  { method: 'POST', pattern: ':type/_search', handler: search, interaction: 'search-type' },
   { method: 'GET', pattern: ':type/_history', handler: typeHistory, interaction: 'history-type' },
   { method: 'POST', pattern: ':type/_search', handler: search, interaction: 'search-type' },
   { method: 'POST', pattern: ':type/$validate', handler: validate, interaction: 'validate' },
+  // One resource
   { method: 'GET', pattern: ':type/:id', handler: read, interaction: 'read' },
   { method: 'PUT', pattern: ':type/:id', handler: update, interaction: 'update' },
   { method: 'PATCH', pattern: ':type/:id', handler: patch, interaction: 'patch' },
@@ -49,8 +55,11 @@ export const ROUTES: Route[] = [
   { method: 'GET', pattern: ':type/:id/_history/:vid', handler: vread, interaction: 'vread' },
   { method: 'GET', pattern: ':type/:id/_history/:vid/$proof', handler: proof, interaction: 'proof' },
   { method: 'POST', pattern: ':type/:id/$validate', handler: validate, interaction: 'validate' },
+  // A patient's compartment
   { method: 'GET', pattern: 'Patient/:id/$everything', handler: everything, interaction: 'everything' },
+  { method: 'POST', pattern: 'Patient/:id/$everything', handler: everything, interaction: 'everything' },
   { method: 'POST', pattern: 'Patient/:id/$erase', handler: erase, interaction: 'erase' },
+  { method: 'GET', pattern: 'Patient/:id/:type', handler: compartmentSearch, interaction: 'search-compartment' },
 ];
 
 interface Match {

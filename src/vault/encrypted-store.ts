@@ -149,6 +149,10 @@ export class EncryptedStore implements ErasableStore {
     return Promise.all(rows.map((r) => this.unseal(r)));
   }
 
+  countHistory(query: HistoryQuery): Promise<number> {
+    return this.inner.countHistory(query);
+  }
+
   unanchored(query: { afterSeq?: number; limit: number }): Promise<UnanchoredVersion[]> {
     return this.inner.unanchored(query);
   }

@@ -183,6 +183,8 @@ export interface ResourceStore {
   count(query: StoreQuery): Promise<number>;
   /** Versions newest first. */
   history(query: HistoryQuery): Promise<StoredVersion[]>;
+  /** Number of versions history() would return for the query (ignores limit and cursor). */
+  countHistory(query: HistoryQuery): Promise<number>;
 
   /** Stores a new wrapped data key unless one with its id exists; returns the entry that is stored. */
   insertKey(key: NewKey): Promise<KeyEntry>;

@@ -24,7 +24,7 @@ forEachStore((start) => {
   const auth = () => ({ Authorization: `Bearer ${t.admin}` });
   const get = (path: string) => t.http.get(`/fhir/${path}`).set(auth());
 
-  /** Every match of a search, following next links; asserts no page repeats a resource. */
+  /** Every match of a search, following next links; asserts no page repeats a resource and every page has the total. */
   async function searchAll(path: string, token?: string): Promise<{ ids: string[]; included: R[]; pages: number; total?: number }> {
     const ids: string[] = [];
     const included: R[] = [];
@@ -36,6 +36,7 @@ forEachStore((start) => {
       assert.equal(res.status, 200, `${url}: ${res.text}`);
       const bundle = body(res);
       if (pages === 0) total = bundle.total;
+      else assert.equal(bundle.total, total, `${url}: every page carries the same total`);
       pages++;
       for (const e of bundle.entry ?? []) {
         if (e.search.mode === 'match') ids.push(e.resource.id);

@@ -50,6 +50,30 @@ describe('search parameters', () => {
     }
   });
 
+  it('lenient handling leaves out unsupported parameters (and out of applied), but not malformed values', () => {
+    const parsed = parseSearch('Observation', [['foo', 'bar'], ['code', 'x'], ['value-string:contains', 'y'], ['_has:Observation:patient:code', 'z']], { handling: 'lenient' });
+    assert.deepEqual(parsed.applied, [['code', 'x']]);
+    assert.deepEqual(parsed.query.clauses, [{ param: 'code', anyOf: ['x'] }]);
+    for (const params of [[['date', 'yesterday']], [['_count', '-1']], [['_id', 'a b']]]) {
+      assert.throws(() => parseSearch('Observation', params as Array<[string, string]>, { handling: 'lenient' }), (e: { status?: number }) => e.status === 400);
+    }
+  });
+
+  it('_total and _totalMethod, _elements with id and resourceType, numbers beyond 2^53', () => {
+    assert.equal(parseSearch('Patient', [['_total', 'none']]).total, 'none');
+    assert.equal(parseSearch('Patient', [['_totalMethod', 'count']]).total, 'accurate');
+    assert.equal(parseSearch('Patient', []).total, undefined);
+    assert.deepEqual(parseSearch('Patient', [['_elements', 'id,resourceType,name']]).elements, ['name']);
+    assert.deepEqual(parseSearch('Observation', [['_elements', 'id,subject']]).elements?.sort(), ['code', 'status', 'subject']);
+    assert.equal(parseSearch('Observation', [['value-quantity', 'le9007199254740992']]).query.clauses.length, 1);
+    for (const params of [
+      [['_total', 'count']], [['_totalMethod', 'accurate']], [['_elements', '-name']], [['_count', '9007199254740993']],
+      [['value-quantity', '9007199254740993']], [['value-quantity', '-1e16']], [['_sort', 'date'], ['_cursor', 'k99999999999999999.x']],
+    ]) {
+      assert.throws(() => parseSearch('Observation', params as Array<[string, string]>), (e: { status?: number }) => e.status === 400, JSON.stringify(params));
+    }
+  });
+
   it('extracts token terms for every query form and reference terms without version or base', () => {
     const terms = extractTerms('Observation', {
       resourceType: 'Observation',

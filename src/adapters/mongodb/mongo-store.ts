@@ -362,6 +362,14 @@ export class CommitOutcomeUnknownError extends Error {
   }
 }
 
+function historyFilter(query: HistoryQuery): Filter<VersionDoc> {
+  const filter: Filter<VersionDoc> = {};
+  if (query.type !== undefined) filter.type = query.type;
+  if (query.id !== undefined) filter.id = query.id;
+  if (query.since !== undefined) filter.lastUpdated = { $gte: query.since };
+  return filter;
+}
+
 export class MongoStore implements ResourceStore {
   /** Each commit() stands alone: a caller waits for one batch before depending on it. */
   readonly pipelinedCommits = false;
@@ -763,10 +771,7 @@ export class MongoStore implements ResourceStore {
     let beforeSeq = query.beforeSeq;
     // Versions beyond their pointer (in flight, left over) are skipped; pages are refilled past them.
     for (;;) {
-      const filter: Filter<VersionDoc> = {};
-      if (query.type !== undefined) filter.type = query.type;
-      if (query.id !== undefined) filter.id = query.id;
-      if (query.since !== undefined) filter.lastUpdated = { $gte: query.since };
+      const filter = historyFilter(query);
       if (beforeSeq !== undefined) filter.seq = { $lt: beforeSeq };
       const want = query.limit - result.length;
       const docs = await this.versions.find(filter).sort({ seq: -1 }).limit(want).toArray();
@@ -779,6 +784,11 @@ export class MongoStore implements ResourceStore {
       if (docs.length < want || result.length >= query.limit) return result;
       beforeSeq = docs[docs.length - 1].seq;
     }
+  }
+
+  /** Counts the versions written, including those of a batch still in flight (history() skips them). */
+  async countHistory(query: HistoryQuery): Promise<number> {
+    return this.versions.countDocuments(historyFilter(query));
   }
 
   // ------------------------------------------------------------------------------------------ anchor outbox

@@ -351,28 +351,38 @@ export class SqliteStore implements ResourceStore {
   }
 
   async history(query: HistoryQuery): Promise<StoredVersion[]> {
-    const parts: string[] = [];
-    const params: unknown[] = [];
-    if (query.type !== undefined) {
-      parts.push('v.type = ?');
-      params.push(query.type);
-    }
-    if (query.id !== undefined) {
-      parts.push('v.id = ?');
-      params.push(query.id);
-    }
-    if (query.since !== undefined) {
-      parts.push('v.last_updated >= ?');
-      params.push(query.since);
-    }
-    if (query.beforeSeq !== undefined) {
-      parts.push('v.seq < ?');
-      params.push(query.beforeSeq);
-    }
-    const where = parts.length ? `WHERE ${parts.join(' AND ')}` : '';
+    const { where, params } = historyWhere(query, true);
     const rows = this.db
       .prepare(`SELECT ${VERSION_COLUMNS} FROM versions v ${where} ORDER BY v.seq DESC LIMIT ?`)
       .all(...params, query.limit) as VersionRow[];
     return rows.map(toStored);
   }
+
+  async countHistory(query: HistoryQuery): Promise<number> {
+    const { where, params } = historyWhere(query, false);
+    return (this.db.prepare(`SELECT COUNT(*) AS n FROM versions v ${where}`).get(...params) as { n: number }).n;
+  }
+}
+
+/** WHERE of a history query (the seq cursor only when paging). */
+function historyWhere(query: HistoryQuery, withCursor: boolean): { where: string; params: unknown[] } {
+  const parts: string[] = [];
+  const params: unknown[] = [];
+  if (query.type !== undefined) {
+    parts.push('v.type = ?');
+    params.push(query.type);
+  }
+  if (query.id !== undefined) {
+    parts.push('v.id = ?');
+    params.push(query.id);
+  }
+  if (query.since !== undefined) {
+    parts.push('v.last_updated >= ?');
+    params.push(query.since);
+  }
+  if (withCursor && query.beforeSeq !== undefined) {
+    parts.push('v.seq < ?');
+    params.push(query.beforeSeq);
+  }
+  return { where: parts.length ? `WHERE ${parts.join(' AND ')}` : '', params };
 }

@@ -17,6 +17,9 @@ const COMMON_SEARCH = [
   },
 ];
 
+/** A search across types (`GET [base]?_type=…`) takes the criteria every type shares. */
+const SYSTEM_SEARCH = COMMON_SEARCH.map((p) => ({ ...p, documentation: p.documentation.replace('; sortable', '') }));
+
 const HOW: Record<IndexedParam['type'], string> = {
   token: 'system|code, code or |code; :not',
   reference: 'Type/id, id, absolute URL; :Type; chained one level (param.name, param:Type.name)',
@@ -103,7 +106,9 @@ function build(): object {
             ],
           };
         }),
-        interaction: [{ code: 'transaction' }, { code: 'batch' }, { code: 'history-system' }],
+        interaction: [{ code: 'transaction' }, { code: 'batch' }, { code: 'history-system' }, { code: 'search-system' }],
+        searchParam: SYSTEM_SEARCH,
+        compartment: ['http://hl7.org/fhir/CompartmentDefinition/patient'],
       },
     ],
   };

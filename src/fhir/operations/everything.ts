@@ -1,22 +1,64 @@
 import { authorize, type Access } from '../../access/policy.ts';
-import type { Handler } from '../context.ts';
+import type { FhirRequest, Handler } from '../context.ts';
 import { serializeBundle } from '../bundle-json.ts';
 import { compartmentTypes } from '../compartment.ts';
 import { FhirError, errors } from '../outcome.ts';
-import { assertId } from '../repository.ts';
-import { MAX_PAGE_SIZE, sinceInstant } from '../search/query.ts';
+import { assertId, type EverythingCursor } from '../repository.ts';
+import { MAX_PAGE_SIZE, parseCount, sinceInstant } from '../search/query.ts';
 import { requireAccess } from './common.ts';
 
-/** $everything returns whole records: one page holds up to MAX_PAGE_SIZE resources unless _count asks for fewer. */
-function parseEverythingParams(query: Array<[string, string]>) {
-  const out: { since?: string; types?: string[]; limit: number; cursor?: { typeIndex: number; afterId: string }; applied: Array<[string, string]> } = {
-    limit: MAX_PAGE_SIZE,
-    applied: [],
-  };
-  for (const [key, value] of query) {
+const PARAMS = ['_since', '_type', '_count'];
+const CURSOR = /^(?:(\d{1,3}):([A-Za-z0-9\-.]{1,64})|r:((?:[A-Z][A-Za-z]{0,63}\/[A-Za-z0-9\-.]{1,64})?))$/;
+
+function parseCursor(value: string): EverythingCursor {
+  const m = CURSOR.exec(value);
+  if (!m) throw errors.badRequest('_cursor is malformed');
+  return m[1] !== undefined ? { phase: 'compartment', typeIndex: Number(m[1]), afterId: m[2] } : { phase: 'referenced', afterKey: m[3] };
+}
+
+function formatCursor(c: EverythingCursor): string {
+  return c.phase === 'compartment' ? `${c.typeIndex}:${c.afterId}` : `r:${c.afterKey}`;
+}
+
+/**
+ * The operation's parameters: from the query, and for POST also from a Parameters body (valueInstant,
+ * valueDateTime, valueString, valueCode, valueInteger, valuePositiveInt). Unknown ones follow Prefer: handling.
+ */
+function parameterPairs(req: FhirRequest): Array<[string, string]> {
+  const pairs = [...req.query];
+  if (req.method !== 'POST' || req.body === undefined) return pairs;
+  const body = req.body as { resourceType?: unknown; parameter?: unknown };
+  if (typeof body !== 'object' || body === null || body.resourceType !== 'Parameters') {
+    throw errors.badRequest('the body of POST $everything must be a Parameters resource');
+  }
+  if (body.parameter !== undefined && !Array.isArray(body.parameter)) throw errors.badRequest('Parameters.parameter must be an array');
+  for (const p of (body.parameter ?? []) as Array<Record<string, unknown> | null>) {
+    const name = p?.name;
+    if (typeof name !== 'string') throw errors.badRequest('every Parameters.parameter needs a name');
+    const valueKey = Object.keys(p!).find((k) => k.startsWith('value'));
+    const value = valueKey === undefined ? undefined : p![valueKey];
+    if (typeof value !== 'string' && typeof value !== 'number') {
+      throw errors.badRequest(`Parameters.parameter '${name.slice(0, 64)}' needs a primitive value`);
+    }
+    pairs.push([name, String(value)]);
+  }
+  return pairs;
+}
+
+interface EverythingParams {
+  since?: string;
+  types?: string[];
+  limit: number;
+  cursor?: EverythingCursor;
+  applied: Array<[string, string]>;
+}
+
+/** $everything returns whole records: one page holds up to MAX_PAGE_SIZE entries unless _count asks for fewer. */
+function parseEverythingParams(req: FhirRequest): EverythingParams {
+  const out: EverythingParams = { limit: MAX_PAGE_SIZE, applied: [] };
+  for (const [key, value] of parameterPairs(req)) {
     if (key === '_count') {
-      if (!/^\d+$/.test(value) || Number(value) < 1) throw errors.badRequest('_count must be a positive integer');
-      out.limit = Math.min(Number(value), MAX_PAGE_SIZE);
+      out.limit = parseCount(value, false);
       out.applied.push([key, String(out.limit)]);
     } else if (key === '_since') {
       out.since = sinceInstant(value);
@@ -24,25 +66,22 @@ function parseEverythingParams(query: Array<[string, string]>) {
     } else if (key === '_type') {
       const types = value.split(',').map((t) => t.trim());
       const known = compartmentTypes();
-      const outside = types.filter((t) => !known.includes(t));
-      if (outside.length > 0) {
-        throw errors.badRequest(`_type: ${outside.map((t) => `'${t.slice(0, 64)}'`).join(', ')} cannot be in a patient compartment`);
-      }
+      if (!types.every((t) => known.includes(t))) throw errors.badRequest('_type: every type must be one that a patient compartment can hold');
       out.types = [...new Set([...(out.types ?? []), ...types])];
       out.applied.push([key, value]);
     } else if (key === '_cursor') {
-      const m = /^(\d{1,3}):([A-Za-z0-9\-.]{1,64})$/.exec(value);
-      if (!m) throw errors.badRequest('_cursor is malformed');
-      out.cursor = { typeIndex: Number(m[1]), afterId: m[2] };
-    } else if (key !== '_format' && key !== '_pretty') {
-      throw errors.notSupported(`$everything parameter '${key.slice(0, 64)}' is not supported (supported: _since, _type, _count)`);
+      out.cursor = parseCursor(value);
+    } else if (key !== '_format' && key !== '_pretty' && req.preferHandling !== 'lenient') {
+      throw errors.notSupported(
+        `$everything parameter '${key.slice(0, 64)}' is not supported (supported: ${PARAMS.join(', ')}); send Prefer: handling=lenient to have it ignored`,
+      );
     }
   }
   return out;
 }
 
 /** The token's read access to a type, or undefined when it has none. */
-function readAccess(req: Parameters<Handler>[0], type: string): Access | undefined {
+function readAccess(req: FhirRequest, type: string): Access | undefined {
   try {
     return authorize(req.auth, type, 'r');
   } catch (e) {
@@ -52,15 +91,17 @@ function readAccess(req: Parameters<Handler>[0], type: string): Access | undefin
 }
 
 /**
- * GET [base]/Patient/[id]/$everything — the patient's whole compartment as a searchset Bundle, paged by
- * `next` links, plus (mode `include`) the resources each page refers to that no compartment holds, such as
- * the practitioners and organizations. Types the token may not read are left out (it needs read on Patient).
+ * GET or POST [base]/Patient/[id]/$everything — the patient's whole compartment as a searchset Bundle,
+ * paged by `next` links, then (mode `include`) the resources it refers to that no compartment holds, such
+ * as the practitioners and organizations, each once. Types the token may not read are left out (it needs
+ * read on Patient).
  */
 export const everything: Handler = async (req, ctx, { id }) => {
   const access = requireAccess(req, 'Patient', 'r');
   assertId(id);
+  // Decided before any read: the same answer whether or not the other patient exists.
   if (access.kind === 'patient' && access.patientId !== id) throw errors.forbidden('the token is bound to another patient');
-  const params = parseEverythingParams(req.query);
+  const params = parseEverythingParams(req);
   const readable = compartmentTypes().filter((t) => (!params.types || params.types.includes(t)) && readAccess(req, t) !== undefined);
   const page = await ctx.repo.everything(id, {
     since: params.since,
@@ -70,15 +111,15 @@ export const everything: Handler = async (req, ctx, { id }) => {
     // Outside the compartment a patient-bound token sees nothing, so only type-wide read access includes.
     canInclude: (type) => readAccess(req, type)?.kind === 'all',
   });
-  const url = (extra: Array<[string, string]>) => {
-    const qs = new URLSearchParams([...params.applied, ...extra]).toString();
+  const url = (cursor?: EverythingCursor) => {
+    const qs = new URLSearchParams([...params.applied, ...(cursor ? [['_cursor', formatCursor(cursor)]] : [])]).toString();
     return `${ctx.baseUrl}/Patient/${id}/$everything${qs ? `?${qs}` : ''}`;
   };
-  const link = [{ relation: 'self', url: url(params.cursor ? [['_cursor', `${params.cursor.typeIndex}:${params.cursor.afterId}`]] : []) }];
-  if (page.nextCursor) link.push({ relation: 'next', url: url([['_cursor', page.nextCursor]]) });
+  const link = [{ relation: 'self', url: url(params.cursor) }];
+  if (page.nextCursor) link.push({ relation: 'next', url: url(page.nextCursor) });
   const entries = [
     ...page.versions.map((v) => ({ fullUrl: `${ctx.baseUrl}/${v.type}/${v.id}`, resourceJson: v.json, search: { mode: 'match' } })),
     ...page.included.map((v) => ({ fullUrl: `${ctx.baseUrl}/${v.type}/${v.id}`, resourceJson: v.json, search: { mode: 'include' } })),
   ];
-  return { status: 200, body: serializeBundle({ resourceType: 'Bundle', type: 'searchset', link }, entries) };
+  return { status: 200, body: serializeBundle({ resourceType: 'Bundle', type: 'searchset', total: page.total, link }, entries) };
 };

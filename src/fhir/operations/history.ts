@@ -2,8 +2,9 @@ import { authorize } from '../../access/policy.ts';
 import type { FhirContext, FhirRequest, Handler } from '../context.ts';
 import { serializeBundle } from '../bundle-json.ts';
 import { errors } from '../outcome.ts';
-import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, sinceInstant } from '../search/query.ts';
-import { assertVersionAccessible, requireAccess } from './common.ts';
+import { assertId, unknownResource } from '../repository.ts';
+import { DEFAULT_PAGE_SIZE, parseCount, sinceInstant } from '../search/query.ts';
+import { assertVersionAccessible, requireAccess, supportedParams } from './common.ts';
 
 interface HistoryParams {
   since?: string;
@@ -12,21 +13,18 @@ interface HistoryParams {
   applied: Array<[string, string]>;
 }
 
-function parseHistoryParams(query: Array<[string, string]>): HistoryParams {
+function parseHistoryParams(req: FhirRequest): HistoryParams {
   const out: HistoryParams = { limit: DEFAULT_PAGE_SIZE, applied: [] };
-  for (const [key, value] of query) {
+  for (const [key, value] of supportedParams(req, ['_count', '_since', '_cursor'], 'history')) {
     if (key === '_count') {
-      if (!/^\d+$/.test(value)) throw errors.badRequest('_count must be a non-negative integer');
-      out.limit = Math.min(Number(value), MAX_PAGE_SIZE);
+      out.limit = parseCount(value);
       out.applied.push([key, String(out.limit)]);
     } else if (key === '_since') {
       out.since = sinceInstant(value);
       out.applied.push([key, value]);
     } else if (key === '_cursor') {
-      if (!/^\d{1,15}$/.test(value)) throw errors.badRequest('_cursor is malformed');
+      if (!/^\d{1,15}$/.test(value)) throw errors.badRequest('_cursor is malformed'); // 15 digits stay below 2^53
       out.beforeSeq = Number(value);
-    } else if (key !== '_format' && key !== '_pretty') {
-      throw errors.notSupported(`history parameter '${key}' is not supported (supported: _count, _since)`);
     }
   }
   return out;
@@ -39,8 +37,8 @@ async function historyBundle(
   type?: string,
   id?: string,
 ): Promise<string> {
-  const params = parseHistoryParams(req.query);
-  const { versions, nextCursor } = await ctx.repo.history({
+  const params = parseHistoryParams(req);
+  const { versions, nextCursor, total } = await ctx.repo.history({
     type, id, since: params.since, beforeSeq: params.beforeSeq, limit: params.limit,
   });
   const self = (extra: Array<[string, string]>) => {
@@ -56,21 +54,23 @@ async function historyBundle(
       fullUrl: `${ctx.baseUrl}/${url}`,
       resourceJson: v.json,
       request: { method, url: method === 'POST' ? v.type : url },
+      // A DELETE answers 200 with an OperationOutcome, so its entry says 200 too.
       response: {
-        status: v.deleted ? '204 No Content' : v.versionId === 1 ? '201 Created' : '200 OK',
+        status: v.versionId === 1 && !v.deleted ? '201 Created' : '200 OK',
         etag: `W/"${v.versionId}"`,
         lastModified: v.lastUpdated,
       },
     };
   });
-  return serializeBundle({ resourceType: 'Bundle', type: 'history', link }, entries);
+  return serializeBundle({ resourceType: 'Bundle', type: 'history', total, link }, entries);
 }
 
 /** GET [base]/[type]/[id]/_history */
 export const instanceHistory: Handler = async (req, ctx, { type, id }) => {
   const access = requireAccess(req, type, 'r');
+  assertId(id);
   const current = await ctx.repo.store.current(type, id);
-  if (!current) throw errors.notFound(`${type}/${id} is not known`);
+  if (!current) throw errors.notFound(unknownResource(type));
   if (access.kind === 'patient') assertVersionAccessible(access, await ctx.repo.read(type, id));
   return { status: 200, body: await historyBundle(req, ctx, `/${type}/${id}/_history`, type, id) };
 };

@@ -1,11 +1,20 @@
 import type { Handler } from '../context.ts';
-import { assertAnchorIntact, assertVersionAccessible, requireAccess, versionHeaders } from './common.ts';
+import { subsetted } from '../repository.ts';
+import { parseElements } from '../search/query.ts';
+import { assertAnchorIntact, assertVersionAccessible, requireAccess, supportedParams, versionHeaders } from './common.ts';
+
+/** Query parameters of read and vread: `_elements` shapes the resource (marked SUBSETTED). */
+export function readShaping(req: Parameters<Handler>[0], type: string, interaction: string): { elements?: string[] } {
+  const elements = supportedParams(req, ['_elements'], interaction).filter(([k]) => k === '_elements');
+  return elements.length ? { elements: parseElements(type, elements.map(([, v]) => v).join(',')) } : {};
+}
 
 /** GET [base]/[type]/[id] */
 export const read: Handler = async (req, ctx, { type, id }) => {
   const access = requireAccess(req, type, 'r');
+  const { elements } = readShaping(req, type, 'read');
   const v = await ctx.repo.read(type, id);
   assertVersionAccessible(access, v);
   await assertAnchorIntact(v, ctx);
-  return { status: 200, headers: versionHeaders(v, ctx), body: v.json };
+  return { status: 200, headers: versionHeaders(v, ctx), body: elements ? subsetted(v, elements).json : v.json };
 };

@@ -1,29 +1,37 @@
 import { restrictToPatient } from '../../access/compartment.ts';
 import type { StoreQuery } from '../../vault/store.ts';
-import type { Handler } from '../context.ts';
+import type { FhirContext, FhirRequest, Handler } from '../context.ts';
 import { serializeBundle, type BundleEntryParts } from '../bundle-json.ts';
-import { operationOutcome } from '../outcome.ts';
-import type { ResourceVersion } from '../repository.ts';
-import { assertVersionAccessible, requireAccess } from './common.ts';
+import { compartmentParams } from '../compartment.ts';
+import { errors, FhirError, operationOutcome } from '../outcome.ts';
+import { assertId, type ResourceVersion, type SearchPage, type TypeCursor } from '../repository.ts';
+import { parseSearch } from '../search/query.ts';
+import { knownResourceTypes, isKnownResourceType } from '../validation/index.ts';
+import { assertVersionAccessible, requireAccess, supportedParams } from './common.ts';
 
-function linkUrl(base: string, type: string, params: Array<[string, string]>): string {
+type Restriction = ((q: StoreQuery) => StoreQuery) | undefined;
+
+/** `[base]/[path]?params`, for self and next links. */
+function linkUrl(base: string, path: string, params: Array<[string, string]>): string {
   const qs = new URLSearchParams(params).toString();
-  return `${base}/${type}${qs ? `?${qs}` : ''}`;
+  return `${base}${path ? `/${path}` : ''}${qs ? `?${qs}` : ''}`;
 }
 
-/**
- * GET [base]/[type]?params — a searchset Bundle: the matches (search.mode 'match'), then the `_include`d
- * and `_revinclude`d resources the caller may read (search.mode 'include'), with `next` links.
- */
 /** The narrowing a search of `type` needs for this token: its patient compartment, if patient-bound. */
-function searchRestriction(req: Parameters<Handler>[0], type: string): ((q: StoreQuery) => StoreQuery) | undefined {
+function searchRestriction(req: FhirRequest, type: string): Restriction {
   const access = requireAccess(req, type, 's');
   return access.kind === 'patient' ? (q: StoreQuery) => restrictToPatient(q, access.patientId) : undefined;
 }
 
-export const search: Handler = async (req, ctx, { type }) => {
-  const page = await ctx.repo.search(type, req.query, searchRestriction(req, type), {
+function matchEntry(ctx: FhirContext, v: ResourceVersion, mode: 'match' | 'include'): BundleEntryParts {
+  return { fullUrl: `${ctx.baseUrl}/${v.type}/${v.id}`, resourceJson: v.json, search: { mode } };
+}
+
+/** A type search (at `path`, under `restrict`) as a searchset Bundle. */
+async function typeSearch(req: FhirRequest, ctx: FhirContext, type: string, path: string, restrict: Restriction): Promise<string> {
+  const page: SearchPage = await ctx.repo.search(type, req.query, restrict, {
     baseUrl: ctx.baseUrl,
+    handling: req.preferHandling,
     // Chained parameters and _revinclude search other types: the caller needs search access to them too.
     restrictFor: (other) => searchRestriction(req, other),
     canInclude: (v: ResourceVersion) => {
@@ -35,26 +43,97 @@ export const search: Handler = async (req, ctx, { type }) => {
       }
     },
   });
-  const link = [{ relation: 'self', url: linkUrl(ctx.baseUrl, type, page.applied) }];
+  const link = [{ relation: 'self', url: linkUrl(ctx.baseUrl, path, page.applied) }];
   if (page.nextCursor !== undefined) {
-    link.push({ relation: 'next', url: linkUrl(ctx.baseUrl, type, [...page.applied, ['_cursor', page.nextCursor]]) });
+    link.push({ relation: 'next', url: linkUrl(ctx.baseUrl, path, [...page.applied, ['_cursor', page.nextCursor]]) });
   }
-  const envelope: Record<string, unknown> = { resourceType: 'Bundle', type: 'searchset' };
-  if (page.total !== undefined) envelope.total = page.total;
-  envelope.link = link;
-  const entries: BundleEntryParts[] = page.versions.map((v) => ({
-    fullUrl: `${ctx.baseUrl}/${v.type}/${v.id}`,
-    resourceJson: v.json,
-    search: { mode: 'match' },
-  }));
-  for (const v of page.included) {
-    entries.push({ fullUrl: `${ctx.baseUrl}/${v.type}/${v.id}`, resourceJson: v.json, search: { mode: 'include' } });
-  }
+  const entries = [...page.versions.map((v) => matchEntry(ctx, v, 'match')), ...page.included.map((v) => matchEntry(ctx, v, 'include'))];
   if (page.warnings.length > 0) {
     entries.push({
       resource: operationOutcome(page.warnings.map((w) => ({ severity: 'warning', code: 'incomplete', diagnostics: w }))),
       search: { mode: 'outcome' },
     });
   }
-  return { status: 200, body: serializeBundle(envelope, entries) };
+  return serializeBundle({ resourceType: 'Bundle', type: 'searchset', total: page.total, link }, entries);
+}
+
+/**
+ * GET (or POST …/_search) [base]/[type]?params — a searchset Bundle: the matches (search.mode 'match'),
+ * then the `_include`d and `_revinclude`d resources the caller may read (search.mode 'include'), with
+ * `total` and `next` links.
+ */
+export const search: Handler = async (req, ctx, { type }) => {
+  return { status: 200, body: await typeSearch(req, ctx, type, type, searchRestriction(req, type)) };
+};
+
+/**
+ * GET [base]/Patient/[id]/[type]?params — the search of `type` within the patient's compartment. A patient
+ * that does not exist, or one a patient-bound token may not see, has an empty compartment: the answer
+ * tells nothing about whether the patient exists.
+ */
+export const compartmentSearch: Handler = async (req, ctx, { id, type }) => {
+  assertId(id);
+  const tokenRestriction = searchRestriction(req, type);
+  if (!compartmentParams().has(type)) throw errors.badRequest(`${type} resources are never in a patient compartment`);
+  const restrict = (q: StoreQuery) => restrictToPatient(tokenRestriction ? tokenRestriction(q) : q, id);
+  return { status: 200, body: await typeSearch(req, ctx, type, `Patient/${id}/${type}`, restrict) };
+};
+
+/** What a search across types accepts: store-native criteria and the paging and counting parameters. */
+const SYSTEM_PARAMS = ['_type', '_id', '_lastUpdated', '_count', '_total', '_totalMethod', '_summary', '_cursor'];
+const SYSTEM_CURSOR = /^(\d{1,3}):([A-Za-z0-9\-.]{1,64})$/;
+
+/** The types a search across types covers, each with its restriction for the caller. */
+function systemTypes(req: FhirRequest, typeParams: string[]): Array<{ type: string; restrict: Restriction }> {
+  if (typeParams.length > 0) {
+    const types = [...new Set(typeParams.flatMap((v) => v.split(',').map((t) => t.trim())))];
+    if (!types.every(isKnownResourceType)) throw errors.badRequest('_type: every value must be a FHIR R4 resource type');
+    // Types named explicitly need search access (403 otherwise), as in a type search.
+    return types.map((type) => ({ type, restrict: searchRestriction(req, type) }));
+  }
+  // Without _type: every type the caller may search.
+  return knownResourceTypes().flatMap((type) => {
+    try {
+      const restrict = searchRestriction(req, type);
+      restrict?.({ type, clauses: [], lastUpdated: [], limit: 0 }); // throws for types outside a patient-bound token's reach
+      return [{ type, restrict }];
+    } catch (e) {
+      if (e instanceof FhirError) return [];
+      throw e;
+    }
+  });
+}
+
+/**
+ * GET (or POST _search) [base]?_type=A,B&_id=…&_lastUpdated=… — a search across types on the criteria every
+ * type shares, paged type after type (in `_type` order, else alphabetical) and by id within a type.
+ */
+export const systemSearch: Handler = async (req, ctx) => {
+  const params = supportedParams(req, SYSTEM_PARAMS, 'a search across types');
+  const types = systemTypes(req, params.filter(([k]) => k === '_type').map(([, v]) => v));
+  const cursorValue = params.find(([k]) => k === '_cursor')?.[1];
+  let cursor: TypeCursor | undefined;
+  if (cursorValue !== undefined) {
+    const m = SYSTEM_CURSOR.exec(cursorValue);
+    if (!m) throw errors.badRequest('_cursor is malformed');
+    cursor = { typeIndex: Number(m[1]), afterId: m[2] };
+  }
+  // The shared criteria are type-independent: parsed once, then one query per type, narrowed for the caller.
+  const parsed = parseSearch('Patient', params.filter(([k]) => k !== '_type' && k !== '_cursor'));
+  const queries = types.map(({ type, restrict }) => {
+    const query = { ...parsed.query, type };
+    return restrict ? restrict(query) : query;
+  });
+  const page = await ctx.repo.searchAcross(queries, {
+    limit: parsed.countOnly ? 0 : parsed.query.limit,
+    cursor,
+    withTotal: parsed.total !== 'none' || parsed.countOnly,
+  });
+  const applied: Array<[string, string]> = [...params.filter(([k]) => k === '_type'), ...parsed.applied];
+  const link = [{ relation: 'self', url: linkUrl(ctx.baseUrl, '', [...applied, ...(cursorValue ? [['_cursor', cursorValue] as [string, string]] : [])]) }];
+  if (page.nextCursor) {
+    link.push({ relation: 'next', url: linkUrl(ctx.baseUrl, '', [...applied, ['_cursor', `${page.nextCursor.typeIndex}:${page.nextCursor.afterId}`]]) });
+  }
+  const entries = page.versions.map((v) => matchEntry(ctx, v, 'match'));
+  return { status: 200, body: serializeBundle({ resourceType: 'Bundle', type: 'searchset', total: page.total, link }, entries) };
 };

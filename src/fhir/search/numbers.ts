@@ -56,6 +56,13 @@ export function compareDecimal(a: Decimal, b: Decimal): number {
   return x < y ? -1 : x > y ? 1 : 0;
 }
 
+const SAFE_LIMIT: Decimal = { m: 2n ** 53n, e: 0 };
+
+/** |d| ≤ 2^53: the range in which a JSON number is exact. */
+export function withinSafeRange(d: Decimal): boolean {
+  return compareDecimal({ m: d.m < 0n ? -d.m : d.m, e: d.e }, SAFE_LIMIT) <= 0;
+}
+
 /** floor(d) as a bigint. */
 export function floorDecimal(d: Decimal): bigint {
   if (d.e >= 0) return d.m * TEN ** BigInt(d.e);

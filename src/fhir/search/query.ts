@@ -3,12 +3,12 @@
  * a store query of equality term clauses, plus a post-filter for what the terms cannot decide exactly,
  * and the result-shaping parameters (_sort, _include, _revinclude, _elements, _count, _summary, cursor).
  */
-import { errors } from '../outcome.ts';
+import { errors, FhirError } from '../outcome.ts';
 import type { InstantBound, StoreQuery, TermClause } from '../../vault/store.ts';
 import { isKnownResourceType } from '../validation/index.ts';
 import { schemaFor } from '../validation/definitions.ts';
 import { dateInterval, dateRange, datePrefixMatches, intervalQuery, prefixInterval, valueInterval, type DatePrefix, type Interval } from './dates.ts';
-import { decimalOf, numberMatches, numberQueryTerms, parseDecimal, rangeMatches, type Decimal, type NumberPrefix } from './numbers.ts';
+import { decimalOf, numberMatches, withinSafeRange, numberQueryTerms, parseDecimal, rangeMatches, type Decimal, type NumberPrefix } from './numbers.ts';
 import { indexedParams, type IndexedParam } from './parameters.ts';
 import { forEachStringPart, normalizeString, stringQueryTerm } from './strings.ts';
 import { normalizeReference, tokenIsMixed } from './terms.ts';
@@ -24,6 +24,18 @@ export function sinceInstant(value: string): string {
 
 export const DEFAULT_PAGE_SIZE = 20;
 export const MAX_PAGE_SIZE = 1000;
+
+/**
+ * A `_count` value: a non-negative integer (positive unless `allowZero`), capped at MAX_PAGE_SIZE. A value
+ * beyond 2^53 is refused rather than rounded.
+ */
+export function parseCount(raw: string, allowZero = true): number {
+  const n = /^\d{1,16}$/.test(raw) ? Number(raw) : NaN;
+  if (!Number.isSafeInteger(n) || (!allowZero && n === 0)) {
+    throw errors.badRequest(`_count must be a ${allowZero ? 'non-negative' : 'positive'} integer below 2^53`);
+  }
+  return Math.min(n, MAX_PAGE_SIZE);
+}
 
 export type Predicate = (resource: Record<string, unknown>) => boolean;
 
@@ -53,6 +65,9 @@ export interface IncludeSpec {
 
 export type Cursor = { kind: 'id'; afterId: string } | { kind: 'sort'; key: number | undefined; id: string };
 
+/** `_total`: none (no count), estimate (exact when cheap, else an upper bound), accurate (exact or 400). */
+export type TotalMode = 'none' | 'estimate' | 'accurate';
+
 export interface ParsedSearch {
   query: StoreQuery;
   /** Exact test on the resource for what the index terms only pre-select (undefined: the terms decide). */
@@ -66,6 +81,8 @@ export interface ParsedSearch {
   cursor?: Cursor;
   /** `_summary=count`: total only, no entries. */
   countOnly: boolean;
+  /** `_total` as asked; undefined: exact when it can be had within the scan cap, else left out with a warning. */
+  total?: TotalMode;
   /** The parameters that were applied, for the self/next links. */
   applied: Array<[string, string]>;
 }
@@ -73,10 +90,21 @@ export interface ParsedSearch {
 export interface ParseOptions {
   /** This server's FHIR base: absolute references to it also match relative ones. */
   baseUrl?: string;
+  /** `Prefer: handling=lenient`: unknown or unsupported parameters are left out (and out of `applied`), not a 400. */
+  handling?: 'strict' | 'lenient';
 }
 
-/** Parameters that shape the response rather than select resources. */
-const RESULT_PARAMS = new Set(['_count', '_summary', '_format', '_pretty', '_cursor', '_sort', '_include', '_revinclude', '_elements']);
+/**
+ * Parameters that shape the response rather than select resources. `_totalMethod` is Aidbox's name for
+ * `_total` (fhirpy's count() sends `_totalMethod=count`).
+ */
+const RESULT_PARAMS = new Set([
+  '_count', '_summary', '_total', '_totalMethod', '_format', '_pretty', '_cursor', '_sort', '_include', '_revinclude', '_elements',
+]);
+const TOTAL_MODES: Record<string, Record<string, TotalMode>> = {
+  _total: { none: 'none', estimate: 'estimate', accurate: 'accurate' },
+  _totalMethod: { none: 'none', estimate: 'estimate', count: 'accurate' },
+};
 const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
 const SORT_CURSOR = /^(n|k-?\d{1,16})\.([A-Za-z0-9\-.]{1,64})$/;
 const PREFIX = /^(eq|ne|gt|lt|ge|le|sa|eb|ap)?(.*)$/s;
@@ -95,7 +123,7 @@ function lastUpdatedBounds(raw: string): InstantBound[] {
   const m = PREFIX.exec(raw)!;
   const prefix = m[1] ?? 'eq';
   const range = dateRange(m[2]);
-  if (!range) throw errors.badRequest(`_lastUpdated: '${raw.slice(0, 40)}' is not a FHIR date/dateTime/instant`);
+  if (!range) throw errors.badRequest('_lastUpdated: a value is not a FHIR date/dateTime/instant');
   switch (prefix) {
     case 'eq':
       return [{ op: 'ge', value: range.start }, { op: 'lt', value: range.end }];
@@ -159,9 +187,9 @@ function referenceParam(param: IndexedParam, modifier: string | undefined, raw: 
   const anyOf = splitValues(param.code, raw).flatMap((v) => {
     if (ID_PATTERN.test(v) && !v.includes('/')) return types.map((t) => `${t}/${v}`);
     const normalized = normalizeReference(v);
-    if (!normalized) throw errors.badRequest(`${param.code}: '${v.slice(0, 80)}' is not a reference`);
+    if (!normalized) throw errors.badRequest(`${param.code}: a value is not a reference`);
     if (modifier && !normalized.startsWith(`${modifier}/`) && !/^[a-z][a-z0-9+.-]*:/i.test(normalized)) {
-      throw errors.badRequest(`${param.code}:${modifier}: '${v.slice(0, 80)}' is not a ${modifier} reference`);
+      throw errors.badRequest(`${param.code}:${modifier}: a value is not a ${modifier} reference`);
     }
     const out = [normalized];
     if (options.baseUrl && normalized.startsWith(`${options.baseUrl}/`)) {
@@ -224,7 +252,7 @@ function dateParam(param: IndexedParam, modifier: string | undefined, raw: strin
       throw errors.notSupported(`${param.code}: prefix '${prefix}' is not supported (supported: eq, lt, gt, le, ge, sa, eb)`);
     }
     const s = dateInterval(m[2]);
-    if (!s) throw errors.badRequest(`${param.code}: '${v.slice(0, 40)}' is not a FHIR date/dateTime/instant`);
+    if (!s) throw errors.badRequest(`${param.code}: a value is not a FHIR date/dateTime/instant`);
     queries.push({ prefix, s });
     for (const t of intervalQuery(prefixInterval(prefix, s))) anyOf.add(t);
   }
@@ -259,12 +287,15 @@ function numericParam(param: IndexedParam, modifier: string | undefined, raw: st
     if (parts.length > 3 || (param.type === 'number' && parts.length > 1) || parts.length === 2) {
       throw errors.badRequest(
         param.type === 'number'
-          ? `${param.code}: '${v.slice(0, 40)}' is not a number`
-          : `${param.code}: '${v.slice(0, 60)}' is not [prefix]number, [prefix]number|system|code or [prefix]number||unit`,
+          ? `${param.code}: a value is not a number`
+          : `${param.code}: a value is not [prefix]number, [prefix]number|system|code or [prefix]number||unit`,
       );
     }
     const q = parseDecimal(parts[0]);
-    if (!q) throw errors.badRequest(`${param.code}: '${parts[0].slice(0, 40)}' is not a number`);
+    if (!q) throw errors.badRequest(`${param.code}: a value is not a number`);
+    // Decimals compare exactly, but magnitudes beyond 2^53 are refused: no stored FHIR integer reaches them,
+    // and a client that sends one most likely lost precision already.
+    if (!withinSafeRange(q)) throw errors.badRequest(`${param.code}: numbers beyond ±2^53 are not supported`);
     const query: NumericQuery = { prefix, q };
     if (parts.length === 3) {
       if (parts[1] !== '') query.system = parts[1];
@@ -346,7 +377,7 @@ function parseSort(type: string, raw: string, known: Map<string, IndexedParam>):
   const code = descending ? keys[0].slice(1) : keys[0];
   if (code === '_id' || code === '_lastUpdated') return { param: code, descending };
   const param = known.get(code);
-  if (!param || param.type !== 'date') throw errors.notSupported(`_sort: '${code.slice(0, 64)}' is not sortable for ${type} (sortable: ${sortable.join(', ')})`);
+  if (!param || param.type !== 'date') throw errors.notSupported(`_sort: the key is not sortable for ${type} (sortable: ${sortable.join(', ')})`);
   return { param: code, descending, dateParam: param };
 }
 
@@ -357,15 +388,15 @@ function parseInclude(type: string, raw: string, reverse: boolean): IncludeSpec 
     throw errors.badRequest(`${name} must be Type:parameter or Type:parameter:TargetType ('*' and :iterate are not supported)`);
   }
   const [sourceType, code, targetType] = parts;
-  if (!isKnownResourceType(sourceType)) throw errors.badRequest(`${name}: '${sourceType.slice(0, 64)}' is not a resource type`);
+  if (!isKnownResourceType(sourceType)) throw errors.badRequest(`${name}: the source is not a resource type (${name}=Type:parameter[:TargetType])`);
   if (!reverse && sourceType !== type) throw errors.notSupported(`_include: only ${type}:… is supported on a ${type} search (no :iterate)`);
   const param = indexedParams(sourceType).get(code);
   if (!param || param.type !== 'reference') {
     const refs = [...indexedParams(sourceType).values()].filter((p) => p.type === 'reference').map((p) => p.code);
-    throw errors.badRequest(`${name}: '${code.slice(0, 64)}' is not a reference parameter of ${sourceType} (supported: ${refs.join(', ')})`);
+    throw errors.badRequest(`${name}: the parameter is not a reference parameter of ${sourceType} (supported: ${refs.join(', ')})`);
   }
   if (targetType !== undefined && !param.targets.includes(targetType)) {
-    throw errors.badRequest(`${name}: ${targetType.slice(0, 64)} is not a target of ${sourceType}:${code} (targets: ${param.targets.join(', ')})`);
+    throw errors.badRequest(`${name}: the target type is not a target of ${sourceType}:${code} (targets: ${param.targets.join(', ')})`);
   }
   if (reverse) {
     if (targetType !== undefined && targetType !== type) throw errors.badRequest(`_revinclude: the target type must be ${type}`);
@@ -388,11 +419,16 @@ function elementNames(type: string): { all: Set<string>; mandatory: Set<string> 
   return { all, mandatory };
 }
 
-function parseElements(type: string, raw: string): string[] {
+/**
+ * `_elements`: the top-level elements to keep, plus the mandatory ones. `id`, `resourceType` and `meta` are
+ * always kept, so naming them is accepted (fhirpy sends `id,resourceType`). Exclusion (`-name`) is R5.
+ */
+export function parseElements(type: string, raw: string): string[] {
   const { all, mandatory } = elementNames(type);
-  const names = raw.split(',').map((s) => s.trim()).filter((s) => s !== '');
+  const names = raw.split(',').map((s) => s.trim()).filter((s) => s !== '' && s !== 'id' && s !== 'resourceType' && s !== 'meta');
   for (const n of names) {
-    if (!all.has(n)) throw errors.badRequest(`_elements: '${n.slice(0, 64)}' is not a top-level element of ${type}`);
+    if (n.startsWith('-')) throw errors.notSupported('_elements: excluding elements (-name) is not supported; list the elements to keep');
+    if (!all.has(n)) throw errors.badRequest(`_elements: a name is not a top-level element of ${type}`);
   }
   return [...new Set([...names, ...mandatory])];
 }
@@ -412,10 +448,12 @@ export function parseSearch(type: string, params: Array<[string, string]>, optio
   let rawCursor: string | undefined;
   let sort: SortSpec | undefined;
   let elements: string[] | undefined;
+  let total: TotalMode | undefined;
   const known = indexedParams(type);
   const supported = () => `(supported: _id, _lastUpdated${[...known.keys()].map((k) => `, ${k}`).join('')})`;
 
-  for (const [key, raw] of params) {
+  /** Applies one parameter; throws (before changing anything) when it is invalid or unsupported. */
+  const apply = (key: string, raw: string): void => {
     const dot = key.indexOf('.');
     const [name, modifier] = (dot >= 0 ? key.slice(0, dot) : key).split(':', 2);
     if (RESULT_PARAMS.has(name)) {
@@ -425,15 +463,19 @@ export function parseSearch(type: string, params: Array<[string, string]>, optio
         }
       }
       switch (name) {
-        case '_count': {
-          if (!/^\d{1,9}$/.test(raw)) throw errors.badRequest('_count must be a non-negative integer');
-          limit = Math.min(Number(raw), MAX_PAGE_SIZE);
+        case '_count':
+          limit = parseCount(raw);
           applied.push([key, String(limit)]);
           break;
-        }
         case '_summary':
-          if (raw !== 'count' && raw !== 'false') throw errors.notSupported(`_summary=${raw.slice(0, 20)} is not supported (supported: count, false)`);
+          if (raw !== 'count' && raw !== 'false') throw errors.notSupported('_summary: only count and false are supported');
           countOnly = raw === 'count';
+          applied.push([key, raw]);
+          break;
+        case '_total':
+        case '_totalMethod':
+          if (!Object.hasOwn(TOTAL_MODES[name], raw)) throw errors.badRequest(`${name} must be one of ${Object.keys(TOTAL_MODES[name]).join(', ')}`);
+          total = TOTAL_MODES[name][raw];
           applied.push([key, raw]);
           break;
         case '_cursor':
@@ -444,11 +486,11 @@ export function parseSearch(type: string, params: Array<[string, string]>, optio
           applied.push([key, raw]);
           break;
         case '_include':
-          for (const v of raw.split(',')) include.push(parseInclude(type, v, false));
+          include.push(...raw.split(',').map((v) => parseInclude(type, v, false)));
           applied.push([key, raw]);
           break;
         case '_revinclude':
-          for (const v of raw.split(',')) revinclude.push(parseInclude(type, v, true));
+          revinclude.push(...raw.split(',').map((v) => parseInclude(type, v, true)));
           applied.push([key, raw]);
           break;
         case '_elements':
@@ -457,24 +499,22 @@ export function parseSearch(type: string, params: Array<[string, string]>, optio
           break;
         default: // _format, _pretty: the HTTP layer's
       }
-      continue;
+      return;
     }
     if (dot >= 0) {
       chains.push(parseChain(type, key, raw, known));
       applied.push([key, raw]);
-      continue;
+      return;
     }
     if (name === '_id') {
       if (modifier !== undefined) throw errors.notSupported(`modifier ':${modifier}' is not supported on _id`);
       const values = splitValues(name, raw);
-      for (const v of values) if (!ID_PATTERN.test(v)) throw errors.badRequest(`_id: '${v.slice(0, 70)}' is not a valid id`);
+      for (const v of values) if (!ID_PATTERN.test(v)) throw errors.badRequest('_id: a value is not a valid id (1-64 of A-Z a-z 0-9 - .)');
       ids = ids ? ids.filter((id) => values.includes(id)) : values;
     } else if (name === '_lastUpdated') {
       if (modifier !== undefined) throw errors.notSupported(`modifier ':${modifier}' is not supported on _lastUpdated`);
-      for (const v of splitValues(name, raw)) {
-        if (raw.includes(',')) throw errors.notSupported('_lastUpdated: several values (OR) are not supported; repeat the parameter for AND');
-        lastUpdated.push(...lastUpdatedBounds(v));
-      }
+      if (raw.includes(',')) throw errors.notSupported('_lastUpdated: several values (OR) are not supported; repeat the parameter for AND');
+      lastUpdated.push(...lastUpdatedBounds(raw));
     } else {
       const param = known.get(name);
       if (!param) throw errors.notSupported(`search parameter '${name.slice(0, 64)}' is not supported for ${type} ${supported()}`);
@@ -484,14 +524,25 @@ export function parseSearch(type: string, params: Array<[string, string]>, optio
       if (parsed.filter) filters.push(parsed.filter);
     }
     applied.push([key, raw]);
+  };
+
+  for (const [key, raw] of params) {
+    try {
+      apply(key, raw);
+    } catch (e) {
+      // Lenient handling leaves out what is unsupported; a malformed value is still the client's error.
+      const unsupported = e instanceof FhirError && e.issues.every((i) => i.code === 'not-supported');
+      if (!(unsupported && options.handling === 'lenient')) throw e;
+    }
   }
 
   let cursor: Cursor | undefined;
   if (rawCursor !== undefined) {
     if (sort && !(sort.param === '_id' && !sort.descending)) {
       const m = SORT_CURSOR.exec(rawCursor);
-      if (!m) throw errors.badRequest('_cursor is malformed');
-      cursor = { kind: 'sort', key: m[1] === 'n' ? undefined : Number(m[1].slice(1)), id: m[2] };
+      const key = m && m[1] !== 'n' ? Number(m[1].slice(1)) : undefined;
+      if (!m || (key !== undefined && !Number.isSafeInteger(key))) throw errors.badRequest('_cursor is malformed');
+      cursor = { kind: 'sort', key, id: m[2] };
     } else {
       if (!ID_PATTERN.test(rawCursor)) throw errors.badRequest('_cursor is malformed');
       cursor = { kind: 'id', afterId: rawCursor };
@@ -509,6 +560,7 @@ export function parseSearch(type: string, params: Array<[string, string]>, optio
     elements,
     cursor,
     countOnly,
+    total,
     applied,
   };
 }
