@@ -42,7 +42,6 @@ export const ROUTES: Route[] = [
   { method: 'POST', pattern: ':type', handler: create, interaction: 'create' },
   { method: 'PUT', pattern: ':type?', handler: updateConditional, interaction: 'conditional-update' },
   { method: 'DELETE', pattern: ':type?', handler: removeConditional, interaction: 'conditional-delete' },
-  { method: 'POST', pattern: ':type/_search', handler: search, interaction: 'search-type' },
   { method: 'GET', pattern: ':type/_history', handler: typeHistory, interaction: 'history-type' },
   { method: 'POST', pattern: ':type/_search', handler: search, interaction: 'search-type' },
   { method: 'POST', pattern: ':type/$validate', handler: validate, interaction: 'validate' },
