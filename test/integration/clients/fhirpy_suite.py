@@ -95,7 +95,8 @@ def count(client, env):
     assert client.resources("Patient").search(identifier=identifier_param(patient)).count() == 0
     patient.save()
     stored = client.resources("Patient").search(identifier=identifier_param(patient)).fetch()
-    assert [f"Patient/{p.id}" for p in stored] == [patient_ref], "the transaction stored the Patient once"
+    assert [p.id for p in stored] == [patient.id], "save() stored the Patient once"
+    assert client.resources("Patient").search(identifier=identifier_param(patient)).count() == 1
 
 
 @check
@@ -169,7 +170,8 @@ def transaction(client, env):
     observation = client.reference(reference=observation_ref).to_resource()
     assert observation["subject"]["reference"] == patient_ref, observation["subject"]
     stored = client.resources("Patient").search(identifier=identifier_param(patient)).fetch()
-    assert [f"Patient/{p.id}" for p in stored] == [patient_ref], "the transaction stored the Patient once"
+    assert [p.id for p in stored] == [patient.id], "save() stored the Patient once"
+    assert client.resources("Patient").search(identifier=identifier_param(patient)).count() == 1
 
 
 @check
