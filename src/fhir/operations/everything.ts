@@ -3,7 +3,7 @@ import type { Handler } from '../context.ts';
 import { serializeBundle } from '../bundle-json.ts';
 import { compartmentTypes } from '../compartment.ts';
 import { FhirError, errors } from '../outcome.ts';
-import { assertId } from '../repository.ts';
+import { assertId, unknownResource } from '../repository.ts';
 import { MAX_PAGE_SIZE, sinceInstant } from '../search/query.ts';
 import { requireAccess } from './common.ts';
 
@@ -59,7 +59,7 @@ function readAccess(req: Parameters<Handler>[0], type: string): Access | undefin
 export const everything: Handler = async (req, ctx, { id }) => {
   const access = requireAccess(req, 'Patient', 'r');
   assertId(id);
-  if (access.kind === 'patient' && access.patientId !== id) throw errors.forbidden('the token is bound to another patient');
+  if (access.kind === 'patient' && access.patientId !== id) throw unknownResource('Patient');
   const params = parseEverythingParams(req.query);
   const readable = compartmentTypes().filter((t) => (!params.types || params.types.includes(t)) && readAccess(req, t) !== undefined);
   const page = await ctx.repo.everything(id, {

@@ -3,6 +3,7 @@ import type { FhirContext, FhirRequest, Handler } from '../context.ts';
 import { serializeBundle } from '../bundle-json.ts';
 import { errors } from '../outcome.ts';
 import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, sinceInstant } from '../search/query.ts';
+import { unknownResource } from '../repository.ts';
 import { assertVersionAccessible, requireAccess } from './common.ts';
 
 interface HistoryParams {
@@ -70,7 +71,7 @@ async function historyBundle(
 export const instanceHistory: Handler = async (req, ctx, { type, id }) => {
   const access = requireAccess(req, type, 'r');
   const current = await ctx.repo.store.current(type, id);
-  if (!current) throw errors.notFound(`${type}/${id} is not known`);
+  if (!current) throw unknownResource(type);
   if (access.kind === 'patient') assertVersionAccessible(access, await ctx.repo.read(type, id));
   return { status: 200, body: await historyBundle(req, ctx, `/${type}/${id}/_history`, type, id) };
 };

@@ -2,7 +2,7 @@ import jsonpatch from 'fast-json-patch';
 import type { Handler } from '../context.ts';
 import { parseFhirJson } from '../json.ts';
 import { errors } from '../outcome.ts';
-import type { FhirResource, WriteSession } from '../repository.ts';
+import { unknownResource, type FhirResource, type WriteSession } from '../repository.ts';
 import type { Access } from '../../access/policy.ts';
 import type { WriteOutcome } from './create.ts';
 import { assertAccessible, assertVersionAccessible, parseIfMatch, requireAccess, writeResponse } from './common.ts';
@@ -18,12 +18,13 @@ export async function patchResource(
 ): Promise<WriteOutcome> {
   if (!Array.isArray(operations)) throw errors.badRequest('a JSON Patch body must be an array of operations');
   const current = await session.current(type, id);
-  if (!current) throw errors.notFound(`${type}/${id} is not known`);
-  if (current.deleted || !current.json) throw errors.gone(`${type}/${id} was deleted`);
-  if (ifMatch !== undefined && current.versionId !== ifMatch) {
-    throw errors.preconditionFailed(`If-Match expects version ${ifMatch}, the current version is ${current.versionId}`);
-  }
+  // Before any other answer: a patient-bound token sees others' resources, and deletions, as missing.
+  if (!current || (access.kind === 'patient' && current.deleted)) throw unknownResource(type);
   assertVersionAccessible(access, current);
+  if (current.deleted || !current.json) throw errors.gone(`this ${type} was deleted`);
+  if (ifMatch !== undefined && current.versionId !== ifMatch) {
+    throw errors.preconditionFailed(`If-Match names another version than the current one (${current.versionId})`);
+  }
   let patched: FhirResource;
   try {
     const validationError = jsonpatch.validate(operations as jsonpatch.Operation[]);
