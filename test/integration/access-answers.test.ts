@@ -92,12 +92,22 @@ forEachStore((start) => {
       assert.equal(stored.subject.reference, `Patient/${other}`);
     });
 
-    it('a deleted resource answers DELETE and PATCH as a missing one', async () => {
+    it('a deleted or erased resource answers as a missing one', async () => {
       const gone = body(await send('post', 'Observation', { body: observation(other) }));
       assert.equal((await send('delete', `Observation/${gone.id}`)).status, 200);
+      assert.equal((await send('get', `Observation/${gone.id}`)).status, 410, 'gone, for a token that may see it');
+      await assertSameAnswer(await send('get', `Observation/${gone.id}`, { token }), await send('get', 'Observation/no-such-obs', { token }));
+      await assertSameAnswer(await send('get', `Observation/${gone.id}/_history/2`, { token }), await send('get', 'Observation/no-such-obs/_history/2', { token }));
+      await assertSameAnswer(await send('get', `Observation/${gone.id}/_history`, { token }), await send('get', 'Observation/no-such-obs/_history', { token }));
       await assertSameAnswer(await send('delete', `Observation/${gone.id}`, { token }), await send('delete', 'Observation/no-such-obs', { token }));
       const ops = [{ op: 'replace', path: '/status', value: 'amended' }];
       await assertSameAnswer(await send('patch', `Observation/${gone.id}`, { token, body: ops }), await send('patch', 'Observation/no-such-obs', { token, body: ops }));
+
+      const erasedPatient = body(await send('post', 'Patient', { body: patient() })).id;
+      const erased = body(await send('post', 'Observation', { body: observation(erasedPatient) }));
+      assert.equal((await send('post', `Patient/${erasedPatient}/$erase`)).status, 200);
+      assert.equal((await send('get', `Observation/${erased.id}`)).status, 410, 'gone, for a token that may see it');
+      await assertSameAnswer(await send('get', `Observation/${erased.id}`, { token }), await send('get', 'Observation/no-such-obs', { token }));
     });
 
     it('still reads, updates and deletes its own resources', async () => {

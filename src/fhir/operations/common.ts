@@ -5,8 +5,8 @@ import type { StoreQuery } from '../../vault/store.ts';
 import type { Permission } from '../../access/scopes.ts';
 import type { FhirContext, FhirRequest, FhirResponse } from '../context.ts';
 import { parseFhirJson } from '../json.ts';
-import { errors, informational, type FhirError } from '../outcome.ts';
-import { assertResourceType, unknownResource, type FhirResource, type ResourceVersion } from '../repository.ts';
+import { errors, FhirError, informational } from '../outcome.ts';
+import { assertResourceType, unknownResource, unknownVersion, type FhirResource, type ResourceVersion } from '../repository.ts';
 import { canonicalDigestHex } from '../../ledger/canonical-json.ts';
 import { AnchorMismatchError } from '../../ledger/service.ts';
 
@@ -140,6 +140,32 @@ export function assertVersionAccessible(access: Access, v: ResourceVersion, unkn
   if (access.kind === 'patient' && v.json && !inPatientCompartment(v.type, parseFhirJson(v.json), access.patientId)) {
     throw unknown(v.type);
   }
+}
+
+/**
+ * Reads a version as the token may see it. A patient-bound token sees others' resources as missing, and
+ * deletions and erasures too: they hold no content that would tell whose they were.
+ */
+async function visibleVersion(access: Access, type: string, unknown: (type: string) => FhirError, read: Promise<ResourceVersion>): Promise<ResourceVersion> {
+  let v: ResourceVersion;
+  try {
+    v = await read;
+  } catch (e) {
+    if (access.kind === 'patient' && e instanceof FhirError && e.status === 410) throw unknown(type);
+    throw e;
+  }
+  assertVersionAccessible(access, v, unknown);
+  return v;
+}
+
+/** The current version of `type/id` as `access` may see it (404 or 410 otherwise). */
+export function readAccessible(ctx: FhirContext, access: Access, type: string, id: string): Promise<ResourceVersion> {
+  return visibleVersion(access, type, unknownResource, ctx.repo.read(type, id));
+}
+
+/** Version `vid` of `type/id` as `access` may see it (404 or 410 otherwise). */
+export function vreadAccessible(ctx: FhirContext, access: Access, type: string, id: string, vid: string): Promise<ResourceVersion> {
+  return visibleVersion(access, type, unknownVersion, ctx.repo.vread(type, id, vid));
 }
 
 /** What a patient-bound token's conditional matches are narrowed to: its compartment, as its searches are. */

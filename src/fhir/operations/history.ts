@@ -4,7 +4,7 @@ import { serializeBundle } from '../bundle-json.ts';
 import { errors } from '../outcome.ts';
 import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, sinceInstant } from '../search/query.ts';
 import { unknownResource } from '../repository.ts';
-import { assertVersionAccessible, requireAccess } from './common.ts';
+import { readAccessible, requireAccess } from './common.ts';
 
 interface HistoryParams {
   since?: string;
@@ -72,7 +72,7 @@ export const instanceHistory: Handler = async (req, ctx, { type, id }) => {
   const access = requireAccess(req, type, 'r');
   const current = await ctx.repo.store.current(type, id);
   if (!current) throw unknownResource(type);
-  if (access.kind === 'patient') assertVersionAccessible(access, await ctx.repo.read(type, id));
+  if (access.kind === 'patient') await readAccessible(ctx, access, type, id);
   return { status: 200, body: await historyBundle(req, ctx, `/${type}/${id}/_history`, type, id) };
 };
 

@@ -13,8 +13,7 @@ import type { FhirResponse, Handler } from '../context.ts';
 import { errors, FhirError } from '../outcome.ts';
 import { anchoredDigest } from '../../ledger/anchor-publisher.ts';
 import type { LedgerService, ProofResult } from '../../ledger/service.ts';
-import { unknownVersion } from '../repository.ts';
-import { assertVersionAccessible, requireAccess, supportedParams } from './common.ts';
+import { requireAccess, supportedParams, vreadAccessible } from './common.ts';
 
 function ledgerOf(ledger: LedgerService | undefined): LedgerService {
   if (!ledger) throw errors.notSupported('this gateway runs without a ledger');
@@ -34,8 +33,7 @@ export const proof: Handler = async (req, ctx, { type, id, vid }) => {
   supportedParams(req, [], '$proof');
   const ledger = ledgerOf(ctx.ledger);
   const access = requireAccess(req, type, 'r');
-  const v = await ctx.repo.vread(type, id, vid);
-  assertVersionAccessible(access, v, unknownVersion);
+  const v = await vreadAccessible(ctx, access, type, id, vid);
   if (!v.anchor) throw notYet(`this ${type} version is not anchored yet`);
   const digest = anchoredDigest({ ...v, digest: v.digest ?? null });
   return proofResponse(await ledger.resourceProof({ type, id, versionId: v.versionId, digest }, v.anchor));
