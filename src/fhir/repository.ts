@@ -57,16 +57,11 @@ const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
 export function assertResourceType(type: string): void {
-  if (!isKnownResourceType(type)) throw errors.notFound('the URL or body names no FHIR R4 resource type');
+  if (!isKnownResourceType(type)) throw errors.notFound('the resource type is not a FHIR R4 resource type');
 }
 
 export function assertId(id: string): void {
-  if (!ID_PATTERN.test(id)) throw errors.badRequest('the resource id is not valid (1-64 of A-Z a-z 0-9 - .)');
-}
-
-/** The 404 text for a resource that is not there (the same whoever asks, and without its id). */
-export function unknownResource(type: string): string {
-  return `no ${type} with this id is known`;
+  if (!ID_PATTERN.test(id)) throw errors.badRequest("the resource id is not valid (1 to 64 of A-Z, a-z, 0-9, '-' and '.')");
 }
 
 function toVersion(stored: VersionRecord & { anchor?: AnchorLocation }): ResourceVersion {
@@ -291,7 +286,7 @@ export class FhirRepository {
     assertResourceType(type);
     assertId(id);
     const stored = await this.store.current(type, id);
-    if (!stored) throw errors.notFound(unknownResource(type));
+    if (!stored) throw unknownResource(type);
     if (stored.erased) throw erasedError(type);
     if (stored.deleted) throw goneError(type, stored.versionId);
     return toVersion(stored);
@@ -302,7 +297,7 @@ export class FhirRepository {
     assertId(id);
     const n = /^[1-9]\d{0,15}$/.test(versionId) ? Number(versionId) : NaN;
     const stored = Number.isSafeInteger(n) ? await this.store.version(type, id, n) : undefined;
-    if (!stored) throw errors.notFound(`this ${type} has no such version`);
+    if (!stored) throw unknownVersion(type);
     if (stored.erased) throw erasedError(type);
     if (stored.deleted) throw goneError(type, stored.versionId);
     return toVersion(stored);
@@ -608,7 +603,7 @@ export class FhirRepository {
     return this.writeLock.run(async () => {
       await Promise.allSettled(this.inflight.map((s) => s.durable));
       const current = await this.store.current('Patient', patientId);
-      if (!current) throw errors.notFound(unknownResource('Patient'));
+      if (!current) throw unknownResource('Patient');
       return store.eraseOwner(compartmentTerm(patientId), new Date().toISOString());
     });
   }
@@ -676,6 +671,19 @@ export class FhirRepository {
     session.durable = done;
     return done;
   }
+}
+
+/**
+ * The answer for a resource that is not there, and for one a patient-bound token may not see: the same,
+ * byte for byte, so that it tells nothing about other patients' data (and it names no id).
+ */
+export function unknownResource(type: string): FhirError {
+  return errors.notFound(`no ${type} with this id is known`);
+}
+
+/** As unknownResource, for a version (vread). */
+export function unknownVersion(type: string): FhirError {
+  return errors.notFound(`no ${type} version with this id and version number is known`);
 }
 
 function erasedError(type: string): FhirError {
@@ -747,7 +755,7 @@ export class WriteSession {
   private stage(type: string, id: string, resource: FhirResource | null, previous: number): ResourceVersion {
     const key = `${type}/${id}`;
     if (this.staged.has(key)) {
-      throw errors.badRequest(`${key} is written more than once in one transaction`);
+      throw errors.badRequest(`one ${type} is written more than once in one transaction`);
     }
     const versionId = previous + 1;
     let record: VersionRecord;
@@ -791,9 +799,7 @@ export class WriteSession {
     assertId(id);
     const current = await this.currentVersion(resource.resourceType, id);
     if (ifMatch !== undefined && current?.versionId !== ifMatch) {
-      throw errors.preconditionFailed(
-        `If-Match expects version ${ifMatch} of ${resource.resourceType}/${id}, the current version is ${current?.versionId ?? 'none'}`,
-      );
+      throw errors.preconditionFailed(`If-Match names another version than the current one (${current?.versionId ?? 'none'})`);
     }
     const created = !current || current.deleted;
     return { version: this.stage(resource.resourceType, id, resource, current?.versionId ?? 0), created };
@@ -805,7 +811,7 @@ export class WriteSession {
     assertId(id);
     const current = await this.currentVersion(type, id);
     if (ifMatch !== undefined && current?.versionId !== ifMatch) {
-      throw errors.preconditionFailed(`If-Match expects version ${ifMatch} of ${type}/${id}`);
+      throw errors.preconditionFailed('If-Match names another version than the current one');
     }
     if (!current || current.deleted) return current;
     return this.stage(type, id, null, current.versionId);
@@ -813,15 +819,17 @@ export class WriteSession {
 
   /**
    * Ids of current resources matching a search query (at most `limit`), seeing this session's staged
-   * writes: used by conditional create/update/delete and conditional references.
+   * writes: used by conditional create/update/delete and conditional references. `restrict` narrows the
+   * matches as a search's, e.g. to the patient compartment a token is bound to.
    */
-  async findMatches(type: string, queryString: string, limit = 2): Promise<string[]> {
+  async findMatches(type: string, queryString: string, restrict?: (q: StoreQuery) => StoreQuery, limit = 2): Promise<string[]> {
     assertResourceType(type);
     const params = [...new URLSearchParams(queryString)];
     if (params.length === 0) throw errors.badRequest(`a conditional ${type} query must have criteria`);
     const parsed = parseSearch(type, params);
     // Chained parameters see the stored data only (not this session's staged writes).
-    const query = await resolveChains(this.store, parsed, {});
+    const resolved = await resolveChains(this.store, parsed, {});
+    const query = resolved && restrict ? restrict(resolved) : resolved;
     const pending = this.overlayWrites(type);
     const ids = new Set<string>();
     if (query) {
@@ -868,7 +876,7 @@ export class WriteSession {
       await this.store.commit([...this.staged.values()].map((s) => s.write));
     } catch (e) {
       if (e instanceof VersionConflictError) {
-        throw errors.conflict(`${e.type}/${e.id} was changed concurrently; retry the request`);
+        throw errors.conflict(`a ${e.type} this request writes was changed concurrently; retry the request`);
       }
       if (e instanceof CommitAbortedError) throw errors.conflict(`${e.message}; retry the request`);
       if (e instanceof KeyErasedError) {

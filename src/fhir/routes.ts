@@ -6,7 +6,7 @@ import type { FhirContext, FhirRequest, FhirResponse, Handler } from './context.
 import { errors } from './outcome.ts';
 import { capabilities } from './operations/capabilities.ts';
 import { processBundle } from './operations/bundle.ts';
-import { create } from './operations/create.ts';
+import { create, createConditional } from './operations/create.ts';
 import { read } from './operations/read.ts';
 import { vread } from './operations/vread.ts';
 import { update, updateConditional } from './operations/update.ts';
@@ -39,6 +39,7 @@ export const ROUTES: Route[] = [
   { method: 'GET', pattern: '$consistency', handler: consistency, interaction: 'ledger-consistency' },
   // A type
   { method: 'GET', pattern: ':type', handler: search, interaction: 'search-type' },
+  { method: 'POST', pattern: ':type?', handler: createConditional, interaction: 'conditional-create' },
   { method: 'POST', pattern: ':type', handler: create, interaction: 'create' },
   { method: 'PUT', pattern: ':type?', handler: updateConditional, interaction: 'conditional-update' },
   { method: 'DELETE', pattern: ':type?', handler: removeConditional, interaction: 'conditional-delete' },

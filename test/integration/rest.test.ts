@@ -303,9 +303,9 @@ forEachStore((start, store) => {
       const tok = await t.token('patient/*.rs', mine.id);
       const as = (path: string) => t.http.get(`/fhir/${path}`).set('Authorization', `Bearer ${tok}`);
       assert.equal((await as(`Patient/${mine.id}`)).status, 200);
-      assertOutcome(await as(`Patient/${other.id}`), 403);
+      assertOutcome(await as(`Patient/${other.id}`), 404, 'not-found');
       assert.equal((await as(`Observation/${myObs.id}`)).status, 200);
-      assertOutcome(await as(`Observation/${otherObs.id}`), 403);
+      assertOutcome(await as(`Observation/${otherObs.id}`), 404, 'not-found');
       const found = body(await as('Observation'));
       assert.deepEqual(found.entry.map((e: any) => e.resource.id), [myObs.id]);
     });

@@ -1,11 +1,12 @@
 /** Helpers shared by the operation handlers: request checks, version headers, Prefer handling. */
 import { authorize, type Access } from '../../access/policy.ts';
-import { inPatientCompartment } from '../../access/compartment.ts';
+import { inPatientCompartment, restrictToPatient } from '../../access/compartment.ts';
+import type { StoreQuery } from '../../vault/store.ts';
 import type { Permission } from '../../access/scopes.ts';
 import type { FhirContext, FhirRequest, FhirResponse } from '../context.ts';
 import { parseFhirJson } from '../json.ts';
-import { errors, informational } from '../outcome.ts';
-import { assertResourceType, type FhirResource, type ResourceVersion } from '../repository.ts';
+import { errors, FhirError, informational } from '../outcome.ts';
+import { assertResourceType, unknownResource, unknownVersion, type FhirResource, type ResourceVersion } from '../repository.ts';
 import { canonicalDigestHex } from '../../ledger/canonical-json.ts';
 import { AnchorMismatchError } from '../../ledger/service.ts';
 
@@ -58,7 +59,7 @@ export function resourceBody(body: unknown, expectedType?: string): FhirResource
   const type = (body as { resourceType?: unknown }).resourceType;
   if (typeof type !== 'string') throw errors.badRequest('the resource has no resourceType', ['resourceType']);
   if (expectedType !== undefined && type !== expectedType) {
-    throw errors.badRequest(`the body is a ${type.slice(0, 64)}, the URL names ${expectedType}`, ['resourceType']);
+    throw errors.badRequest(`the body's resourceType is not the URL's type, ${expectedType}`, ['resourceType']);
   }
   assertResourceType(type);
   return body as FhirResource;
@@ -66,6 +67,19 @@ export function resourceBody(body: unknown, expectedType?: string): FhirResource
 
 /** Parameters every interaction accepts: they shape the response format only. */
 const FORMAT_PARAMS = ['_format', '_pretty'];
+
+/** Search parameters that shape a result (its size, order, contents) but select nothing. */
+const RESULT_SHAPING_PARAMS = ['_count', '_summary', '_total', '_sort', '_include', '_revinclude', '_elements', '_contained', '_containedType', '_cursor'];
+
+/** Refuses an unsupported parameter (400 naming it, never its value) unless the client asked for lenient handling. */
+function refuseUnlessLenient(req: FhirRequest, name: string, interaction: string, supported: readonly string[]): void {
+  if (req.preferHandling === 'lenient') return;
+  throw errors.notSupported(
+    `parameter '${name.slice(0, 64)}' is not supported on ${interaction}` +
+      (supported.length ? ` (supported: ${supported.join(', ')})` : '') +
+      '; send Prefer: handling=lenient to have unsupported parameters ignored',
+  );
+}
 
 /**
  * Refuses query parameters the interaction does not support (400 naming the parameter, never its value),
@@ -75,15 +89,26 @@ export function supportedParams(req: FhirRequest, supported: readonly string[], 
   const kept: Array<[string, string]> = [];
   for (const pair of req.query) {
     if (FORMAT_PARAMS.includes(pair[0]) || supported.includes(pair[0])) kept.push(pair);
-    else if (req.preferHandling !== 'lenient') {
-      throw errors.notSupported(
-        `parameter '${pair[0].slice(0, 64)}' is not supported on ${interaction}` +
-          (supported.length ? ` (supported: ${supported.join(', ')})` : '') +
-          '; send Prefer: handling=lenient to have unsupported parameters ignored',
-      );
-    }
+    else refuseUnlessLenient(req, pair[0], interaction, supported);
   }
   return kept;
+}
+
+/**
+ * The search criteria of a conditional interaction (from the URL query, or If-None-Exist), as a query
+ * string. Every criterion is parsed as a search, which refuses unknown parameters even under lenient
+ * handling: ignoring a criterion would widen the match, and a conditional write would hit the wrong
+ * resource. Parameters that only shape search results select nothing: refused, or dropped when lenient.
+ */
+export function conditionalCriteria(req: FhirRequest, pairs: Array<[string, string]>, interaction: string): string {
+  const criteria = pairs.filter(([key]) => {
+    const name = key.split(':', 1)[0];
+    if (FORMAT_PARAMS.includes(name)) return false;
+    if (!RESULT_SHAPING_PARAMS.includes(name)) return true;
+    refuseUnlessLenient(req, name, interaction, []);
+    return false;
+  });
+  return new URLSearchParams(criteria).toString();
 }
 
 /** `W/"3"` or `"3"` → 3. */
@@ -100,14 +125,50 @@ export function requireAccess(req: FhirRequest, type: string, permission: Permis
   return authorize(req.auth, type, permission);
 }
 
-/** For patient-bound access, the resource must lie in that patient's compartment (else 403). */
+/** A resource the request would write must lie in the patient compartment of a patient-bound token (else 403). */
 export function assertAccessible(access: Access, type: string, resource: unknown): void {
   if (access.kind === 'patient' && !inPatientCompartment(type, resource, access.patientId)) {
     throw errors.forbidden(`this ${type} is outside the patient compartment the token is bound to`);
   }
 }
 
-/** Compartment check against a stored version's JSON, parsing it only when the access requires it. */
-export function assertVersionAccessible(access: Access, v: ResourceVersion): void {
-  if (access.kind === 'patient' && v.json) assertAccessible(access, v.type, parseFhirJson(v.json));
+/**
+ * A stored version outside the patient compartment of a patient-bound token answers exactly as a missing
+ * one (`unknown`), so that the token learns nothing about other patients' data, not even what exists.
+ */
+export function assertVersionAccessible(access: Access, v: ResourceVersion, unknown: (type: string) => FhirError = unknownResource): void {
+  if (access.kind === 'patient' && v.json && !inPatientCompartment(v.type, parseFhirJson(v.json), access.patientId)) {
+    throw unknown(v.type);
+  }
+}
+
+/**
+ * Reads a version as the token may see it. A patient-bound token sees others' resources as missing, and
+ * deletions and erasures too: they hold no content that would tell whose they were.
+ */
+async function visibleVersion(access: Access, type: string, unknown: (type: string) => FhirError, read: Promise<ResourceVersion>): Promise<ResourceVersion> {
+  let v: ResourceVersion;
+  try {
+    v = await read;
+  } catch (e) {
+    if (access.kind === 'patient' && e instanceof FhirError && e.status === 410) throw unknown(type);
+    throw e;
+  }
+  assertVersionAccessible(access, v, unknown);
+  return v;
+}
+
+/** The current version of `type/id` as `access` may see it (404 or 410 otherwise). */
+export function readAccessible(ctx: FhirContext, access: Access, type: string, id: string): Promise<ResourceVersion> {
+  return visibleVersion(access, type, unknownResource, ctx.repo.read(type, id));
+}
+
+/** Version `vid` of `type/id` as `access` may see it (404 or 410 otherwise). */
+export function vreadAccessible(ctx: FhirContext, access: Access, type: string, id: string, vid: string): Promise<ResourceVersion> {
+  return visibleVersion(access, type, unknownVersion, ctx.repo.vread(type, id, vid));
+}
+
+/** What a patient-bound token's conditional matches are narrowed to: its compartment, as its searches are. */
+export function matchRestriction(access: Access): ((q: StoreQuery) => StoreQuery) | undefined {
+  return access.kind === 'patient' ? (q) => restrictToPatient(q, access.patientId) : undefined;
 }

@@ -1,7 +1,8 @@
 import type { FhirContext, FhirRequest, Handler } from '../context.ts';
 import { errors } from '../outcome.ts';
 import type { FhirResource, ResourceVersion, WriteSession } from '../repository.ts';
-import { assertAccessible, requireAccess, resourceBody, writeResponse } from './common.ts';
+import type { Access } from '../../access/policy.ts';
+import { assertAccessible, conditionalCriteria, matchRestriction, requireAccess, resourceBody, supportedParams, writeResponse } from './common.ts';
 
 export interface WriteOutcome {
   status: number;
@@ -12,16 +13,18 @@ export interface WriteOutcome {
 /**
  * Creates `resource`; with `ifNoneExist` (conditional create) an existing single match is returned
  * instead (200), and several matches fail with 412. `id` is the server-assigned id to use, if preassigned.
+ * A patient-bound `access` matches within its compartment only.
  */
 export async function createResource(
   session: WriteSession,
   resource: FhirResource,
   ifNoneExist?: string,
   id?: string,
+  access: Access = { kind: 'all' },
 ): Promise<WriteOutcome> {
   const type = resource.resourceType;
   if (ifNoneExist !== undefined) {
-    const matches = await session.findMatches(type, ifNoneExist);
+    const matches = await session.findMatches(type, ifNoneExist, matchRestriction(access));
     if (matches.length > 1) throw errors.preconditionFailed(`If-None-Exist matched more than one ${type}`, 'multiple-matches');
     if (matches.length === 1) {
       const existing = (await session.current(type, matches[0]))!;
@@ -32,11 +35,36 @@ export async function createResource(
   return { status: 201, version, message: `created ${type}/${version.id}` };
 }
 
-/** POST [base]/[type] */
-export const create: Handler = async (req: FhirRequest, ctx: FhirContext, { type }) => {
+async function createWith(req: FhirRequest, ctx: FhirContext, type: string, criteria: string | undefined) {
   const access = requireAccess(req, type, 'c');
   const resource = resourceBody(req.body, type);
   assertAccessible(access, type, resource);
-  const result = await ctx.repo.write((session) => createResource(session, resource, req.ifNoneExist));
+  const result = await ctx.repo.write((session) => createResource(session, resource, criteria, undefined, access));
   return writeResponse(result.status, result.version, req, ctx, result.message);
+}
+
+/** The If-None-Exist header's criteria, if any. */
+function ifNoneExistCriteria(req: FhirRequest): string | undefined {
+  if (req.ifNoneExist === undefined) return undefined;
+  return conditionalCriteria(req, [...new URLSearchParams(req.ifNoneExist)], 'If-None-Exist');
+}
+
+/** POST [base]/[type], conditional with If-None-Exist */
+export const create: Handler = async (req, ctx, { type }) => {
+  supportedParams(req, [], 'create');
+  return createWith(req, ctx, type, ifNoneExistCriteria(req));
+};
+
+/**
+ * POST [base]/[type]?[criteria]: a conditional create with the criteria in the URL, as If-None-Exist (fhirpy's
+ * get_or_create sends it). Both at once must agree.
+ */
+export const createConditional: Handler = async (req, ctx, { type }) => {
+  const criteria = conditionalCriteria(req, req.query, 'conditional create');
+  const header = ifNoneExistCriteria(req);
+  if (header !== undefined && criteria !== '' && header !== criteria) {
+    throw errors.badRequest('If-None-Exist and the URL query hold different criteria; send them in one of the two');
+  }
+  // Under lenient handling the query may hold nothing but ignored parameters: then it is a plain create.
+  return createWith(req, ctx, type, criteria || header);
 };

@@ -1,8 +1,8 @@
 import type { Handler } from '../context.ts';
 import { errors, informational } from '../outcome.ts';
-import type { WriteSession } from '../repository.ts';
+import { unknownResource, type WriteSession } from '../repository.ts';
 import type { Access } from '../../access/policy.ts';
-import { assertVersionAccessible, parseIfMatch, requireAccess } from './common.ts';
+import { assertVersionAccessible, conditionalCriteria, parseIfMatch, requireAccess, supportedParams } from './common.ts';
 
 export interface DeleteOutcome {
   status: number;
@@ -18,7 +18,8 @@ export async function deleteResource(
   access: Access = { kind: 'all' },
 ): Promise<DeleteOutcome> {
   const current = await session.current(type, id);
-  if (!current) throw errors.notFound(`${type}/${id} is not known`);
+  // A deletion holds no content to tell whose it was: a patient-bound token sees it as missing.
+  if (!current || (access.kind === 'patient' && current.deleted)) throw unknownResource(type);
   assertVersionAccessible(access, current);
   const deleted = await session.delete(type, id, ifMatch);
   if (deleted === current) return { status: 200, message: `${type}/${id} was already deleted`, versionId: current.versionId };
@@ -40,6 +41,7 @@ function deleteResponse(result: DeleteOutcome) {
 
 /** DELETE [base]/[type]/[id] */
 export const remove: Handler = async (req, ctx, { type, id }) => {
+  supportedParams(req, [], 'delete');
   const access = requireAccess(req, type, 'd');
   const ifMatch = parseIfMatch(req.ifMatch);
   return deleteResponse(await ctx.repo.write((s) => deleteResource(s, type, id, ifMatch, access)));
@@ -49,6 +51,6 @@ export const remove: Handler = async (req, ctx, { type, id }) => {
 export const removeConditional: Handler = async (req, ctx, { type }) => {
   const access = requireAccess(req, type, 'd');
   if (access.kind === 'patient') throw errors.forbidden('conditional delete needs a user/ or system/ scope');
-  const query = new URLSearchParams(req.query).toString();
-  return deleteResponse(await ctx.repo.write((s) => conditionalDelete(s, type, query)));
+  const criteria = conditionalCriteria(req, req.query, 'conditional delete');
+  return deleteResponse(await ctx.repo.write((s) => conditionalDelete(s, type, criteria)));
 };

@@ -1,6 +1,6 @@
 import type { Handler } from '../context.ts';
 import { errors } from '../outcome.ts';
-import { requireAccess } from './common.ts';
+import { requireAccess, supportedParams } from './common.ts';
 
 /**
  * POST [base]/Patient/[id]/$erase — right to erasure by crypto-shredding: the patient's data key is
@@ -9,6 +9,7 @@ import { requireAccess } from './common.ts';
  * Needs delete on Patient with user- or system-level access: a patient-bound token cannot erase.
  */
 export const erase: Handler = async (req, ctx, { id }) => {
+  supportedParams(req, [], '$erase');
   const access = requireAccess(req, 'Patient', 'd');
   if (access.kind !== 'all') throw errors.forbidden('$erase needs user/ or system/ delete access on Patient');
   const { resources, erasedAt } = await ctx.repo.erase(id);
@@ -19,7 +20,7 @@ export const erase: Handler = async (req, ctx, { id }) => {
       parameter: [
         { name: 'erasedAt', valueInstant: erasedAt },
         { name: 'resourcesErased', valueInteger: resources },
-        { name: 'outcome', resource: { resourceType: 'OperationOutcome', issue: [{ severity: 'information', code: 'informational', diagnostics: `Patient/${id}: data key destroyed; every version sealed under it is unreadable for good` }] } },
+        { name: 'outcome', resource: { resourceType: 'OperationOutcome', issue: [{ severity: 'information', code: 'informational', diagnostics: "the patient's data key is destroyed; every version sealed under it is unreadable for good" }] } },
       ],
     },
   };

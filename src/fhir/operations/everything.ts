@@ -3,7 +3,7 @@ import type { FhirRequest, Handler } from '../context.ts';
 import { serializeBundle } from '../bundle-json.ts';
 import { compartmentTypes } from '../compartment.ts';
 import { FhirError, errors } from '../outcome.ts';
-import { assertId, type EverythingCursor } from '../repository.ts';
+import { assertId, unknownResource, type EverythingCursor } from '../repository.ts';
 import { MAX_PAGE_SIZE, parseCount, sinceInstant } from '../search/query.ts';
 import { requireAccess } from './common.ts';
 
@@ -100,7 +100,7 @@ export const everything: Handler = async (req, ctx, { id }) => {
   const access = requireAccess(req, 'Patient', 'r');
   assertId(id);
   // Decided before any read: the same answer whether or not the other patient exists.
-  if (access.kind === 'patient' && access.patientId !== id) throw errors.forbidden('the token is bound to another patient');
+  if (access.kind === 'patient' && access.patientId !== id) throw unknownResource('Patient');
   const params = parseEverythingParams(req);
   const readable = compartmentTypes().filter((t) => (!params.types || params.types.includes(t)) && readAccess(req, t) !== undefined);
   const page = await ctx.repo.everything(id, {

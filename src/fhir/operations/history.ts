@@ -4,7 +4,7 @@ import { serializeBundle } from '../bundle-json.ts';
 import { errors } from '../outcome.ts';
 import { assertId, unknownResource } from '../repository.ts';
 import { DEFAULT_PAGE_SIZE, parseCount, sinceInstant } from '../search/query.ts';
-import { assertVersionAccessible, requireAccess, supportedParams } from './common.ts';
+import { readAccessible, requireAccess, supportedParams } from './common.ts';
 
 interface HistoryParams {
   since?: string;
@@ -70,8 +70,8 @@ export const instanceHistory: Handler = async (req, ctx, { type, id }) => {
   const access = requireAccess(req, type, 'r');
   assertId(id);
   const current = await ctx.repo.store.current(type, id);
-  if (!current) throw errors.notFound(unknownResource(type));
-  if (access.kind === 'patient') assertVersionAccessible(access, await ctx.repo.read(type, id));
+  if (!current) throw unknownResource(type);
+  if (access.kind === 'patient') await readAccessible(ctx, access, type, id);
   return { status: 200, body: await historyBundle(req, ctx, `/${type}/${id}/_history`, type, id) };
 };
 

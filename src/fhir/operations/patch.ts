@@ -10,7 +10,7 @@ import r4 from 'fhirpath/fhir-context/r4';
 import type { Handler } from '../context.ts';
 import { cloneFhirJson, isLosslessNumber, parseFhirJson } from '../json.ts';
 import { errors, type FhirError } from '../outcome.ts';
-import type { FhirResource, WriteSession } from '../repository.ts';
+import { unknownResource, type FhirResource, type WriteSession } from '../repository.ts';
 import { schemaFor } from '../validation/definitions.ts';
 import type { Access } from '../../access/policy.ts';
 import type { WriteOutcome } from './create.ts';
@@ -108,12 +108,12 @@ export async function patchResource(
   access: Access = { kind: 'all' },
 ): Promise<WriteOutcome> {
   const current = await session.current(type, id);
-  if (!current) throw errors.notFound(`this ${type} is not known`);
-  if (current.deleted || !current.json) throw errors.gone(`this ${type} was deleted`);
-  // Access first: a version number is not told to a token that may not see the resource.
+  // Before any other answer: a patient-bound token sees others' resources, and deletions, as missing.
+  if (!current || (access.kind === 'patient' && current.deleted)) throw unknownResource(type);
   assertVersionAccessible(access, current);
+  if (current.deleted || !current.json) throw errors.gone(`this ${type} was deleted`);
   if (ifMatch !== undefined && current.versionId !== ifMatch) {
-    throw errors.preconditionFailed(`If-Match does not name the current version, ${current.versionId}`);
+    throw errors.preconditionFailed(`If-Match names another version than the current one (${current.versionId})`);
   }
   const patched = patch.apply(parseFhirJson(current.json) as FhirResource);
   if (patched?.resourceType !== type || patched.id !== id) {

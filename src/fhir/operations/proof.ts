@@ -13,7 +13,7 @@ import type { FhirResponse, Handler } from '../context.ts';
 import { errors, FhirError } from '../outcome.ts';
 import { anchoredDigest } from '../../ledger/anchor-publisher.ts';
 import type { LedgerService, ProofResult } from '../../ledger/service.ts';
-import { assertVersionAccessible, requireAccess } from './common.ts';
+import { requireAccess, supportedParams, vreadAccessible } from './common.ts';
 
 function ledgerOf(ledger: LedgerService | undefined): LedgerService {
   if (!ledger) throw errors.notSupported('this gateway runs without a ledger');
@@ -30,16 +30,17 @@ function proofResponse<T>(result: ProofResult<T>): FhirResponse {
 }
 
 export const proof: Handler = async (req, ctx, { type, id, vid }) => {
+  supportedParams(req, [], '$proof');
   const ledger = ledgerOf(ctx.ledger);
   const access = requireAccess(req, type, 'r');
-  const v = await ctx.repo.vread(type, id, vid);
-  assertVersionAccessible(access, v);
-  if (!v.anchor) throw notYet(`${type}/${id} version ${v.versionId} is not anchored yet`);
+  const v = await vreadAccessible(ctx, access, type, id, vid);
+  if (!v.anchor) throw notYet(`this ${type} version is not anchored yet`);
   const digest = anchoredDigest({ ...v, digest: v.digest ?? null });
   return proofResponse(await ledger.resourceProof({ type, id, versionId: v.versionId, digest }, v.anchor));
 };
 
-export const checkpoint: Handler = async (_req, ctx) => {
+export const checkpoint: Handler = async (req, ctx) => {
+  supportedParams(req, [], '$checkpoint');
   const ledger = ledgerOf(ctx.ledger);
   const latest = await ledger.checkpoint();
   if (!latest) throw notYet('no block is final yet');
@@ -48,7 +49,7 @@ export const checkpoint: Handler = async (_req, ctx) => {
 
 export const consistency: Handler = async (req, ctx) => {
   const ledger = ledgerOf(ctx.ledger);
-  const from = req.query.find(([k]) => k === 'from')?.[1];
+  const from = supportedParams(req, ['from'], '$consistency').find(([k]) => k === 'from')?.[1];
   if (from === undefined || !/^(0|[1-9]\d{0,15})$/.test(from)) throw errors.badRequest('from must be a block number');
   return proofResponse(await ledger.consistencyProof(Number(from)));
 };

@@ -1,7 +1,7 @@
 import type { Handler } from '../context.ts';
 import { subsetted } from '../repository.ts';
 import { parseElements } from '../search/query.ts';
-import { assertAnchorIntact, assertVersionAccessible, requireAccess, supportedParams, versionHeaders } from './common.ts';
+import { assertAnchorIntact, readAccessible, requireAccess, supportedParams, versionHeaders } from './common.ts';
 
 /** Query parameters of read and vread: `_elements` shapes the resource (marked SUBSETTED). */
 export function readShaping(req: Parameters<Handler>[0], type: string, interaction: string): { elements?: string[] } {
@@ -13,8 +13,7 @@ export function readShaping(req: Parameters<Handler>[0], type: string, interacti
 export const read: Handler = async (req, ctx, { type, id }) => {
   const access = requireAccess(req, type, 'r');
   const { elements } = readShaping(req, type, 'read');
-  const v = await ctx.repo.read(type, id);
-  assertVersionAccessible(access, v);
+  const v = await readAccessible(ctx, access, type, id);
   await assertAnchorIntact(v, ctx);
   return { status: 200, headers: versionHeaders(v, ctx), body: elements ? subsetted(v, elements).json : v.json };
 };

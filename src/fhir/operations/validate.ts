@@ -1,7 +1,7 @@
 import type { Handler } from '../context.ts';
 import { errors, operationOutcome } from '../outcome.ts';
 import { validateResource } from '../validation/index.ts';
-import { requireAccess, resourceBody } from './common.ts';
+import { requireAccess, resourceBody, supportedParams } from './common.ts';
 
 /** The resource to validate: the body itself, or the `resource` parameter of a Parameters body. */
 function resourceToValidate(body: unknown): { resource: unknown; profiles: string[] } {
@@ -21,7 +21,7 @@ export const validate: Handler = async (req, _ctx, { type }) => {
   requireAccess(req, type, 'r');
   const { resource, profiles } = resourceToValidate(resourceBody(req.body));
   const body = resourceBody(resource, type);
-  for (const [key, value] of req.query) if (key === 'profile') profiles.push(value);
+  for (const [key, value] of supportedParams(req, ['profile'], '$validate')) if (key === 'profile') profiles.push(value);
   const issues = validateResource(body, profiles.length ? { profiles } : undefined);
   const outcome = operationOutcome(
     issues.length

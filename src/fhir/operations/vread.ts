@@ -1,14 +1,13 @@
 import type { Handler } from '../context.ts';
 import { subsetted } from '../repository.ts';
 import { readShaping } from './read.ts';
-import { assertAnchorIntact, assertVersionAccessible, requireAccess, versionHeaders } from './common.ts';
+import { assertAnchorIntact, requireAccess, versionHeaders, vreadAccessible } from './common.ts';
 
 /** GET [base]/[type]/[id]/_history/[vid] */
 export const vread: Handler = async (req, ctx, { type, id, vid }) => {
   const access = requireAccess(req, type, 'r');
   const { elements } = readShaping(req, type, 'vread');
-  const v = await ctx.repo.vread(type, id, vid);
-  assertVersionAccessible(access, v);
+  const v = await vreadAccessible(ctx, access, type, id, vid);
   await assertAnchorIntact(v, ctx);
   return { status: 200, headers: versionHeaders(v, ctx), body: elements ? subsetted(v, elements).json : v.json };
 };
