@@ -84,7 +84,7 @@ describe('HTTP layer', () => {
         const cs = body(res);
         assert.equal(cs.resourceType, 'CapabilityStatement');
         assert.equal(cs.fhirVersion, '4.0.1');
-        assert.deepEqual(cs.patchFormat, ['application/json-patch+json', 'application/merge-patch+json', 'application/fhir+json']);
+        assert.deepEqual(cs.patchFormat, ['application/json-patch+json', 'application/merge-patch+json', 'application/fhir+json', 'application/json']);
         assert.equal((await t.http.head('/fhir/metadata')).status, 200);
         assert.equal(recorded.length, 0, 'no access record without an actor');
 

@@ -127,7 +127,7 @@ forEachStore((start) => {
       const token = await t.token('patient/*.rs', otherPatientId);
       const other = await get(`Patient/${patientId}/$everything`, token);
       const missing = await get('Patient/no-such-patient/$everything', token);
-      assert.equal(other.status, 403);
+      assert.equal(other.status, 404);
       assert.deepEqual(body(other), body(missing));
       const own = await pages(() => get(`Patient/${otherPatientId}/$everything`, token), token);
       assert.equal(own[0].total, 2);
