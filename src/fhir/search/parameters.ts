@@ -190,8 +190,8 @@ function walker(steps: Step[]): (resource: unknown, out: unknown[]) => void {
     return (resource, out) => {
       const v = (resource as Record<string, unknown>)[name];
       if (v === undefined || v === null) return;
-      if (Array.isArray(v)) for (const x of v) if (x !== null) out.push(x);
-      else out.push(v);
+      if (!Array.isArray(v)) out.push(v);
+      else for (const x of v) if (x !== null) out.push(x);
     };
   }
   const visit = (node: unknown, i: number, out: unknown[]): void => {
@@ -205,8 +205,8 @@ function walker(steps: Step[]): (resource: unknown, out: unknown[]) => void {
         if (node === null || typeof node !== 'object') return;
         const v = (node as Record<string, unknown>)[step.name];
         if (v === undefined || v === null) return;
-        if (Array.isArray(v)) for (const x of v) if (x !== null) visit(x, i + 1, out);
-        else visit(v, i + 1, out);
+        if (!Array.isArray(v)) visit(v, i + 1, out);
+        else for (const x of v) if (x !== null) visit(x, i + 1, out);
         return;
       }
       case 'whereEq':
