@@ -439,6 +439,14 @@ describe('invalid inputs', () => {
     }
     const weirdKey = validateResource({ resourceType: 'Patient', [`${secret} key`]: 1 });
     for (const issue of weirdKey) assert.ok(!JSON.stringify(issue).includes(secret), JSON.stringify(issue));
+    const narrative = `<div xmlns="${XHTML}"><${secret}>x</${secret}><p ${secret}="1" onclick="${secret}">${secret}</p></div>`;
+    const others = [
+      ...validateResource(patient(), { profiles: [`https://${secret}.org/fhir/StructureDefinition/p`] }),
+      ...validateResource(mutate(patient(), (p) => (p.text = { status: 'generated', div: narrative }))),
+      ...validateResource(mutate(patient(), (p) => (p.identifier = [null, { value: secret }, null]))),
+    ];
+    assert.ok(others.length >= 3, describeIssues(others));
+    for (const issue of others) assert.ok(!JSON.stringify(issue).includes(secret), JSON.stringify(issue));
   });
 });
 
