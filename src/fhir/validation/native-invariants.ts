@@ -24,6 +24,11 @@ export const DELIBERATE_DIFFERENCES: Record<string, string> = {
     'fhirpath.js throws on this expression ("Expected singleton on left side of as"): as(canonical) is ' +
     'applied to a collection. The native implements the intent: every contained resource is referenced ' +
     'from elsewhere in the resource ("#id"), or refers to its container ("#").',
+  'rng-2':
+    'fhirpath.js compares two Quantities only when it can convert their units, so a Range whose ends have no ' +
+    'unit, or the same non-UCUM unit, always passes there (empty result). The native compares the values ' +
+    'whenever both ends carry the same unit (or none), as the invariant intends ("low SHALL have a lower ' +
+    'value than high").',
   'que-7':
     'fhirpath.js evaluates "answer is Boolean" to false for a FHIR boolean (answerBoolean), because it ' +
     'only matches System.Boolean; FHIR validators treat FHIR.boolean as Boolean here.',
@@ -109,8 +114,19 @@ function nonNegativeIfPresent(node: unknown, key: string): boolean | undefined {
   if (!isObj(node)) return undefined;
   const v = node[key];
   if (v === undefined) return true;
+  const n = decimalValue(v);
+  return n === undefined ? undefined : n >= 0;
+}
+
+/** A decimal element's value as a JS number (JS number or LosslessNumber), undefined otherwise. */
+function decimalValue(v: unknown): number | undefined {
   const n = typeof v === 'number' ? v : isLosslessNumber(v) ? Number(v.value) : NaN;
-  return Number.isNaN(n) ? undefined : n >= 0;
+  return Number.isNaN(n) ? undefined : n;
+}
+
+/** Two Quantities state the same unit (the same system, code and unit text, or none at all). */
+function sameUnit(a: Obj, b: Obj): boolean {
+  return a.system === b.system && a.code === b.code && a.unit === b.unit;
 }
 
 /** `type = 'x'` on a Bundle: the type, or undefined when it is not a plain string. */
@@ -224,6 +240,18 @@ const NATIVES: Record<string, NativeInvariant> = {
       if (start === undefined || end === undefined) return true;
       if (typeof start !== 'string' || typeof end !== 'string') return undefined;
       return lessOrEqualDateTime(start, end);
+    },
+  },
+  'rng-2': {
+    expression: 'low.empty() or high.empty() or (low <= high)',
+    check(node) {
+      if (!isObj(node)) return undefined;
+      const { low, high } = node;
+      if (low === undefined || high === undefined) return true;
+      if (!isObj(low) || !isObj(high) || !sameUnit(low, high)) return undefined;
+      const a = decimalValue(low.value);
+      const b = decimalValue(high.value);
+      return a === undefined || b === undefined ? undefined : a <= b;
     },
   },
   'obs-7': {

@@ -4,7 +4,7 @@
 // Each type is compiled once, on first use, and cached.
 import type { InternalSchemaElement, InternalTypeSchema } from '@medplum/core';
 import { bindingFor, type RequiredBinding } from './bindings.ts';
-import { schemaFor } from './definitions.ts';
+import { datatypeProfileConstraints, schemaFor } from './definitions.ts';
 import { compileInvariants, type Invariant } from './invariants.ts';
 import { primitiveRule, type PrimitiveRule } from './primitives.ts';
 
@@ -121,7 +121,7 @@ function addElementFields(type: CompiledType, name: string, element: InternalSch
     type.choiceNames.push(name);
   }
   const typeCodes = isChoice ? element.type : element.type.slice(0, 1);
-  for (const { code } of typeCodes) {
+  for (const { code, profile } of typeCodes) {
     const key = isChoice ? baseName + code.charAt(0).toUpperCase() + code.slice(1) : baseName;
     // Resource.id is typed as a plain string in the R4 definitions, but it is an id.
     const rule = type.isResource && key === 'id' ? primitiveRule('id') : primitiveRule(code);
@@ -141,7 +141,7 @@ function addElementFields(type: CompiledType, name: string, element: InternalSch
       extensionKey: '_' + key,
       binding: bindingFor(element.binding, code),
       referenceTargets: code === 'Reference' ? referenceTargets(element) : undefined,
-      invariants: elementInvariants(element, code, kind, isChoice),
+      invariants: [...elementInvariants(element, code, kind, isChoice), ...typeProfileInvariants(code, profile)],
       fixed: element.fixed?.value,
       pattern: element.pattern?.value,
       profile: undefined,
@@ -219,4 +219,12 @@ function elementInvariants(element: InternalSchemaElement, code: string, kind: F
   }
   // FHIRPath cannot type a "value[x]" path: a choice variant's invariants are based on its type.
   return compileInvariants(own, isChoice ? code : element.path);
+}
+
+/** Invariants a core datatype profile adds to its base type, e.g. sqty-1 on `Quantity(SimpleQuantity)`. */
+function typeProfileInvariants(code: string, profiles: string[] | undefined): Invariant[] {
+  if (profiles === undefined || profiles.length === 0) return [];
+  const baseKeys = new Set((schemaFor(code).constraints ?? []).map((c) => c.key));
+  const own = profiles.flatMap(datatypeProfileConstraints).filter((c) => !baseKeys.has(c.key));
+  return compileInvariants(own, code);
 }

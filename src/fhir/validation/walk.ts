@@ -13,12 +13,13 @@ import {
   type InvariantEnv,
   type PendingInvariant,
 } from './invariants.ts';
-import { LocationStack, safePropertyName, type IssueCode, type ValidationIssue } from './issues.ts';
+import { LocationStack, MAX_ISSUES, safePropertyName, type IssueCode, type ValidationIssue } from './issues.ts';
 import { hasJsonKind, isLosslessNumber } from './primitives.ts';
 import { profileTypesFor } from './profiles.ts';
 import { checkReference } from './references.ts';
 import { compiledType, fieldType, type CompiledType, type Field } from './schema.ts';
 import { equalsFixed, matchesPattern } from './values.ts';
+import { checkNarrativeXhtml } from './xhtml.ts';
 
 type Obj = Record<string, unknown>;
 
@@ -48,9 +49,19 @@ export class Walker {
   private sawLosslessNumber = false;
   /** Set when a resource was walked against several profiles: issues may repeat. */
   private mayRepeatIssues = false;
+  /** Warnings and information past MAX_ISSUES, counted but not listed. */
+  private unlisted = 0;
+  /** Set by an error past MAX_ISSUES: the walk unwinds without looking further. */
+  private stopped = false;
 
   report(severity: ValidationIssue['severity'], code: IssueCode, message: string, expression?: string): void {
-    this.issues.push({ severity, code, message, expression: expression ?? this.location.toString() });
+    if (this.issues.length < MAX_ISSUES) {
+      this.issues.push({ severity, code, message, expression: expression ?? this.location.toString() });
+    } else if (severity === 'error') {
+      this.stopped = true;
+    } else {
+      this.unlisted++;
+    }
   }
 
   /** Entry point for the root resource; `extraProfiles` come from $validate?profile=. */
@@ -58,13 +69,20 @@ export class Walker {
     const type = isObject(resource) ? resource.resourceType : undefined;
     this.location.push(typeof type === 'string' && isConcreteResourceType(type) ? type : 'Resource');
     this.walkResource(resource, 'root', extraProfiles);
-    if (this.pending.length > 0) {
+    if (this.pending.length > 0 && !this.stopped) {
       evaluatePending(this.pending, resource, this.sawLosslessNumber, (item) =>
         this.reportInvariant(item.inv, item.location),
       );
     }
     // Several profiles, or both sides of a primitive/"_primitive" pair, may report the same issue.
-    return this.mayRepeatIssues || this.issues.length > 1 ? dedupe(this.issues) : this.issues;
+    const issues = this.mayRepeatIssues || this.issues.length > 1 ? dedupe(this.issues) : this.issues;
+    const root = this.location.toString();
+    if (this.stopped) {
+      issues.push({ severity: 'error', code: 'too-costly', message: `Validation stopped after ${MAX_ISSUES} issues: the resource has more, which are not listed`, expression: root });
+    } else if (this.unlisted > 0) {
+      issues.push({ severity: 'information', code: 'informational', message: `${this.unlisted} more warnings are not listed`, expression: root });
+    }
+    return issues;
   }
 
   walkResource(node: unknown, role: ResourceRole, extraProfiles?: CompiledType[]): void {
@@ -98,6 +116,7 @@ export class Walker {
   walkObject(node: Obj, type: CompiledType): void {
     let choices = 0;
     for (const key in node) {
+      if (this.stopped) return;
       const value = node[key];
       const field = type.fields.get(key);
       if (field === undefined) {
@@ -133,6 +152,7 @@ export class Walker {
       }
       this.location.pop();
     }
+    if (this.stopped) return;
 
     for (const rule of type.required) {
       let present = false;
@@ -185,12 +205,16 @@ export class Walker {
         this.report('error', 'structure', `_${field.valueKey} must have as many items as ${field.valueKey}`);
       }
     }
-    for (let i = 0; i < value.length; i++) {
+    for (let i = 0; i < value.length && !this.stopped; i++) {
       const item = value[i];
       this.location.push(i);
       if (item === null) {
-        const paired = Array.isArray(partner) && partner[i] !== null && partner[i] !== undefined;
-        if (!paired) this.report('error', 'structure', 'null is only allowed where the paired primitive or extension is present');
+        if (field.kind === 'complex' || field.kind === 'resource') {
+          this.report('error', 'structure', `null is not allowed in ${field.name} (FHIR JSON allows null only as a placeholder in arrays of primitives)`);
+        } else {
+          const paired = Array.isArray(partner) && partner[i] !== null && partner[i] !== undefined;
+          if (!paired) this.report('error', 'structure', 'null is only allowed where the paired primitive or extension is present');
+        }
       } else {
         this.checkItem(item, field);
       }
@@ -232,6 +256,10 @@ export class Walker {
     if (problem !== undefined) {
       this.report('error', 'value', problem);
       return;
+    }
+    if (rule.type === 'xhtml') {
+      const finding = checkNarrativeXhtml(value as string);
+      if (finding !== undefined) this.report(finding.severity, finding.code, finding.message);
     }
     this.checkConformance(value, field);
     for (let i = 0; i < field.invariants.length; i++) this.checkInvariant(field.invariants[i], value, undefined);
