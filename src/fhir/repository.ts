@@ -540,17 +540,24 @@ export class FhirRepository {
           ? { type, ids: [patientId], clauses: [], lastUpdated: since, limit: 0 }
           : { type, clauses: [{ param: COMPARTMENT_PARAM, anyOf: [compartmentTerm(patientId)] }], lastUpdated: since, limit: 0 },
       );
-    const total = await this.countAcross(queries);
     const cursor = options.cursor;
     let versions: ResourceVersion[] = [];
     if (cursor?.phase !== 'referenced') {
       const page = await this.pageAcross(queries, options.limit, cursor);
-      if (page.nextCursor) return { versions: page.versions, included: [], total, nextCursor: { phase: 'compartment', ...page.nextCursor } };
+      if (page.nextCursor) {
+        return { versions: page.versions, included: [], total: await this.countAcross(queries), nextCursor: { phase: 'compartment', ...page.nextCursor } };
+      }
       versions = page.versions;
     }
+    // A first page that holds the whole compartment counts it (an erased patient never gets this far).
+    const total = cursor === undefined ? versions.length : await this.countAcross(queries);
     const room = options.limit - versions.length;
     const after = cursor?.phase === 'referenced' ? cursor.afterKey : '';
-    const keys = (await this.referencedOutsideCompartment(queries, options.canInclude)).filter((k) => k > after);
+    // A first page that holds the whole compartment has every reference in hand: no second scan.
+    const referenced = cursor === undefined
+      ? referencedKeys(versions.map((v) => v.json ?? ''), options.canInclude)
+      : await this.referencedOutsideCompartment(queries, options.canInclude);
+    const keys = referenced.filter((k) => k > after);
     const included = await this.currentOf(keys.slice(0, room));
     const nextCursor: EverythingCursor | undefined =
       keys.length > room ? { phase: 'referenced', afterKey: room > 0 ? keys[room - 1] : after } : undefined;
@@ -564,23 +571,17 @@ export class FhirRepository {
   private async referencedOutsideCompartment(queries: StoreQuery[], canInclude: (type: string) => boolean): Promise<string[]> {
     // A caller who may read none of those types (a patient-bound token) is spared the scan.
     if (!knownResourceTypes().some((t) => !compartmentParams().has(t) && canInclude(t))) return [];
-    const wanted = new Set<string>();
+    const jsons: string[] = [];
     for (const query of queries) {
       let afterId: string | undefined;
       for (;;) {
         const rows = await this.store.search({ ...query, afterId, limit: SCAN_CHUNK });
-        for (const row of rows) {
-          // Stored JSON is compact, so a reference is exactly `"reference":"Type/id"` (relative, local).
-          const json = row.content && !row.erased ? decoder.decode(row.content) : '';
-          for (const m of json.matchAll(/"reference":"([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[A-Za-z0-9\-.]{1,64})?"/g)) {
-            if (!compartmentParams().has(m[1]) && canInclude(m[1])) wanted.add(`${m[1]}/${m[2]}`);
-          }
-        }
+        for (const row of rows) if (row.content && !row.erased) jsons.push(decoder.decode(row.content));
         if (rows.length < SCAN_CHUNK) break;
         afterId = rows[rows.length - 1].id;
       }
     }
-    return [...wanted].sort();
+    return referencedKeys(jsons, canInclude);
   }
 
   /** The current, live versions of `Type/id` keys, in their order (missing, deleted and erased ones left out). */
@@ -671,6 +672,18 @@ export class FhirRepository {
     session.durable = done;
     return done;
   }
+}
+
+/** The sorted `Type/id`s that stored JSONs refer to, of types no patient compartment holds and the caller may read. */
+function referencedKeys(jsons: string[], canInclude: (type: string) => boolean): string[] {
+  const wanted = new Set<string>();
+  for (const json of jsons) {
+    // Stored JSON is compact, so a reference is exactly `"reference":"Type/id"` (relative, local).
+    for (const m of json.matchAll(/"reference":"([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[A-Za-z0-9\-.]{1,64})?"/g)) {
+      if (!compartmentParams().has(m[1]) && canInclude(m[1])) wanted.add(`${m[1]}/${m[2]}`);
+    }
+  }
+  return [...wanted].sort();
 }
 
 /**

@@ -17,7 +17,7 @@ import { collectReferences, parseConditionalReference } from '../../src/fhir/ref
 import { routeRequest } from '../../src/fhir/routes.ts';
 import { parseScopes } from '../../src/access/scopes.ts';
 import { transactionOf } from '../support/bundles.ts';
-import { body, FHIR_DATA, FHIR_JSON, forEachStore, type TestGateway } from '../support/gateway.ts';
+import { body, FHIR_DATA, FHIR_JSON, startTestGateway, type TestGateway } from '../support/gateway.ts';
 
 const HIV = join(FHIR_DATA, 'synthea', 'hiv-2021');
 const PATIENT_BUNDLES = [
@@ -42,7 +42,10 @@ function writeReferenceData(dir: string): string {
   return file;
 }
 
-forEachStore((start) => {
+// The defect lived in the bundle handler and the importer, above the store: the embedded default is enough
+// (an import on FerretDB, which scans for every query, took over three minutes of CI for nothing more).
+describe('on SQLite', () => {
+  const start = () => startTestGateway();
   let dir: string;
   let referenceData: string;
   before(() => {

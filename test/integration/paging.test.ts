@@ -12,7 +12,7 @@ import { body, FHIR_DATA, FHIR_JSON, forEachStore, type TestGateway } from '../s
 type R = Record<string, any>;
 const BASE = 'http://gateway.test/fhir';
 
-forEachStore((start) => {
+forEachStore((start, store) => {
   let t: TestGateway;
   const auth = (token?: string) => ({ Authorization: `Bearer ${token ?? t.admin}` });
   const get = (path: string, token?: string) => t.http.get(`/fhir/${path}`).set(auth(token));
@@ -79,7 +79,8 @@ forEachStore((start) => {
   after(async () => t?.close());
 
   describe('$everything', () => {
-    for (const who of ['synthetic', 'Synthea'] as const) {
+    // The Synthea record pages the same store queries again: once, on the embedded default, is enough.
+    for (const who of store === 'sqlite' ? (['synthetic', 'Synthea'] as const) : (['synthetic'] as const)) {
       it(`${who}: pages of _count=10 hold at most 10 entries, never repeat one, and together are the unpaged result`, async () => {
         const id = who === 'synthetic' ? patientId : hoegerId;
         const whole = await pages(() => get(`Patient/${id}/$everything`));
