@@ -53,7 +53,9 @@ export interface Gateway {
 export async function startGateway(store: Store, vault: Vault, mongodbUri?: string): Promise<Gateway> {
   const dataDir = mkdtempSync(join(tmpdir(), 'medblock-bench-'));
   const database = `medblock_bench_${vault}_${Date.now().toString(36)}`;
-  const { MEDBLOCK_MONGODB_URI: _unused, BENCH_PLAINTEXT: _mode, ...baseEnv } = process.env;
+  // The gateway runs the embedded default's ledger (solo orderer) whatever this shell exports: the ledger part
+  // measures Kafka on its own, and the security tax must not change with the environment it is run from.
+  const { MEDBLOCK_MONGODB_URI: _unused, MEDBLOCK_KAFKA_BROKERS: _kafka, BENCH_PLAINTEXT: _mode, ...baseEnv } = process.env;
   const env: NodeJS.ProcessEnv = { ...baseEnv, PORT: String(await freePort()), MEDBLOCK_DATA_DIR: dataDir, MEDBLOCK_LOG: 'on' };
   if (vault === 'plaintext') env.BENCH_PLAINTEXT = '1';
   if (store === 'mongodb') env.MEDBLOCK_MONGODB_URI = `${mongodbUri!.replace(/\/+$/, '')}/${database}`;
