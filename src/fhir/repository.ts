@@ -1,99 +1,41 @@
 /**
- * FHIR semantics over the ResourceStore port: versions, ids, meta, validation, digests, index terms, and
- * all-or-nothing write sessions. Handlers talk to this, never to a store directly.
+ * FHIR semantics over the ResourceStore port: reads, searches, $everything, history, and all-or-nothing
+ * writes through write sessions (write-session.ts). Handlers talk to this, never to a store directly.
  */
-import { randomUUID } from 'node:crypto';
 import { createVersionChecker, type VersionChecker } from './checks/pool.ts';
+import { isErasable, type HistoryQuery, type ResourceStore, type StoreQuery, type StoredVersion } from '../vault/store.ts';
+import { errors } from './outcome.ts';
 import {
-  type AnchorLocation,
-  CommitAbortedError,
-  isErasable,
-  VersionConflictError,
-  type HistoryQuery,
-  type IndexTerm,
-  type ResourceStore,
-  type StoreQuery,
-  type StoredVersion,
-  type VersionRecord,
-  type VersionWrite,
-} from '../vault/store.ts';
-import { KeyErasedError } from '../vault/data-keys.ts';
-import { parseFhirJson, stringifyFhirJson } from './json.ts';
-import { errors, FhirError } from './outcome.ts';
-import { dateSortKey, parseSearch, type Cursor, type IncludeSpec, type ParsedSearch, type Predicate, type SortSpec } from './search/query.ts';
+  assertId,
+  assertResourceType,
+  erasedError,
+  goneError,
+  parseVersion,
+  subsetted,
+  toVersion,
+  unknownResource,
+  unknownVersion,
+  type ResourceVersion,
+} from './resource-version.ts';
+import { dateSortKey, parseSearch, type Cursor, type ParsedSearch, type SortSpec } from './search/query.ts';
+import { countMatches, MAX_INCLUDES, MAX_SCAN, PAGE_SCAN_BUDGET, resolveChains, SCAN_CHUNK, scanMatches, tooCostly } from './search/scan.ts';
 import { normalizeReference, referenceValueTerms } from './search/terms.ts';
-import { extractTerms } from './search/terms.ts';
-import { isKnownResourceType, knownResourceTypes } from './validation/index.ts';
-import { COMPARTMENT_PARAM, compartmentParams, compartmentTerm, compartmentTypes, patientCompartments } from './compartment.ts';
+import { knownResourceTypes } from './validation/index.ts';
+import { COMPARTMENT_PARAM, compartmentParams, compartmentTerm, compartmentTypes } from './compartment.ts';
+import { WriteSession } from './write-session.ts';
 
-export type FhirResource = Record<string, unknown> & { resourceType: string; id?: string; meta?: Record<string, unknown> };
-
-/** A version as handlers see it: the stored record plus its serialized JSON. */
-export interface ResourceVersion {
-  type: string;
-  id: string;
-  versionId: number;
-  lastUpdated: string;
-  deleted: boolean;
-  /** Serialized resource (absent for deletions). */
-  json?: string;
-  /** Hex SHA-256 of the canonical JSON, as the vault recorded it (absent for deletions). */
-  digest?: string;
-  /** Where the ledger anchored this version; absent while it waits in the outbox. */
-  anchor?: AnchorLocation;
-}
-
-export const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
-
-/**
- * AuditEvents are the hospital's access records, not a patient's data: they are in no patient compartment
- * (not in `$everything`, not under `patient/` scopes, not in the ledger's patient locator) and all are
- * sealed under one audit key (an owner no resource id can spell), so erasing a patient keeps the record
- * of who accessed them. Compliance finds them by patient with `AuditEvent?patient=` / `entity=`.
- */
-const AUDIT_RECORD_TYPE = 'AuditEvent';
-const AUDIT_KEY_OWNER = 'AuditEvent/_access-log';
-const encoder = new TextEncoder();
-const decoder = new TextDecoder();
-
-export function assertResourceType(type: string): void {
-  if (!isKnownResourceType(type)) throw errors.notFound('the resource type is not a FHIR R4 resource type');
-}
-
-export function assertId(id: string): void {
-  if (!ID_PATTERN.test(id)) throw errors.badRequest("the resource id is not valid (1 to 64 of A-Z, a-z, 0-9, '-' and '.')");
-}
-
-function toVersion(stored: VersionRecord & { anchor?: AnchorLocation }): ResourceVersion {
-  return {
-    type: stored.type,
-    id: stored.id,
-    versionId: stored.versionId,
-    lastUpdated: stored.lastUpdated,
-    deleted: stored.deleted,
-    json: stored.content ? decoder.decode(stored.content) : undefined,
-    digest: stored.digest ?? undefined,
-    anchor: stored.anchor,
-  };
-}
-
-/** Puts id and meta first and stamps versionId/lastUpdated, keeping the client's other meta. */
-function stamp(resource: FhirResource, id: string, versionId: number, lastUpdated: string): FhirResource {
-  const { resourceType, id: _ignored, meta, ...rest } = resource;
-  return {
-    resourceType,
-    id,
-    meta: { ...(meta ?? {}), versionId: String(versionId), lastUpdated },
-    ...rest,
-  };
-}
-
-interface Staged {
-  write: VersionWrite;
-  version: ResourceVersion;
-  /** Where the write came from, for error locations (e.g. `Bundle.entry[3]`). */
-  label?: string;
-}
+export {
+  assertId,
+  assertResourceType,
+  ID_PATTERN,
+  subsetted,
+  unknownResource,
+  unknownVersion,
+  type FhirResource,
+  type ResourceVersion,
+} from './resource-version.ts';
+export { MAX_CHAIN_IDS, MAX_INCLUDES, MAX_SCAN } from './search/scan.ts';
+export { WriteSession } from './write-session.ts';
 
 export interface SearchPage {
   /** The matches of this page (search.mode 'match'). */
@@ -131,98 +73,8 @@ export interface SearchOptions {
   handling?: 'strict' | 'lenient';
 }
 
-/** Candidates scanned in one store round trip when a post-filter or an in-memory sort runs. */
-const SCAN_CHUNK = 500;
-/** Candidates a page may scan (post-filter) before it returns what it has with a next link. */
-const PAGE_SCAN_BUDGET = 5_000;
-/** Candidates a sorted search, a filtered count or a chain may scan before it answers "narrow the search". */
-export const MAX_SCAN = 10_000;
-/** Ids a chained parameter may resolve to. */
-export const MAX_CHAIN_IDS = 1_000;
-/** Included plus revincluded resources per page. */
-export const MAX_INCLUDES = 1_000;
 
-function tooCostly(message: string): FhirError {
-  return new FhirError(400, [{ severity: 'error', code: 'too-costly', diagnostics: message }]);
-}
 
-function parseVersion(v: { content: Uint8Array | null } | ResourceVersion): Record<string, unknown> {
-  const json = 'content' in v ? (v.content ? decoder.decode(v.content) : undefined) : v.json;
-  return json ? (parseFhirJson(json) as Record<string, unknown>) : {};
-}
-
-/**
- * Current resources matching `query` and `filter`, scanned in id order from `afterId`: calls `visit` for
- * each match until it returns false. Returns the last id scanned and whether the candidates ran out.
- */
-async function scanMatches(
-  store: ResourceStore,
-  query: StoreQuery,
-  filter: Predicate | undefined,
-  afterId: string | undefined,
-  budget: number,
-  visit: (row: StoredVersion, parsed: Record<string, unknown> | undefined) => boolean,
-): Promise<{ lastScanned?: string; exhausted: boolean; scanned: number; stopped: boolean }> {
-  let position = afterId;
-  let scanned = 0;
-  for (;;) {
-    const want = Math.min(SCAN_CHUNK, budget - scanned);
-    if (want <= 0) return { lastScanned: position, exhausted: false, scanned, stopped: false };
-    const rows = await store.search({ ...query, afterId: position, limit: want });
-    for (const row of rows) {
-      const parsed = filter && !row.erased ? parseVersion(row) : undefined;
-      // A row erased between the query and its decryption is skipped like a non-match.
-      if (!row.erased && (!filter || filter(parsed!))) {
-        if (!visit(row, parsed)) return { lastScanned: position, exhausted: false, scanned, stopped: true };
-      }
-      position = row.id;
-      scanned++;
-    }
-    if (rows.length < want) return { lastScanned: position, exhausted: true, scanned, stopped: false };
-  }
-}
-
-/** Number of current resources matching query and filter (undefined when more than `cap` candidates). */
-async function countMatches(store: ResourceStore, query: StoreQuery, filter: Predicate | undefined, cap: number): Promise<number | undefined> {
-  if (!filter) return store.count(query);
-  let n = 0;
-  const result = await scanMatches(store, query, filter, undefined, cap, () => {
-    n++;
-    return true;
-  });
-  return result.exhausted ? n : undefined;
-}
-
-/**
- * Resolves chained parameters into reference clauses by running each inner search (at most MAX_CHAIN_IDS
- * ids). Returns undefined when a chain matches nothing (so the whole search matches nothing).
- */
-async function resolveChains(
-  store: ResourceStore,
-  parsed: ParsedSearch,
-  options: SearchOptions,
-): Promise<StoreQuery | undefined> {
-  if (parsed.chains.length === 0) return parsed.query;
-  const clauses = [...parsed.query.clauses];
-  for (const chain of parsed.chains) {
-    const refs: string[] = [];
-    for (const target of chain.targets) {
-      const inner = parseSearch(target, [chain.inner], { baseUrl: options.baseUrl });
-      const restrict = options.restrictFor?.(target);
-      const query = { ...(restrict ? restrict(inner.query) : inner.query), afterId: undefined };
-      const result = await scanMatches(store, query, inner.postFilter, undefined, MAX_SCAN, (row) => {
-        refs.push(`${target}/${row.id}`);
-        return refs.length <= MAX_CHAIN_IDS;
-      });
-      if (refs.length > MAX_CHAIN_IDS || (!result.exhausted && !result.stopped)) {
-        throw tooCostly(`chained parameter ${chain.param}.${chain.inner[0]} matches more than ${MAX_CHAIN_IDS} resources; narrow it`);
-      }
-    }
-    if (refs.length === 0) return undefined;
-    clauses.push({ param: chain.param, anyOf: refs });
-  }
-  return { ...parsed.query, clauses };
-}
 
 interface SortItem {
   row: StoredVersion;
@@ -263,6 +115,8 @@ class Mutex {
 }
 
 /** The pseudonymous ledger token of a patient compartment owner (`Patient/123`), set on the versions it owns. */
+const decoder = new TextDecoder();
+
 export type PatientTokenOf = (owner: string) => string;
 
 export interface RepositoryOptions {
@@ -686,237 +540,6 @@ function referencedKeys(jsons: string[], canInclude: (type: string) => boolean):
   return [...wanted].sort();
 }
 
-/**
- * The answer for a resource that is not there, and for one a patient-bound token may not see: the same,
- * byte for byte, so that it tells nothing about other patients' data (and it names no id).
- */
-export function unknownResource(type: string): FhirError {
-  return errors.notFound(`no ${type} with this id is known`);
-}
-
-/** As unknownResource, for a version (vread). */
-export function unknownVersion(type: string): FhirError {
-  return errors.notFound(`no ${type} version with this id and version number is known`);
-}
-
-function erasedError(type: string): FhirError {
-  return errors.gone(`this ${type} was erased at the patient's request: its content is destroyed and cannot be recovered`);
-}
-
-function goneError(type: string, versionId: number): FhirError {
-  const e = errors.gone(`this ${type} was deleted`);
-  return new FhirError(e.status, e.issues, { ETag: `W/"${versionId}"` });
-}
-
-/** Staged, not yet visible writes with read-your-own-writes for the session's own lookups. */
-export class WriteSession {
-  private readonly staged = new Map<string, Staged>();
-  /** One instant for everything the session writes: a transaction happens at one time. */
-  readonly now = new Date().toISOString();
-  /** Location recorded with the next staged writes, for error messages (set by bundle processing). */
-  label?: string;
-  /** In-flight sessions whose writes this session read: it must not commit if one of them fails. */
-  readonly readFrom = new Set<WriteSession>();
-  /** Settles when this session's batch is durable (or failed); set by the repository when submitted. */
-  durable?: Promise<void>;
-
-  /** `predecessors`: submitted sessions not yet durable, oldest first; their writes count as current. */
-  constructor(
-    private readonly store: ResourceStore,
-    private readonly checker: VersionChecker,
-    private readonly predecessors: WriteSession[] = [],
-    private readonly patientToken?: PatientTokenOf,
-  ) {}
-
-  /** The newest write to `key` not yet in the store: this session's own, else the latest in-flight one. */
-  private overlay(key: string): Staged | undefined {
-    const own = this.staged.get(key);
-    if (own) return own;
-    for (let i = this.predecessors.length - 1; i >= 0; i--) {
-      const theirs = this.predecessors[i].staged.get(key);
-      if (theirs) {
-        this.readFrom.add(this.predecessors[i]);
-        return theirs;
-      }
-    }
-    return undefined;
-  }
-
-  /** Every write of this session and its predecessors of one type, newest per resource, with its session. */
-  private overlayWrites(type: string): Map<string, { staged: Staged; session: WriteSession }> {
-    const all = new Map<string, { staged: Staged; session: WriteSession }>();
-    for (const session of [...this.predecessors, this]) {
-      for (const [key, staged] of session.staged) if (staged.write.record.type === type) all.set(key, { staged, session });
-    }
-    return all;
-  }
-
-  private async currentVersion(type: string, id: string): Promise<ResourceVersion | undefined> {
-    const pending = this.overlay(`${type}/${id}`);
-    if (pending) return pending.version;
-    const stored = await this.store.current(type, id);
-    return stored && toVersion(stored);
-  }
-
-  /** The current state of a resource as this session sees it (staged writes included). */
-  async current(type: string, id: string): Promise<ResourceVersion | undefined> {
-    assertResourceType(type);
-    assertId(id);
-    return this.currentVersion(type, id);
-  }
-
-  private stage(type: string, id: string, resource: FhirResource | null, previous: number): ResourceVersion {
-    const key = `${type}/${id}`;
-    if (this.staged.has(key)) {
-      throw errors.badRequest(`one ${type} is written more than once in one transaction`);
-    }
-    const versionId = previous + 1;
-    let record: VersionRecord;
-    let terms: IndexTerm[] = [];
-    let json: string | undefined;
-    // A resource in a patient compartment is sealed under that patient's key (the first one, by definition order).
-    let owner: string | undefined;
-    let patient: string | undefined;
-    if (resource) {
-      const stamped = stamp(resource, id, versionId, this.now);
-      json = stringifyFhirJson(stamped);
-      const patients = type === AUDIT_RECORD_TYPE ? [] : patientCompartments(type, stamped);
-      terms = extractTerms(type, stamped);
-      for (const patient of patients) terms.push({ param: COMPARTMENT_PARAM, value: compartmentTerm(patient) });
-      if (patients.length > 0) patient = compartmentTerm(patients[0]);
-      owner = type === AUDIT_RECORD_TYPE ? AUDIT_KEY_OWNER : patient;
-      // The digest is set by check(), with validation, before the batch is committed.
-      record = { type, id, versionId, lastUpdated: this.now, deleted: false, content: encoder.encode(json), digest: null };
-    } else {
-      record = { type, id, versionId, lastUpdated: this.now, deleted: true, content: null, digest: null };
-    }
-    if (patient !== undefined && this.patientToken) record.patientToken = this.patientToken(patient);
-    const version: ResourceVersion = { type, id, versionId, lastUpdated: this.now, deleted: !resource, json };
-    this.staged.set(key, { write: { record, terms, expectedVersion: previous, owner }, version, label: this.label });
-    return version;
-  }
-
-  /** Creates a resource under a new server-assigned id (any id in the body is replaced). */
-  async create(resource: FhirResource, id: string = randomUUID()): Promise<ResourceVersion> {
-    assertResourceType(resource.resourceType);
-    return this.stage(resource.resourceType, id, resource, 0);
-  }
-
-  /** Updates (or creates with the client's id). `ifMatch` is the version the client expects to replace. */
-  async update(
-    resource: FhirResource,
-    id: string,
-    ifMatch?: number,
-  ): Promise<{ version: ResourceVersion; created: boolean }> {
-    assertResourceType(resource.resourceType);
-    assertId(id);
-    const current = await this.currentVersion(resource.resourceType, id);
-    if (ifMatch !== undefined && current?.versionId !== ifMatch) {
-      throw errors.preconditionFailed(`If-Match names another version than the current one (${current?.versionId ?? 'none'})`);
-    }
-    const created = !current || current.deleted;
-    return { version: this.stage(resource.resourceType, id, resource, current?.versionId ?? 0), created };
-  }
-
-  /** Deletes; returns undefined when the resource never existed, the current state if already deleted. */
-  async delete(type: string, id: string, ifMatch?: number): Promise<ResourceVersion | undefined> {
-    assertResourceType(type);
-    assertId(id);
-    const current = await this.currentVersion(type, id);
-    if (ifMatch !== undefined && current?.versionId !== ifMatch) {
-      throw errors.preconditionFailed('If-Match names another version than the current one');
-    }
-    if (!current || current.deleted) return current;
-    return this.stage(type, id, null, current.versionId);
-  }
-
-  /**
-   * Ids of current resources matching a search query (at most `limit`), seeing this session's staged
-   * writes: used by conditional create/update/delete and conditional references. `restrict` narrows the
-   * matches as a search's, e.g. to the patient compartment a token is bound to.
-   */
-  async findMatches(type: string, queryString: string, restrict?: (q: StoreQuery) => StoreQuery, limit = 2): Promise<string[]> {
-    assertResourceType(type);
-    const params = [...new URLSearchParams(queryString)];
-    if (params.length === 0) throw errors.badRequest(`a conditional ${type} query must have criteria`);
-    const parsed = parseSearch(type, params);
-    // Chained parameters see the stored data only (not this session's staged writes).
-    const resolved = await resolveChains(this.store, parsed, {});
-    const query = resolved && restrict ? restrict(resolved) : resolved;
-    const pending = this.overlayWrites(type);
-    const ids = new Set<string>();
-    if (query) {
-      const filter = parsed.postFilter;
-      const result = await scanMatches(this.store, { ...query, afterId: undefined }, filter, undefined, MAX_SCAN, (row) => {
-        if (!pending.has(`${type}/${row.id}`)) ids.add(row.id);
-        return ids.size < limit;
-      });
-      if (!result.exhausted && !result.stopped) throw tooCostly(`the conditional ${type} query needs to check more than ${MAX_SCAN} candidates; narrow it`);
-      for (const { staged, session } of pending.values()) {
-        if (!matchesStaged(query, staged.write)) continue;
-        if (filter && !filter(parseVersion(staged.version))) continue;
-        ids.add(staged.write.record.id);
-        if (session !== this) this.readFrom.add(session);
-      }
-    }
-    return [...ids].slice(0, limit);
-  }
-
-  /**
-   * Validates and digests every staged version not checked yet. Returns the failures (422s located by their
-   * label); failed versions are dropped from the session, so the rest can still commit (batches).
-   */
-  async check(): Promise<Array<{ label?: string; error: FhirError }>> {
-    const toCheck = [...this.staged.entries()].filter(([, s]) => !s.write.record.deleted && s.write.record.digest === null);
-    const checks = await this.checker.check(toCheck.map(([, s]) => s.version.json!));
-    const failures: Array<{ label?: string; error: FhirError }> = [];
-    toCheck.forEach(([key, staged], i) => {
-      const { digest, issues } = checks[i];
-      if (digest !== undefined) {
-        staged.write.record.digest = digest;
-        return;
-      }
-      const error = errors.unprocessable(issues);
-      failures.push({ label: staged.label, error: staged.label ? error.within(staged.label) : error });
-      this.staged.delete(key);
-    });
-    return failures;
-  }
-
-  async commit(): Promise<void> {
-    if (this.staged.size === 0) return;
-    try {
-      await this.store.commit([...this.staged.values()].map((s) => s.write));
-    } catch (e) {
-      if (e instanceof VersionConflictError) {
-        throw errors.conflict(`a ${e.type} this request writes was changed concurrently; retry the request`);
-      }
-      if (e instanceof CommitAbortedError) throw errors.conflict(`${e.message}; retry the request`);
-      if (e instanceof KeyErasedError) {
-        throw errors.gone('the patient compartment this data belongs to was erased at the patient\'s request; it accepts no new data');
-      }
-      throw e;
-    }
-  }
-}
-
-function matchesStaged(query: StoreQuery, write: VersionWrite): boolean {
-  const r = write.record;
-  if (r.deleted) return false;
-  if (query.ids && !query.ids.includes(r.id)) return false;
-  for (const b of query.lastUpdated) {
-    const ok =
-      b.op === 'gt' ? r.lastUpdated > b.value
-      : b.op === 'ge' ? r.lastUpdated >= b.value
-      : b.op === 'lt' ? r.lastUpdated < b.value
-      : r.lastUpdated <= b.value;
-    if (!ok) return false;
-  }
-  return query.clauses.every(
-    (c) => write.terms.some((t) => t.param === c.param && c.anyOf.includes(t.value)) !== (c.negate === true),
-  );
-}
-
 /** A local `Type/id` for a reference term (absolute ones only when they point at this server's base). */
 function localReference(ref: string, baseUrl: string | undefined): string | undefined {
   if (!/^[a-z][a-z0-9+.-]*:/i.test(ref)) return ref.includes('/') ? ref : undefined;
@@ -924,29 +547,3 @@ function localReference(ref: string, baseUrl: string | undefined): string | unde
   return undefined;
 }
 
-const SUBSETTED = { system: 'http://terminology.hl7.org/CodeSystem/v3-ObservationValue', code: 'SUBSETTED' };
-
-/** `_elements`: the resource with only the listed top-level elements (plus id and meta), tagged SUBSETTED. */
-export function subsetted(v: ResourceVersion, elements: string[], parsed?: Record<string, unknown>): ResourceVersion {
-  const resource = parsed ?? parseVersion(v);
-  const keep = new Set(elements);
-  const out: Record<string, unknown> = {};
-  for (const [key, value] of Object.entries(resource)) {
-    const name = key.startsWith('_') ? key.slice(1) : key;
-    const choice = /^([a-z][A-Za-z]*?)[A-Z]/.exec(name);
-    let kept = key === 'resourceType' || key === 'id' || key === 'meta' || keep.has(name);
-    if (!kept && choice) {
-      // valueQuantity is kept by `value` (choice elements are named without their type).
-      for (const e of keep) if (name.startsWith(e) && /^[A-Z]/.test(name.slice(e.length))) kept = true;
-    }
-    if (kept) out[key] = value;
-  }
-  const meta = { ...((out.meta as Record<string, unknown> | undefined) ?? {}) };
-  const tags = Array.isArray(meta.tag) ? [...meta.tag] : [];
-  if (!tags.some((t) => t?.system === SUBSETTED.system && t?.code === SUBSETTED.code)) tags.push(SUBSETTED);
-  meta.tag = tags;
-  out.meta = meta;
-  const ordered: Record<string, unknown> = { resourceType: out.resourceType, id: out.id, meta };
-  for (const [k, val] of Object.entries(out)) if (!(k in ordered)) ordered[k] = val;
-  return { ...v, json: stringifyFhirJson(ordered) };
-}
