@@ -237,14 +237,18 @@ export class LedgerMember extends EventEmitter<{ block: [CommittedBlock]; final:
 
   /** The nonces of this batch's envelopes that earlier blocks committed (the validation context needs a sync lookup). */
   private async committedNoncesOf(cut: CutBlock): Promise<Set<string>> {
-    // A plain parse is enough (building the block validates fully): only envelopes that validate are
-    // looked up, and those carry exactly these creator and nonce values.
-    const pairs: Array<{ creator: string; nonce: string }> = [];
-    for (const { bytes } of cut.envelopes) {
-      const value = parseJson(bytes) as { creator?: unknown; nonce?: unknown } | undefined;
-      if (typeof value?.creator === 'string' && typeof value.nonce === 'string') pairs.push({ creator: value.creator, nonce: value.nonce });
+    const pairs = noncePairs(cut.envelopes);
+    const committed = pairs.length ? await this.options.store.committedNonces(this.options.channel, pairs) : new Set<string>();
+    if (committed.size === 0) return committed;
+    // Another gateway of this hospital sharing the ledger store may have committed this very block already:
+    // the nonces its valid envelopes committed are not replays here. (append() then checks the block we
+    // build is identical to the stored one, so a wrong verdict of that gateway is caught, not adopted.)
+    const sibling = await this.options.store.block(this.options.channel, cut.number);
+    if (sibling) {
+      const firstCommittedHere = noncePairs(sibling.envelopes.filter((_, i) => sibling.validity[i]?.valid === true));
+      for (const { creator, nonce } of firstCommittedHere) committed.delete(`${creator} ${nonce}`);
     }
-    return pairs.length ? this.options.store.committedNonces(this.options.channel, pairs) : new Set();
+    return committed;
   }
 
   private async takeAttestations(values: unknown[]): Promise<void> {
@@ -335,4 +339,17 @@ export function blockIndex(verdicts: EnvelopeVerdict[]): BlockIndex {
     }
   });
   return index;
+}
+
+/**
+ * The (creator, nonce) pairs of envelopes. A plain parse is enough (building the block validates fully): only
+ * envelopes that validate are looked up, and those carry exactly these creator and nonce values.
+ */
+function noncePairs(envelopes: Array<Uint8Array | { bytes: Uint8Array }>): Array<{ creator: string; nonce: string }> {
+  const pairs: Array<{ creator: string; nonce: string }> = [];
+  for (const envelope of envelopes) {
+    const value = parseJson('bytes' in envelope ? envelope.bytes : envelope) as { creator?: unknown; nonce?: unknown } | undefined;
+    if (typeof value?.creator === 'string' && typeof value.nonce === 'string') pairs.push({ creator: value.creator, nonce: value.nonce });
+  }
+  return pairs;
 }

@@ -154,3 +154,32 @@ describe('ledger members on the solo orderer', () => {
     await orderer.close();
   });
 });
+
+describe('two gateways of one hospital sharing one ledger store', () => {
+  it('both commit the same blocks: the one that comes second adopts what its sibling committed, nonces included', async () => {
+    const dir = mkdtempSync(join(work, 'shared-'));
+    const orderer = await SoloOrderer.open(join(dir, 'orderer.sqlite'));
+    // Two members of one hospital (h1) on one store file, as two gateways on one MongoDB share one database.
+    const first = await startNode(orderer, 'h1', dir);
+    const second = await startNode(orderer, 'h1', dir);
+    try {
+      for (let i = 0; i < 12; i++) await (i % 2 ? first : second).member.submit([anchor('h1'), anchor('h1')]);
+      await until('24 envelopes committed by both', async () => {
+        for (const node of [first, second]) {
+          const head = await node.store.head(CHANNEL);
+          if (!head || (await node.store.block(CHANNEL, head.number))!.header.lastOffset < 23) return false;
+        }
+        return first.member.status().height === second.member.status().height;
+      });
+      for (const node of [first, second]) assert.equal(node.member.status().failure, undefined);
+      const head = (await first.store.head(CHANNEL))!;
+      // Every envelope is valid: none was taken for a replay of itself because the sibling committed it first.
+      for (let n = 0; n <= head.number; n++) {
+        assert.ok((await first.store.block(CHANNEL, n))!.validity.every((v) => v.valid), `block ${n} holds only valid envelopes`);
+      }
+    } finally {
+      for (const node of [first, second]) await stopNode(node);
+      await orderer.close();
+    }
+  });
+});
