@@ -7,7 +7,7 @@ import { errors, FhirError, operationOutcome } from '../outcome.ts';
 import { assertId, type ResourceVersion, type SearchPage, type TypeCursor } from '../repository.ts';
 import { parseSearch } from '../search/query.ts';
 import { knownResourceTypes, isKnownResourceType } from '../validation/index.ts';
-import { assertVersionAccessible, requireAccess, supportedParams } from './common.ts';
+import { assertVersionAccessible, matchRestriction, requireAccess, supportedParams } from './common.ts';
 
 type Restriction = ((q: StoreQuery) => StoreQuery) | undefined;
 
@@ -19,8 +19,7 @@ function linkUrl(base: string, path: string, params: Array<[string, string]>): s
 
 /** The narrowing a search of `type` needs for this token: its patient compartment, if patient-bound. */
 function searchRestriction(req: FhirRequest, type: string): Restriction {
-  const access = requireAccess(req, type, 's');
-  return access.kind === 'patient' ? (q: StoreQuery) => restrictToPatient(q, access.patientId) : undefined;
+  return matchRestriction(requireAccess(req, type, 's'));
 }
 
 function matchEntry(ctx: FhirContext, v: ResourceVersion, mode: 'match' | 'include'): BundleEntryParts {
