@@ -19,9 +19,6 @@ export async function runStart(config: GatewayConfig): Promise<void> {
     await gateway.close().catch(() => {});
     throw new Error(`start-up failed: cannot listen on ${config.host}:${config.port} (HOST, PORT): ${(e as Error).message}`, { cause: e });
   }
-  const address = server.address();
-  const port = typeof address === 'object' && address ? address.port : config.port;
-  log('info', 'started', { fhirBase: `http://${config.host}:${port}/fhir`, dataDir: config.dataDir });
   const shutdown = (signal: string) => {
     log('info', 'stopping', { signal });
     server.close(() => {
@@ -29,6 +26,10 @@ export async function runStart(config: GatewayConfig): Promise<void> {
     });
     server.closeAllConnections();
   };
+  // Before "started": a supervisor that stops the gateway as soon as it says so gets a clean shutdown.
   process.once('SIGINT', () => shutdown('SIGINT'));
   process.once('SIGTERM', () => shutdown('SIGTERM'));
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : config.port;
+  log('info', 'started', { fhirBase: `http://${config.host}:${port}/fhir`, dataDir: config.dataDir });
 }

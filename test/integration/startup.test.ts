@@ -151,9 +151,9 @@ describeWithEngine('kafka', 'medblock start on a single Kafka broker', (brokers)
       });
       child.on('exit', (code) => reject(new Error(`exited ${code}: ${log}`)));
     });
-    const exited = new Promise((resolve) => child.on('exit', resolve));
+    const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
     child.kill('SIGTERM');
-    assert.equal(await exited, 0);
+    assert.deepEqual(await exited, { code: 0, signal: null }, log);
 
     const line = fatalLine(await startUntilExit(env));
     assert.match(line, new RegExp(`^medblock: start-up failed: Kafka orderer \\(MEDBLOCK_KAFKA_BROKERS=[^)]+\\): Kafka topic "${channel}" cannot be used as a ledger channel: `));
