@@ -56,6 +56,20 @@ export interface TypeCursor {
   afterId: string;
 }
 
+const TYPE_CURSOR = /^(\d{1,3}):([A-Za-z0-9\-.]{1,64})$/;
+
+/** A TypeCursor as a `_cursor` value: `typeIndex:afterId`. */
+export function formatTypeCursor(c: TypeCursor): string {
+  return `${c.typeIndex}:${c.afterId}`;
+}
+
+/** The TypeCursor of a `_cursor` value (400 when malformed). */
+export function parseTypeCursor(value: string): TypeCursor {
+  const m = TYPE_CURSOR.exec(value);
+  if (!m) throw errors.badRequest('_cursor is malformed');
+  return { typeIndex: Number(m[1]), afterId: m[2] };
+}
+
 /** A position in $everything: among the compartment resources, or among the referenced ones (by `Type/id`). */
 export type EverythingCursor = ({ phase: 'compartment' } & TypeCursor) | { phase: 'referenced'; afterKey: string };
 

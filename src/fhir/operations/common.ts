@@ -4,6 +4,7 @@ import { inPatientCompartment, restrictToPatient } from '../../access/compartmen
 import type { StoreQuery } from '../../vault/store.ts';
 import type { Permission } from '../../access/scopes.ts';
 import type { FhirContext, FhirRequest, FhirResponse } from '../context.ts';
+import type { BundleEntryParts } from '../bundle-json.ts';
 import { parseFhirJson } from '../json.ts';
 import { errors, FhirError, informational } from '../outcome.ts';
 import { assertResourceType, unknownResource, unknownVersion, type FhirResource, type ResourceVersion } from '../repository.ts';
@@ -34,6 +35,11 @@ export async function assertAnchorIntact(v: ResourceVersion, ctx: FhirContext): 
   // A live version always has content and a digest: one without either was blanked in the store.
   if (!v.json || !v.digest || canonicalDigestHex(parseFhirJson(v.json)) !== v.digest) throw mismatch;
   if (v.anchor) await ctx.ledger.checkAnchor({ type: v.type, id: v.id, versionId: v.versionId, digest: v.digest }, v.anchor);
+}
+
+/** A searchset entry for a version: a match, or a resource included with the matches. */
+export function searchEntry(ctx: FhirContext, v: ResourceVersion, mode: 'match' | 'include'): BundleEntryParts {
+  return { fullUrl: `${ctx.baseUrl}/${v.type}/${v.id}`, resourceJson: v.json, search: { mode } };
 }
 
 /** A write's response as the client's `Prefer: return=` asks for (the resource by default). */

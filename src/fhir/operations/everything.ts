@@ -3,21 +3,23 @@ import type { FhirRequest, Handler } from '../context.ts';
 import { serializeBundle } from '../bundle-json.ts';
 import { compartmentTypes } from '../compartment.ts';
 import { FhirError, errors } from '../outcome.ts';
-import { assertId, unknownResource, type EverythingCursor } from '../repository.ts';
+import { assertId, formatTypeCursor, parseTypeCursor, unknownResource, type EverythingCursor } from '../repository.ts';
 import { MAX_PAGE_SIZE, parseCount, sinceInstant } from '../search/query.ts';
-import { requireAccess } from './common.ts';
+import { requireAccess, searchEntry } from './common.ts';
 
 const PARAMS = ['_since', '_type', '_count'];
-const CURSOR = /^(?:(\d{1,3}):([A-Za-z0-9\-.]{1,64})|r:((?:[A-Z][A-Za-z]{0,63}\/[A-Za-z0-9\-.]{1,64})?))$/;
+const REFERENCED_CURSOR = /^r:((?:[A-Z][A-Za-z]{0,63}\/[A-Za-z0-9\-.]{1,64})?)$/;
 
+/** `typeIndex:afterId` among the compartment resources, `r:Type/id` among the referenced ones. */
 function parseCursor(value: string): EverythingCursor {
-  const m = CURSOR.exec(value);
+  if (!value.startsWith('r:')) return { phase: 'compartment', ...parseTypeCursor(value) };
+  const m = REFERENCED_CURSOR.exec(value);
   if (!m) throw errors.badRequest('_cursor is malformed');
-  return m[1] !== undefined ? { phase: 'compartment', typeIndex: Number(m[1]), afterId: m[2] } : { phase: 'referenced', afterKey: m[3] };
+  return { phase: 'referenced', afterKey: m[1] };
 }
 
 function formatCursor(c: EverythingCursor): string {
-  return c.phase === 'compartment' ? `${c.typeIndex}:${c.afterId}` : `r:${c.afterKey}`;
+  return c.phase === 'compartment' ? formatTypeCursor(c) : `r:${c.afterKey}`;
 }
 
 /**
@@ -117,9 +119,6 @@ export const everything: Handler = async (req, ctx, { id }) => {
   };
   const link = [{ relation: 'self', url: url(params.cursor) }];
   if (page.nextCursor) link.push({ relation: 'next', url: url(page.nextCursor) });
-  const entries = [
-    ...page.versions.map((v) => ({ fullUrl: `${ctx.baseUrl}/${v.type}/${v.id}`, resourceJson: v.json, search: { mode: 'match' } })),
-    ...page.included.map((v) => ({ fullUrl: `${ctx.baseUrl}/${v.type}/${v.id}`, resourceJson: v.json, search: { mode: 'include' } })),
-  ];
+  const entries = [...page.versions.map((v) => searchEntry(ctx, v, 'match')), ...page.included.map((v) => searchEntry(ctx, v, 'include'))];
   return { status: 200, body: serializeBundle({ resourceType: 'Bundle', type: 'searchset', total: page.total, link }, entries) };
 };

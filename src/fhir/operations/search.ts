@@ -1,13 +1,13 @@
 import { restrictToPatient } from '../../access/compartment.ts';
 import type { StoreQuery } from '../../vault/store.ts';
 import type { FhirContext, FhirRequest, Handler } from '../context.ts';
-import { serializeBundle, type BundleEntryParts } from '../bundle-json.ts';
+import { serializeBundle } from '../bundle-json.ts';
 import { compartmentParams } from '../compartment.ts';
 import { errors, FhirError, operationOutcome } from '../outcome.ts';
-import { assertId, type ResourceVersion, type SearchPage, type TypeCursor } from '../repository.ts';
+import { assertId, formatTypeCursor, parseTypeCursor, type ResourceVersion, type SearchPage } from '../repository.ts';
 import { parseSearch } from '../search/query.ts';
 import { knownResourceTypes, isKnownResourceType } from '../validation/index.ts';
-import { assertVersionAccessible, matchRestriction, requireAccess, supportedParams } from './common.ts';
+import { assertVersionAccessible, matchRestriction, requireAccess, searchEntry, supportedParams } from './common.ts';
 
 type Restriction = ((q: StoreQuery) => StoreQuery) | undefined;
 
@@ -20,10 +20,6 @@ function linkUrl(base: string, path: string, params: Array<[string, string]>): s
 /** The narrowing a search of `type` needs for this token: its patient compartment, if patient-bound. */
 function searchRestriction(req: FhirRequest, type: string): Restriction {
   return matchRestriction(requireAccess(req, type, 's'));
-}
-
-function matchEntry(ctx: FhirContext, v: ResourceVersion, mode: 'match' | 'include'): BundleEntryParts {
-  return { fullUrl: `${ctx.baseUrl}/${v.type}/${v.id}`, resourceJson: v.json, search: { mode } };
 }
 
 /** A type search (at `path`, under `restrict`) as a searchset Bundle. */
@@ -46,7 +42,7 @@ async function typeSearch(req: FhirRequest, ctx: FhirContext, type: string, path
   if (page.nextCursor !== undefined) {
     link.push({ relation: 'next', url: linkUrl(ctx.baseUrl, path, [...page.applied, ['_cursor', page.nextCursor]]) });
   }
-  const entries = [...page.versions.map((v) => matchEntry(ctx, v, 'match')), ...page.included.map((v) => matchEntry(ctx, v, 'include'))];
+  const entries = [...page.versions.map((v) => searchEntry(ctx, v, 'match')), ...page.included.map((v) => searchEntry(ctx, v, 'include'))];
   if (page.warnings.length > 0) {
     entries.push({
       resource: operationOutcome(page.warnings.map((w) => ({ severity: 'warning', code: 'incomplete', diagnostics: w }))),
@@ -80,7 +76,6 @@ export const compartmentSearch: Handler = async (req, ctx, { id, type }) => {
 
 /** What a search across types accepts: store-native criteria and the paging and counting parameters. */
 const SYSTEM_PARAMS = ['_type', '_id', '_lastUpdated', '_count', '_total', '_totalMethod', '_summary', '_cursor'];
-const SYSTEM_CURSOR = /^(\d{1,3}):([A-Za-z0-9\-.]{1,64})$/;
 
 /** The types a search across types covers, each with its restriction for the caller. */
 function systemTypes(req: FhirRequest, typeParams: string[]): Array<{ type: string; restrict: Restriction }> {
@@ -111,12 +106,7 @@ export const systemSearch: Handler = async (req, ctx) => {
   const params = supportedParams(req, SYSTEM_PARAMS, 'a search across types');
   const types = systemTypes(req, params.filter(([k]) => k === '_type').map(([, v]) => v));
   const cursorValue = params.find(([k]) => k === '_cursor')?.[1];
-  let cursor: TypeCursor | undefined;
-  if (cursorValue !== undefined) {
-    const m = SYSTEM_CURSOR.exec(cursorValue);
-    if (!m) throw errors.badRequest('_cursor is malformed');
-    cursor = { typeIndex: Number(m[1]), afterId: m[2] };
-  }
+  const cursor = cursorValue === undefined ? undefined : parseTypeCursor(cursorValue);
   // The shared criteria are type-independent: parsed once, then one query per type, narrowed for the caller.
   const parsed = parseSearch('Patient', params.filter(([k]) => k !== '_type' && k !== '_cursor'));
   const queries = types.map(({ type, restrict }) => {
@@ -131,8 +121,8 @@ export const systemSearch: Handler = async (req, ctx) => {
   const applied: Array<[string, string]> = [...params.filter(([k]) => k === '_type'), ...parsed.applied];
   const link = [{ relation: 'self', url: linkUrl(ctx.baseUrl, '', [...applied, ...(cursorValue ? [['_cursor', cursorValue] as [string, string]] : [])]) }];
   if (page.nextCursor) {
-    link.push({ relation: 'next', url: linkUrl(ctx.baseUrl, '', [...applied, ['_cursor', `${page.nextCursor.typeIndex}:${page.nextCursor.afterId}`]]) });
+    link.push({ relation: 'next', url: linkUrl(ctx.baseUrl, '', [...applied, ['_cursor', formatTypeCursor(page.nextCursor)]]) });
   }
-  const entries = page.versions.map((v) => matchEntry(ctx, v, 'match'));
+  const entries = page.versions.map((v) => searchEntry(ctx, v, 'match'));
   return { status: 200, body: serializeBundle({ resourceType: 'Bundle', type: 'searchset', total: page.total, link }, entries) };
 };
