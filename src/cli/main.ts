@@ -75,7 +75,9 @@ program
   .option('--resource <file>', 'with --proof: the resource version (FHIR JSON) whose digest the proof must prove')
   .option('--consistency <file>', 'verify a consistency proof ($consistency) instead, offline')
   .option('--old-checkpoint <file>', 'with --consistency: a checkpoint you kept ($checkpoint); the proof must start at its block')
-  .option('--ca <file>', 'the consortium CA certificate to trust for proofs (default: the one inside the proof, with a warning)')
+  .option('--consortium <file>', 'for proofs: the consortium.json you trust (got out of band); required unless --consortium-fingerprint is given')
+  .option('--consortium-fingerprint <sha256>', 'for proofs: the SHA-256 of the consortium.json you trust (sha256sum consortium.json)')
+  .option('--ca <file>', 'for proofs: the consortium CA certificate you trust; must be the one consortium.json names (default: the proof\'s, checked against that fingerprint)')
   .option('--json', 'print the report as JSON')
   .action(async (opts: VerifyOptions) => {
     process.exitCode = await runVerify(loadConfig(), opts);

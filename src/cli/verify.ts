@@ -6,8 +6,9 @@
  *   vault's digest and with the digest the ledger holds at the version's anchor location; every digest
  *   this member anchored must still have its version in the vault (a deleted record is caught). Access-log
  *   records (AuditEvent) are vault records too, anchored in audit envelopes, so the same check covers them;
- * - `--proof <file>`: a resource proof, offline, against `--ca` (and `--resource` to recompute the digest);
- * - `--consistency <file>`: a consistency proof, offline, optionally against `--old-checkpoint`.
+ * - `--proof <file>`: a resource proof, offline, against the pinned `--consortium` (or
+ *   `--consortium-fingerprint`) and `--ca` (and `--resource` to recompute the digest);
+ * - `--consistency <file>`: a consistency proof, offline, likewise pinned, optionally against `--old-checkpoint`.
  */
 import { readFileSync } from 'node:fs';
 import type { GatewayConfig } from '../config.ts';
@@ -15,7 +16,7 @@ import { loadConsortium, openLedgerStore, openVault } from '../gateway.ts';
 import { parseFhirJson } from '../fhir/json.ts';
 import { genesisMembership, memberCertificateCheck } from '../identity/consortium-dir.ts';
 import { canonicalDigestHex } from '../ledger/canonical-json.ts';
-import { verifyConsistencyProof, verifyResourceProof, type ProofReport } from '../ledger/proof.ts';
+import { verifyConsistencyProof, verifyResourceProof, type ProofOptions, type ProofReport } from '../ledger/proof.ts';
 import { tombstoneDigest } from '../ledger/tombstone.ts';
 import { anchorKey, verifyLedger, type VerificationProblem } from '../ledger/verify.ts';
 import type { StoredVersion } from '../vault/store.ts';
@@ -25,6 +26,8 @@ export interface VerifyOptions {
   consistency?: string;
   oldCheckpoint?: string;
   ca?: string;
+  consortium?: string;
+  consortiumFingerprint?: string;
   resource?: string;
   json?: boolean;
 }
@@ -50,10 +53,14 @@ function printReport(title: string, report: ProofReport, json: boolean): number 
 }
 
 export async function runVerify(config: GatewayConfig, options: VerifyOptions): Promise<number> {
-  const trustedCaCertificate = options.ca ? readFileSync(options.ca, 'utf8') : undefined;
+  const trust: ProofOptions = {
+    trustedCaCertificate: options.ca ? readFileSync(options.ca, 'utf8') : undefined,
+    consortium: options.consortium ? readFileSync(options.consortium) : undefined,
+    consortiumFingerprint: options.consortiumFingerprint,
+  };
   if (options.proof) {
     const proof = readJson(options.proof, 'proof');
-    const report = verifyResourceProof(proof, { trustedCaCertificate });
+    const report = verifyResourceProof(proof, trust);
     if (options.resource) {
       const resource = parseFhirJson(readFileSync(options.resource, 'utf8')) as { resourceType?: unknown; id?: unknown; meta?: { versionId?: unknown } };
       const digest = canonicalDigestHex(resource);
@@ -75,7 +82,7 @@ export async function runVerify(config: GatewayConfig, options: VerifyOptions): 
     // A $checkpoint answer, a checkpoint or a bare header; a file holding none of them is a problem, never a skipped check.
     const kept = options.oldCheckpoint ? readJson(options.oldCheckpoint, 'checkpoint') : undefined;
     const oldHeader = kept?.checkpoint?.header ?? kept?.header ?? (kept && typeof kept === 'object' && 'previousHash' in kept ? kept : undefined);
-    const report = verifyConsistencyProof(readJson(options.consistency, 'consistency proof'), { trustedCaCertificate, oldHeader });
+    const report = verifyConsistencyProof(readJson(options.consistency, 'consistency proof'), { ...trust, oldHeader });
     if (options.oldCheckpoint && oldHeader === undefined) {
       report.problems.push({ path: '/from', problem: `${options.oldCheckpoint} holds no block header (a $checkpoint answer, a checkpoint or a header): nothing to compare with` });
     }

@@ -48,6 +48,8 @@ export interface ConsortiumMember {
 
 /** What one member's gateway knows about its consortium. */
 export interface MemberConsortium {
+  /** consortium.json exactly as read: proofs carry it, verifiers pin its SHA-256 (docs/proofs.md). */
+  manifestText: string;
   channel: string;
   quorum: number;
   ledger: LedgerSettings;
@@ -127,8 +129,9 @@ function readText(dir: string, path: string, what: string): string {
 /** Loads and checks the consortium as member `memberId` sees it. */
 export function loadMemberConsortium(dir: string, memberId: string): MemberConsortium {
   let config: any;
+  const manifestText = readText(dir, 'consortium.json', 'the consortium description');
   try {
-    config = JSON.parse(readText(dir, 'consortium.json', 'the consortium description'));
+    config = JSON.parse(manifestText);
   } catch (e) {
     if (e instanceof ConsortiumConfigError) throw e;
     throw new ConsortiumConfigError(dir, 'consortium.json is not JSON');
@@ -152,6 +155,7 @@ export function loadMemberConsortium(dir: string, memberId: string): MemberConso
   const quorum = Number(config.quorum);
   if (!Number.isInteger(quorum) || quorum < 1 || quorum > members.length) throw new ConsortiumConfigError(dir, 'quorum must be between 1 and the member count');
   return {
+    manifestText,
     channel: String(config.channel),
     quorum,
     ledger: { ...DEFAULT_LEDGER_SETTINGS, ...(config.ledger ?? {}) },

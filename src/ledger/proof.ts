@@ -1,5 +1,6 @@
 /**
- * Self-contained proofs a third party checks offline with only the consortium CA certificate:
+ * Self-contained proofs a third party checks offline against the consortium it pinned out of band
+ * (consortium.json or its fingerprint, and the CA certificate it names):
  *
  * - a **resource proof**: this digest was anchored by this member, in this envelope, in this block, and
  *   that block is in the chain a quorum of members attested (docs/proofs.md, "Resource proofs");
@@ -8,23 +9,38 @@
  *
  * Verification never throws; it returns every problem found, empty when the proof holds.
  */
-import { verifyCheckpoint, type Checkpoint } from './attestation.ts';
+import { createHash } from 'node:crypto';
+import { verifyCheckpoint, type Attestation, type Checkpoint } from './attestation.ts';
 import { blockHeaderHash, envelopeInclusionProof, headerProblems, verifyChain, verifyEnvelopeInclusion, type Block, type BlockHeader, type EnvelopeInclusionProof } from './block.ts';
-import { validateEnvelope } from './envelope.ts';
-import { Membership } from './membership.ts';
-import { verifyMemberCertificate } from '../identity/ca.ts';
+import { CHANNEL_PATTERN, validateEnvelope, type ConfigChange } from './envelope.ts';
+import { applyConfigChange, Membership } from './membership.ts';
+import { certificateFingerprint, verifyMemberCertificate } from '../identity/ca.ts';
+import { memberCertificateCheck } from '../identity/consortium-dir.ts';
 import { signingKeyUri } from '../identity/signing-key.ts';
-import { createPublicKey } from 'node:crypto';
 
-export const RESOURCE_PROOF_FORMAT = 'medblock-proof/v1';
-export const CONSISTENCY_PROOF_FORMAT = 'medblock-consistency/v1';
+export const RESOURCE_PROOF_FORMAT = 'medblock-proof/v2';
+export const CONSISTENCY_PROOF_FORMAT = 'medblock-consistency/v2';
 
-/** The public consortium material a verifier needs: every member's certificate and signing key. */
+/** One config envelope on the chain, with what binds it there: its block's header and a quorum's attestations of it. */
+export interface ProvenConfigChange {
+  /** The config envelope's wire bytes, base64url. */
+  envelope: string;
+  inclusion: EnvelopeInclusionProof;
+  /** A quorum of the members in force at that block attesting its header. */
+  checkpoint: Checkpoint;
+}
+
+/**
+ * The consortium material a proof carries. None of it is trusted as given: `genesis` must match the
+ * consortium.json (or its fingerprint) the verifier pinned out of band, the CA certificate must be the one
+ * consortium.json names, and every later membership change is a config envelope on the chain.
+ */
 export interface ProofConsortium {
-  channel: string;
-  quorum: number;
+  /** consortium.json exactly as every member holds it (its bytes' SHA-256 is the consortium fingerprint). */
+  genesis: string;
   caCertificate: string;
-  members: Array<{ id: string; certificate: string; signingKey: string; revokedAtBlock?: number }>;
+  /** Every valid config envelope up to the checkpoint's block, in chain order. */
+  configChanges: ProvenConfigChange[];
 }
 
 export interface ResourceProof {
@@ -57,6 +73,11 @@ export interface ProofProblem {
   problem: string;
 }
 
+/** The consortium fingerprint: lowercase hex SHA-256 of consortium.json's bytes (`sha256sum consortium.json`). */
+export function consortiumFingerprint(consortiumJson: string | Uint8Array): string {
+  return createHash('sha256').update(consortiumJson).digest('hex');
+}
+
 export function buildResourceProof(input: {
   resource: ResourceProof['resource'];
   anchor: ResourceProof['anchor'];
@@ -79,8 +100,26 @@ export function buildResourceProof(input: {
   };
 }
 
+/** A config envelope of a committed block, with its inclusion and the attestations kept for that block. */
+export function proveConfigChange(block: Block, envelopeIndex: number, attestations: Attestation[]): ProvenConfigChange {
+  const headerHash = blockHeaderHash(block.header);
+  return {
+    envelope: Buffer.from(block.envelopes[envelopeIndex]).toString('base64url'),
+    inclusion: envelopeInclusionProof(block, envelopeIndex),
+    checkpoint: { header: block.header, attestations: attestations.filter((a) => a.headerHash === headerHash) },
+  };
+}
+
+/**
+ * What the verifier trusts, given out of band. Fail-closed: without `consortium` or `consortiumFingerprint`
+ * every proof fails, since the membership, the quorum and the CA would otherwise be whatever the prover wrote.
+ */
 export interface ProofOptions {
-  /** The CA certificate the verifier trusts; without it the proof's own CA is used and a warning is given. */
+  /** consortium.json as the verifier holds it (text or bytes). */
+  consortium?: string | Uint8Array;
+  /** Or only its SHA-256 (consortiumFingerprint), lowercase hex. */
+  consortiumFingerprint?: string;
+  /** The CA certificate the verifier holds; it must be the one consortium.json names (by fingerprint). */
   trustedCaCertificate?: string;
 }
 
@@ -89,43 +128,149 @@ export interface ProofReport {
   warnings: string[];
 }
 
-/**
- * Checks the consortium section against the trusted CA and returns the membership it describes.
- * Certificates are checked at the checkpoint's block time, when the attestations were made, so an old
- * proof still verifies after its certificates expired.
- */
-function consortiumMembership(value: unknown, at: Date, options: ProofOptions, report: ProofReport): { membership: Membership; consortium: ProofConsortium } | undefined {
-  const consortium = value as Partial<ProofConsortium> | undefined;
-  if (!consortium || typeof consortium.channel !== 'string' || !Array.isArray(consortium.members) || typeof consortium.caCertificate !== 'string') {
-    report.problems.push({ path: '/consortium', problem: 'must give channel, quorum, caCertificate and members' });
+interface Genesis {
+  channel: string;
+  quorum: number;
+  caFingerprint: string;
+  members: Array<{ id: string; certificatePem: string; signingPublicKey: string }>;
+}
+
+/** The fields of consortium.json a verifier uses, or a problem. */
+function parseGenesis(text: string): Genesis | string {
+  let config: any;
+  try {
+    config = JSON.parse(text);
+  } catch {
+    return 'is not JSON';
+  }
+  const { channel, quorum, ca, members } = config ?? {};
+  if (typeof channel !== 'string' || !CHANNEL_PATTERN.test(channel)) return 'has no valid channel';
+  if (!Number.isSafeInteger(quorum) || quorum < 1) return 'has no valid quorum';
+  if (typeof ca?.sha256Fingerprint !== 'string' || !/^[0-9a-f]{64}$/.test(ca.sha256Fingerprint)) return 'has no CA sha256Fingerprint';
+  if (!Array.isArray(members) || members.length === 0) return 'lists no members';
+  for (const m of members) {
+    if (typeof m?.id !== 'string' || typeof m.certificatePem !== 'string' || typeof m.signingPublicKey !== 'string') {
+      return 'must give every member inline (id, certificatePem, signingPublicKey)';
+    }
+  }
+  return { channel, quorum, caFingerprint: ca.sha256Fingerprint, members };
+}
+
+/** The trust anchors: the pinned genesis, its CA, and the membership at block 0 (certificates judged at `at`). */
+interface Trust {
+  genesis: Genesis;
+  caCertificate: string;
+  genesisMembership: Membership;
+}
+
+function fingerprintOfCa(pem: string): string | undefined {
+  try {
+    return certificateFingerprint(pem);
+  } catch {
     return undefined;
   }
-  let ca = consortium.caCertificate;
-  if (options.trustedCaCertificate === undefined) {
-    report.warnings.push('no trusted CA certificate given: trusting the CA certificate inside the proof (pass the consortium CA to check it)');
-  } else {
-    ca = options.trustedCaCertificate;
+}
+
+function pinnedTrust(value: unknown, at: Date, options: ProofOptions, report: ProofReport): Trust | undefined {
+  const problem = (path: string, text: string) => void report.problems.push({ path, problem: text });
+  const pinned = options.consortium !== undefined ? consortiumFingerprint(options.consortium) : options.consortiumFingerprint?.toLowerCase();
+  if (pinned === undefined) {
+    return problem('/consortium', 'no pinned consortium: give the consortium.json you trust (or its SHA-256 fingerprint); the membership, quorum and CA inside a proof prove nothing on their own'), undefined;
   }
-  const entries = new Map<string, { publicKey: string; revokedAtBlock?: number }>();
-  consortium.members.forEach((member, i) => {
-    const path = `/consortium/members/${i}`;
-    try {
-      const check = verifyMemberCertificate(ca, member.certificate, { at });
-      if (!check.ok) return void report.problems.push({ path, problem: `certificate: ${check.reasons.join('; ')}` });
-      if (check.memberId !== member.id) return void report.problems.push({ path, problem: `the certificate names ${check.memberId}, not ${member.id}` });
-      if (signingKeyUri(member.signingKey) !== check.signingKeyUri) return void report.problems.push({ path, problem: 'the signing key is not the one the certificate names' });
-      createPublicKey(member.signingKey);
-      entries.set(member.id, { publicKey: member.signingKey, revokedAtBlock: member.revokedAtBlock });
-    } catch (e) {
-      report.problems.push({ path, problem: `unusable member entry: ${(e as Error).message}` });
-    }
+  const consortium = value as Partial<ProofConsortium> | undefined;
+  if (!consortium || typeof consortium.genesis !== 'string' || typeof consortium.caCertificate !== 'string' || !Array.isArray(consortium.configChanges)) {
+    return problem('/consortium', 'must give genesis, caCertificate and configChanges'), undefined;
+  }
+  if (consortiumFingerprint(consortium.genesis) !== pinned) {
+    return problem('/consortium/genesis', 'is not the pinned consortium.json (its SHA-256 differs)'), undefined;
+  }
+  const genesis = parseGenesis(consortium.genesis);
+  if (typeof genesis === 'string') return problem('/consortium/genesis', genesis), undefined;
+  const caCertificate = options.trustedCaCertificate ?? consortium.caCertificate;
+  if (fingerprintOfCa(caCertificate) !== genesis.caFingerprint) {
+    const which = options.trustedCaCertificate === undefined ? '/consortium/caCertificate' : '/consortium';
+    return problem(which, `${options.trustedCaCertificate === undefined ? 'is' : 'the trusted CA certificate is'} not the CA consortium.json names`), undefined;
+  }
+  const entries = new Map<string, { publicKey: string }>();
+  genesis.members.forEach((member, i) => {
+    const path = `/consortium/genesis/members/${i}`;
+    const check = verifyMemberCertificate(caCertificate, member.certificatePem, { at });
+    if (!check.ok) return problem(path, `certificate: ${check.reasons.join('; ')}`);
+    if (check.memberId !== member.id) return problem(path, `the certificate names ${check.memberId}, not ${member.id}`);
+    if (signingKeyUri(member.signingPublicKey) !== check.signingKeyUri) return problem(path, 'the signing key is not the one the certificate names');
+    entries.set(member.id, { publicKey: member.signingPublicKey });
   });
   try {
-    return { membership: new Membership(entries), consortium: consortium as ProofConsortium };
+    return { genesis, caCertificate, genesisMembership: new Membership(entries) };
   } catch (e) {
-    report.problems.push({ path: '/consortium/members', problem: (e as Error).message });
+    return problem('/consortium/genesis/members', (e as Error).message), undefined;
+  }
+}
+
+/**
+ * The membership in force at each block up to `lastBlock`: genesis, then each config envelope the proof
+ * carries, checked in chain order exactly as members validate it (approvals of a quorum of the members in
+ * force at its block, the added member's certificate by the pinned CA at the envelope's time), included in
+ * its block as valid, and that block attested by a quorum of the members in force there.
+ */
+function membershipHistory(trust: Trust, configChanges: unknown[], lastBlock: number, report: ProofReport): ((blockNumber: number) => Membership) | undefined {
+  const { channel, quorum } = trust.genesis;
+  const steps: Array<{ from: number; membership: Membership }> = [{ from: 0, membership: trust.genesisMembership }];
+  const checkCertificate = memberCertificateCheck(trust.caCertificate);
+  let previous = { block: -1, envelope: -1 };
+  let pending: Array<{ change: ConfigChange; block: number }> = [];
+  let membership = trust.genesisMembership;
+  const applyPending = () => {
+    for (const { change, block } of pending) membership = applyConfigChange(membership, change, block + 1);
+    if (pending.length) steps.push({ from: pending[0].block + 1, membership });
+    pending = [];
+  };
+  for (let i = 0; i < configChanges.length; i++) {
+    const path = `/consortium/configChanges/${i}`;
+    const problemsBefore = report.problems.length;
+    const entry = configChanges[i] as Partial<ProvenConfigChange> | null;
+    const header = entry?.checkpoint?.header;
+    if (!entry || headerProblems(header, '').length > 0) return void report.problems.push({ path, problem: 'must give envelope, inclusion and checkpoint {header, attestations}' });
+    const { number } = header as BlockHeader;
+    const index = (entry.inclusion as Partial<EnvelopeInclusionProof> | undefined)?.index ?? -1;
+    if (number > lastBlock) return void report.problems.push({ path, problem: `is in block ${number}, after the checkpoint` });
+    if (number < previous.block || (number === previous.block && index <= previous.envelope)) {
+      return void report.problems.push({ path, problem: 'is not after the config change before it' });
+    }
+    if (number > previous.block) applyPending();
+    previous = { block: number, envelope: index };
+    for (const p of verifyCheckpoint(entry.checkpoint, channel, membership, quorum)) report.problems.push({ path: `${path}/checkpoint${p.path}`, problem: p.problem });
+    const bytes = typeof entry.envelope === 'string' ? new Uint8Array(Buffer.from(entry.envelope, 'base64url')) : undefined;
+    const inclusion = bytes && verifyEnvelopeInclusion(bytes, entry.inclusion, header as BlockHeader);
+    if (!inclusion || !inclusion.included) report.problems.push({ path: `${path}/inclusion`, problem: inclusion ? inclusion.problem : 'the envelope must be base64url' });
+    else if (inclusion.validity !== 'valid') report.problems.push({ path: `${path}/inclusion`, problem: `the envelope was committed as invalid (${inclusion.validity})` });
+    const verdict = validateEnvelope(bytes, { channel, blockNumber: number, members: membership, committedNonces: { has: () => false }, maxEnvelopeBytes: Infinity, checkMemberCertificate: checkCertificate });
+    if (!verdict.valid) report.problems.push({ path: `${path}/envelope`, problem: `${verdict.reason}: ${verdict.detail}` });
+    else if (verdict.envelope.type !== 'config') report.problems.push({ path: `${path}/envelope`, problem: `is a ${verdict.envelope.type} envelope` });
+    // A membership built on an unproven change would judge everything after it: stop here.
+    if (report.problems.length > problemsBefore || !verdict.valid || verdict.envelope.type !== 'config') return undefined;
+    const { approvals: _approvals, ...change } = verdict.envelope.payload;
+    pending.push({ change, block: number });
+  }
+  applyPending();
+  return (blockNumber) => steps.reduce((found, step) => (step.from <= blockNumber ? step.membership : found), trust.genesisMembership);
+}
+
+/** The trust a proof establishes: the pinned genesis and the membership in force at any block up to the checkpoint. */
+function consortiumAt(value: unknown, checkpoint: unknown, options: ProofOptions, report: ProofReport): { channel: string; quorum: number; membershipAt: (blockNumber: number) => Membership } | undefined {
+  const checkpointHeader = (checkpoint as Partial<Checkpoint> | undefined)?.header;
+  if (headerProblems(checkpointHeader, '').length > 0) {
+    report.problems.push({ path: '/checkpoint/header', problem: 'must be a well-formed block header' });
     return undefined;
   }
+  // Judged at the checkpoint's time, which a quorum attests (checked below with this membership): an old
+  // proof still verifies after its certificates expired, and the prover alone cannot pick the time.
+  const { number, time } = checkpointHeader as BlockHeader;
+  const trust = pinnedTrust(value, new Date(time), options, report);
+  if (!trust) return undefined;
+  const membershipAt = membershipHistory(trust, (value as ProofConsortium).configChanges, number, report);
+  if (!membershipAt) return undefined;
+  return { channel: trust.genesis.channel, quorum: trust.genesis.quorum, membershipAt };
 }
 
 /** The checkpoint is attested by a quorum and `headers` link `first` up to it. */
@@ -141,11 +286,6 @@ function checkChainToCheckpoint(first: BlockHeader | undefined, headers: unknown
   }
 }
 
-function checkpointTime(checkpoint: unknown): Date {
-  const time = Date.parse((checkpoint as Partial<Checkpoint> | undefined)?.header?.time ?? '');
-  return Number.isNaN(time) ? new Date() : new Date(time);
-}
-
 export function verifyResourceProof(proof: unknown, options: ProofOptions = {}): ProofReport {
   const report: ProofReport = { problems: [], warnings: [] };
   const p = proof as Partial<ResourceProof> | null;
@@ -153,15 +293,15 @@ export function verifyResourceProof(proof: unknown, options: ProofOptions = {}):
     report.problems.push({ path: '/format', problem: `must be ${RESOURCE_PROOF_FORMAT}` });
     return report;
   }
-  const members = consortiumMembership(p.consortium, checkpointTime(p.checkpoint), options, report);
-  if (!members) return report;
-  const { membership, consortium } = members;
+  const consortium = consortiumAt(p.consortium, p.checkpoint, options, report);
+  if (!consortium) return report;
   const headerIssues = headerProblems(p.header, '/header');
   report.problems.push(...headerIssues);
   if (headerIssues.length > 0) return report;
   const header = p.header as BlockHeader;
   if (header.channel !== consortium.channel) report.problems.push({ path: '/header/channel', problem: `is not the consortium channel ${consortium.channel}` });
-  checkChainToCheckpoint(header, p.chain, p.checkpoint, consortium.channel, membership, consortium.quorum, report, '/chain');
+  const checkpointBlock = (p.checkpoint as Checkpoint).header.number;
+  checkChainToCheckpoint(header, p.chain, p.checkpoint, consortium.channel, consortium.membershipAt(checkpointBlock), consortium.quorum, report, '/chain');
 
   const envelopeBytes = typeof p.envelope === 'string' ? Buffer.from(p.envelope, 'base64url') : undefined;
   if (!envelopeBytes) return report.problems.push({ path: '/envelope', problem: 'must be base64url' }), report;
@@ -174,7 +314,7 @@ export function verifyResourceProof(proof: unknown, options: ProofOptions = {}):
   const verdict = validateEnvelope(new Uint8Array(envelopeBytes), {
     channel: consortium.channel,
     blockNumber: header.number,
-    members: membership,
+    members: consortium.membershipAt(header.number),
     committedNonces: { has: () => false },
     maxEnvelopeBytes: Infinity,
   });
@@ -197,14 +337,15 @@ export function verifyConsistencyProof(proof: unknown, options: ProofOptions & {
     report.problems.push({ path: '/format', problem: `must be ${CONSISTENCY_PROOF_FORMAT}` });
     return report;
   }
-  const members = consortiumMembership(p.consortium, checkpointTime(p.checkpoint), options, report);
-  if (!members) return report;
+  const consortium = consortiumAt(p.consortium, p.checkpoint, options, report);
+  if (!consortium) return report;
   const fromIssues = headerProblems(p.from, '/from');
   report.problems.push(...fromIssues);
   if (fromIssues.length > 0) return report;
   if (options.oldHeader && blockHeaderHash(options.oldHeader) !== blockHeaderHash(p.from as BlockHeader)) {
     report.problems.push({ path: '/from', problem: 'is not the header of the old checkpoint: the chain was rewritten at or before that block' });
   }
-  checkChainToCheckpoint(p.from, p.headers, p.checkpoint, members.consortium.channel, members.membership, members.consortium.quorum, report, '/headers');
+  const checkpointBlock = (p.checkpoint as Checkpoint).header.number;
+  checkChainToCheckpoint(p.from, p.headers, p.checkpoint, consortium.channel, consortium.membershipAt(checkpointBlock), consortium.quorum, report, '/headers');
   return report;
 }

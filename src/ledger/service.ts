@@ -6,15 +6,15 @@ import type { AnchorPublisher } from './anchor-publisher.ts';
 import type { Checkpoint } from './attestation.ts';
 import type { LedgerStore } from './ledger-store.ts';
 import type { LedgerMember } from './member.ts';
-import { buildResourceProof, CONSISTENCY_PROOF_FORMAT, type ConsistencyProof, type ProofConsortium, type ResourceProof } from './proof.ts';
+import { parseEnvelope } from './envelope.ts';
+import { buildResourceProof, CONSISTENCY_PROOF_FORMAT, proveConfigChange, type ConsistencyProof, type ProofConsortium, type ResourceProof } from './proof.ts';
 import type { AnchorLocation } from '../vault/store.ts';
 
 /** The consortium at genesis, as consortium.json describes it. */
 export interface GenesisConsortium {
-  channel: string;
-  quorum: number;
+  /** consortium.json as read: what verifiers pin (by fingerprint) and proofs carry. */
+  manifestText: string;
   caCertificatePem: string;
-  members: Array<{ id: string; certificatePem: string; signingPublicKeyPem: string }>;
 }
 
 /** The vault's digest and the ledger disagree about a version: the vault record or the ledger was altered. */
@@ -59,18 +59,23 @@ export class LedgerService {
     if (!matches) throw new AnchorMismatchError(version.type, version.id, version.versionId);
   }
 
-  /** The consortium as of the ledger head: genesis members plus committed additions and revocations. */
-  async consortium(): Promise<ProofConsortium> {
-    const members: ProofConsortium['members'] = this.genesis.members.map((m) => ({ id: m.id, certificate: m.certificatePem, signingKey: m.signingPublicKeyPem }));
-    for (const { blockNumber, change } of await this.store.configChanges(this.channel)) {
-      if (change.action === 'addMember' && change.certificate && change.signingKey) {
-        members.push({ id: change.member, certificate: change.certificate, signingKey: change.signingKey });
-      } else if (change.action === 'revokeMember') {
-        const member = members.find((m) => m.id === change.member);
-        if (member && member.revokedAtBlock === undefined) member.revokedAtBlock = blockNumber + 1;
-      }
+  /**
+   * The consortium material for a proof up to block `upTo` (a checkpoint's): consortium.json, the CA, and every
+   * valid config envelope committed up to that block with its inclusion and the attestations kept for its block.
+   */
+  async consortium(upTo: number): Promise<ProofConsortium> {
+    const configChanges: ProofConsortium['configChanges'] = [];
+    const configBlocks = new Set((await this.store.configChanges(this.channel)).map((c) => c.blockNumber).filter((n) => n <= upTo));
+    for (const blockNumber of [...configBlocks].sort((a, b) => a - b)) {
+      const block = await this.store.block(this.channel, blockNumber);
+      if (!block) continue;
+      const attestations = await this.store.attestations(this.channel, blockNumber, blockNumber);
+      block.envelopes.forEach((bytes, index) => {
+        const parsed = parseEnvelope(bytes, Infinity);
+        if (block.validity[index]?.valid && parsed.valid && parsed.envelope.type === 'config') configChanges.push(proveConfigChange(block, index, attestations));
+      });
     }
-    return { channel: this.channel, quorum: this.genesis.quorum, caCertificate: this.genesis.caCertificatePem, members };
+    return { genesis: this.genesis.manifestText, caCertificate: this.genesis.caCertificatePem, configChanges };
   }
 
   async checkpoint(): Promise<Checkpoint | undefined> {
@@ -85,7 +90,7 @@ export class LedgerService {
     const block = await this.store.block(this.channel, anchor.blockNumber);
     if (!block) return { ok: false, reason: `block ${anchor.blockNumber} is not in this member's ledger` };
     const chain = await this.store.headers(this.channel, anchor.blockNumber + 1, checkpoint.header.number);
-    return { ok: true, proof: buildResourceProof({ resource, anchor, block, chain, checkpoint, consortium: await this.consortium() }) };
+    return { ok: true, proof: buildResourceProof({ resource, anchor, block, chain, checkpoint, consortium: await this.consortium(checkpoint.header.number) }) };
   }
 
   /** Proves the chain at block `fromBlock` is a prefix of the chain at the latest checkpoint. */
@@ -96,6 +101,6 @@ export class LedgerService {
     const [from] = await this.store.headers(this.channel, fromBlock, fromBlock);
     if (!from) return { ok: false, reason: `block ${fromBlock} is not in this member's ledger` };
     const headers = await this.store.headers(this.channel, fromBlock + 1, checkpoint.header.number);
-    return { ok: true, proof: { format: CONSISTENCY_PROOF_FORMAT, from, headers, checkpoint, consortium: await this.consortium() } };
+    return { ok: true, proof: { format: CONSISTENCY_PROOF_FORMAT, from, headers, checkpoint, consortium: await this.consortium(checkpoint.header.number) } };
   }
 }

@@ -8,6 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -104,6 +105,7 @@ describe('ledger proofs on the embedded default (solo orderer + SQLite ledger st
   let other: TestGateway | undefined;
   let consortiumDir: string;
   let caFile: string;
+  let consortiumFile: string;
   let patientId: string;
   let observationId: string;
   let patientV1: string;
@@ -115,6 +117,7 @@ describe('ledger proofs on the embedded default (solo orderer + SQLite ledger st
     consortiumDir = await consortiumReady;
     t = await startTestGateway();
     caFile = join(consortiumDir, 'ca', 'ca.crt');
+    consortiumFile = join(consortiumDir, 'consortium.json');
     const res = await t.http.post('/fhir').set('Authorization', `Bearer ${t.admin}`).set('Content-Type', FHIR_JSON).send(readFileSync(BUNDLE, 'utf8'));
     assert.equal(res.status, 200, res.text);
     const locations: string[] = body(res).entry.map((e: any) => e.response.location);
@@ -146,26 +149,31 @@ describe('ledger proofs on the embedded default (solo orderer + SQLite ledger st
   });
 
   it('a $proof verifies in-process against the consortium CA, and with `medblock verify --proof` offline', async () => {
-    assert.equal(proof.format, 'medblock-proof/v1');
+    assert.equal(proof.format, 'medblock-proof/v2');
     assert.deepEqual(proof.resource, { type: 'Patient', id: patientId, versionId: 1, digest: proof.resource.digest });
     assert.ok(proof.checkpoint.header.number >= proof.anchor.blockNumber);
     assert.equal(proof.chain.length, proof.checkpoint.header.number - proof.anchor.blockNumber);
     assert.doesNotMatch(JSON.stringify(proof), /Hoeger/, 'a proof carries no PHI');
-    const report = verifyResourceProof(proof, { trustedCaCertificate: readFileSync(caFile, 'utf8') });
+    const report = verifyResourceProof(proof, { trustedCaCertificate: readFileSync(caFile, 'utf8'), consortium: readFileSync(consortiumFile) });
     assert.deepEqual(report, { problems: [], warnings: [] });
 
     const proofFile = writeJson(proof, 'proof');
     const resourceFile = writeJson(patientV1, 'patient-v1');
-    const res = await medblock(['verify', '--proof', proofFile, '--ca', caFile, '--resource', resourceFile]);
+    const res = await medblock(['verify', '--proof', proofFile, '--ca', caFile, '--consortium', consortiumFile, '--resource', resourceFile]);
     assert.equal(res.status, 0, res.stdout + res.stderr);
     assert.match(res.stdout, /^OK: resource proof verifies$/m);
     assert.deepEqual(failLines(res), []);
 
-    // Without --ca the proof's own CA is trusted, and the CLI says so.
-    const noCa = await medblock(['verify', '--proof', proofFile]);
-    assert.equal(noCa.status, 0, noCa.stdout + noCa.stderr);
-    assert.match(noCa.stdout, /^warning: no trusted CA certificate given/m);
-    assert.match(noCa.stdout, /^warning: no --resource given/m);
+    // Pinned by the fingerprint alone: the proof's CA is then checked against the one consortium.json names.
+    const fingerprint = createHash('sha256').update(readFileSync(consortiumFile)).digest('hex');
+    const pinnedByFingerprint = await medblock(['verify', '--proof', proofFile, '--consortium-fingerprint', fingerprint]);
+    assert.equal(pinnedByFingerprint.status, 0, pinnedByFingerprint.stdout + pinnedByFingerprint.stderr);
+    assert.match(pinnedByFingerprint.stdout, /^warning: no --resource given/m);
+    // Fail-closed: nothing pinned, nothing proven (the CA alone does not say which members or quorum).
+    const unpinned = await medblock(['verify', '--proof', proofFile, '--ca', caFile]);
+    assertFails(unpinned, /^FAIL \/consortium: no pinned consortium/);
+    const otherConsortium = await medblock(['verify', '--proof', proofFile, '--consortium-fingerprint', flipHex(fingerprint)]);
+    assertFails(otherConsortium, /^FAIL \/consortium\/genesis: is not the pinned consortium.json/);
     assert.doesNotMatch(res.stdout, /^warning: /m);
   });
 
@@ -198,13 +206,13 @@ describe('ledger proofs on the embedded default (solo orderer + SQLite ledger st
     relabelled.resource.versionId = 7;
 
     const [flippedRes, digestRes, droppedRes, otherChainRes, wrongResource, relabelledRes] = await Promise.all([
-      medblock(['verify', '--proof', writeJson(flipped, 'flipped'), '--ca', caFile]),
-      medblock(['verify', '--proof', writeJson(changedDigest, 'digest'), '--ca', caFile]),
-      medblock(['verify', '--proof', writeJson(dropped, 'dropped'), '--ca', caFile]),
-      medblock(['verify', '--proof', writeJson(otherChain, 'other-chain'), '--ca', caFile]),
+      medblock(['verify', '--proof', writeJson(flipped, 'flipped'), '--ca', caFile, '--consortium', consortiumFile]),
+      medblock(['verify', '--proof', writeJson(changedDigest, 'digest'), '--ca', caFile, '--consortium', consortiumFile]),
+      medblock(['verify', '--proof', writeJson(dropped, 'dropped'), '--ca', caFile, '--consortium', consortiumFile]),
+      medblock(['verify', '--proof', writeJson(otherChain, 'other-chain'), '--ca', caFile, '--consortium', consortiumFile]),
       // The genuine proof, but for other content than the resource file holds.
-      medblock(['verify', '--proof', writeJson(proof, 'proof'), '--ca', caFile, '--resource', writeJson({ ...JSON.parse(patientV1), active: false }, 'altered')]),
-      medblock(['verify', '--proof', writeJson(relabelled, 'relabelled'), '--ca', caFile, '--resource', writeJson(patientV1, 'patient-v1')]),
+      medblock(['verify', '--proof', writeJson(proof, 'proof'), '--ca', caFile, '--consortium', consortiumFile, '--resource', writeJson({ ...JSON.parse(patientV1), active: false }, 'altered')]),
+      medblock(['verify', '--proof', writeJson(relabelled, 'relabelled'), '--ca', caFile, '--consortium', consortiumFile, '--resource', writeJson(patientV1, 'patient-v1')]),
     ]);
     assertFails(flippedRes, /^FAIL \/inclusion: the audit path does not lead to the header dataHash$/);
     assertFails(digestRes, /^FAIL \/resource\/digest: is not the digest anchored at that entry$/);
@@ -219,15 +227,20 @@ describe('ledger proofs on the embedded default (solo orderer + SQLite ledger st
 
     // The same verdicts in-process.
     const ca = readFileSync(caFile, 'utf8');
-    for (const bad of [flipped, changedDigest, dropped, otherChain]) assert.notDeepEqual(verifyResourceProof(bad, { trustedCaCertificate: ca }).problems, []);
+    for (const bad of [flipped, changedDigest, dropped, otherChain]) assert.notDeepEqual(verifyResourceProof(bad, { trustedCaCertificate: ca, consortium: readFileSync(consortiumFile) }).problems, []);
   });
 
-  it('a proof checked against another consortium CA fails', async () => {
-    const otherCaFile = join(await testConsortium(['elsewhere']), 'ca', 'ca.crt');
-    const report = verifyResourceProof(proof, { trustedCaCertificate: readFileSync(otherCaFile, 'utf8') });
-    assert.ok(report.problems.some((p) => p.path === '/consortium/members/0' && /certificate (was not issued by this CA|signature does not verify with the CA key)/.test(p.problem)), JSON.stringify(report));
-    const res = await medblock(['verify', '--proof', writeJson(proof, 'proof'), '--ca', otherCaFile]);
-    assertFails(res, /^FAIL \/consortium\/members\/0: certificate: certificate (was not issued by this CA|signature does not verify with the CA key)/);
+  it('a proof checked against another consortium (its consortium.json or its CA) fails', async () => {
+    const elsewhere = await testConsortium(['elsewhere']);
+    const otherCaFile = join(elsewhere, 'ca', 'ca.crt');
+    const report = verifyResourceProof(proof, { trustedCaCertificate: readFileSync(otherCaFile, 'utf8'), consortium: readFileSync(consortiumFile) });
+    assert.ok(report.problems.some((p) => p.path === '/consortium' && /the trusted CA certificate is not the CA consortium.json names/.test(p.problem)), JSON.stringify(report));
+    const [otherCa, otherJson] = await Promise.all([
+      medblock(['verify', '--proof', writeJson(proof, 'proof'), '--ca', otherCaFile, '--consortium', consortiumFile]),
+      medblock(['verify', '--proof', writeJson(proof, 'proof'), '--ca', otherCaFile, '--consortium', join(elsewhere, 'consortium.json')]),
+    ]);
+    assertFails(otherCa, /^FAIL \/consortium: the trusted CA certificate is not the CA consortium.json names$/);
+    assertFails(otherJson, /^FAIL \/consortium\/genesis: is not the pinned consortium.json/);
   });
 
   it('$checkpoint at two times and $consistency from the older one verify; a tampered consistency proof fails', async () => {
@@ -245,11 +258,11 @@ describe('ledger proofs on the embedded default (solo orderer + SQLite ledger st
     const res = await t.http.get(`/fhir/$consistency?from=${oldBlock}`).set('Authorization', `Bearer ${t.admin}`);
     assert.equal(res.status, 200, res.text);
     const consistency = body<ConsistencyProof>(res);
-    assert.equal(consistency.format, 'medblock-consistency/v1');
+    assert.equal(consistency.format, 'medblock-consistency/v2');
     assert.deepEqual(consistency.from, firstCheckpoint.checkpoint.header);
     assert.equal(consistency.headers.length, consistency.checkpoint.header.number - oldBlock);
     const ca = readFileSync(caFile, 'utf8');
-    assert.deepEqual(verifyConsistencyProof(consistency, { trustedCaCertificate: ca, oldHeader: firstCheckpoint.checkpoint.header }), { problems: [], warnings: [] });
+    assert.deepEqual(verifyConsistencyProof(consistency, { trustedCaCertificate: ca, consortium: readFileSync(consortiumFile), oldHeader: firstCheckpoint.checkpoint.header }), { problems: [], warnings: [] });
 
     const consistencyFile = writeJson(consistency, 'consistency');
     const oldCheckpointFile = writeJson(firstCheckpoint, 'checkpoint');
@@ -259,13 +272,13 @@ describe('ledger proofs on the embedded default (solo orderer + SQLite ledger st
     const rewritten = clone(consistency);
     rewritten.from = { ...rewritten.from, dataHash: flipHex(rewritten.from.dataHash) } as BlockHeader;
     const [ok, badHeader, badFrom, bareHeaderOk, otherBlock, noHeader] = await Promise.all([
-      medblock(['verify', '--consistency', consistencyFile, '--old-checkpoint', oldCheckpointFile, '--ca', caFile]),
-      medblock(['verify', '--consistency', writeJson(tamperedHeader, 'consistency'), '--old-checkpoint', oldCheckpointFile, '--ca', caFile]),
-      medblock(['verify', '--consistency', writeJson(rewritten, 'consistency'), '--old-checkpoint', oldCheckpointFile, '--ca', caFile]),
+      medblock(['verify', '--consistency', consistencyFile, '--old-checkpoint', oldCheckpointFile, '--ca', caFile, '--consortium', consortiumFile]),
+      medblock(['verify', '--consistency', writeJson(tamperedHeader, 'consistency'), '--old-checkpoint', oldCheckpointFile, '--ca', caFile, '--consortium', consortiumFile]),
+      medblock(['verify', '--consistency', writeJson(rewritten, 'consistency'), '--old-checkpoint', oldCheckpointFile, '--ca', caFile, '--consortium', consortiumFile]),
       // --old-checkpoint may be a bare header; one of another block, or a file with no header, must fail (never skip the check).
-      medblock(['verify', '--consistency', consistencyFile, '--old-checkpoint', writeJson(firstCheckpoint.checkpoint.header, 'header'), '--ca', caFile]),
-      medblock(['verify', '--consistency', consistencyFile, '--old-checkpoint', writeJson(second.checkpoint.header, 'header'), '--ca', caFile]),
-      medblock(['verify', '--consistency', consistencyFile, '--old-checkpoint', writeJson({ checkpoint: {} }, 'empty'), '--ca', caFile]),
+      medblock(['verify', '--consistency', consistencyFile, '--old-checkpoint', writeJson(firstCheckpoint.checkpoint.header, 'header'), '--ca', caFile, '--consortium', consortiumFile]),
+      medblock(['verify', '--consistency', consistencyFile, '--old-checkpoint', writeJson(second.checkpoint.header, 'header'), '--ca', caFile, '--consortium', consortiumFile]),
+      medblock(['verify', '--consistency', consistencyFile, '--old-checkpoint', writeJson({ checkpoint: {} }, 'empty'), '--ca', caFile, '--consortium', consortiumFile]),
     ]);
     assert.equal(ok.status, 0, ok.stdout + ok.stderr);
     assert.match(ok.stdout, /^OK: consistency proof verifies$/m);

@@ -44,7 +44,7 @@ export const checkpoint: Handler = async (req, ctx) => {
   const ledger = ledgerOf(ctx.ledger);
   const latest = await ledger.checkpoint();
   if (!latest) throw notYet('no block is final yet');
-  return { status: 200, contentType: 'application/json', body: { checkpoint: latest, consortium: await ledger.consortium() } };
+  return { status: 200, contentType: 'application/json', body: { checkpoint: latest, consortium: await ledger.consortium(latest.header.number) } };
 };
 
 export const consistency: Handler = async (req, ctx) => {
