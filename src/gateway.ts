@@ -128,7 +128,7 @@ async function startLedger(config: GatewayConfig, outbox: ResourceStore, consort
   await store.init();
   const orderer = await openOrderer(config, consortium.channel);
   opened.push(() => orderer.close());
-  const { batchTimeoutMs, maxEnvelopeBytes, ...cutter } = consortium.ledger;
+  const { batchTimeoutMs, maxEnvelopeBytes, maxClockSkewMs, ...cutter } = consortium.ledger;
   const signer = consortium.self;
   const member = new LedgerMember({
     channel: consortium.channel,
@@ -140,6 +140,7 @@ async function startLedger(config: GatewayConfig, outbox: ResourceStore, consort
     cutter,
     batchTimeoutMs: config.ledgerBatchTimeoutMs ?? batchTimeoutMs,
     maxEnvelopeBytes,
+    maxClockSkewMs,
     checkMemberCertificate: memberCertificateCheck(consortium.caCertificatePem),
     log: (event, fields) => log(event.includes('alarm') || event.includes('failed') ? 'error' : 'warn', event, fields),
   });

@@ -104,6 +104,7 @@ async function verifyGateway(config: GatewayConfig, json: boolean): Promise<numb
       genesis: genesisMembership(consortium),
       quorum: consortium.quorum,
       maxEnvelopeBytes: consortium.ledger.maxEnvelopeBytes,
+      maxClockSkewMs: consortium.ledger.maxClockSkewMs,
       checkMemberCertificate: memberCertificateCheck(consortium.caCertificatePem),
     });
     const problems: VerificationProblem[] = [...ledger.problems];

@@ -25,7 +25,16 @@ import { SIGNING_KEY_CURVE, signingKeyUri } from './signing-key.ts';
 export interface LedgerSettings extends BlockCutterConfig {
   batchTimeoutMs: number;
   maxEnvelopeBytes: number;
+  /**
+   * The channel's clock rule: an envelope stamped further than this from the orderer's time is invalid
+   * (docs/ledger.md, "Block time"). Written by `consortium init` since the rule exists; a consortium.json
+   * without it keeps the old, unbounded rule, so existing chains replay to the same blocks.
+   */
+  maxClockSkewMs?: number;
 }
+
+/** Ten minutes: far beyond clock drift and append latency, far below what would let a member move time. */
+export const DEFAULT_MAX_CLOCK_SKEW_MS = 10 * 60 * 1000;
 
 /**
  * Defaults sized for anchors: a full anchor envelope (1000 digests) is ~150 KB, one Kafka message well under
@@ -94,7 +103,7 @@ function manifest(consortium: Consortium) {
   return {
     channel: consortium.channel,
     quorum: consortium.quorum,
-    ledger: DEFAULT_LEDGER_SETTINGS,
+    ledger: { ...DEFAULT_LEDGER_SETTINGS, maxClockSkewMs: DEFAULT_MAX_CLOCK_SKEW_MS },
     signatureSchemes: {
       certificates: `RSA-${RSA_BITS} sha256WithRSAEncryption (X.509)`,
       envelopes: `ECDSA ${SIGNING_KEY_CURVE} SHA-256, key named in the member certificate's subjectAltName`,

@@ -26,6 +26,7 @@ export interface EnvelopeRecord {
   kind: 'envelope';
   offset: number;
   bytes: Uint8Array;
+  ordererTime?: number;
 }
 
 /** A request, published by some member after its batch timeout, to cut the pending batch as block `blockNumber`. */
@@ -38,6 +39,8 @@ export interface TimeToCutRecord {
 export interface OrderedEnvelope {
   offset: number;
   bytes: Uint8Array;
+  /** The orderer's time for the record (ms since the epoch), the same for every member: bounds envelope timestamps. */
+  ordererTime?: number;
 }
 
 export type CutReason = 'maxMessages' | 'preferredMaxBytes' | 'oversize' | 'timeToCut';
@@ -158,7 +161,8 @@ export class BlockCutter {
     return record.kind === 'envelope' ? this.#orderEnvelope(record) : this.#applyTimeToCut(record);
   }
 
-  #orderEnvelope({ offset, bytes }: EnvelopeRecord): OrderResult {
+  #orderEnvelope({ offset, bytes, ordererTime }: EnvelopeRecord): OrderResult {
+    const envelope: OrderedEnvelope = ordererTime === undefined ? { offset, bytes } : { offset, bytes, ordererTime };
     const { maxMessageCount, preferredMaxBytes, absoluteMaxBytes } = this.config;
     const sizeBytes = bytes.byteLength;
     if (sizeBytes > absoluteMaxBytes) {
@@ -170,11 +174,11 @@ export class BlockCutter {
       blocks.push(this.#cutPending('preferredMaxBytes'));
     }
     if (sizeBytes > preferredMaxBytes) {
-      blocks.push(this.#cut([{ offset, bytes }], 'oversize'));
+      blocks.push(this.#cut([envelope], 'oversize'));
       return { blocks };
     }
     const startsBatch = this.#pending.length === 0;
-    this.#pending.push({ offset, bytes });
+    this.#pending.push(envelope);
     this.#pendingBytes += sizeBytes;
     if (this.#pending.length >= maxMessageCount) {
       blocks.push(this.#cutPending('maxMessages'));
@@ -219,8 +223,9 @@ export function encodeCutterState(state: BlockCutterState): string {
   return JSON.stringify({
     nextBlockNumber: state.nextBlockNumber,
     lastConsumedOffset: state.lastConsumedOffset,
-    pending: state.pending.map(({ offset, bytes }) => ({
+    pending: state.pending.map(({ offset, bytes, ordererTime }) => ({
       offset,
+      ordererTime,
       bytes: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64'),
     })),
   });
@@ -236,11 +241,12 @@ export function decodeCutterState(json: string): BlockCutterState {
   return {
     nextBlockNumber,
     lastConsumedOffset,
-    pending: pending.map((entry: { offset?: unknown; bytes?: unknown }) => {
+    pending: pending.map((entry: { offset?: unknown; bytes?: unknown; ordererTime?: unknown }) => {
       if (typeof entry?.offset !== 'number' || typeof entry.bytes !== 'string') {
         throw new BlockCutterStateError('a stored pending envelope lacks its offset or base64 bytes');
       }
-      return { offset: entry.offset, bytes: new Uint8Array(Buffer.from(entry.bytes, 'base64')) };
+      const envelope = { offset: entry.offset, bytes: new Uint8Array(Buffer.from(entry.bytes, 'base64')) };
+      return typeof entry.ordererTime === 'number' ? { ...envelope, ordererTime: entry.ordererTime } : envelope;
     }),
   };
 }

@@ -48,7 +48,19 @@ export interface BlockHeader {
   lastOffset: number;
   /** max(previous time, latest timestamp of a valid envelope): see docs/ledger.md, "Block time". */
   time: string;
+  /**
+   * On channels with a clock rule (consortium.json `ledger.maxClockSkewMs`): the latest orderer time of the
+   * block's records, which every envelope timestamp must be near. Absent otherwise (and in older blocks),
+   * and then outside the hash, so older headers keep their hashes.
+   */
+  ordererTime?: string;
 }
+
+/** What validating a block's envelopes needs: the validation context minus what the block itself gives (number, clock). */
+export type BlockContext = Omit<ValidationContext, 'blockNumber' | 'clock'> & {
+  /** The channel's clock rule (consortium.json `ledger.maxClockSkewMs`); without it, timestamps are not bounded. */
+  maxClockSkewMs?: number;
+};
 
 /** `valid`, or why the envelope was rejected: what the validityHash commits to. */
 export type ValidityCode = 'valid' | RejectionReason;
@@ -87,8 +99,9 @@ function sha256Hex(prefix: string, value: unknown): string {
 
 /** SHA-256 over UTF-8(BLOCK_HEADER_HASH_PREFIX ‖ canonical JSON of the header), lowercase hex. */
 export function blockHeaderHash(header: BlockHeader): string {
-  const { channel, number, previousHash, dataHash, envelopeCount, validityHash, firstOffset, lastOffset, time } = header;
+  const { channel, number, previousHash, dataHash, envelopeCount, validityHash, firstOffset, lastOffset, time, ordererTime } = header;
   return sha256Hex(BLOCK_HEADER_HASH_PREFIX, {
+    ...(ordererTime === undefined ? {} : { ordererTime }),
     channel,
     number,
     previousHash,
@@ -124,6 +137,17 @@ function dataHash(envelopes: readonly Uint8Array[]): string {
   return Buffer.from(MerkleTree.fromLeaves(envelopes).root()).toString('hex');
 }
 
+/** The validation context's clock for a block with this orderer time, when the channel has a clock rule. */
+export function blockClock(ordererTime: string | undefined, maxSkewMs: number | undefined): ValidationContext['clock'] {
+  return ordererTime === undefined || maxSkewMs === undefined ? undefined : { ordererTime, maxSkewMs };
+}
+
+/** The latest orderer time of a cut batch, when the orderer stamped every record and the channel has a clock rule. */
+function cutOrdererTime(cut: CutBlock, maxSkewMs: number | undefined): string | undefined {
+  if (maxSkewMs === undefined || cut.envelopes.some((e) => e.ordererTime === undefined)) return undefined;
+  return new Date(Math.max(...cut.envelopes.map((e) => e.ordererTime!))).toISOString();
+}
+
 /** Timestamps are toISOString form, so string order is time order. */
 function blockTime(previousTime: string, validTimestamps: readonly string[]): string {
   return validTimestamps.reduce((latest, timestamp) => (timestamp > latest ? timestamp : latest), previousTime);
@@ -141,7 +165,7 @@ function blockTime(previousTime: string, validTimestamps: readonly string[]): st
 export function buildBlock(
   cut: CutBlock,
   previous: BlockHeader | undefined,
-  context: Omit<ValidationContext, 'blockNumber'>,
+  context: BlockContext,
 ): Block {
   return buildBlockWithVerdicts(cut, previous, context).block;
 }
@@ -150,7 +174,7 @@ export function buildBlock(
 export function buildBlockWithVerdicts(
   cut: CutBlock,
   previous: BlockHeader | undefined,
-  context: Omit<ValidationContext, 'blockNumber'>,
+  context: BlockContext,
 ): { block: Block; verdicts: EnvelopeVerdict[] } {
   const expectedNumber = previous === undefined ? 0 : previous.number + 1;
   if (cut.number !== expectedNumber) throw new BlockError(`cut batch ${cut.number} is not the next block (${expectedNumber})`);
@@ -162,7 +186,8 @@ export function buildBlockWithVerdicts(
     throw new BlockError(`cut batch ${cut.number} starts at offset ${cut.firstOffset}, not after ${previous.lastOffset}`);
   }
   const envelopes = cut.envelopes.map(({ bytes }) => bytes);
-  const verdicts = validateBlockEnvelopes(envelopes, { ...context, blockNumber: cut.number });
+  const ordererTime = cutOrdererTime(cut, context.maxClockSkewMs);
+  const verdicts = validateBlockEnvelopes(envelopes, { ...context, blockNumber: cut.number, clock: blockClock(ordererTime, context.maxClockSkewMs) });
   const validity: EnvelopeValidity[] = verdicts.map((verdict) =>
     verdict.valid ? { valid: true } : { valid: false, reason: verdict.reason, detail: verdict.detail },
   );
@@ -177,6 +202,7 @@ export function buildBlockWithVerdicts(
     firstOffset: cut.firstOffset,
     lastOffset: cut.lastOffset,
     time: blockTime(previous?.time ?? GENESIS_TIME, validTimestamps),
+    ...(ordererTime === undefined ? {} : { ordererTime }),
   };
   return { block: { header, envelopes, validity }, verdicts };
 }
@@ -195,6 +221,7 @@ const HEADER_FIELDS = [
   'firstOffset',
   'lastOffset',
   'time',
+  'ordererTime',
 ] as const;
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {
@@ -227,6 +254,7 @@ export function headerProblems(value: unknown, path: string): BlockProblem[] {
     if (typeof header[field] !== 'string' || !HEX_HASH_PATTERN.test(header[field])) report(field, 'must be 64 lowercase hex digits');
   }
   if (!isTimestamp(header.time)) report('time', 'must be an ISO instant as toISOString writes it');
+  if (header.ordererTime !== undefined && !isTimestamp(header.ordererTime)) report('ordererTime', 'must be an ISO instant as toISOString writes it');
   if (problems.length === 0) {
     const { firstOffset, lastOffset, envelopeCount } = value as unknown as BlockHeader;
     if (firstOffset > lastOffset) report('lastOffset', `is before firstOffset ${firstOffset}`);
@@ -312,7 +340,7 @@ function envelopeListProblems(block: Record<string, unknown>): BlockProblem[] {
 export function verifyBlock(
   block: unknown,
   previous: BlockHeader | undefined,
-  context?: Omit<ValidationContext, 'blockNumber'>,
+  context?: BlockContext,
 ): BlockProblem[] {
   if (!isPlainObject(block)) return [{ path: '', problem: 'the block must be an object' }];
   if (previous !== undefined && headerProblems(previous, '').length > 0) return [{ path: '', problem: 'the previous header is malformed' }];
@@ -340,7 +368,7 @@ export function verifyBlock(
 
   if (context !== undefined) {
     if (header.channel !== context.channel) report('/header/channel', `is not the channel ${context.channel} being verified`);
-    const verdicts = validateBlockEnvelopes(envelopes, { ...context, blockNumber: header.number });
+    const verdicts = validateBlockEnvelopes(envelopes, { ...context, blockNumber: header.number, clock: blockClock(header.ordererTime, context.maxClockSkewMs) });
     verdicts.forEach((verdict, index) => {
       const expected: ValidityCode = verdict.valid ? 'valid' : verdict.reason;
       if (codes[index] !== expected) report(`/validity/${index}`, `is ${codes[index]}, but validation says ${expected}`);

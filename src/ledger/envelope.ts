@@ -120,6 +120,7 @@ export type RejectionReason =
   | 'revoked-creator'
   | 'bad-signature'
   | 'replayed-nonce'
+  | 'bad-timestamp'
   | 'wrong-channel'
   | 'bad-payload'
   | 'no-quorum';
@@ -157,6 +158,11 @@ export interface ValidationContext {
   checkMemberCertificate?: (certificatePem: string, memberId: string, signingKeyPem: string, at: string) => string | undefined;
   /** Channel configuration; defaults to DEFAULT_MAX_ENVELOPE_BYTES. */
   maxEnvelopeBytes?: number;
+  /**
+   * The channel's clock rule (docs/ledger.md, "Block time"): `timestamp` must be within `maxSkewMs` of
+   * `ordererTime`, the time the orderer stamped on the block's records (the same bytes for every member).
+   */
+  clock?: { ordererTime: string; maxSkewMs: number };
 }
 
 /** Refused to create an envelope or approval that validation would reject. */
@@ -480,6 +486,9 @@ export function validateEnvelope(bytes: unknown, context: ValidationContext): En
   if (!verifyLowS(creator.publicKey, envelopeSignedBytes(envelope), envelope.signature)) {
     return reject('bad-signature', '/signature does not verify with the creator key');
   }
+  if (context.clock !== undefined && clockProblem(envelope.timestamp, context.clock)) {
+    return reject('bad-timestamp', `/timestamp is more than ${context.clock.maxSkewMs} ms from the orderer's time`);
+  }
   const window = context.timestampWindow;
   if (window !== undefined && (envelope.timestamp < window.notBefore || envelope.timestamp > window.notAfter)) {
     // Nonces older than the window may be pruned, so such an envelope cannot be shown not to be a replay.
@@ -488,6 +497,10 @@ export function validateEnvelope(bytes: unknown, context: ValidationContext): En
   if (context.committedNonces.has(envelope.creator, envelope.nonce)) return reject('replayed-nonce', '/nonce was already committed');
   if (envelope.type === 'config') return configRejection(envelope, context) ?? parsed;
   return parsed;
+}
+
+function clockProblem(timestamp: string, { ordererTime, maxSkewMs }: NonNullable<ValidationContext['clock']>): boolean {
+  return Math.abs(Date.parse(timestamp) - Date.parse(ordererTime)) > maxSkewMs;
 }
 
 /** Nonces per creator, in memory: block-local tracking, tests, or a cache in front of a store. */

@@ -33,6 +33,8 @@ export interface LedgerMemberOptions {
   /** How long a batch may wait for more envelopes before this member asks for a cut. */
   batchTimeoutMs: number;
   maxEnvelopeBytes?: number;
+  /** The channel's clock rule: envelope timestamps within this many ms of the orderer's time (docs/ledger.md, "Block time"). */
+  maxClockSkewMs?: number;
   /** Checks the certificate of a member a config envelope adds (identity/consortium-dir.ts memberCertificateCheck). */
   checkMemberCertificate?: ValidationContext['checkMemberCertificate'];
   /** Structured events for the operator's log; never content. */
@@ -175,7 +177,7 @@ export class LedgerMember extends EventEmitter<{ block: [CommittedBlock]; final:
       } else if (message) {
         const result = this.cutter.order(
           message.kind === 'envelope'
-            ? { kind: 'envelope', offset: record.offset, bytes: message.bytes }
+            ? { kind: 'envelope', offset: record.offset, bytes: message.bytes, ordererTime: record.time }
             : { kind: 'timeToCut', offset: record.offset, blockNumber: message.blockNumber },
         );
         if (result.rejected) this.log('ledger_envelope_rejected', { offset: record.offset, reason: result.rejected.reason, bytes: result.rejected.sizeBytes });
@@ -200,6 +202,7 @@ export class LedgerMember extends EventEmitter<{ block: [CommittedBlock]; final:
       members: this.membership,
       committedNonces: { has: (creator, nonce) => committedNonces.has(`${creator} ${nonce}`) },
       maxEnvelopeBytes: this.options.maxEnvelopeBytes,
+      maxClockSkewMs: this.options.maxClockSkewMs,
       checkMemberCertificate: this.options.checkMemberCertificate,
     });
     const index = blockIndex(verdicts);

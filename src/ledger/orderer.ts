@@ -20,6 +20,12 @@ export type ChannelMessage =
 export interface OrderedRecord {
   offset: number;
   bytes: Uint8Array;
+  /**
+   * When the orderer appended the record (ms since the epoch), stored with it, so every member reads the same
+   * value: Kafka's LogAppendTime (the broker's clock), the solo log's own stamp. Absent for records an older
+   * solo log holds. Members bound envelope timestamps by it (docs/ledger.md, "Block time").
+   */
+  time?: number;
 }
 
 export interface Subscription {

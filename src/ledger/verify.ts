@@ -11,7 +11,7 @@
  * The digests anchored by this member (block, envelope, entry → digest) are returned for the vault half.
  */
 import { verifyAttestation, verifyCheckpoint } from './attestation.ts';
-import { blockHeaderHash, verifyBlock, type Block, type BlockHeader } from './block.ts';
+import { blockClock, blockHeaderHash, verifyBlock, type Block, type BlockHeader } from './block.ts';
 import { CommittedNonces, validateBlockEnvelopes, type ValidationContext } from './envelope.ts';
 import type { LedgerStore } from './ledger-store.ts';
 import { blockIndex } from './member.ts';
@@ -47,6 +47,7 @@ export interface VerifyLedgerOptions {
   genesis: Membership;
   quorum: number;
   maxEnvelopeBytes?: number;
+  maxClockSkewMs?: number;
   checkMemberCertificate?: ValidationContext['checkMemberCertificate'];
   onProgress?: (blocksDone: number, blocksTotal: number) => void;
 }
@@ -71,10 +72,10 @@ export async function verifyLedger(store: LedgerStore, options: VerifyLedgerOpti
       problem(`block ${n}`, 'is missing from the ledger store');
       break;
     }
-    const context = { channel, members: membership, committedNonces: nonces, maxEnvelopeBytes: options.maxEnvelopeBytes, checkMemberCertificate: options.checkMemberCertificate };
+    const context = { channel, members: membership, committedNonces: nonces, maxEnvelopeBytes: options.maxEnvelopeBytes, maxClockSkewMs: options.maxClockSkewMs, checkMemberCertificate: options.checkMemberCertificate };
     for (const p of verifyBlock(block, previous, context)) problem(`block ${n}`, `${p.path} ${p.problem}`);
     // Index and membership follow the recomputed verdicts, not the stored ones.
-    const verdicts = validateBlockEnvelopes(block.envelopes, { ...context, blockNumber: n });
+    const verdicts = validateBlockEnvelopes(block.envelopes, { ...context, blockNumber: n, clock: blockClock(block.header.ordererTime, options.maxClockSkewMs) });
     const index = blockIndex(verdicts);
     for (const { creator, nonce } of index.nonces) nonces.add(creator, nonce);
     for (const entry of index.digests) {

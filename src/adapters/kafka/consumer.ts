@@ -20,7 +20,7 @@ export interface ChannelRecord {
   key: Buffer | null;
   /** The message body (a Kafka null value, which our producer never writes, arrives as an empty buffer). */
   value: Buffer;
-  /** Milliseconds since the epoch (the producer's create time). */
+  /** Milliseconds since the epoch: the broker's append time on channel topics (message.timestamp.type=LogAppendTime). */
   timestamp: number;
 }
 

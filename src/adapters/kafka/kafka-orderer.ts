@@ -85,7 +85,7 @@ export class KafkaOrderer implements Orderer {
     this.assertOpen();
     const consumer = await ChannelConsumer.start({
       ...this.connection, channel: this.channel, fromOffset,
-      batchHandler: (records) => handler(records.map(({ offset, value }) => ({ offset, bytes: value }))),
+      batchHandler: (records) => handler(records.map(({ offset, value, timestamp }) => ({ offset, bytes: value, time: timestamp }))),
     });
     if (this.closed) { // closed while the consumer was joining its group
       await consumer.stop();

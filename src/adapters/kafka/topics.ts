@@ -58,6 +58,8 @@ export function channelTopicConfig(minInsyncReplicas: number): Record<string, st
     'retention.ms': '-1',
     'retention.bytes': '-1',
     'cleanup.policy': 'delete',
+    // The broker stamps each record: the orderer time members bound envelope timestamps by, which a producer cannot set.
+    'message.timestamp.type': 'LogAppendTime',
   };
 }
 

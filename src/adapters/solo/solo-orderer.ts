@@ -2,7 +2,8 @@
  * The embedded orderer: one channel's log in a SQLite file of its own, for a gateway that runs alone
  * (`npm start` without Kafka). The offset of a record is its row key, assigned here from 0 up, so the
  * log has no holes; WAL with synchronous=FULL makes an append that resolved survive a crash or a power
- * loss. Only this process writes the file, so subscribers are woken by append() itself, never by polling.
+ * loss. Each record is stored with the time it was appended (this process's clock, never going back), the
+ * orderer time members bound envelope timestamps by. Only this process writes the file, so subscribers are woken by append() itself, never by polling.
  * Open a file once: a second SoloOrderer on it would not wake the first one's subscribers, and both
  * would hand out the same offsets (the later write then fails on the primary key rather than fork the log).
  */
@@ -11,8 +12,8 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { checkAppendable, type OrderedRecord, type Orderer, type Subscription } from '../../ledger/orderer.ts';
 
-/** Bumped when the layout changes incompatibly; a log of another version is refused. */
-const SCHEMA_VERSION = 1;
+/** Bumped when the layout changes; version 1 (no `time` column) is upgraded in place, its records keep no time. */
+const SCHEMA_VERSION = 2;
 /** A batch handed to a handler: up to this many records, and stopping at the first record that reaches… */
 const MAX_BATCH_RECORDS = 1000;
 /** …this many bytes, so a catch-up over large envelopes does not load the whole log into memory. */
@@ -21,20 +22,24 @@ const MAX_BATCH_BYTES = 4 * 1024 * 1024;
 export class SoloOrderer implements Orderer {
   readonly kind = 'solo';
   private readonly subscriptions = new Set<SoloSubscription>();
-  private readonly insert: Database.Statement<[number, Uint8Array]>;
-  private readonly readFrom: Database.Statement<[number, number], { offset: number; bytes: Buffer }>;
+  private readonly insert: Database.Statement<[number, Uint8Array, number]>;
+  private readonly readFrom: Database.Statement<[number, number], { offset: number; bytes: Buffer; time: number | null }>;
+  /** The last time stamped: never goes back, even if the machine's clock does. */
+  private lastTime: number;
   private readonly appendAll: (first: number, messages: Uint8Array[]) => void;
   private end: number;
   private closed = false;
 
   private constructor(private readonly db: Database.Database) {
-    this.insert = db.prepare('INSERT INTO records ("offset", bytes) VALUES (?, ?)');
-    this.readFrom = db.prepare('SELECT "offset", bytes FROM records WHERE "offset" >= ? ORDER BY "offset" LIMIT ?');
+    this.insert = db.prepare('INSERT INTO records ("offset", bytes, time) VALUES (?, ?, ?)');
+    this.readFrom = db.prepare('SELECT "offset", bytes, time FROM records WHERE "offset" >= ? ORDER BY "offset" LIMIT ?');
     this.appendAll = db.transaction((first: number, messages: Uint8Array[]) => {
-      messages.forEach((bytes, i) => this.insert.run(first + i, bytes));
+      this.lastTime = Math.max(this.lastTime, Date.now());
+      messages.forEach((bytes, i) => this.insert.run(first + i, bytes, this.lastTime));
     });
-    const last = db.prepare('SELECT max("offset") AS last FROM records').get() as { last: number | null };
+    const last = db.prepare('SELECT max("offset") AS last, max(time) AS time FROM records').get() as { last: number | null; time: number | null };
     this.end = last.last === null ? 0 : last.last + 1;
+    this.lastTime = last.time ?? 0;
   }
 
   /** Opens the log in `file`, creating it (and its directory) if needed; a reopened log continues its offsets. */
@@ -46,10 +51,11 @@ export class SoloOrderer implements Orderer {
       db.pragma('synchronous = FULL');
       const version = db.pragma('user_version', { simple: true }) as number;
       const tables = db.prepare("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table'").get() as { n: number };
-      if (tables.n > 0 && version !== SCHEMA_VERSION) {
+      if (tables.n > 0 && version !== SCHEMA_VERSION && version !== 1) {
         throw new Error(`${file} is not a solo orderer log of schema ${SCHEMA_VERSION} (user_version ${version})`);
       }
-      db.exec('CREATE TABLE IF NOT EXISTS records ("offset" INTEGER PRIMARY KEY, bytes BLOB NOT NULL)');
+      if (tables.n > 0 && version === 1) db.exec('ALTER TABLE records ADD COLUMN time INTEGER');
+      db.exec('CREATE TABLE IF NOT EXISTS records ("offset" INTEGER PRIMARY KEY, bytes BLOB NOT NULL, time INTEGER)');
       db.pragma(`user_version = ${SCHEMA_VERSION}`);
       return new SoloOrderer(db);
     } catch (err) {
@@ -106,7 +112,7 @@ export class SoloOrderer implements Orderer {
       if (row.offset !== from + records.length) {
         throw new Error(`solo log: offset ${from + records.length} is missing (next found: ${row.offset})`);
       }
-      records.push({ offset: row.offset, bytes: row.bytes });
+      records.push(row.time === null ? { offset: row.offset, bytes: row.bytes } : { offset: row.offset, bytes: row.bytes, time: row.time });
       bytes += row.bytes.length;
       if (bytes >= MAX_BATCH_BYTES) break;
     }
