@@ -96,6 +96,10 @@ describe('the access log is append-only and read under the auditor scope', () =>
     refused(await send(t.http, 'delete', `AuditEvent/${target.id}`, explicit), 'delete with an explicit grant');
     refused(await send(t.http, 'post', 'AuditEvent', explicit, forged()), 'create with an explicit grant');
     await assertLogUnchanged();
+    // The CapabilityStatement says so too.
+    const metadata = body(await t.http.get('/fhir/metadata'));
+    const auditEvent = metadata.rest[0].resource.find((r: any) => r.type === 'AuditEvent');
+    assert.deepEqual(auditEvent.interaction.map((i: any) => i.code).sort(), ['history-instance', 'history-type', 'read', 'search-type', 'vread']);
   });
 
   it('refuses the same writes as entries of a batch and of a transaction', async () => {
