@@ -2,6 +2,7 @@
 import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { keySource, type KeySource } from './vault/keyring.ts';
+import { ERASE_APPROVALS, type EraseApproval } from './audit/erasure.ts';
 
 export interface GatewayConfig {
   host: string;
@@ -28,6 +29,8 @@ export interface GatewayConfig {
   hospitalId: string;
   /** Where the master key ring comes from. */
   masterKey: KeySource;
+  /** MEDBLOCK_ERASE_APPROVAL: whether `$erase` needs a second user to confirm it (default none). */
+  eraseApproval?: EraseApproval;
 }
 
 /** The database named in a MongoDB URI's path (`mongodb://h1,h2/hospital_a?replicaSet=rs0`), if any. */
@@ -65,6 +68,12 @@ function trustedProxies(raw: string | undefined): string[] | undefined {
   return list;
 }
 
+function eraseApproval(raw: string | undefined): EraseApproval {
+  const value = raw?.trim() || 'none';
+  if (!(ERASE_APPROVALS as readonly string[]).includes(value)) throw new Error(`MEDBLOCK_ERASE_APPROVAL must be one of ${ERASE_APPROVALS.join(', ')}`);
+  return value as EraseApproval;
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig {
   const mongoUri = env.MEDBLOCK_MONGODB_URI?.trim();
   if (mongoUri && !/^mongodb(\+srv)?:\/\//.test(mongoUri)) throw new Error('MEDBLOCK_MONGODB_URI must start with mongodb:// or mongodb+srv://');
@@ -89,5 +98,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig 
     ledgerBatchTimeoutMs: env.MEDBLOCK_LEDGER_BATCH_TIMEOUT_MS ? integer('MEDBLOCK_LEDGER_BATCH_TIMEOUT_MS', 100, 1, 60_000) : undefined,
     hospitalId,
     masterKey: keySource(dataDir, env),
+    eraseApproval: eraseApproval(env.MEDBLOCK_ERASE_APPROVAL),
   };
 }

@@ -188,6 +188,7 @@ async function assembleGateway(config: GatewayConfig, options: GatewayOptions, o
   const repo = new FhirRepository(store, checker, {
     patientToken: consortium ? patientTokens(consortium.patientTokenKey) : undefined,
     afterCommit: ledger ? () => ledger.publisher.notify() : undefined,
+    erasure: { approval: config.eraseApproval ?? 'none', hospitalId: config.hospitalId },
   });
   const issuer = await loadDevIssuer(config.dataDir);
   const accessLog = baseline ? undefined : new AccessLog(repo, config.hospitalId, (e) => log('error', 'access_log_write_failed', { error: e.name }));

@@ -1,5 +1,6 @@
 /** Decides whether a token may perform an interaction on a resource type, and within which patient. */
 import { errors } from '../fhir/outcome.ts';
+import { assertReservedAccess } from './reserved.ts';
 import { grantsFor, type Permission } from './scopes.ts';
 import type { AuthContext } from './tokens.ts';
 
@@ -9,6 +10,7 @@ export type Access = { kind: 'all' } | { kind: 'patient'; patientId: string };
 const PERMISSION_NAMES: Record<Permission, string> = { c: 'create', r: 'read', u: 'update', d: 'delete', s: 'search' };
 
 export function authorize(auth: AuthContext, type: string, permission: Permission): Access {
+  assertReservedAccess(auth, type, permission);
   const grants = grantsFor(auth.grants, type, permission);
   if (grants.length === 0) {
     throw errors.forbidden(`the token's scopes do not allow ${PERMISSION_NAMES[permission]} on ${type}`);

@@ -14,6 +14,8 @@ const ALG = 'ES256';
 export interface AuthContext {
   subject: string;
   grants: Grant[];
+  /** The token's whole scope string (operation scopes such as the erase scope are not resource grants). */
+  scope?: string;
   /** The patient a `patient/` scope is bound to. */
   patient?: string;
 }
@@ -92,6 +94,7 @@ export async function verifyToken(issuer: DevIssuer, token: string): Promise<Aut
   return {
     subject: payload.sub!,
     grants: parseScopes(scope),
+    scope,
     patient: typeof payload.patient === 'string' ? payload.patient : undefined,
   };
 }

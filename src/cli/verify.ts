@@ -20,6 +20,7 @@ import { verifyConsistencyProof, verifyResourceProof, type ProofOptions, type Pr
 import { tombstoneDigest } from '../ledger/tombstone.ts';
 import { anchorKey, verifyLedger, type VerificationProblem } from '../ledger/verify.ts';
 import type { StoredVersion } from '../vault/store.ts';
+import { ErasureCheck } from '../audit/erasure.ts';
 
 export interface VerifyOptions {
   proof?: string;
@@ -111,6 +112,7 @@ async function verifyGateway(config: GatewayConfig, json: boolean): Promise<numb
     const seenAnchors = new Set<string>();
     const vaultDigests = new Set<string>();
     const counts = { versions: 0, anchored: 0, pending: 0, erased: 0 };
+    const erasures = new ErasureCheck();
     // Raw rows first (no decryption), then each version opened on its own, so one bad record is one problem.
     for (let beforeSeq: number | undefined; ; ) {
       const page = await vault.inner.history({ beforeSeq, limit: 1000 });
@@ -129,6 +131,7 @@ async function verifyGateway(config: GatewayConfig, json: boolean): Promise<numb
         }
         if (version.erased) {
           counts.erased++;
+          erasures.erased(version, where);
           continue;
         }
         // A version that is neither deleted nor erased must have content: a blanked record is a problem, not a crash.
@@ -156,8 +159,10 @@ async function verifyGateway(config: GatewayConfig, json: boolean): Promise<numb
         const anchored = ledger.anchoredByMember.get(anchorKey(version.anchor.blockNumber, version.anchor.envelopeIndex, version.anchor.entryIndex));
         if (!anchored) problems.push({ where, problem: `its anchor (block ${version.anchor.blockNumber}) holds no digest of this member` });
         else if (anchored.digest !== digest) problems.push({ where, problem: `differs from what was anchored in block ${anchored.blockNumber}: altered after anchoring` });
+        else erasures.anchored(version);
       }
     }
+    problems.push(...erasures.problems());
     for (const [key, entry] of ledger.anchoredByMember) {
       if (!seenAnchors.has(key) && !vaultDigests.has(entry.digest)) {
         problems.push({ where: `block ${entry.blockNumber} envelope ${entry.envelopeIndex} entry ${entry.entryIndex}`, problem: `this member anchored a ${entry.kind === 'audit' ? 'access-log record' : 'version'} the vault no longer holds` });

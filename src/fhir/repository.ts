@@ -3,7 +3,7 @@
  * writes through write sessions (write-session.ts). Handlers talk to this, never to a store directly.
  */
 import { createVersionChecker, type VersionChecker } from './checks/pool.ts';
-import { isErasable, type HistoryQuery, type ResourceStore, type StoreQuery, type StoredVersion } from '../vault/store.ts';
+import { isErasable, type ErasableStore, type HistoryQuery, type ResourceStore, type StoreQuery, type StoredVersion } from '../vault/store.ts';
 import { errors } from './outcome.ts';
 import {
   assertId,
@@ -23,6 +23,7 @@ import { normalizeReference, referenceValueTerms } from './search/terms.ts';
 import { knownResourceTypes } from './validation/index.ts';
 import { COMPARTMENT_PARAM, compartmentParams, compartmentTerm, compartmentTypes } from './compartment.ts';
 import { WriteSession } from './write-session.ts';
+import type { ErasurePolicy } from '../audit/erasure.ts';
 
 export {
   assertId,
@@ -137,6 +138,8 @@ export interface RepositoryOptions {
   patientToken?: PatientTokenOf;
   /** Called after each batch is durable (the ledger's outbox publisher looks at the outbox at once). */
   afterCommit?: () => void;
+  /** How `$erase` is approved and recorded (audit/erasure.ts); absent ⇒ this repository cannot erase. */
+  erasure?: ErasurePolicy;
 }
 
 export class FhirRepository {
@@ -461,20 +464,37 @@ export class FhirRepository {
     return rows.filter((r): r is StoredVersion => r !== undefined && !r.deleted && !r.erased).map(toVersion);
   }
 
+  /** The data key `$erase` would destroy for a patient, and when it was destroyed if it already was. */
+  get erasurePolicy(): ErasurePolicy | undefined {
+    return this.options.erasure;
+  }
+
+  async erasureTarget(patientId: string): Promise<{ keyId: string; erasedAt?: string }> {
+    const store = this.erasableStore();
+    assertId(patientId);
+    if (!(await store.current('Patient', patientId))) throw unknownResource('Patient');
+    const keyId = store.keyIdFor(compartmentTerm(patientId));
+    return { keyId, erasedAt: (await store.getKey(keyId))?.erasedAt ?? undefined };
+  }
+
   /**
    * `Patient/[id]/$erase`: crypto-shreds the patient's data key, after every write already accepted is
-   * durable (new writes wait on the lock, then find the key destroyed).
+   * durable (new writes wait on the lock, then find the key destroyed). The caller records the erasure
+   * first (audit/erasure.ts): a destroyed key without an anchored record is what `verify` calls tampering.
    */
-  async erase(patientId: string): Promise<{ resources: number; erasedAt: string }> {
+  async erase(patientId: string, erasedAt: string): Promise<{ resources: number; erasedAt: string }> {
+    const store = this.erasableStore();
     assertId(patientId);
-    if (!isErasable(this.store)) throw errors.notSupported('this vault does not encrypt per patient, so it cannot crypto-shred');
-    const store = this.store;
     return this.writeLock.run(async () => {
       await Promise.allSettled(this.inflight.map((s) => s.durable));
-      const current = await this.store.current('Patient', patientId);
-      if (!current) throw unknownResource('Patient');
-      return store.eraseOwner(compartmentTerm(patientId), new Date().toISOString());
+      if (!(await store.current('Patient', patientId))) throw unknownResource('Patient');
+      return store.eraseOwner(compartmentTerm(patientId), erasedAt);
     });
+  }
+
+  private erasableStore(): ErasableStore {
+    if (!isErasable(this.store)) throw errors.notSupported('this vault does not encrypt per patient, so it cannot crypto-shred');
+    return this.store;
   }
 
   /**

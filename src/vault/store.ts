@@ -214,6 +214,8 @@ export interface ResourceStore {
 
 /** A vault that seals content under per-owner data keys can crypto-shred everything of one owner. */
 export interface ErasableStore extends ResourceStore {
+  /** The id of the data key that seals `owner`'s content (what an erasure record names). */
+  keyIdFor(owner: string): string;
   /** Destroys the data key of `owner` (e.g. `Patient/123`): see eraseKey. */
   eraseOwner(owner: string, erasedAt: string): Promise<{ resources: number; erasedAt: string }>;
 }

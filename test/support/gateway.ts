@@ -9,6 +9,7 @@ import { describe } from 'node:test';
 import supertest from 'supertest';
 import { mintToken } from '../../src/access/tokens.ts';
 import { createGateway, type Gateway } from '../../src/gateway.ts';
+import type { GatewayConfig } from '../../src/config.ts';
 import { describeWithEngine } from './engines.ts';
 import { keySource } from '../../src/vault/keyring.ts';
 import { testConsortium } from './consortium.ts';
@@ -21,7 +22,7 @@ export const FHIR_JSON = 'application/fhir+json';
 export interface TestGateway {
   gateway: Gateway;
   dataDir: string;
-  /** Token with every permission on every type. */
+  /** Token with every permission on every type, the auditor scope and the erase scope (test/support only: no real token should hold all three). */
   admin: string;
   token(scope: string, patient?: string): Promise<string>;
   http: supertest.Agent;
@@ -38,6 +39,8 @@ export interface TestGatewayOptions {
    * FHIR clients written by others can follow its `next` links and Location headers.
    */
   listen?: boolean;
+  /** MEDBLOCK_ERASE_APPROVAL for this gateway (default none). */
+  eraseApproval?: GatewayConfig['eraseApproval'];
 }
 
 /** Listens on a free port of 127.0.0.1 with no handler yet: the gateway's base URL needs the port first. */
@@ -64,13 +67,14 @@ export async function startTestGateway(opts: TestGatewayOptions = {}): Promise<T
     hospitalId: 'test-hospital',
     masterKey: keySource(dataDir, {}),
     consortiumDir,
+    eraseApproval: opts.eraseApproval,
   });
   listener?.server.on('request', gateway.app);
   const token = (scope: string, patient?: string) => mintToken(gateway.issuer, { subject: 'tester', scope, patient });
   return {
     gateway,
     dataDir,
-    admin: await token('user/*.cruds'),
+    admin: await token('user/*.cruds user/AuditEvent.rs user/Patient.$erase'),
     token,
     http: supertest.agent(gateway.app),
     baseUrl,

@@ -2,12 +2,15 @@
  * GET [base]/metadata — generated from what is implemented: the route table's interactions and the
  * search parameters the gateway indexes. Nothing is advertised that does not work.
  */
+import { ACCESS_LOG_TYPE } from '../../access/reserved.ts';
 import type { Handler } from '../context.ts';
 import { indexedParams, type IndexedParam } from '../search/parameters.ts';
 import { heldProfileDetails, knownResourceTypes } from '../validation/index.ts';
 import { PATCH_FORMATS } from './patch.ts';
 
 const TYPE_INTERACTIONS = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'history-type', 'create', 'search-type'];
+/** The access log is append-only through the API (access/reserved.ts): read and search only. */
+const ACCESS_LOG_INTERACTIONS = ['read', 'vread', 'history-instance', 'history-type', 'search-type'];
 
 const COMMON_SEARCH = [
   { name: '_id', type: 'token', definition: 'http://hl7.org/fhir/SearchParameter/Resource-id', documentation: 'Logical id; comma-separated for several' },
@@ -37,7 +40,7 @@ const PATIENT_OPERATIONS = [
   },
   {
     name: 'erase', definition: 'urn:medblock:operation:erase',
-    documentation: 'Right to erasure by crypto-shredding: destroys the patient\'s data key (POST; user/ or system/ delete on Patient)',
+    documentation: 'Right to erasure by crypto-shredding: destroys the patient\'s data key (POST; needs the erase scope user/Patient.$erase or system/Patient.$erase)',
   },
 ];
 
@@ -84,7 +87,7 @@ function build(): object {
           return {
             type,
             ...(supportedProfile.length ? { supportedProfile } : {}),
-            interaction: TYPE_INTERACTIONS.map((code) => ({ code })),
+            interaction: (type === ACCESS_LOG_TYPE ? ACCESS_LOG_INTERACTIONS : TYPE_INTERACTIONS).map((code) => ({ code })),
             versioning: 'versioned-update',
             readHistory: true,
             updateCreate: true,
@@ -92,6 +95,9 @@ function build(): object {
             conditionalRead: 'not-supported',
             conditionalUpdate: true,
             conditionalDelete: 'single',
+            ...(type === ACCESS_LOG_TYPE
+              ? { documentation: 'The append-only access log: read and search with the auditor scope (user/AuditEvent.rs)', updateCreate: false, conditionalCreate: false, conditionalUpdate: false, conditionalDelete: 'not-supported' }
+              : {}),
             searchInclude: [...indexedParams(type).values()].filter((p) => p.type === 'reference').map((p) => `${type}:${p.code}`),
             searchRevInclude: rev.get(type) ?? [],
             searchParam: [
