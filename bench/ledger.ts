@@ -29,7 +29,7 @@
  *  - correctness: every envelope valid, no divergence, and all three members end at the same height with
  *    the same head hash (read back from their stores). A mismatch is a LedgerBenchFailure.
  */
-import { createHash, generateKeyPairSync, randomBytes, randomUUID, type KeyObject } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -45,7 +45,6 @@ import { createEnvelope, encodeEnvelope, type AnchorEntry, type EnvelopeSigner }
 import { LedgerMember, type CommittedBlock } from '../src/ledger/member.ts';
 import { Membership } from '../src/ledger/membership.ts';
 import { decodeChannelMessage, type Orderer } from '../src/ledger/orderer.ts';
-import { patientTokens } from '../src/ledger/patient-token.ts';
 import { percentile, round1 } from './harness.ts';
 
 export type LedgerOrdererKind = 'kafka' | 'solo';
@@ -142,7 +141,6 @@ export class LedgerBenchFailure extends Error {
 
 const MEMBERS = ['h1', 'h2', 'h3'] as const;
 const QUORUM = 2;
-const RESOURCE_TYPES = ['Observation', 'Observation', 'Observation', 'Condition', 'Encounter', 'Procedure', 'MedicationRequest', 'Immunization', 'DiagnosticReport', 'Claim'];
 const ENTRIES_PER_PATIENT = 100;
 
 interface Node {
@@ -189,22 +187,20 @@ function appendStats(perMember: number[][]): LedgerBenchResult['storeAppendMs'] 
   };
 }
 
-/** Realistic anchor entries: hex SHA-256 digests, resource types, one HMAC patient token per ENTRIES_PER_PATIENT entries. */
+/** Realistic anchor entries: hex SHA-256 commitments, one 32-byte patient locator token per ENTRIES_PER_PATIENT entries. */
 function entryFactory(): (n: number) => AnchorEntry[] {
-  const token = patientTokens(randomBytes(32));
-  let patient = 0;
+  const token = (): string => randomBytes(32).toString('base64url');
   let inPatient = 0;
-  let currentToken = token(`Patient/${randomUUID()}`);
+  let currentToken = token();
   return (n) => {
     const seed = randomBytes(16 * n);
     return Array.from({ length: n }, (_, i) => {
       if (inPatient++ === ENTRIES_PER_PATIENT) {
         inPatient = 1;
-        patient++;
-        currentToken = token(`Patient/${randomUUID()}`);
+        currentToken = token();
       }
       const digest = createHash('sha256').update(seed.subarray(16 * i, 16 * i + 16)).digest('hex');
-      return { digest, type: RESOURCE_TYPES[(patient + i) % RESOURCE_TYPES.length], patient: currentToken };
+      return { digest, patient: currentToken };
     });
   };
 }

@@ -27,7 +27,6 @@ import { AnchorPublisher } from './ledger/anchor-publisher.ts';
 import type { LedgerStore } from './ledger/ledger-store.ts';
 import { LedgerMember } from './ledger/member.ts';
 import type { Orderer } from './ledger/orderer.ts';
-import { patientTokens } from './ledger/patient-token.ts';
 import { LedgerService } from './ledger/service.ts';
 import type { ResourceStore } from './vault/store.ts';
 import { EncryptedStore } from './vault/encrypted-store.ts';
@@ -186,7 +185,6 @@ async function assembleGateway(config: GatewayConfig, options: GatewayOptions, o
   const checker = createVersionChecker(config.workers);
   opened.push(() => checker.close());
   const repo = new FhirRepository(store, checker, {
-    patientToken: consortium ? patientTokens(consortium.patientTokenKey) : undefined,
     afterCommit: ledger ? () => ledger.publisher.notify() : undefined,
     erasure: { approval: config.eraseApproval ?? 'none', hospitalId: config.hospitalId },
   });

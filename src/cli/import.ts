@@ -19,8 +19,7 @@ import { createVersionChecker } from '../fhir/checks/pool.ts';
 import { FhirRepository } from '../fhir/repository.ts';
 import { routeRequest } from '../fhir/routes.ts';
 import { initValidation } from '../fhir/validation/index.ts';
-import { loadConsortium, openVault } from '../gateway.ts';
-import { patientTokens } from '../ledger/patient-token.ts';
+import { openVault } from '../gateway.ts';
 
 interface Job {
   label: string;
@@ -93,9 +92,9 @@ async function inProcessSender(config: GatewayConfig): Promise<{ send: Send; clo
   await store.init();
   initValidation();
   const checker = createVersionChecker(config.workers);
-  // What it writes lands in the vault's outbox; the gateway's publisher anchors it (at its next start if it is stopped).
-  const consortium = await loadConsortium(config);
-  const repo = new FhirRepository(store, checker, { patientToken: patientTokens(consortium.patientTokenKey) });
+  // What it writes lands in the vault's outbox (patient locator tokens come from the vault's data keys); the
+  // gateway's publisher anchors it (at its next start if it is stopped).
+  const repo = new FhirRepository(store, checker);
   const ctx: FhirContext = { repo, baseUrl: 'urn:medblock:import' };
   ctx.dispatch = (req) => routeRequest(req, ctx);
   const auth = { subject: 'medblock-import', grants: parseScopes('system/*.cruds') };

@@ -2,12 +2,12 @@
  * `medblock verify`: checks, and exits 1 with a report on any mismatch:
  *
  * - (default) this gateway's whole ledger (ledger/verify.ts) and every vault record against its anchor:
- *   each version is decrypted with the hospital's keys, its digest recomputed and compared with the
- *   vault's digest and with the digest the ledger holds at the version's anchor location; every digest
+ *   each version is decrypted with the hospital's keys, its commitment recomputed (content + sealed salt) and
+ *   compared with the vault's and with the one the ledger holds at the version's anchor location; every one
  *   this member anchored must still have its version in the vault (a deleted record is caught). Access-log
  *   records (AuditEvent) are vault records too, anchored in audit envelopes, so the same check covers them;
  * - `--proof <file>`: a resource proof, offline, against the pinned `--consortium` (or
- *   `--consortium-fingerprint`) and `--ca` (and `--resource` to recompute the digest);
+ *   `--consortium-fingerprint`) and `--ca` (and `--resource` to recompute the commitment with the proof's salt);
  * - `--consistency <file>`: a consistency proof, offline, likewise pinned, optionally against `--old-checkpoint`.
  */
 import { readFileSync } from 'node:fs';
@@ -15,8 +15,8 @@ import type { GatewayConfig } from '../config.ts';
 import { loadConsortium, openLedgerStore, openVault } from '../gateway.ts';
 import { parseFhirJson } from '../fhir/json.ts';
 import { genesisMembership, memberCertificateCheck } from '../identity/consortium-dir.ts';
-import { canonicalDigestHex } from '../ledger/canonical-json.ts';
-import { verifyConsistencyProof, verifyResourceProof, type ProofOptions, type ProofReport } from '../ledger/proof.ts';
+import { versionCommitmentHex } from '../ledger/canonical-json.ts';
+import { verifyConsistencyProof, verifyResourceCommitment, verifyResourceProof, type ProofOptions, type ProofReport } from '../ledger/proof.ts';
 import { tombstoneDigest } from '../ledger/tombstone.ts';
 import { anchorKey, verifyLedger, type VerificationProblem } from '../ledger/verify.ts';
 import type { StoredVersion } from '../vault/store.ts';
@@ -63,19 +63,9 @@ export async function runVerify(config: GatewayConfig, options: VerifyOptions): 
     const proof = readJson(options.proof, 'proof');
     const report = verifyResourceProof(proof, trust);
     if (options.resource) {
-      const resource = parseFhirJson(readFileSync(options.resource, 'utf8')) as { resourceType?: unknown; id?: unknown; meta?: { versionId?: unknown } };
-      const digest = canonicalDigestHex(resource);
-      if (digest !== proof?.resource?.digest) report.problems.push({ path: '/resource/digest', problem: `the resource file hashes to ${digest}, not to the proven digest` });
-      // The ledger holds only the digest: the type, id and version the proof names are bound to it through the
-      // version's own JSON (resourceType, id, meta.versionId), so they must be those of the file.
-      const claimed = proof?.resource ?? {};
-      if (resource?.resourceType !== claimed.type) report.problems.push({ path: '/resource/type', problem: `the resource file is a ${String(resource?.resourceType)}, not a ${String(claimed.type)}` });
-      if (resource?.id !== claimed.id) report.problems.push({ path: '/resource/id', problem: `the resource file has id ${JSON.stringify(resource?.id ?? null)}, not ${JSON.stringify(claimed.id ?? null)}` });
-      if (resource?.meta?.versionId !== String(claimed.versionId)) {
-        report.problems.push({ path: '/resource/versionId', problem: `the resource file is version ${JSON.stringify(resource?.meta?.versionId ?? null)}, not ${JSON.stringify(String(claimed.versionId))}` });
-      }
+      report.problems.push(...verifyResourceCommitment(proof?.resource, parseFhirJson(readFileSync(options.resource, 'utf8'))));
     } else {
-      report.warnings.push('no --resource given: the proof shows the digest was anchored; the type, id and version it names are bound to that digest only through the version\'s JSON');
+      report.warnings.push('no --resource given: the proof shows the commitment was anchored; the type, id and version it names are bound to it only through the version\'s JSON');
     }
     return printReport('resource proof', report, options.json === true);
   }
@@ -135,22 +125,22 @@ async function verifyGateway(config: GatewayConfig, json: boolean): Promise<numb
           continue;
         }
         // A version that is neither deleted nor erased must have content: a blanked record is a problem, not a crash.
-        if (!version.deleted && !version.content) {
-          problems.push({ where, problem: 'has no content, yet is neither deleted nor erased: the record was blanked' });
+        if (!version.deleted && (!version.content || !version.salt)) {
+          problems.push({ where, problem: 'has no content or salt, yet is neither deleted nor erased: the record was blanked' });
           continue;
         }
         let digest: string;
         try {
           digest = version.deleted
             ? tombstoneDigest(version.type, version.id, version.versionId, version.lastUpdated)
-            : canonicalDigestHex(parseFhirJson(Buffer.from(version.content!).toString('utf8')));
+            : versionCommitmentHex(version.salt!, parseFhirJson(Buffer.from(version.content!).toString('utf8')));
         } catch {
           // The error text is not printed: it could quote the record's content.
           problems.push({ where, problem: 'its content is not a JSON document with a canonical form' });
           continue;
         }
         vaultDigests.add(digest);
-        if (!version.deleted && version.digest !== digest) problems.push({ where, problem: 'its content does not hash to the digest the vault records' });
+        if (!version.deleted && version.digest !== digest) problems.push({ where, problem: 'its content and salt do not give the commitment the vault records' });
         if (!version.anchor) {
           counts.pending++;
           continue;

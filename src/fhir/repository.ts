@@ -129,13 +129,9 @@ class Mutex {
   }
 }
 
-/** The pseudonymous ledger token of a patient compartment owner (`Patient/123`), set on the versions it owns. */
 const decoder = new TextDecoder();
 
-export type PatientTokenOf = (owner: string) => string;
-
 export interface RepositoryOptions {
-  patientToken?: PatientTokenOf;
   /** Called after each batch is durable (the ledger's outbox publisher looks at the outbox at once). */
   afterCommit?: () => void;
   /** How `$erase` is approved and recorded (audit/erasure.ts); absent ⇒ this repository cannot erase. */
@@ -526,7 +522,7 @@ export class FhirRepository {
   async write<T>(fn: (session: WriteSession) => Promise<T>): Promise<T> {
     let durable: Promise<void> | undefined;
     const result = await this.writeLock.run(async () => {
-      const session = new WriteSession(this.store, this.checker, [...this.inflight], this.options.patientToken);
+      const session = new WriteSession(this.store, this.checker, [...this.inflight]);
       const value = await fn(session);
       this.inflight.push(session);
       durable = this.finish(session);

@@ -18,8 +18,10 @@ export interface ResourceVersion {
   deleted: boolean;
   /** Serialized resource (absent for deletions). */
   json?: string;
-  /** Hex SHA-256 of the canonical JSON, as the vault recorded it (absent for deletions). */
+  /** The version's commitment, as the vault recorded it and the ledger anchors it (absent for deletions). */
   digest?: string;
+  /** The commitment's salt, from inside the sealed content (absent for deletions and erased versions). */
+  salt?: Uint8Array;
   /** Where the ledger anchored this version; absent while it waits in the outbox. */
   anchor?: AnchorLocation;
 }
@@ -45,6 +47,7 @@ export function toVersion(stored: VersionRecord & { anchor?: AnchorLocation }): 
     deleted: stored.deleted,
     json: stored.content ? decoder.decode(stored.content) : undefined,
     digest: stored.digest ?? undefined,
+    salt: stored.salt,
     anchor: stored.anchor,
   };
 }

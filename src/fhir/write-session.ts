@@ -2,7 +2,7 @@
  * A write session: staged versions (stamped, indexed, sealed under their owner's key) that become visible
  * together at commit, with read-your-own-writes and the in-flight sessions' writes for its own lookups.
  */
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { VersionChecker } from './checks/pool.ts';
 import {
   CommitAbortedError,
@@ -14,9 +14,9 @@ import {
   type VersionWrite,
 } from '../vault/store.ts';
 import { KeyErasedError } from '../vault/data-keys.ts';
+import { COMMITMENT_SALT_BYTES } from '../ledger/canonical-json.ts';
 import { stringifyFhirJson } from './json.ts';
 import { errors, type FhirError } from './outcome.ts';
-import type { PatientTokenOf } from './repository.ts';
 import { assertId, assertResourceType, parseVersion, toVersion, type FhirResource, type ResourceVersion } from './resource-version.ts';
 import { parseSearch } from './search/query.ts';
 import { MAX_SCAN, resolveChains, scanMatches, tooCostly } from './search/scan.ts';
@@ -69,7 +69,6 @@ export class WriteSession {
     private readonly store: ResourceStore,
     private readonly checker: VersionChecker,
     private readonly predecessors: WriteSession[] = [],
-    private readonly patientToken?: PatientTokenOf,
   ) {}
 
   /** The newest write to `key` not yet in the store: this session's own, else the latest in-flight one. */
@@ -120,21 +119,19 @@ export class WriteSession {
     let json: string | undefined;
     // A resource in a patient compartment is sealed under that patient's key (the first one, by definition order).
     let owner: string | undefined;
-    let patient: string | undefined;
     if (resource) {
       const stamped = stamp(resource, id, versionId, this.now);
       json = stringifyFhirJson(stamped);
       const patients = type === AUDIT_RECORD_TYPE ? [] : patientCompartments(type, stamped);
       terms = extractTerms(type, stamped);
       for (const patient of patients) terms.push({ param: COMPARTMENT_PARAM, value: compartmentTerm(patient) });
-      if (patients.length > 0) patient = compartmentTerm(patients[0]);
-      owner = type === AUDIT_RECORD_TYPE ? AUDIT_KEY_OWNER : patient;
-      // The digest is set by check(), with validation, before the batch is committed.
-      record = { type, id, versionId, lastUpdated: this.now, deleted: false, content: encoder.encode(json), digest: null };
+      owner = type === AUDIT_RECORD_TYPE ? AUDIT_KEY_OWNER : patients.length > 0 ? compartmentTerm(patients[0]) : undefined;
+      // The commitment (digest) is computed by check(), with validation, under a salt drawn per version.
+      const salt = randomBytes(COMMITMENT_SALT_BYTES);
+      record = { type, id, versionId, lastUpdated: this.now, deleted: false, content: encoder.encode(json), digest: null, salt };
     } else {
       record = { type, id, versionId, lastUpdated: this.now, deleted: true, content: null, digest: null };
     }
-    if (patient !== undefined && this.patientToken) record.patientToken = this.patientToken(patient);
     const version: ResourceVersion = { type, id, versionId, lastUpdated: this.now, deleted: !resource, json };
     this.staged.set(key, { write: { record, terms, expectedVersion: previous, owner }, version, label: this.label });
     return version;
@@ -207,12 +204,12 @@ export class WriteSession {
   }
 
   /**
-   * Validates and digests every staged version not checked yet. Returns the failures (422s located by their
+   * Validates every staged version not checked yet and computes its commitment. Returns the failures (422s located by their
    * label); failed versions are dropped from the session, so the rest can still commit (batches).
    */
   async check(): Promise<Array<{ label?: string; error: FhirError }>> {
     const toCheck = [...this.staged.entries()].filter(([, s]) => !s.write.record.deleted && s.write.record.digest === null);
-    const checks = await this.checker.check(toCheck.map(([, s]) => s.version.json!));
+    const checks = await this.checker.check(toCheck.map(([, s]) => ({ json: s.version.json!, salt: s.write.record.salt! })));
     const failures: Array<{ label?: string; error: FhirError }> = [];
     toCheck.forEach(([key, staged], i) => {
       const { digest, issues } = checks[i];

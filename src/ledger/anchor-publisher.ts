@@ -44,7 +44,7 @@ const OUTBOX_PAGE = 5000;
 /** Versions of this type are access-log records: anchored in audit envelopes. */
 export const ACCESS_LOG_TYPE = 'AuditEvent';
 
-/** The digest a version is anchored with: its content digest, or the tombstone digest of a deletion. */
+/** What a version is anchored with: its commitment, or the tombstone digest of a deletion. */
 export function anchoredDigest(version: Pick<UnanchoredVersion, 'type' | 'id' | 'versionId' | 'lastUpdated' | 'digest'>): string {
   return version.digest ?? tombstoneDigest(version.type, version.id, version.versionId, version.lastUpdated);
 }
@@ -179,8 +179,10 @@ export class AnchorPublisher {
     const accessLog = items.filter(({ version }) => version.type === ACCESS_LOG_TYPE);
     const resources = items.filter(({ version }) => version.type !== ACCESS_LOG_TYPE);
     for (let i = 0; i < resources.length; i += size) {
+      // The commitment and, for a patient's version, the locator token: no resource type, which told every
+      // member what kind of record a patient had and the ledger never needs.
       const entries: AnchorEntry[] = resources.slice(i, i + size).map(({ digest, version }) =>
-        version.patientToken ? { digest, type: version.type, patient: version.patientToken } : { digest, type: version.type },
+        version.patientToken ? { digest, patient: version.patientToken } : { digest },
       );
       envelopes.push(encodeEnvelope(createEnvelope(signer, { channel: member.channel, type: 'anchor', payload: { entries } })));
     }

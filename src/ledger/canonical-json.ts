@@ -13,8 +13,9 @@
  *   lexeme, after checking that the lexeme is a JSON number. Together with parseFhirJson this means
  *   every number of a received document is written exactly as it arrived.
  *
- * The digest of a value is SHA-256 over the UTF-8 bytes of its canonical form. docs/proofs.md states
- * the rule for third parties, with test vectors.
+ * The digest of a value is SHA-256 over the UTF-8 bytes of its canonical form. What a resource version is
+ * anchored with is its commitment: a salted digest that hides low-entropy content (versionCommitmentHex).
+ * docs/proofs.md states both rules for third parties, with test vectors.
  */
 import { createHash, type Hash } from 'node:crypto';
 import { isLosslessNumber } from 'lossless-json';
@@ -230,4 +231,21 @@ export function canonicalDigest(value: unknown): Buffer {
 /** Lowercase hex of {@link canonicalDigest}. */
 export function canonicalDigestHex(value: unknown): string {
   return canonicalDigest(value).toString('hex');
+}
+
+/** Bytes of a version's commitment salt: 256 random bits, drawn per version. */
+export const COMMITMENT_SALT_BYTES = 32;
+/** Domain tag of version commitments; the NUL ends it, so no canonical JSON can be read as a tag. */
+const COMMITMENT_TAG = Buffer.from('medblock/version-commitment/v1\0', 'utf8');
+
+/**
+ * The commitment a resource version is anchored with: lowercase hex of
+ * SHA-256(COMMITMENT_TAG ‖ salt ‖ UTF-8 of canonicalize(value)). Without the 32-byte salt, which the vault
+ * seals under the patient's data key, a guess of the content ("72 kg") cannot be tested against it.
+ */
+export function versionCommitmentHex(salt: Uint8Array, value: unknown): string {
+  if (salt.byteLength !== COMMITMENT_SALT_BYTES) throw new RangeError(`a commitment salt is ${COMMITMENT_SALT_BYTES} bytes`);
+  const hash = createHash('sha256').update(COMMITMENT_TAG).update(salt);
+  run(value, hash);
+  return hash.digest('hex');
 }

@@ -49,11 +49,14 @@ const CERTIFICATE_PEM_PATTERN = /^-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\
 // ---------------------------------------------------------------------------------------------
 
 export interface AnchorEntry {
-  /** canonicalDigestHex of the resource version. */
+  /** The resource version's commitment (versionCommitmentHex), or a deletion's tombstone digest. */
   digest: string;
-  /** FHIR resourceType. */
-  type: string;
-  /** Pseudonymous patient token: 32 bytes, base64url (e.g. an HMAC of the patient id). Never PHI. */
+  /**
+   * FHIR resourceType: accepted from older blocks, no longer written (the commitment binds the type; on the
+   * ledger it was only metadata about the patient).
+   */
+  type?: string;
+  /** Patient locator token (ledger/patient-token.ts): 32 bytes, base64url. Never PHI. */
   patient?: string;
 }
 export interface AnchorPayload {
@@ -231,9 +234,9 @@ function entriesProblem(
 
 function anchorEntryProblem(entry: unknown, path: string): Problem {
   return (
-    shapeProblem(entry, path, ['digest', 'type'], ['patient']) ??
+    shapeProblem(entry, path, ['digest'], ['type', 'patient']) ??
     patternProblem((entry as AnchorEntry).digest, `${path}/digest`, DIGEST_PATTERN) ??
-    patternProblem((entry as AnchorEntry).type, `${path}/type`, RESOURCE_TYPE_PATTERN) ??
+    (Object.hasOwn(entry as object, 'type') ? patternProblem((entry as AnchorEntry).type, `${path}/type`, RESOURCE_TYPE_PATTERN) : undefined) ??
     (Object.hasOwn(entry as object, 'patient')
       ? base64urlProblem((entry as AnchorEntry).patient, `${path}/patient`, PATIENT_TOKEN_BYTES)
       : undefined)

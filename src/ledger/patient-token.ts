@@ -1,25 +1,25 @@
 /**
- * Pseudonymous patient tokens: what the ledger's record locator (patient token → hospitals) is keyed by.
+ * Patient locator tokens: the pseudonym a hospital anchors a patient's versions under, so that the ledger's
+ * locator (token → hospital) and an erasure or consent envelope can name "this patient at this hospital"
+ * without naming the patient.
  *
- * token = base64url(HMAC-SHA256(consortium patient-token key, "medblock/patient-token/v1\n" ‖ reference)),
- * where the reference is the patient compartment (`Patient/123`). The key is shared by the consortium's
- * members (never by the orderer or outsiders), so members holding the same patient under the same id find
- * each other, and nobody without the key can test a guessed id against the ledger. Exactly 32 bytes, so
- * envelope validation can tell a token from PHI by its shape.
+ * token = base64url(HKDF-SHA256(ikm = the patient's data key, salt = none,
+ *                              info = "medblock/patient-locator/v2\0" ‖ hospital ‖ "\0" ‖ reference, 32 bytes))
+ *
+ * where the reference is the patient compartment (`Patient/123`). Only the vault holds data keys, so only the
+ * hospital holding the patient can compute the token, and nobody else (not another member, not the orderer,
+ * not an outsider) can test a guessed id against the ledger. Crypto-shredding the data key ($erase) destroys
+ * the only way to recompute it: the erased patient's anchors stay on the ledger under a token that is
+ * linked to no one, the hospital included. Tokens differ between hospitals on purpose: members find each
+ * other's records of one person through identifier link tokens (federation), never through these. Exactly
+ * 32 bytes, so envelope validation can tell a token from PHI by its shape. docs/ledger.md, "Patient tokens".
  */
-import { createHmac, type KeyObject } from 'node:crypto';
+import { hkdfSync } from 'node:crypto';
 
-const PREFIX = 'medblock/patient-token/v1\n';
+const INFO_PREFIX = 'medblock/patient-locator/v2\0';
+const PATIENT_TOKEN_BYTES = 32;
 
-export type PatientTokenFunction = (patientReference: string) => string;
-
-export function patientTokens(key: KeyObject | Uint8Array): PatientTokenFunction {
-  // The last reference's token is kept: a bundle's versions mostly belong to one patient, one after the other.
-  let last: { reference: string; token: string } | undefined;
-  return (reference) => {
-    if (last?.reference !== reference) {
-      last = { reference, token: createHmac('sha256', key).update(PREFIX).update(reference, 'utf8').digest('base64url') };
-    }
-    return last.token;
-  };
+export function locatorToken(dataKey: Uint8Array, hospitalId: string, patientReference: string): string {
+  const info = Buffer.from(`${INFO_PREFIX}${hospitalId}\0${patientReference}`, 'utf8');
+  return Buffer.from(hkdfSync('sha256', dataKey, Buffer.alloc(0), info, PATIENT_TOKEN_BYTES)).toString('base64url');
 }

@@ -17,6 +17,7 @@ import { applyConfigChange, Membership } from './membership.ts';
 import { certificateFingerprint, verifyMemberCertificate } from '../identity/ca.ts';
 import { memberCertificateCheck } from '../identity/consortium-dir.ts';
 import { signingKeyUri } from '../identity/signing-key.ts';
+import { COMMITMENT_SALT_BYTES, versionCommitmentHex } from './canonical-json.ts';
 
 export const RESOURCE_PROOF_FORMAT = 'medblock-proof/v2';
 export const CONSISTENCY_PROOF_FORMAT = 'medblock-consistency/v2';
@@ -45,7 +46,12 @@ export interface ProofConsortium {
 
 export interface ResourceProof {
   format: typeof RESOURCE_PROOF_FORMAT;
-  resource: { type: string; id: string; versionId: number; digest: string };
+  /**
+   * The version and what it is anchored with: its commitment (`digest`) and the commitment's salt (hex; absent
+   * for a deletion, whose tombstone digest needs none). With the resource's JSON, the salt lets anyone
+   * recompute the commitment (verifyResourceCommitment); without the JSON it opens nothing but guesses.
+   */
+  resource: { type: string; id: string; versionId: number; digest: string; salt?: string };
   anchor: { blockNumber: number; envelopeIndex: number; entryIndex: number };
   /** The anchor envelope's wire bytes, base64url. */
   envelope: string;
@@ -324,7 +330,7 @@ export function verifyResourceProof(proof: unknown, options: ProofOptions = {}):
   const entry = envelope.payload.entries[p.anchor?.entryIndex ?? -1] as { digest: string; type?: string } | undefined;
   if (!entry) report.problems.push({ path: '/anchor/entryIndex', problem: 'is not an entry of the envelope' });
   else {
-    if (entry.digest !== p.resource?.digest) report.problems.push({ path: '/resource/digest', problem: 'is not the digest anchored at that entry' });
+    if (entry.digest !== p.resource?.digest) report.problems.push({ path: '/resource/digest', problem: 'is not the commitment anchored at that entry' });
     if (entry.type !== undefined && entry.type !== p.resource?.type) report.problems.push({ path: '/resource/type', problem: `the entry anchors a ${entry.type}` });
   }
   return report;
@@ -348,4 +354,35 @@ export function verifyConsistencyProof(proof: unknown, options: ProofOptions & {
   const checkpointBlock = (p.checkpoint as Checkpoint).header.number;
   checkChainToCheckpoint(p.from, p.headers, p.checkpoint, consortium.channel, consortium.membershipAt(checkpointBlock), consortium.quorum, report, '/headers');
   return report;
+}
+
+const SALT_HEX = new RegExp(`^[0-9a-f]{${2 * COMMITMENT_SALT_BYTES}}$`);
+
+/**
+ * Checks a resource version (parsed with parseFhirJson) against the `resource` section of a proof: its
+ * commitment under the proof's salt is the proven one, and its type, id and version are the ones the proof
+ * names (the ledger holds only the commitment; they are bound to it through the version's own JSON).
+ */
+export function verifyResourceCommitment(claimed: Partial<ResourceProof['resource']> | undefined, resource: unknown): ProofProblem[] {
+  const problems: ProofProblem[] = [];
+  const r = resource as { resourceType?: unknown; id?: unknown; meta?: { versionId?: unknown } } | null;
+  if (typeof claimed?.salt !== 'string' || !SALT_HEX.test(claimed.salt)) {
+    problems.push({ path: '/resource/salt', problem: `must be the commitment salt, ${2 * COMMITMENT_SALT_BYTES} lowercase hex digits` });
+  } else {
+    let commitment: string | undefined;
+    try {
+      commitment = versionCommitmentHex(Buffer.from(claimed.salt, 'hex'), resource);
+    } catch {
+      problems.push({ path: '/resource', problem: 'the resource has no canonical form' });
+    }
+    if (commitment !== undefined && commitment !== claimed.digest) {
+      problems.push({ path: '/resource/digest', problem: `the resource and salt give the commitment ${commitment}, not the proven one` });
+    }
+  }
+  if (r?.resourceType !== claimed?.type) problems.push({ path: '/resource/type', problem: `the resource is a ${String(r?.resourceType)}, not a ${String(claimed?.type)}` });
+  if (r?.id !== claimed?.id) problems.push({ path: '/resource/id', problem: `the resource has id ${JSON.stringify(r?.id ?? null)}, not ${JSON.stringify(claimed?.id ?? null)}` });
+  if (r?.meta?.versionId !== String(claimed?.versionId)) {
+    problems.push({ path: '/resource/versionId', problem: `the resource is version ${JSON.stringify(r?.meta?.versionId ?? null)}, not ${JSON.stringify(String(claimed?.versionId))}` });
+  }
+  return problems;
 }

@@ -2,12 +2,15 @@
  * The vault: a ResourceStore decorator that seals every resource version (AES-256-GCM under its
  * compartment's data key, AAD binding hospital, type, id, version and key) and turns every index term into a
  * keyed blind index before anything reaches the adapter, and undoes both on the way out. The adapters below
- * only ever see ciphertext and blind-index tokens. The anchor outbox passes through in the clear (digests,
- * pseudonymous patient tokens, anchor locations): the ledger publisher reads it without any key.
+ * only ever see ciphertext and blind-index tokens. Each version's commitment salt is sealed with its content
+ * and the patient locator token is derived from the patient's data key (vault/commitment.ts), so erasing the
+ * key leaves neither. The anchor outbox passes through in the clear (commitments, locator tokens, anchor
+ * locations): the ledger publisher reads it without any key.
  */
 import { BlindIndex } from './blind-index.ts';
 import { DataKeys, INDEX_KEY_ID, KeyErasedError } from './data-keys.ts';
-import { open, seal, SealError } from './seal.ts';
+import { SealError } from './seal.ts';
+import { isPatientOwner, locatorTokens, openVersion, sealVersion } from './commitment.ts';
 import type { MasterKeyring } from './keyring.ts';
 import type {
   AnchorMark,
@@ -38,7 +41,7 @@ export class TamperedContentError extends Error {
 }
 
 export function contentAad(hospitalId: string, type: string, id: string, versionId: number, keyId: string): string {
-  return `medblock-resource/1\0${hospitalId}\0${type}\0${id}\0${versionId}\0${keyId}`;
+  return `medblock-resource/2\0${hospitalId}\0${type}\0${id}\0${versionId}\0${keyId}`;
 }
 
 export class EncryptedStore implements ErasableStore {
@@ -76,6 +79,15 @@ export class EncryptedStore implements ErasableStore {
     return keyIdOf(this.index.token(type, param, value));
   }
 
+  /** The ledger locator token of a patient (`Patient/123`); undefined when the vault holds no live key for them. */
+  async locatorTokenFor(owner: string): Promise<string | undefined> {
+    const key = await this.keys.forRead(this.keyIdFor(owner)).catch((e: unknown) => {
+      if (e instanceof KeyErasedError) return undefined;
+      throw e;
+    });
+    return key && locatorTokens(this.hospitalId)(owner, key);
+  }
+
   async commit(writes: VersionWrite[]): Promise<void> {
     // Every blind token of the batch in one AES pass: the key ids (as keyIdFor), then each write's terms.
     const inputs: Array<{ type: string; param: string; value: string }> = [];
@@ -85,12 +97,20 @@ export class EncryptedStore implements ErasableStore {
     let next = 0;
     const keyIds = writes.map((w) => (w.record.content ? keyIdOf(tokens[next++]) : undefined));
     const keys = await this.keys.forWrite(keyIds.filter((k): k is string => k !== undefined));
+    const locator = locatorTokens(this.hospitalId);
     const sealed = writes.map((w, i): VersionWrite => {
       const r = w.record;
       const keyId = keyIds[i];
-      // Everything but the content stays as it is: digest and patientToken are what the ledger gets anyway.
-      const record = keyId
-        ? { ...r, keyId, content: seal(keys.get(keyId)!, r.content!, contentAad(this.hospitalId, r.type, r.id, r.versionId, keyId)) }
+      // The salt goes inside the ciphertext; the commitment (digest) and the locator token are what the ledger gets.
+      const key = keyId && keys.get(keyId)!;
+      const record = key
+        ? {
+            ...r,
+            keyId,
+            content: sealVersion(key, r.content!, r.salt, contentAad(this.hospitalId, r.type, r.id, r.versionId, keyId)),
+            salt: undefined,
+            patientToken: isPatientOwner(w.owner) ? locator(w.owner, key) : undefined,
+          }
         : { ...r };
       const terms = w.terms.map((t) => ({ param: t.param, value: tokens[next++] }));
       return { record, terms, expectedVersion: w.expectedVersion };
@@ -111,7 +131,7 @@ export class EncryptedStore implements ErasableStore {
     }
     if (!key) throw new TamperedContentError(stored.type, stored.id, stored.versionId);
     try {
-      return { ...stored, content: open(key, stored.content, contentAad(this.hospitalId, stored.type, stored.id, stored.versionId, stored.keyId)) };
+      return { ...stored, ...openVersion(key, stored.content, contentAad(this.hospitalId, stored.type, stored.id, stored.versionId, stored.keyId)) };
     } catch (e) {
       if (e instanceof SealError) throw new TamperedContentError(stored.type, stored.id, stored.versionId);
       throw e;

@@ -1,11 +1,14 @@
 /**
  * AES-256-GCM sealing with additional authenticated data. A sealed value is
- * `0x01 ‖ 12-byte nonce ‖ ciphertext ‖ 16-byte tag`; the AAD is never stored, the opener must know it, so a
- * ciphertext moved to another record (other hospital, resource, version or key) fails authentication.
+ * `format ‖ 12-byte nonce ‖ ciphertext ‖ 16-byte tag`; the AAD is never stored, the opener must know it, so a
+ * ciphertext moved to another record (other hospital, resource, version or key) fails authentication. The
+ * format byte says what the plaintext is: 0x01 a bare value (wrapped data keys), 0x02 a resource version's
+ * commitment salt followed by its content (vault/commitment.ts).
  */
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 
-const FORMAT = 0x01;
+/** A bare value: what data keys are wrapped as. */
+export const PLAIN_FORMAT = 0x01;
 const NONCE_BYTES = 12;
 const TAG_BYTES = 16;
 export const KEY_BYTES = 32;
@@ -18,17 +21,17 @@ export class SealError extends Error {
   }
 }
 
-export function seal(key: Uint8Array, plaintext: Uint8Array, aad: string): Uint8Array {
+export function seal(key: Uint8Array, plaintext: Uint8Array, aad: string, format = PLAIN_FORMAT): Uint8Array {
   const nonce = randomBytes(NONCE_BYTES);
   const cipher = createCipheriv('aes-256-gcm', key, nonce);
   cipher.setAAD(Buffer.from(aad, 'utf8'));
   const body = cipher.update(plaintext);
   const final = cipher.final();
-  return Buffer.concat([Buffer.of(FORMAT), nonce, body, final, cipher.getAuthTag()]);
+  return Buffer.concat([Buffer.of(format), nonce, body, final, cipher.getAuthTag()]);
 }
 
-export function open(key: Uint8Array, sealed: Uint8Array, aad: string): Buffer {
-  if (sealed.length < 1 + NONCE_BYTES + TAG_BYTES || sealed[0] !== FORMAT) throw new SealError('not a sealed value of a known format');
+export function open(key: Uint8Array, sealed: Uint8Array, aad: string, format = PLAIN_FORMAT): Buffer {
+  if (sealed.length < 1 + NONCE_BYTES + TAG_BYTES || sealed[0] !== format) throw new SealError('not a sealed value of the expected format');
   const bytes = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
   const decipher = createDecipheriv('aes-256-gcm', key, bytes.subarray(1, 1 + NONCE_BYTES));
   decipher.setAAD(Buffer.from(aad, 'utf8'));

@@ -19,13 +19,23 @@ export interface VersionRecord {
   deleted: boolean;
   /** The serialized resource version; null for a deletion. */
   content: Uint8Array | null;
-  /** Hex SHA-256 of the version's canonical JSON; null for a deletion. */
+  /**
+   * What the ledger anchors: the version's commitment, hex SHA-256 over a domain tag, `salt` and its canonical
+   * JSON (docs/proofs.md); null for a deletion (anchored with its tombstone digest).
+   */
   digest: string | null;
+  /**
+   * The commitment's 32 random bytes; absent for a deletion. The vault seals it with the content under the
+   * same data key (so erasing the key destroys it too) and hands it to the adapter only inside the
+   * ciphertext; a plaintext store keeps it beside the plaintext content.
+   */
+  salt?: Uint8Array;
   /** The data key the content is sealed under (absent for deletions and plaintext vaults). */
   keyId?: string;
   /**
-   * The pseudonymous patient token the version is anchored with (ledger/patient-token.ts): set for
-   * resources in a patient compartment. Not PHI, and no more linkable than keyId.
+   * The patient locator token the version is anchored with (ledger/patient-token.ts): set by the vault,
+   * from the owner's data key, for resources in a patient compartment. Not PHI; once the key is erased
+   * nobody can tell whose it was.
    */
   patientToken?: string;
 }

@@ -224,6 +224,8 @@ export function storeContract(name: string, open: () => Promise<ResourceStore>):
       it('lists new versions in seq order with digest, patient token and deletions (digest null)', async () => {
         const e1 = write('Encounter', 'e1', 1, T1);
         e1.record.patientToken = 'tok-1';
+        // A plaintext store keeps the commitment salt beside the content; the outbox never lists it.
+        e1.record.salt = new Uint8Array(32).fill(7);
         await store.commit([e1, write('Encounter', 'e2', 1, T1)]);
         const deletion = write('Encounter', 'e1', 2, T2, [], true);
         deletion.record.patientToken = 'tok-1';
@@ -236,6 +238,8 @@ export function storeContract(name: string, open: () => Promise<ResourceStore>):
         ]);
         assert.ok(listed[0].seq < listed[1].seq && listed[1].seq < listed[2].seq);
         assert.equal((await store.version('Encounter', 'e1', 1))?.patientToken, 'tok-1');
+        assert.deepEqual([...(await store.version('Encounter', 'e1', 1))!.salt!], Array(32).fill(7));
+        assert.equal((await store.current('Encounter', 'e2'))?.salt, undefined);
         assert.equal((await store.current('Encounter', 'e2'))?.patientToken, undefined);
       });
 

@@ -1,7 +1,7 @@
 /**
  * A three-hospital consortium on the real Kafka: h1 and h2 are gateways in this process, h3 a separate
  * `medblock start` process. They write concurrently; every acknowledged version gets anchored; all reach
- * the same head hash; the record locator finds the hospitals holding a patient; h3 is SIGKILLed mid-way
+ * the same head hash; each hospital anchors a patient under its own locator token; h3 is SIGKILLed mid-way
  * and, restarted, anchors what it acknowledged and catches up; a forged attestation raises the divergence
  * alarm on the others (/readyz degraded, anchoring stopped).
  */
@@ -22,7 +22,7 @@ import { blockHeaderHash } from '../../src/ledger/block.ts';
 import { canonicalize } from '../../src/ledger/canonical-json.ts';
 import { createEnvelope, encodeEnvelope } from '../../src/ledger/envelope.ts';
 import { encodeChannelMessage } from '../../src/ledger/orderer.ts';
-import { patientTokens } from '../../src/ledger/patient-token.ts';
+import type { EncryptedStore } from '../../src/vault/encrypted-store.ts';
 import { keySource } from '../../src/vault/keyring.ts';
 import { testConsortium } from '../support/consortium.ts';
 import { describeWithEngine } from '../support/engines.ts';
@@ -122,16 +122,21 @@ describeWithEngine('kafka', 'a three-member consortium on Kafka', (brokers) => {
     }
   });
 
-  it('finds every hospital holding a patient through the pseudonymous record locator', async () => {
+  it('anchors one patient id under a different locator token at each hospital, each found by its holder only', async () => {
     const patient = { resourceType: 'Patient', id: 'shared-patient-1', identifier: [{ system: 'urn:test', value: 'shared' }] };
     for (const id of ['h1', 'h2']) {
       const res = await supertest(gateways[id].app).put('/fhir/Patient/shared-patient-1').set('Authorization', `Bearer ${tokens[id]}`).set('Content-Type', FHIR).send(JSON.stringify(patient));
       assert.equal(res.status, 201);
     }
-    const consortium = loadMemberConsortium(consortiumDir, 'h1');
-    const token = patientTokens(consortium.patientTokenKey)('Patient/shared-patient-1');
-    await until('both anchors committed', async () => (await gateways.h1.ledger!.store.hospitalsForPatient(consortium.channel, token)).length === 2);
-    assert.deepEqual(await gateways.h2.ledger!.store.hospitalsForPatient(consortium.channel, token), ['h1', 'h2']);
+    const { channel } = loadMemberConsortium(consortiumDir, 'h1');
+    // Tokens come from each hospital's data key for the patient: the same id gives unrelated tokens, so a member
+    // cannot test a known id against another's anchors (cross-hospital linking uses identifier link tokens).
+    const [h1Token, h2Token] = await Promise.all(['h1', 'h2'].map((id) => (gateways[id].store as EncryptedStore).locatorTokenFor('Patient/shared-patient-1')));
+    assert.ok(h1Token && h2Token && h1Token !== h2Token);
+    const holders = (token: string) => gateways.h2.ledger!.store.hospitalsForPatient(channel, token);
+    await until('both anchors committed', async () => (await holders(h1Token)).length === 1 && (await holders(h2Token)).length === 1);
+    assert.deepEqual(await holders(h1Token), ['h1']);
+    assert.deepEqual(await holders(h2Token), ['h2']);
   });
 
   it('a member killed right after acknowledging writes anchors them after a restart and reaches the same head', async () => {

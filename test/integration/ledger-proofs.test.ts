@@ -144,13 +144,14 @@ describe('ledger proofs on the embedded default (solo orderer + SQLite ledger st
     assert.equal(read.headers['x-medblock-anchor'], `block=${blockNumber}; envelope=${envelopeIndex}; entry=${entryIndex}`);
     const vread = await t.http.get(`/fhir/Patient/${patientId}/_history/1`).set('Authorization', `Bearer ${t.admin}`);
     assert.equal(vread.headers['x-medblock-anchor'], read.headers['x-medblock-anchor']);
-    assert.equal(vread.headers['x-medblock-digest'], `sha-256=${proof.resource.digest}`);
+    assert.equal(vread.headers['x-medblock-digest'], `commitment-v1=${proof.resource.digest}`);
     patientV1 = vread.text;
   });
 
   it('a $proof verifies in-process against the consortium CA, and with `medblock verify --proof` offline', async () => {
     assert.equal(proof.format, 'medblock-proof/v2');
-    assert.deepEqual(proof.resource, { type: 'Patient', id: patientId, versionId: 1, digest: proof.resource.digest });
+    assert.deepEqual(proof.resource, { type: 'Patient', id: patientId, versionId: 1, digest: proof.resource.digest, salt: proof.resource.salt });
+    assert.match(proof.resource.salt ?? '', /^[0-9a-f]{64}$/);
     assert.ok(proof.checkpoint.header.number >= proof.anchor.blockNumber);
     assert.equal(proof.chain.length, proof.checkpoint.header.number - proof.anchor.blockNumber);
     assert.doesNotMatch(JSON.stringify(proof), /Hoeger/, 'a proof carries no PHI');
@@ -215,13 +216,13 @@ describe('ledger proofs on the embedded default (solo orderer + SQLite ledger st
       medblock(['verify', '--proof', writeJson(relabelled, 'relabelled'), '--ca', caFile, '--consortium', consortiumFile, '--resource', writeJson(patientV1, 'patient-v1')]),
     ]);
     assertFails(flippedRes, /^FAIL \/inclusion: the audit path does not lead to the header dataHash$/);
-    assertFails(digestRes, /^FAIL \/resource\/digest: is not the digest anchored at that entry$/);
+    assertFails(digestRes, /^FAIL \/resource\/digest: is not the commitment anchored at that entry$/);
     assertFails(droppedRes, /^FAIL \/checkpoint\/attestations: 0 valid attestations of the header hash < quorum 1$/);
     assertFails(otherChainRes, /^FAIL \/chain/);
     assertFails(otherChainRes, /^FAIL \/inclusion: /);
-    assertFails(wrongResource, /^FAIL \/resource\/digest: the resource file hashes to [0-9a-f]{64}, not to the proven digest$/);
-    assertFails(relabelledRes, new RegExp(`^FAIL /resource/id: the resource file has id "${patientId}", not "${relabelled.resource.id}"$`));
-    assertFails(relabelledRes, /^FAIL \/resource\/versionId: the resource file is version "1", not "7"$/);
+    assertFails(wrongResource, /^FAIL \/resource\/digest: the resource and salt give the commitment [0-9a-f]{64}, not the proven one$/);
+    assertFails(relabelledRes, new RegExp(`^FAIL /resource/id: the resource has id "${patientId}", not "${relabelled.resource.id}"$`));
+    assertFails(relabelledRes, /^FAIL \/resource\/versionId: the resource is version "1", not "7"$/);
     assert.equal(failLines(relabelledRes).length, 2, relabelledRes.stdout);
     for (const res of [flippedRes, digestRes, droppedRes, otherChainRes]) assert.match(res.stdout, /^resource proof: \d+ problem\(s\)$/m);
 
@@ -425,11 +426,11 @@ describe('ledger proofs on the embedded default (solo orderer + SQLite ledger st
         assert.equal(vault.prepare("UPDATE versions SET content = NULL WHERE type = 'Observation' AND id = ?").run(observationId).changes, 1);
       });
       const [digestRes, swappedRes, deletedRes, blankedRes] = await Promise.all([verifyDir(digest), verifyDir(swapped), verifyDir(deleted), verifyDir(blanked)]);
-      assertFails(digestRes, new RegExp(`^FAIL Patient/${patientId} v1: its content does not hash to the digest the vault records$`));
+      assertFails(digestRes, new RegExp(`^FAIL Patient/${patientId} v1: its content and salt do not give the commitment the vault records$`));
       assertFails(swappedRes, new RegExp(`^FAIL Patient/${patientId} v1: cannot be opened: `));
       assertFails(swappedRes, new RegExp(`^FAIL Patient/${patientId} v2: cannot be opened: `));
       assertFails(deletedRes, /^FAIL block \d+ envelope \d+ entry \d+: this member anchored a version the vault no longer holds$/);
-      assertFails(blankedRes, new RegExp(`^FAIL Observation/${observationId} v1: has no content, yet is neither deleted nor erased: the record was blanked$`));
+      assertFails(blankedRes, new RegExp(`^FAIL Observation/${observationId} v1: has no content or salt, yet is neither deleted nor erased: the record was blanked$`));
 
       // The read path of a gateway restarted over a tampered copy: an integrity error, never the tampered data.
       for (const [dir, path, message] of [
@@ -490,7 +491,7 @@ describe('ledger proofs on the embedded default (solo orderer + SQLite ledger st
         vault.prepare("DELETE FROM terms WHERE type = 'AuditEvent' AND id = ?").run(audit.id);
       });
       const [alteredRes, erasedRes] = await Promise.all([verifyDir(altered), verifyDir(erased)]);
-      assertFails(alteredRes, new RegExp(`^FAIL AuditEvent/${audit.id} v1: its content does not hash to the digest the vault records$`));
+      assertFails(alteredRes, new RegExp(`^FAIL AuditEvent/${audit.id} v1: its content and salt do not give the commitment the vault records$`));
       assertFails(erasedRes, /^FAIL block \d+ envelope \d+ entry \d+: this member anchored an? access-log record the vault no longer holds$/);
     });
   });

@@ -3,7 +3,6 @@
  * $everything, the anchor outbox, and crypto-shredding with $erase.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -12,6 +11,7 @@ import { BSON, MongoClient } from 'mongodb';
 import { body, FHIR_DATA, FHIR_JSON, forEachStore, type TestGateway } from '../support/gateway.ts';
 import { EncryptedStore, contentAad } from '../../src/vault/encrypted-store.ts';
 import { open } from '../../src/vault/seal.ts';
+import { openVersion } from '../../src/vault/commitment.ts';
 import { MasterKeyring, keySource } from '../../src/vault/keyring.ts';
 import { wrapAad } from '../../src/vault/data-keys.ts';
 import { FhirRepository } from '../../src/fhir/repository.ts';
@@ -182,9 +182,8 @@ forEachStore((start, store) => {
       assert.ok(search.entry.every((e: Json) => e.resource.subject.reference === `Patient/${patients[1]}`));
     });
 
-    it('keeps the anchor outbox readable without keys: patient tokens and digests in the clear, anchors on reads', async () => {
-      const tokenOf = (owner: string) => createHash('sha256').update(`test\0${owner}`).digest('base64url');
-      const repo = new FhirRepository(t.gateway.store, undefined, { patientToken: tokenOf });
+    it('keeps the anchor outbox readable without keys: locator tokens and commitments in the clear, anchors on reads', async () => {
+      const repo = new FhirRepository(t.gateway.store);
       // The gateway's own publisher would anchor these versions while the test looks at them.
       const publisher = t.gateway.ledger!.publisher;
       await publisher.stop();
@@ -200,9 +199,12 @@ forEachStore((start, store) => {
       const ours = mine(await vault.unanchored({ limit: 100_000 }));
       // The adapter's own outbox is the same: the publisher needs no key.
       assert.deepEqual(mine(await vault.inner.unanchored({ limit: 100_000 })), ours);
+      // The locator token comes from the patient's data key, inside the vault.
+      const token = await vault.locatorTokenFor(`Patient/${patient.id}`);
+      assert.match(token ?? '', /^[A-Za-z0-9_-]{43}$/);
       assert.deepEqual(ours.map((v) => [v.type, v.patientToken]), [
-        ['Patient', tokenOf(`Patient/${patient.id}`)],
-        ['Observation', tokenOf(`Patient/${patient.id}`)],
+        ['Patient', token],
+        ['Observation', token],
         ['Organization', undefined],
       ]);
       assert.ok(ours.every((v) => /^[0-9a-f]{64}$/.test(v.digest!)));
@@ -229,7 +231,7 @@ forEachStore((start, store) => {
       const aad = contentAad(vault.hospitalId, 'Observation', observation.id, sealed!.versionId, keyId);
       // Sanity: before the erasure, the master key opens the data key, which opens the record.
       const dataKey = open(master, wrappedBefore.wrapped!, wrapAad(vault.hospitalId, keyId, wrappedBefore.masterKeyId!));
-      assert.equal(JSON.parse(open(dataKey, sealed!.content!, aad).toString()).id, observation.id);
+      assert.equal(JSON.parse(openVersion(dataKey, sealed!.content!, aad).content.toString()).id, observation.id);
 
       const noToken = await t.http.post(`/fhir/Patient/${id}/$erase`).set('Authorization', `Bearer ${await t.token('patient/*.cruds', id)}`);
       assert.equal(noToken.status, 403);
@@ -270,7 +272,7 @@ forEachStore((start, store) => {
       assert.ok(remaining.length > 0);
       for (const entry of remaining) {
         const k = open(ring.key(entry.masterKeyId!)!, entry.wrapped!, wrapAad(vault.hospitalId, entry.keyId, entry.masterKeyId!));
-        assert.throws(() => open(k, sealed!.content!, aad));
+        assert.throws(() => openVersion(k, sealed!.content!, aad));
       }
       const raw = await rawVaultBytes(t);
       assert.equal(raw.includes(Buffer.from(wrappedBefore.wrapped!)), false, 'the wrapped data key is still in the database');

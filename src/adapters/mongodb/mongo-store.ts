@@ -28,7 +28,7 @@
  *   decisions  `{_id: txId, outcome: 'committed'|'aborted'}`: written once by a unique insert, and permanent.
  *              The commit point is the insert of 'committed'; a recoverer aborts by inserting 'aborted'.
  *              Whichever insert lands first wins, on FerretDB too.
- *   versions   `{_id: 'Type/id/v', seq, type, id, v, lastUpdated, deleted, content (binary), digest, keyId,
+ *   versions   `{_id: 'Type/id/v', seq, type, id, v, lastUpdated, deleted, content (binary), digest, salt, keyId,
  *              patientToken, terms, tx, anchored, anchor?}`. These documents are immutable, except that
  *              erasing a data key empties the terms of the versions sealed under it and that markAnchored
  *              sets `anchored: true` and `anchor` once. The `_id` is the version's slot, so it is unique, and
@@ -41,6 +41,7 @@
  *              `keyId` (null for deletions and plaintext) is the data key of the current version.
  *   data_keys  live data keys: `{_id: keyId, createdAt, masterKeyId, wrapped (binary)}`.
  *   erased_keys  tombstones: `{_id: keyId, createdAt, erasedAt}`, written once by a unique insert, permanent.
+ *   vault_format  `{_id: 'format', version}`: the layout the data was written in (vault-format.ts).
  *
  * Visibility rule. A version is visible iff the current pointer of its resource is at that version or
  * beyond. Pointers move only after the commit point, so nothing else needs to be marked or unmarked.
@@ -158,6 +159,7 @@ import type {
   MongoClientOptions,
 } from 'mongodb';
 import { isDuplicateKey, isFerretDb, serverNow, writeErrorsOf } from './driver.ts';
+import { checkVaultFormat } from './vault-format.ts';
 import {
   VersionConflictError,
   type AnchorLocation,
@@ -219,6 +221,8 @@ interface VersionDoc {
   deleted: boolean;
   content: Binary | null;
   digest: string | null;
+  /** The commitment salt of a plaintext store's version; null in a vault (sealed inside content). */
+  salt: Binary | null;
   /** The data key the content is sealed under; null for deletions and plaintext. */
   keyId: string | null;
   patientToken: string | null;
@@ -315,6 +319,7 @@ function toStored(doc: VersionDoc): StoredVersion {
   return {
     ...toUnanchored(doc),
     content: bytesOf(doc.content),
+    ...(doc.salt && { salt: bytesOf(doc.salt)! }),
     ...(doc.keyId !== null && { keyId: doc.keyId }),
     ...(doc.anchor && { anchor: doc.anchor }),
   };
@@ -408,6 +413,7 @@ export class MongoStore implements ResourceStore {
 
   async init(): Promise<void> {
     await this.client.connect();
+    await checkVaultFormat(this.db);
     const ferretdb = await isFerretDb(this.db);
     this.updatesPerCommand = this.options.maxUpdatesPerCommand ?? (ferretdb ? FERRETDB_UPDATES_PER_COMMAND : Infinity);
     // FerretDB evaluates every index on every write but answers no query from one.
@@ -579,6 +585,7 @@ export class MongoStore implements ResourceStore {
       deleted: r.deleted,
       content: r.content ? new Binary(r.content) : null,
       digest: r.digest,
+      salt: r.salt ? new Binary(r.salt) : null,
       keyId: r.keyId ?? null,
       patientToken: r.patientToken ?? null,
       terms: termStrings(terms),

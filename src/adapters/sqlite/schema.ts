@@ -4,9 +4,9 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 /** Bumped when the layout changes incompatibly; a vault of another version is refused, never migrated blindly. */
-export const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 4;
 /** What the current schema holds, for the refusal message. */
-const SCHEMA_DESCRIPTION = 'encrypted, with the ledger anchor outbox';
+const SCHEMA_DESCRIPTION = 'encrypted, anchored with salted commitments';
 
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS versions (
@@ -14,6 +14,8 @@ CREATE TABLE IF NOT EXISTS versions (
   type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
   last_updated TEXT NOT NULL, deleted INTEGER NOT NULL, digest TEXT, key_id TEXT, patient_token TEXT,
   anchor_block INTEGER, anchor_envelope INTEGER, anchor_entry INTEGER,
+  -- The commitment salt of a plaintext store's version; NULL in a vault, which seals it inside content.
+  salt BLOB,
   -- Last, so that reading the other columns (the outbox) never walks a large content's overflow pages.
   content BLOB,
   UNIQUE (type, id, version)
@@ -60,7 +62,8 @@ export function openDatabase(file: string): Database.Database {
     db.close();
     throw new Error(
       `${file} is a vault of schema ${version}, this gateway uses schema ${SCHEMA_VERSION} (${SCHEMA_DESCRIPTION}) ` +
-        'and does not migrate vaults: import the data into a new MEDBLOCK_DATA_DIR',
+        'and does not migrate vaults: export the data with the gateway version that wrote it and import it into a ' +
+        'new MEDBLOCK_DATA_DIR (docs/proofs.md, "Vaults written before commitments")',
     );
   }
   db.exec(SCHEMA);

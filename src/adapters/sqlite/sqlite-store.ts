@@ -33,6 +33,7 @@ interface OutboxRow {
 
 interface VersionRow extends OutboxRow {
   content: Buffer | null;
+  salt: Buffer | null;
   key_id: string | null;
   anchor_block: number | null;
   anchor_envelope: number | null;
@@ -52,7 +53,7 @@ function toKeyEntry(row: KeyRow): KeyEntry {
 }
 
 const OUTBOX_COLUMNS = 'v.seq, v.type, v.id, v.version, v.last_updated, v.deleted, v.digest, v.patient_token';
-const VERSION_COLUMNS = `${OUTBOX_COLUMNS}, v.content, v.key_id, v.anchor_block, v.anchor_envelope, v.anchor_entry`;
+const VERSION_COLUMNS = `${OUTBOX_COLUMNS}, v.content, v.salt, v.key_id, v.anchor_block, v.anchor_envelope, v.anchor_entry`;
 
 function toUnanchored(row: OutboxRow): UnanchoredVersion {
   return {
@@ -71,6 +72,7 @@ function toStored(row: VersionRow): StoredVersion {
   return {
     ...toUnanchored(row),
     content: row.content,
+    ...(row.salt !== null && { salt: row.salt }),
     ...(row.key_id !== null && { keyId: row.key_id }),
     ...(row.anchor_block !== null && {
       anchor: { blockNumber: row.anchor_block, envelopeIndex: row.anchor_envelope!, entryIndex: row.anchor_entry! },

@@ -48,8 +48,8 @@ export class SqliteWriter {
     });
     this.statements = {
       insertVersion: db.prepare(
-        `INSERT INTO versions (type, id, version, last_updated, deleted, content, digest, key_id, patient_token)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO versions (type, id, version, last_updated, deleted, content, digest, key_id, patient_token, salt)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
       insertCurrent: db.prepare(
         'INSERT INTO current (type, id, version, seq, last_updated, deleted, key_id) VALUES (?, ?, ?, ?, ?, ?, ?)',
@@ -95,7 +95,7 @@ export class SqliteWriter {
     const deleted = r.deleted ? 1 : 0;
     const keyId = r.keyId ?? null;
     const { lastInsertRowid: seq } = s.insertVersion.run(
-      r.type, r.id, r.versionId, r.lastUpdated, deleted, r.content, r.digest, keyId, r.patientToken ?? null,
+      r.type, r.id, r.versionId, r.lastUpdated, deleted, r.content, r.digest, keyId, r.patientToken ?? null, r.salt ?? null,
     );
     // The current pointer moves only from the expected version: the optimistic concurrency check.
     if (expectedVersion === 0) {

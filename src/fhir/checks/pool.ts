@@ -1,14 +1,14 @@
 /**
- * Runs version checks (validation + digest) on worker threads, one fewer than the machine's cores, so
+ * Runs version checks (validation + commitment) on worker threads, one fewer than the machine's cores, so
  * ingest uses every core; with no spare core (or `workers: 0`) they run inline on the calling thread.
  */
 import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
 import { startWorker } from '../../worker.ts';
-import { checkVersion, type VersionCheck } from './check.ts';
+import { checkVersion, type VersionCheck, type VersionToCheck } from './check.ts';
 
 export interface VersionChecker {
-  check(jsons: string[]): Promise<VersionCheck[]>;
+  check(versions: VersionToCheck[]): Promise<VersionCheck[]>;
   close(): Promise<void>;
 }
 
@@ -44,23 +44,23 @@ class WorkerChecker implements VersionChecker {
   }
 
   /** Splits the batch across the workers and keeps the results in order. */
-  async check(jsons: string[]): Promise<VersionCheck[]> {
-    if (jsons.length === 0) return [];
-    const parts = Math.min(this.workers.length, Math.ceil(jsons.length / 64));
-    const size = Math.ceil(jsons.length / parts);
+  async check(versions: VersionToCheck[]): Promise<VersionCheck[]> {
+    if (versions.length === 0) return [];
+    const parts = Math.min(this.workers.length, Math.ceil(versions.length / 64));
+    const size = Math.ceil(versions.length / parts);
     const chunks = await Promise.all(
-      Array.from({ length: parts }, (_, i) => this.run(jsons.slice(i * size, (i + 1) * size))),
+      Array.from({ length: parts }, (_, i) => this.run(versions.slice(i * size, (i + 1) * size))),
     );
     return chunks.flat();
   }
 
-  private run(jsons: string[]): Promise<VersionCheck[]> {
+  private run(versions: VersionToCheck[]): Promise<VersionCheck[]> {
     const id = this.nextId++;
     const worker = this.workers[this.turn++ % this.workers.length];
     return new Promise((resolve, reject) => {
       this.jobs.set(id, { resolve, reject });
       worker.ref();
-      worker.postMessage({ id, jsons });
+      worker.postMessage({ id, versions });
     });
   }
 
@@ -70,7 +70,7 @@ class WorkerChecker implements VersionChecker {
 }
 
 const inlineChecker: VersionChecker = {
-  check: async (jsons) => jsons.map(checkVersion),
+  check: async (versions) => versions.map(checkVersion),
   close: async () => {},
 };
 

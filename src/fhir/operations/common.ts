@@ -8,7 +8,7 @@ import type { BundleEntryParts } from '../bundle-json.ts';
 import { parseFhirJson } from '../json.ts';
 import { errors, FhirError, informational } from '../outcome.ts';
 import { assertResourceType, unknownResource, unknownVersion, type FhirResource, type ResourceVersion } from '../repository.ts';
-import { canonicalDigestHex } from '../../ledger/canonical-json.ts';
+import { versionCommitmentHex } from '../../ledger/canonical-json.ts';
 import { AnchorMismatchError } from '../../ledger/service.ts';
 
 export function versionHeaders(v: ResourceVersion, ctx: FhirContext, withLocation = false): Record<string, string> {
@@ -18,22 +18,24 @@ export function versionHeaders(v: ResourceVersion, ctx: FhirContext, withLocatio
   };
   if (withLocation) headers.Location = `${ctx.baseUrl}/${v.type}/${v.id}/_history/${v.versionId}`;
   if (ctx.ledger) {
-    // The version's anchored state: where the ledger holds its digest, or pending while it is in the outbox.
+    // The version's anchored state: where the ledger holds its commitment, or pending while it is in the outbox.
+    // The salt is not in a header (proxies log headers): $proof gives it to a reader who needs to open it.
     headers['X-MedBlock-Anchor'] = v.anchor ? `block=${v.anchor.blockNumber}; envelope=${v.anchor.envelopeIndex}; entry=${v.anchor.entryIndex}` : 'pending';
-    if (v.digest) headers['X-MedBlock-Digest'] = `sha-256=${v.digest}`;
+    if (v.digest) headers['X-MedBlock-Digest'] = `commitment-v1=${v.digest}`;
   }
   return headers;
 }
 
 /**
- * The read path's integrity check: the decrypted content must hash to the vault's digest, and an anchored
- * digest must be the one the ledger holds at the vault's anchor location. Throws AnchorMismatchError.
+ * The read path's integrity check: the decrypted content and its sealed salt must give the vault's commitment,
+ * and an anchored commitment must be the one the ledger holds at the vault's anchor location. Throws
+ * AnchorMismatchError.
  */
 export async function assertAnchorIntact(v: ResourceVersion, ctx: FhirContext): Promise<void> {
   if (!ctx.ledger || v.deleted) return;
   const mismatch = new AnchorMismatchError(v.type, v.id, v.versionId);
-  // A live version always has content and a digest: one without either was blanked in the store.
-  if (!v.json || !v.digest || canonicalDigestHex(parseFhirJson(v.json)) !== v.digest) throw mismatch;
+  // A live version always has content, a salt and a commitment: one without them was blanked in the store.
+  if (!v.json || !v.digest || !v.salt || versionCommitmentHex(v.salt, parseFhirJson(v.json)) !== v.digest) throw mismatch;
   if (v.anchor) await ctx.ledger.checkAnchor({ type: v.type, id: v.id, versionId: v.versionId, digest: v.digest }, v.anchor);
 }
 

@@ -1,6 +1,7 @@
 /**
- * Ledger proofs over FHIR (formats in docs/proofs.md; no PHI in any of them: digests, headers, signatures
- * and public certificates only):
+ * Ledger proofs over FHIR (formats in docs/proofs.md; no PHI in any of them: commitments, headers,
+ * signatures and public certificates only, plus the version's commitment salt, which opens the commitment
+ * to whoever also holds the resource and is given only to a caller who may read it):
  *
  *   GET [base]/[type]/[id]/_history/[vid]/$proof   the version's resource proof
  *   GET [base]/$checkpoint                          the latest checkpoint and the consortium's public material
@@ -36,7 +37,8 @@ export const proof: Handler = async (req, ctx, { type, id, vid }) => {
   const v = await vreadAccessible(ctx, access, type, id, vid);
   if (!v.anchor) throw notYet(`this ${type} version is not anchored yet`);
   const digest = anchoredDigest({ ...v, digest: v.digest ?? null });
-  return proofResponse(await ledger.resourceProof({ type, id, versionId: v.versionId, digest }, v.anchor));
+  const salt = v.salt && Buffer.from(v.salt).toString('hex');
+  return proofResponse(await ledger.resourceProof({ type, id, versionId: v.versionId, digest, ...(salt && { salt }) }, v.anchor));
 };
 
 export const checkpoint: Handler = async (req, ctx) => {
