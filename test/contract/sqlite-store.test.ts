@@ -17,5 +17,5 @@ it('refuses a vault of another schema version (here 2, before the anchor outbox)
   db.exec('CREATE TABLE versions (seq INTEGER PRIMARY KEY)');
   db.pragma('user_version = 2');
   db.close();
-  await assert.rejects(new SqliteStore(file).init(), /is a vault of schema 2, this gateway uses schema 3 .*new MEDBLOCK_DATA_DIR/);
+  await assert.rejects(new SqliteStore(file).init(), /is a vault of schema 2, this gateway uses schema 4 .*new MEDBLOCK_DATA_DIR/);
 });
