@@ -6,6 +6,8 @@
  *   compared with the vault's and with the one the ledger holds at the version's anchor location; every one
  *   this member anchored must still have its version in the vault (a deleted record is caught). Access-log
  *   records (AuditEvent) are vault records too, anchored in audit envelopes, so the same check covers them;
+ *   and every resource's current state (verify-heads.ts): pointer at the newest version, head MAC, deleted
+ *   flag, and index terms recomputed from the content;
  * - `--proof <file>`: a resource proof, offline, against the pinned `--consortium` (or
  *   `--consortium-fingerprint`) and `--ca` (and `--resource` to recompute the commitment with the proof's salt);
  * - `--consistency <file>`: a consistency proof, offline, likewise pinned, optionally against `--old-checkpoint`.
@@ -19,6 +21,7 @@ import { versionCommitmentHex } from '../ledger/canonical-json.ts';
 import { verifyConsistencyProof, verifyResourceCommitment, verifyResourceProof, type ProofOptions, type ProofReport } from '../ledger/proof.ts';
 import { tombstoneDigest } from '../ledger/tombstone.ts';
 import { anchorKey, verifyLedger, type VerificationProblem } from '../ledger/verify.ts';
+import { HeadCheck } from './verify-heads.ts';
 import type { StoredVersion } from '../vault/store.ts';
 import { ErasureCheck } from '../audit/erasure.ts';
 
@@ -103,6 +106,7 @@ async function verifyGateway(config: GatewayConfig, json: boolean): Promise<numb
     const vaultDigests = new Set<string>();
     const counts = { versions: 0, anchored: 0, pending: 0, erased: 0 };
     const erasures = new ErasureCheck();
+    const heads = new HeadCheck();
     // Raw rows first (no decryption), then each version opened on its own, so one bad record is one problem.
     for (let beforeSeq: number | undefined; ; ) {
       const page = await vault.inner.history({ beforeSeq, limit: 1000 });
@@ -110,6 +114,7 @@ async function verifyGateway(config: GatewayConfig, json: boolean): Promise<numb
       beforeSeq = page[page.length - 1].seq;
       for (const row of page) {
         counts.versions++;
+        heads.note(row);
         const where = `${row.type}/${row.id} v${row.versionId}`;
         if (row.anchor) seenAnchors.add(anchorKey(row.anchor.blockNumber, row.anchor.envelopeIndex, row.anchor.entryIndex));
         let version: StoredVersion;
@@ -149,10 +154,14 @@ async function verifyGateway(config: GatewayConfig, json: boolean): Promise<numb
         const anchored = ledger.anchoredByMember.get(anchorKey(version.anchor.blockNumber, version.anchor.envelopeIndex, version.anchor.entryIndex));
         if (!anchored) problems.push({ where, problem: `its anchor (block ${version.anchor.blockNumber}) holds no digest of this member` });
         else if (anchored.digest !== digest) problems.push({ where, problem: `differs from what was anchored in block ${anchored.blockNumber}: altered after anchoring` });
-        else erasures.anchored(version);
+        else {
+          erasures.anchored(version);
+          heads.note(version, true);
+        }
       }
     }
     problems.push(...erasures.problems());
+    problems.push(...(await heads.problems(vault)));
     for (const [key, entry] of ledger.anchoredByMember) {
       if (!seenAnchors.has(key) && !vaultDigests.has(entry.digest)) {
         problems.push({ where: `block ${entry.blockNumber} envelope ${entry.envelopeIndex} entry ${entry.entryIndex}`, problem: `this member anchored a ${entry.kind === 'audit' ? 'access-log record' : 'version'} the vault no longer holds` });

@@ -34,6 +34,18 @@ const AUDIT_KEY_OWNER = 'AuditEvent/_access-log';
 
 const encoder = new TextEncoder();
 
+/**
+ * The plaintext index terms of a stamped resource version (its search parameters, plus one compartment term
+ * per patient it belongs to) and those patients' ids. `medblock verify` recomputes them from the decrypted
+ * content to catch forged terms.
+ */
+export function resourceIndexTerms(type: string, stamped: FhirResource): { terms: IndexTerm[]; patients: string[] } {
+  const patients = type === AUDIT_RECORD_TYPE ? [] : patientCompartments(type, stamped);
+  const terms = extractTerms(type, stamped);
+  for (const patient of patients) terms.push({ param: COMPARTMENT_PARAM, value: compartmentTerm(patient) });
+  return { terms, patients };
+}
+
 /** Puts id and meta first and stamps versionId/lastUpdated, keeping the client's other meta. */
 function stamp(resource: FhirResource, id: string, versionId: number, lastUpdated: string): FhirResource {
   const { resourceType, id: _ignored, meta, ...rest } = resource;
@@ -122,9 +134,8 @@ export class WriteSession {
     if (resource) {
       const stamped = stamp(resource, id, versionId, this.now);
       json = stringifyFhirJson(stamped);
-      const patients = type === AUDIT_RECORD_TYPE ? [] : patientCompartments(type, stamped);
-      terms = extractTerms(type, stamped);
-      for (const patient of patients) terms.push({ param: COMPARTMENT_PARAM, value: compartmentTerm(patient) });
+      const { terms: indexed, patients } = resourceIndexTerms(type, stamped);
+      terms = indexed;
       owner = type === AUDIT_RECORD_TYPE ? AUDIT_KEY_OWNER : patients.length > 0 ? compartmentTerm(patients[0]) : undefined;
       // The commitment (digest) is computed by check(), with validation, under a salt drawn per version.
       const salt = randomBytes(COMMITMENT_SALT_BYTES);

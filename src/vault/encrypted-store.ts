@@ -11,11 +11,13 @@ import { BlindIndex } from './blind-index.ts';
 import { DataKeys, INDEX_KEY_ID, KeyErasedError } from './data-keys.ts';
 import { SealError } from './seal.ts';
 import { isPatientOwner, locatorTokens, openVersion, sealVersion } from './commitment.ts';
+import { HEAD_KEY_ID, HEAD_STATE_FORMAT, HeadMac } from './head-mac.ts';
 import type { MasterKeyring } from './keyring.ts';
 import type {
   AnchorMark,
   ErasableStore,
   HistoryQuery,
+  IndexTerm,
   KeyEntry,
   NewKey,
   ResourceStore,
@@ -40,6 +42,15 @@ export class TamperedContentError extends Error {
   }
 }
 
+/** The current state of a resource failed authentication: its pointer or deleted flag was altered or rolled back. */
+export class HeadStateError extends TamperedContentError {
+  constructor(type: string, id: string, versionId: number, readonly reason: string) {
+    super(type, id, versionId);
+    this.name = 'HeadStateError';
+    this.message = `${type}/${id} current state (version ${versionId}) fails authentication: ${reason}`;
+  }
+}
+
 export function contentAad(hospitalId: string, type: string, id: string, versionId: number, keyId: string): string {
   return `medblock-resource/2\0${hospitalId}\0${type}\0${id}\0${versionId}\0${keyId}`;
 }
@@ -47,6 +58,7 @@ export function contentAad(hospitalId: string, type: string, id: string, version
 export class EncryptedStore implements ErasableStore {
   readonly keys: DataKeys;
   private index!: BlindIndex;
+  private head!: HeadMac;
 
   constructor(
     readonly inner: ResourceStore,
@@ -62,6 +74,16 @@ export class EncryptedStore implements ErasableStore {
 
   async init(): Promise<void> {
     await this.inner.init();
+    const [headKey, indexKey] = await Promise.all([this.inner.getKey(HEAD_KEY_ID), this.inner.getKey(INDEX_KEY_ID)]);
+    if (!headKey && indexKey) {
+      throw new Error(
+        `this vault predates authenticated head state (${HEAD_STATE_FORMAT}): its current pointers carry no MACs and cannot be ` +
+          'trusted silently; import the data into a new vault (see docs/security.md, "Head state")',
+      );
+    }
+    // The head key strictly before the index key, so that a gateway starting beside this one never sees the
+    // index key without the head key (the marker above).
+    this.head = new HeadMac((await this.keys.forWrite([HEAD_KEY_ID])).get(HEAD_KEY_ID)!, this.hospitalId);
     this.index = new BlindIndex((await this.keys.forWrite([INDEX_KEY_ID])).get(INDEX_KEY_ID)!);
   }
 
@@ -113,7 +135,7 @@ export class EncryptedStore implements ErasableStore {
           }
         : { ...r };
       const terms = w.terms.map((t) => ({ param: t.param, value: tokens[next++] }));
-      return { record, terms, expectedVersion: w.expectedVersion };
+      return { record, terms, expectedVersion: w.expectedVersion, headMac: this.head.mac(r.type, r.id, r.versionId, r.deleted) };
     });
     await this.inner.commit(sealed);
   }
@@ -140,7 +162,41 @@ export class EncryptedStore implements ErasableStore {
 
   async current(type: string, id: string): Promise<StoredVersion | undefined> {
     const stored = await this.inner.current(type, id);
-    return stored && this.unseal(stored);
+    return stored && this.checkedHead(stored, type, id);
+  }
+
+  /**
+   * Why a raw current state (from inner.current or inner.search) is not authentic, or undefined: the head MAC,
+   * a newer finished version, and the pointer's hidden flag against the version's deleted flag and its key.
+   */
+  async headProblem(stored: StoredVersion, type: string, id: string | undefined, opened?: StoredVersion): Promise<string | undefined> {
+    const problem = this.head.problem(stored, type, id);
+    if (problem || !stored.head) return problem;
+    if (!stored.head.hidden && stored.deleted) return 'the resource is deleted, yet its pointer is visible to search (a flipped flag)';
+    // Hidden and not deleted is an erased data key; this gateway's key cache may not know of another's erasure yet.
+    if (stored.head.hidden && !stored.deleted && !opened?.erased) {
+      const key = stored.keyId ? await this.inner.getKey(stored.keyId) : undefined;
+      if (key?.erasedAt == null) return 'the resource is hidden from search, yet neither deleted nor erased (a flipped flag)';
+    }
+    return undefined;
+  }
+
+  /** Opens a version read as current state, after authenticating its head (HeadStateError otherwise). */
+  private async checkedHead(stored: StoredVersion, type: string, id: string | undefined): Promise<StoredVersion> {
+    const opened = await this.unseal(stored);
+    const problem = await this.headProblem(stored, type, id, opened);
+    if (problem) throw new HeadStateError(stored.type, stored.id, stored.versionId, problem);
+    return opened;
+  }
+
+  /** The blind-index form of plaintext terms of a resource of `type`, as commit() stores them (verify compares). */
+  blindTerms(type: string, terms: IndexTerm[]): IndexTerm[] {
+    const tokens = this.index.tokens(type, terms);
+    return terms.map((t, i) => ({ param: t.param, value: tokens[i] }));
+  }
+
+  indexTerms(type: string, id: string): Promise<IndexTerm[]> {
+    return this.inner.indexTerms(type, id);
   }
 
   async version(type: string, id: string, versionId: number): Promise<StoredVersion | undefined> {
@@ -157,7 +213,7 @@ export class EncryptedStore implements ErasableStore {
 
   async search(query: StoreQuery): Promise<StoredVersion[]> {
     const rows = await this.inner.search(this.blindQuery(query));
-    return Promise.all(rows.map((r) => this.unseal(r)));
+    return Promise.all(rows.map((r) => this.checkedHead(r, query.type, undefined)));
   }
 
   count(query: StoreQuery): Promise<number> {

@@ -47,9 +47,28 @@ export interface AnchorLocation {
   entryIndex: number;
 }
 
+/**
+ * The current pointer of a resource as the adapter holds it, read with the version it points at (current()
+ * and search() set it). The vault authenticates it (vault/head-mac.ts): someone with write access to the
+ * database must not be able to move a pointer back, flip a deleted flag or re-point it unnoticed.
+ */
+export interface HeadState {
+  /** The head MAC the vault wrote with the pointer move (VersionWrite.headMac); null when the pointer has none. */
+  mac: string | null;
+  /** The pointer is hidden from search and count: the resource is deleted, or its data key was erased. */
+  hidden: boolean;
+  /**
+   * The store holds a newer committed version of the resource whose batch has finished moving its pointers:
+   * this pointer was moved back (a batch still rolling forward does not count).
+   */
+  superseded: boolean;
+}
+
 /** A version as read back, with the store-wide sequence number it was committed under. */
 export interface StoredVersion extends VersionRecord {
   seq: number;
+  /** The current pointer, on versions read as current state (current(), search()); absent on history and version reads. */
+  head?: HeadState;
   /** Set by the vault when the version's data key was destroyed (crypto-shredded): content is null. */
   erased?: boolean;
   /** Set once the ledger block anchoring this version committed; absent while the version is in the outbox. */
@@ -91,6 +110,8 @@ export interface VersionWrite {
    * absent for resources outside any patient compartment, which get a key of their own.
    */
   owner?: string;
+  /** Authenticates the pointer move to this version (set by the vault); the adapter stores it on the pointer. */
+  headMac?: string;
 }
 
 export interface TermClause {
@@ -191,6 +212,8 @@ export interface ResourceStore {
   search(query: StoreQuery): Promise<StoredVersion[]>;
   /** Number of current, non-deleted resources matching the query (ignores limit and cursor). */
   count(query: StoreQuery): Promise<number>;
+  /** The index terms stored for the current version of a resource (any order; `medblock verify` recomputes them). */
+  indexTerms(type: string, id: string): Promise<IndexTerm[]>;
   /** Versions newest first. */
   history(query: HistoryQuery): Promise<StoredVersion[]>;
   /** Number of versions history() would return for the query (ignores limit and cursor). */

@@ -132,6 +132,32 @@ export function storeContract(name: string, open: () => Promise<ResourceStore>):
       assert.equal((await store.version('Observation', 'o4', 2))?.deleted, true);
     });
 
+    describe('head state', () => {
+      const sorted = (terms: IndexTerm[]) => [...terms].sort((x, y) => `${x.param}=${x.value}`.localeCompare(`${y.param}=${y.value}`));
+      const withMac = (w: VersionWrite, headMac: string): VersionWrite => ({ ...w, headMac });
+
+      it('keeps the head MAC and search visibility with the pointer, on current() and search(); history has none', async () => {
+        await store.commit([withMac(write('Device', 'd1', 1, T1, [{ param: 'code', value: 'A' }, { param: 'code', value: 'B' }]), 'mac-1')]);
+        assert.deepEqual((await store.current('Device', 'd1'))!.head, { mac: 'mac-1', hidden: false, superseded: false });
+        assert.deepEqual(sorted(await store.indexTerms('Device', 'd1')), [{ param: 'code', value: 'A' }, { param: 'code', value: 'B' }]);
+        await store.commit([withMac(write('Device', 'd1', 2, T2, [{ param: 'code', value: 'C' }]), 'mac-2')]);
+        const found = await store.search({ type: 'Device', clauses: [{ param: 'code', anyOf: ['C'] }], lastUpdated: [], limit: 10 });
+        assert.deepEqual(found.map((v) => [v.versionId, v.head]), [[2, { mac: 'mac-2', hidden: false, superseded: false }]]);
+        assert.deepEqual(await store.indexTerms('Device', 'd1'), [{ param: 'code', value: 'C' }]);
+        assert.equal((await store.version('Device', 'd1', 1))!.head, undefined);
+        assert.deepEqual((await store.history({ type: 'Device', limit: 10 })).map((v) => v.head), [undefined, undefined]);
+      });
+
+      it('hides a deleted resource\'s pointer and drops its terms; a write without a MAC leaves none', async () => {
+        await store.commit([withMac(write('Device', 'd1', 3, T3, [], true), 'mac-3')]);
+        assert.deepEqual((await store.current('Device', 'd1'))!.head, { mac: 'mac-3', hidden: true, superseded: false });
+        assert.deepEqual(await store.indexTerms('Device', 'd1'), []);
+        await store.commit([write('Device', 'd2', 1, T1)]);
+        assert.deepEqual((await store.current('Device', 'd2'))!.head, { mac: null, hidden: false, superseded: false });
+        assert.deepEqual(await store.indexTerms('Device', 'nothing'), []);
+      });
+    });
+
     describe('data keys', () => {
       const bytes = (n: number) => new Uint8Array(48).fill(n);
 

@@ -34,7 +34,9 @@
  *              sets `anchored: true` and `anchor` once. The `_id` is the version's slot, so it is unique, and
  *              an exact `_id` is the one filter FerretDB pushes down to SQLite; current() and version() use it.
  *   current    one pointer per resource: `{_id: 'Type/id', type, id, version, seq, lastUpdated, deleted,
- *              keyId, terms}`. `terms` is a flat array of `param=value` strings with a multikey index (param
+ *              keyId, terms, mac}`. `mac` is the vault's head MAC of the move (vault/head-mac.ts), also kept
+ *              on the version (`headMac`) so that recovery rolls a batch forward with it; mongo-head.ts tells
+ *              a pointer that was moved back from one whose batch is still rolling forward. `terms` is a flat array of `param=value` strings with a multikey index (param
  *              names never contain `=`). A clause becomes `$in` (`$nin` when negated, which also matches
  *              pointers without the param) and clauses are joined by `$and`. `deleted` hides the pointer from
  *              search and count; it is set for deletions and for resources whose data key was erased.
@@ -160,11 +162,13 @@ import type {
 } from 'mongodb';
 import { isDuplicateKey, isFerretDb, serverNow, writeErrorsOf } from './driver.ts';
 import { checkVaultFormat } from './vault-format.ts';
+import { movedBack, type HeadCollections } from './mongo-head.ts';
 import {
   VersionConflictError,
   type AnchorLocation,
   type AnchorMark,
   type HistoryQuery,
+  type IndexTerm,
   type InstantBound,
   type KeyEntry,
   type NewKey,
@@ -227,6 +231,8 @@ interface VersionDoc {
   keyId: string | null;
   patientToken: string | null;
   terms: string[];
+  /** The head MAC the pointer gets when it moves to this version (absent on versions staged without one). */
+  headMac?: string | null;
   tx: number;
   /** False while the version is in the anchor outbox. */
   anchored: boolean;
@@ -246,6 +252,8 @@ interface PointerDoc {
   /** Always present (null when plaintext or deleted), so that a pointer move's `$set` replaces it. */
   keyId: string | null;
   terms: string[];
+  /** The vault's head MAC of this pointer state; null when the write carried none. */
+  mac: string | null;
 }
 
 /** A live data key. Its tombstone is an ErasedKeyDoc with the same `_id` in another collection. */
@@ -575,7 +583,7 @@ export class MongoStore implements ResourceStore {
 
   /** Inserts the versions: each one takes its (type, id, v) slot or the batch is refused. */
   private async stage(txId: number, first: number, writes: VersionWrite[]): Promise<void> {
-    const docs: VersionDoc[] = writes.map(({ record: r, terms }, i) => ({
+    const docs: VersionDoc[] = writes.map(({ record: r, terms, headMac }, i) => ({
       _id: slotKey(r.type, r.id, r.versionId),
       seq: first + i,
       type: r.type,
@@ -589,6 +597,7 @@ export class MongoStore implements ResourceStore {
       keyId: r.keyId ?? null,
       patientToken: r.patientToken ?? null,
       terms: termStrings(terms),
+      headMac: headMac ?? null,
       tx: txId,
       anchored: false,
     }));
@@ -652,7 +661,7 @@ export class MongoStore implements ResourceStore {
       const key = pointerKey(d.type, d.id);
       const target: PointerDoc = {
         _id: key, type: d.type, id: d.id, version: d.v, seq: d.seq, lastUpdated: d.lastUpdated, deleted: d.deleted,
-        keyId: d.keyId, terms: d.terms,
+        keyId: d.keyId, terms: d.terms, mac: d.headMac ?? null,
       };
       const move = moves.get(key);
       if (move) move.target = target;
@@ -724,11 +733,27 @@ export class MongoStore implements ResourceStore {
 
   // ----------------------------------------------------------------------------------------------- reads
 
+  private get headCollections(): HeadCollections {
+    return { versions: this.versions, pointers: this.pointers, txs: this.txs, decisions: this.decisions } as unknown as HeadCollections;
+  }
+
   async current(type: string, id: string): Promise<StoredVersion | undefined> {
-    const pointer = await this.pointers.findOne({ _id: pointerKey(type, id) }, { projection: { version: 1 } });
+    const pointer = await this.pointers.findOne({ _id: pointerKey(type, id) }, { projection: { version: 1, deleted: 1, mac: 1 } });
     if (!pointer) return undefined;
-    const doc = await this.versions.findOne({ _id: slotKey(type, id, pointer.version) });
-    return doc ? toStored(doc) : undefined;
+    const [doc, superseded] = await Promise.all([
+      this.versions.findOne({ _id: slotKey(type, id, pointer.version) }),
+      movedBack(this.headCollections, [pointer]),
+    ]);
+    if (!doc) return undefined;
+    return { ...toStored(doc), head: { mac: pointer.mac ?? null, hidden: pointer.deleted, superseded: superseded.size > 0 } };
+  }
+
+  async indexTerms(type: string, id: string): Promise<IndexTerm[]> {
+    const pointer = await this.pointers.findOne({ _id: pointerKey(type, id) }, { projection: { terms: 1 } });
+    return (pointer?.terms ?? []).map((term) => {
+      const at = term.indexOf('=');
+      return { param: term.slice(0, at), value: term.slice(at + 1) };
+    });
   }
 
   async version(type: string, id: string, versionId: number): Promise<StoredVersion | undefined> {
@@ -755,16 +780,17 @@ export class MongoStore implements ResourceStore {
   async search(query: StoreQuery): Promise<StoredVersion[]> {
     if (query.limit <= 0) return [];
     const pointers = await this.pointers
-      .find(this.filter(query, true), { projection: { type: 1, id: 1, version: 1 } })
+      .find(this.filter(query, true), { projection: { type: 1, id: 1, version: 1, deleted: 1, mac: 1 } })
       .sort({ id: 1 })
       .limit(query.limit)
       .toArray();
     if (pointers.length === 0) return [];
     const slots = pointers.map((p) => slotKey(p.type, p.id, p.version));
-    const docs = new Map((await this.versions.find({ _id: { $in: slots } }).toArray()).map((d) => [d._id, d]));
-    return slots.flatMap((slot) => {
-      const doc = docs.get(slot);
-      return doc ? [toStored(doc)] : [];
+    const [found, superseded] = await Promise.all([this.versions.find({ _id: { $in: slots } }).toArray(), movedBack(this.headCollections, pointers)]);
+    const docs = new Map(found.map((d) => [d._id, d]));
+    return pointers.flatMap((p, i) => {
+      const doc = docs.get(slots[i]);
+      return doc ? [{ ...toStored(doc), head: { mac: p.mac ?? null, hidden: p.deleted, superseded: superseded.has(p._id) } }] : [];
     });
   }
 
@@ -941,7 +967,7 @@ function boundFilter(bound: InstantBound): Filter<PointerDoc> {
  */
 function planMoves(writes: VersionWrite[]): Move[] {
   const moves = new Map<string, Move>();
-  writes.forEach(({ record: r, terms, expectedVersion }, index) => {
+  writes.forEach(({ record: r, terms, expectedVersion, headMac }, index) => {
     if (r.versionId <= expectedVersion) throw new VersionConflictError(r.type, r.id);
     if (r.versionId !== expectedVersion + 1) {
       throw new RangeError(`${r.type}/${r.id}: versionId ${r.versionId} must be expectedVersion + 1 (${expectedVersion + 1})`);
@@ -949,7 +975,7 @@ function planMoves(writes: VersionWrite[]): Move[] {
     const key = pointerKey(r.type, r.id);
     const target: PointerDoc = {
       _id: key, type: r.type, id: r.id, version: r.versionId, seq: index, lastUpdated: r.lastUpdated, deleted: r.deleted,
-      keyId: r.keyId ?? null, terms: termStrings(terms),
+      keyId: r.keyId ?? null, terms: termStrings(terms), mac: headMac ?? null,
     };
     const move = moves.get(key);
     if (!move) moves.set(key, { expected: expectedVersion, target });

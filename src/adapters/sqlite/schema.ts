@@ -6,7 +6,7 @@ import { dirname } from 'node:path';
 /** Bumped when the layout changes incompatibly; a vault of another version is refused, never migrated blindly. */
 export const SCHEMA_VERSION = 4;
 /** What the current schema holds, for the refusal message. */
-const SCHEMA_DESCRIPTION = 'encrypted, anchored with salted commitments';
+const SCHEMA_DESCRIPTION = 'encrypted, anchored with salted commitments, with authenticated head state';
 
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS versions (
@@ -26,6 +26,8 @@ CREATE INDEX IF NOT EXISTS versions_unanchored ON versions (seq) WHERE anchor_bl
 CREATE TABLE IF NOT EXISTS current (
   type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, seq INTEGER NOT NULL,
   last_updated TEXT NOT NULL, deleted INTEGER NOT NULL, key_id TEXT,
+  -- The vault's head MAC over (hospital, type, id, version, deleted): see vault/head-mac.ts.
+  mac TEXT,
   PRIMARY KEY (type, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS current_by_last_updated ON current (type, last_updated);

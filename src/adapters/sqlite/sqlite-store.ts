@@ -6,6 +6,7 @@ import {
   VersionConflictError,
   type AnchorMark,
   type HistoryQuery,
+  type IndexTerm,
   type KeyEntry,
   type NewKey,
   type ResourceStore,
@@ -38,6 +39,13 @@ interface VersionRow extends OutboxRow {
   anchor_block: number | null;
   anchor_envelope: number | null;
   anchor_entry: number | null;
+}
+
+/** A version read as current state, with its pointer (HEAD_COLUMNS). */
+interface HeadRow extends VersionRow {
+  head_mac: string | null;
+  head_hidden: number;
+  head_superseded: number;
 }
 
 interface KeyRow {
@@ -78,6 +86,18 @@ function toStored(row: VersionRow): StoredVersion {
       anchor: { blockNumber: row.anchor_block, envelopeIndex: row.anchor_envelope!, entryIndex: row.anchor_entry! },
     }),
   };
+}
+
+/**
+ * The pointer `c` of a version `v` read as current state. Superseded: a newer version of the resource exists
+ * (a batch commits in one transaction, so any newer version means the pointer was moved back); one probe of
+ * the (type, id, version) index.
+ */
+const HEAD_COLUMNS = `c.mac AS head_mac, c.deleted AS head_hidden,
+  EXISTS (SELECT 1 FROM versions n WHERE n.type = v.type AND n.id = v.id AND n.version > v.version) AS head_superseded`;
+
+function toCurrent(row: HeadRow): StoredVersion {
+  return { ...toStored(row), head: { mac: row.head_mac, hidden: row.head_hidden !== 0, superseded: row.head_superseded !== 0 } };
 }
 
 const BOUND_SQL = { gt: '>', ge: '>=', lt: '<', le: '<=' } as const;
@@ -159,8 +179,9 @@ export class SqliteStore implements ResourceStore {
     const db = this.db;
     return {
       current: db.prepare(
-        `SELECT ${VERSION_COLUMNS} FROM current c JOIN versions v ON v.seq = c.seq WHERE c.type = ? AND c.id = ?`,
+        `SELECT ${VERSION_COLUMNS}, ${HEAD_COLUMNS} FROM current c JOIN versions v ON v.seq = c.seq WHERE c.type = ? AND c.id = ?`,
       ),
+      indexTerms: db.prepare('SELECT param, value FROM terms WHERE type = ? AND id = ?'),
       version: db.prepare(`SELECT ${VERSION_COLUMNS} FROM versions v WHERE v.type = ? AND v.id = ? AND v.version = ?`),
       // Answered from the partial index versions_unanchored: proportional to the backlog, not to the vault.
       unanchored: db.prepare(
@@ -225,8 +246,12 @@ export class SqliteStore implements ResourceStore {
   }
 
   async current(type: string, id: string): Promise<StoredVersion | undefined> {
-    const row = this.statements.current.get(type, id) as VersionRow | undefined;
-    return row && toStored(row);
+    const row = this.statements.current.get(type, id) as HeadRow | undefined;
+    return row && toCurrent(row);
+  }
+
+  async indexTerms(type: string, id: string): Promise<IndexTerm[]> {
+    return this.statements.indexTerms.all(type, id) as IndexTerm[];
   }
 
   async version(type: string, id: string, versionId: number): Promise<StoredVersion | undefined> {
@@ -314,9 +339,9 @@ export class SqliteStore implements ResourceStore {
   async search(query: StoreQuery): Promise<StoredVersion[]> {
     const { from, sql, params } = this.source(query, true);
     const rows = this.statement(
-      `SELECT ${VERSION_COLUMNS} FROM ${from} CROSS JOIN versions v ON v.seq = c.seq WHERE ${sql} ORDER BY c.id LIMIT ?`,
-    ).all(...params, query.limit) as VersionRow[];
-    return rows.map(toStored);
+      `SELECT ${VERSION_COLUMNS}, ${HEAD_COLUMNS} FROM ${from} CROSS JOIN versions v ON v.seq = c.seq WHERE ${sql} ORDER BY c.id LIMIT ?`,
+    ).all(...params, query.limit) as HeadRow[];
+    return rows.map(toCurrent);
   }
 
   async count(query: StoreQuery): Promise<number> {

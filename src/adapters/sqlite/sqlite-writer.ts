@@ -52,10 +52,10 @@ export class SqliteWriter {
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
       insertCurrent: db.prepare(
-        'INSERT INTO current (type, id, version, seq, last_updated, deleted, key_id) VALUES (?, ?, ?, ?, ?, ?, ?)',
+        'INSERT INTO current (type, id, version, seq, last_updated, deleted, key_id, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
       ),
       moveCurrent: db.prepare(
-        'UPDATE current SET version = ?, seq = ?, last_updated = ?, deleted = ?, key_id = ? WHERE type = ? AND id = ? AND version = ?',
+        'UPDATE current SET version = ?, seq = ?, last_updated = ?, deleted = ?, key_id = ?, mac = ? WHERE type = ? AND id = ? AND version = ?',
       ),
       deleteTerms: db.prepare('DELETE FROM terms WHERE type = ? AND id = ?'),
       insertTerm: db.prepare('INSERT OR IGNORE INTO terms (type, param, value, id) VALUES (?, ?, ?, ?)'),
@@ -89,7 +89,7 @@ export class SqliteWriter {
     });
   }
 
-  private applyWrite({ record: r, terms, expectedVersion }: VersionWrite): void {
+  private applyWrite({ record: r, terms, expectedVersion, headMac }: VersionWrite): void {
     const s = this.statements;
     if (r.versionId <= expectedVersion) throw new VersionConflictError(r.type, r.id);
     const deleted = r.deleted ? 1 : 0;
@@ -99,9 +99,9 @@ export class SqliteWriter {
     );
     // The current pointer moves only from the expected version: the optimistic concurrency check.
     if (expectedVersion === 0) {
-      s.insertCurrent.run(r.type, r.id, r.versionId, seq, r.lastUpdated, deleted, keyId);
+      s.insertCurrent.run(r.type, r.id, r.versionId, seq, r.lastUpdated, deleted, keyId, headMac ?? null);
     } else {
-      const moved = s.moveCurrent.run(r.versionId, seq, r.lastUpdated, deleted, keyId, r.type, r.id, expectedVersion);
+      const moved = s.moveCurrent.run(r.versionId, seq, r.lastUpdated, deleted, keyId, headMac ?? null, r.type, r.id, expectedVersion);
       if (moved.changes !== 1) throw new VersionConflictError(r.type, r.id);
       s.deleteTerms.run(r.type, r.id);
     }
