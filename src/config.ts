@@ -1,7 +1,14 @@
 /** Runtime configuration from the environment (see the README's configuration table). */
 import { isIP } from 'node:net';
 import { resolve } from 'node:path';
+import { kafkaSecurity, type KafkaSecurity } from './adapters/kafka/security.ts';
 import { keySource, type KeySource } from './vault/keyring.ts';
+
+/**
+ * `production` refuses key placements that put keys next to the data they protect (docs/security.md, "Key
+ * placement"); `dev` allows them, as the embedded default `npm start` needs.
+ */
+export type GatewayMode = 'dev' | 'production';
 
 export interface GatewayConfig {
   host: string;
@@ -28,6 +35,25 @@ export interface GatewayConfig {
   hospitalId: string;
   /** Where the master key ring comes from. */
   masterKey: KeySource;
+  /** TLS and SASL towards the Kafka brokers (MEDBLOCK_KAFKA_TLS, MEDBLOCK_KAFKA_SASL_*…). */
+  kafkaSecurity?: KafkaSecurity;
+  /** Unset ⇒ {@link gatewayMode}'s inference: production with MongoDB or Kafka, dev for the embedded default. */
+  mode?: GatewayMode;
+}
+
+/**
+ * The mode a configuration runs in: the explicit one (MEDBLOCK_MODE), else production as soon as it names a
+ * production engine (MEDBLOCK_MONGODB_URI or MEDBLOCK_KAFKA_BROKERS), else dev (the embedded default).
+ */
+export function gatewayMode(config: Pick<GatewayConfig, 'mode' | 'mongodb' | 'kafkaBrokers'>): GatewayMode {
+  return config.mode ?? (config.mongodb || config.kafkaBrokers ? 'production' : 'dev');
+}
+
+function explicitMode(raw: string | undefined): GatewayMode | undefined {
+  const mode = raw?.trim();
+  if (!mode) return undefined;
+  if (mode !== 'dev' && mode !== 'production') throw new Error('MEDBLOCK_MODE must be dev or production');
+  return mode;
 }
 
 /** The database named in a MongoDB URI's path (`mongodb://h1,h2/hospital_a?replicaSet=rs0`), if any. */
@@ -89,5 +115,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig 
     ledgerBatchTimeoutMs: env.MEDBLOCK_LEDGER_BATCH_TIMEOUT_MS ? integer('MEDBLOCK_LEDGER_BATCH_TIMEOUT_MS', 100, 1, 60_000) : undefined,
     hospitalId,
     masterKey: keySource(dataDir, env),
+    kafkaSecurity: brokers?.length ? kafkaSecurity(env) : undefined,
+    mode: explicitMode(env.MEDBLOCK_MODE),
   };
 }

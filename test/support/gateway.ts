@@ -64,6 +64,7 @@ export async function startTestGateway(opts: TestGatewayOptions = {}): Promise<T
     hospitalId: 'test-hospital',
     masterKey: keySource(dataDir, {}),
     consortiumDir,
+    mode: 'dev',
   });
   listener?.server.on('request', gateway.app);
   const token = (scope: string, patient?: string) => mintToken(gateway.issuer, { subject: 'tester', scope, patient });
