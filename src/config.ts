@@ -62,17 +62,17 @@ export function mongoDatabase(uri: string): string | undefined {
   return m ? decodeURIComponent(m[1]) : undefined;
 }
 
-function integer(name: string, fallback: number, min: number, max: number): number {
-  const raw = process.env[name];
+function integer(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
   if (raw === undefined || raw === '') return fallback;
   const n = Number(raw);
   if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name} must be an integer between ${min} and ${max}`);
   return n;
 }
 
-function kafkaReplication(): GatewayConfig['kafkaReplication'] {
-  const replicationFactor = integer('MEDBLOCK_KAFKA_REPLICATION_FACTOR', 3, 1, 32);
-  const minInsyncReplicas = integer('MEDBLOCK_KAFKA_MIN_INSYNC_REPLICAS', Math.min(2, replicationFactor), 1, replicationFactor);
+function kafkaReplication(env: NodeJS.ProcessEnv): GatewayConfig['kafkaReplication'] {
+  const replicationFactor = integer(env, 'MEDBLOCK_KAFKA_REPLICATION_FACTOR', 3, 1, 32);
+  const minInsyncReplicas = integer(env, 'MEDBLOCK_KAFKA_MIN_INSYNC_REPLICAS', Math.min(2, replicationFactor), 1, replicationFactor);
   return { replicationFactor, minInsyncReplicas };
 }
 
@@ -102,17 +102,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig 
   const brokers = env.MEDBLOCK_KAFKA_BROKERS?.split(',').map((b) => b.trim()).filter(Boolean);
   return {
     host: env.HOST || '127.0.0.1',
-    port: integer('PORT', 8080, 0, 65535),
+    port: integer(env, 'PORT', 8080, 0, 65535),
     dataDir,
     baseUrl: env.MEDBLOCK_BASE_URL?.replace(/\/+$/, '') || undefined,
     trustedProxies: trustedProxies(env.MEDBLOCK_TRUSTED_PROXIES),
-    maxBodyBytes: integer('MEDBLOCK_MAX_BODY_MB', 64, 1, 1024) * 1024 * 1024,
-    workers: env.MEDBLOCK_WORKERS ? integer('MEDBLOCK_WORKERS', 0, 0, 64) : undefined,
+    maxBodyBytes: integer(env, 'MEDBLOCK_MAX_BODY_MB', 64, 1, 1024) * 1024 * 1024,
+    workers: env.MEDBLOCK_WORKERS ? integer(env, 'MEDBLOCK_WORKERS', 0, 0, 64) : undefined,
     mongodb: mongoUri ? { uri: mongoUri, database: mongoDatabase(mongoUri) ?? 'medblock' } : undefined,
     kafkaBrokers: brokers?.length ? brokers : undefined,
-    kafkaReplication: kafkaReplication(),
+    kafkaReplication: kafkaReplication(env),
     consortiumDir: env.MEDBLOCK_CONSORTIUM_DIR ? resolve(env.MEDBLOCK_CONSORTIUM_DIR) : undefined,
-    ledgerBatchTimeoutMs: env.MEDBLOCK_LEDGER_BATCH_TIMEOUT_MS ? integer('MEDBLOCK_LEDGER_BATCH_TIMEOUT_MS', 100, 1, 60_000) : undefined,
+    ledgerBatchTimeoutMs: env.MEDBLOCK_LEDGER_BATCH_TIMEOUT_MS ? integer(env, 'MEDBLOCK_LEDGER_BATCH_TIMEOUT_MS', 100, 1, 60_000) : undefined,
     hospitalId,
     masterKey: keySource(dataDir, env),
     kafkaSecurity: brokers?.length ? kafkaSecurity(env) : undefined,
