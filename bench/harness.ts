@@ -56,7 +56,7 @@ export async function startGateway(store: Store, vault: Vault, mongodbUri?: stri
   // The gateway runs the embedded default's ledger (solo orderer) whatever this shell exports: the ledger part
   // measures Kafka on its own, and the security tax must not change with the environment it is run from.
   const { MEDBLOCK_MONGODB_URI: _unused, MEDBLOCK_KAFKA_BROKERS: _kafka, BENCH_PLAINTEXT: _mode, ...baseEnv } = process.env;
-  const env: NodeJS.ProcessEnv = { ...baseEnv, PORT: String(await freePort()), MEDBLOCK_DATA_DIR: dataDir, MEDBLOCK_LOG: 'on' };
+  const env: NodeJS.ProcessEnv = { ...baseEnv, PORT: String(await freePort()), MEDBLOCK_DATA_DIR: dataDir, MEDBLOCK_LOG: 'on', MEDBLOCK_MODE: 'dev' };
   if (vault === 'plaintext') env.BENCH_PLAINTEXT = '1';
   if (store === 'mongodb') env.MEDBLOCK_MONGODB_URI = `${mongodbUri!.replace(/\/+$/, '')}/${database}`;
   const args = ['--import', 'tsx', join(ROOT, 'bench', 'gateway.ts')];

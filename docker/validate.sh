@@ -36,7 +36,7 @@ if ((${#compose[@]})); then
   run "compose: ${compose[*]} config (${version:-version unknown})" \
     "${compose[@]}" -f docker/docker-compose.yml config --quiet
   services=$("${compose[@]}" -f docker/docker-compose.yml config --services 2>/dev/null | sort | tr '\n' ' ')
-  expected="consortium-setup hospital-a hospital-b hospital-c kafka-1 kafka-2 kafka-3 mongodb "
+  expected="consortium-init consortium-setup hospital-a hospital-b hospital-c kafka-1 kafka-2 kafka-3 mongodb "
   if [[ ${services} == "${expected}" ]]; then pass "compose: services are ${services% }"
   else fail "compose: services are '${services% }', expected '${expected% }'"; fi
 else
@@ -62,6 +62,7 @@ run "bash -n docker/consortium-setup.sh" bash -n docker/consortium-setup.sh
 # --- JavaScript run inside the containers --------------------------------------------------------------
 run "node --check docker/healthcheck.mjs" node --check docker/healthcheck.mjs
 run "node --check docker/mongodb-replica-set.js" node --check docker/mongodb-replica-set.js
+run "node --check docker/init-secrets.mjs" node --check docker/init-secrets.mjs
 
 echo "${failed} failed, ${skipped} skipped"
 if ((failed)) || { [[ ${REQUIRE_ALL:-0} == 1 ]] && ((skipped)); }; then exit 1; fi

@@ -1,8 +1,15 @@
 /** Runtime configuration from the environment (see the README's configuration table). */
 import { isIP } from 'node:net';
 import { resolve } from 'node:path';
+import { kafkaSecurity, type KafkaSecurity } from './adapters/kafka/security.ts';
 import { keySource, type KeySource } from './vault/keyring.ts';
 import { ERASE_APPROVALS, type EraseApproval } from './audit/erasure.ts';
+
+/**
+ * `production` refuses key placements that put keys next to the data they protect (docs/security.md, "Key
+ * placement"); `dev` allows them, as the embedded default `npm start` needs.
+ */
+export type GatewayMode = 'dev' | 'production';
 
 export interface GatewayConfig {
   host: string;
@@ -31,6 +38,25 @@ export interface GatewayConfig {
   masterKey: KeySource;
   /** MEDBLOCK_ERASE_APPROVAL: whether `$erase` needs a second user to confirm it (default none). */
   eraseApproval?: EraseApproval;
+  /** TLS and SASL towards the Kafka brokers (MEDBLOCK_KAFKA_TLS, MEDBLOCK_KAFKA_SASL_*…). */
+  kafkaSecurity?: KafkaSecurity;
+  /** Unset ⇒ {@link gatewayMode}'s inference: production with MongoDB or Kafka, dev for the embedded default. */
+  mode?: GatewayMode;
+}
+
+/**
+ * The mode a configuration runs in: the explicit one (MEDBLOCK_MODE), else production as soon as it names a
+ * production engine (MEDBLOCK_MONGODB_URI or MEDBLOCK_KAFKA_BROKERS), else dev (the embedded default).
+ */
+export function gatewayMode(config: Pick<GatewayConfig, 'mode' | 'mongodb' | 'kafkaBrokers'>): GatewayMode {
+  return config.mode ?? (config.mongodb || config.kafkaBrokers ? 'production' : 'dev');
+}
+
+function explicitMode(raw: string | undefined): GatewayMode | undefined {
+  const mode = raw?.trim();
+  if (!mode) return undefined;
+  if (mode !== 'dev' && mode !== 'production') throw new Error('MEDBLOCK_MODE must be dev or production');
+  return mode;
 }
 
 /** The database named in a MongoDB URI's path (`mongodb://h1,h2/hospital_a?replicaSet=rs0`), if any. */
@@ -39,17 +65,17 @@ export function mongoDatabase(uri: string): string | undefined {
   return m ? decodeURIComponent(m[1]) : undefined;
 }
 
-function integer(name: string, fallback: number, min: number, max: number): number {
-  const raw = process.env[name];
+function integer(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
   if (raw === undefined || raw === '') return fallback;
   const n = Number(raw);
   if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name} must be an integer between ${min} and ${max}`);
   return n;
 }
 
-function kafkaReplication(): GatewayConfig['kafkaReplication'] {
-  const replicationFactor = integer('MEDBLOCK_KAFKA_REPLICATION_FACTOR', 3, 1, 32);
-  const minInsyncReplicas = integer('MEDBLOCK_KAFKA_MIN_INSYNC_REPLICAS', Math.min(2, replicationFactor), 1, replicationFactor);
+function kafkaReplication(env: NodeJS.ProcessEnv): GatewayConfig['kafkaReplication'] {
+  const replicationFactor = integer(env, 'MEDBLOCK_KAFKA_REPLICATION_FACTOR', 3, 1, 32);
+  const minInsyncReplicas = integer(env, 'MEDBLOCK_KAFKA_MIN_INSYNC_REPLICAS', Math.min(2, replicationFactor), 1, replicationFactor);
   return { replicationFactor, minInsyncReplicas };
 }
 
@@ -85,19 +111,21 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig 
   const brokers = env.MEDBLOCK_KAFKA_BROKERS?.split(',').map((b) => b.trim()).filter(Boolean);
   return {
     host: env.HOST || '127.0.0.1',
-    port: integer('PORT', 8080, 0, 65535),
+    port: integer(env, 'PORT', 8080, 0, 65535),
     dataDir,
     baseUrl: env.MEDBLOCK_BASE_URL?.replace(/\/+$/, '') || undefined,
     trustedProxies: trustedProxies(env.MEDBLOCK_TRUSTED_PROXIES),
-    maxBodyBytes: integer('MEDBLOCK_MAX_BODY_MB', 64, 1, 1024) * 1024 * 1024,
-    workers: env.MEDBLOCK_WORKERS ? integer('MEDBLOCK_WORKERS', 0, 0, 64) : undefined,
+    maxBodyBytes: integer(env, 'MEDBLOCK_MAX_BODY_MB', 64, 1, 1024) * 1024 * 1024,
+    workers: env.MEDBLOCK_WORKERS ? integer(env, 'MEDBLOCK_WORKERS', 0, 0, 64) : undefined,
     mongodb: mongoUri ? { uri: mongoUri, database: mongoDatabase(mongoUri) ?? 'medblock' } : undefined,
     kafkaBrokers: brokers?.length ? brokers : undefined,
-    kafkaReplication: kafkaReplication(),
+    kafkaReplication: kafkaReplication(env),
     consortiumDir: env.MEDBLOCK_CONSORTIUM_DIR ? resolve(env.MEDBLOCK_CONSORTIUM_DIR) : undefined,
-    ledgerBatchTimeoutMs: env.MEDBLOCK_LEDGER_BATCH_TIMEOUT_MS ? integer('MEDBLOCK_LEDGER_BATCH_TIMEOUT_MS', 100, 1, 60_000) : undefined,
+    ledgerBatchTimeoutMs: env.MEDBLOCK_LEDGER_BATCH_TIMEOUT_MS ? integer(env, 'MEDBLOCK_LEDGER_BATCH_TIMEOUT_MS', 100, 1, 60_000) : undefined,
     hospitalId,
     masterKey: keySource(dataDir, env),
     eraseApproval: eraseApproval(env.MEDBLOCK_ERASE_APPROVAL),
+    kafkaSecurity: brokers?.length ? kafkaSecurity(env) : undefined,
+    mode: explicitMode(env.MEDBLOCK_MODE),
   };
 }

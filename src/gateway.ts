@@ -10,7 +10,7 @@ import { MongoStore } from './adapters/mongodb/mongo-store.ts';
 import { SoloOrderer } from './adapters/solo/solo-orderer.ts';
 import { SqliteLedgerStore } from './adapters/sqlite/sqlite-ledger-store.ts';
 import { SqliteStore } from './adapters/sqlite/sqlite-store.ts';
-import type { GatewayConfig } from './config.ts';
+import { gatewayMode, type GatewayConfig } from './config.ts';
 import { createVersionChecker } from './fhir/checks/pool.ts';
 import { FhirRepository } from './fhir/repository.ts';
 import { initValidation } from './fhir/validation/index.ts';
@@ -27,6 +27,7 @@ import { AnchorPublisher } from './ledger/anchor-publisher.ts';
 import type { LedgerStore } from './ledger/ledger-store.ts';
 import { LedgerMember } from './ledger/member.ts';
 import type { Orderer } from './ledger/orderer.ts';
+import { productionProblems, productionRefusal } from './production-checks.ts';
 import { LedgerService } from './ledger/service.ts';
 import type { ResourceStore } from './vault/store.ts';
 import { EncryptedStore } from './vault/encrypted-store.ts';
@@ -81,7 +82,7 @@ export function openLedgerStore(config: GatewayConfig): LedgerStore {
 export async function openOrderer(config: GatewayConfig, channel: string): Promise<Orderer> {
   if (config.kafkaBrokers) {
     try {
-      return await KafkaOrderer.connect({ brokers: config.kafkaBrokers, channel, ...config.kafkaReplication });
+      return await KafkaOrderer.connect({ brokers: config.kafkaBrokers, channel, ...config.kafkaReplication, ...config.kafkaSecurity });
     } catch (e) {
       // Name the settings involved, so that the operator knows what to change.
       const advice = e instanceof ChannelReplicationError ? `; ${replicationAdvice(e.available)}` : '';
@@ -173,7 +174,19 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
   return closingOnFailure((opened) => assembleGateway(config, options, opened));
 }
 
+/**
+ * Production refuses keys beside the data (production-checks.ts); dev mode with a production engine starts,
+ * and says what production would refuse.
+ */
+function checkKeyPlacement(config: GatewayConfig): void {
+  const problems = productionProblems(config);
+  if (problems.length === 0) return;
+  if (gatewayMode(config) === 'production') throw productionRefusal(problems);
+  if (config.mongodb || config.kafkaBrokers) log('warn', 'dev_mode', { refusedInProduction: problems.length });
+}
+
 async function assembleGateway(config: GatewayConfig, options: GatewayOptions, opened: Opened): Promise<Gateway> {
+  checkKeyPlacement(config);
   const baseline = options.plaintextVaultForBenchmark === true;
   const store = baseline ? openDatabaseStore(config) : openVault(config);
   opened.push(() => store.close());

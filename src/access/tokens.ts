@@ -4,12 +4,17 @@
  */
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { exportJWK, generateKeyPair, importJWK, jwtVerify, SignJWT, type JWK, type JWTPayload } from 'jose';
+import { decodeJwt, exportJWK, generateKeyPair, importJWK, jwtVerify, SignJWT, type JWK, type JWTPayload } from 'jose';
 import { parseScopes, type Grant } from './scopes.ts';
 
 export const DEV_ISSUER = 'medblock-dev-issuer';
 export const AUDIENCE = 'medblock-gateway';
 const ALG = 'ES256';
+/**
+ * The longest a dev token may live (exp − iat), 24 hours: whoever copies one, or the dev issuer key in the
+ * data dir, holds a bounded credential. The gateway refuses longer-lived or undated ones (no iat).
+ */
+export const DEV_TOKEN_MAX_LIFETIME_SECONDS = 24 * 60 * 60;
 
 export interface AuthContext {
   subject: string;
@@ -64,10 +69,13 @@ export interface MintOptions {
   expiresIn?: string;
 }
 
+export class TokenLifetimeError extends Error {}
+
+/** Mints a dev token; a lifetime above {@link DEV_TOKEN_MAX_LIFETIME_SECONDS} is refused, as the gateway would refuse the token. */
 export async function mintToken(issuer: DevIssuer, opts: MintOptions): Promise<string> {
   const claims: JWTPayload = { scope: opts.scope };
   if (opts.patient) claims.patient = opts.patient;
-  return new SignJWT(claims)
+  const jwt = await new SignJWT(claims)
     .setProtectedHeader({ alg: ALG, typ: 'JWT' })
     .setSubject(opts.subject)
     .setIssuer(DEV_ISSUER)
@@ -75,6 +83,12 @@ export async function mintToken(issuer: DevIssuer, opts: MintOptions): Promise<s
     .setIssuedAt()
     .setExpirationTime(opts.expiresIn ?? '8h')
     .sign(issuer.privateKey);
+  const { iat, exp } = decodeJwt(jwt);
+  if (exp! - iat! > DEV_TOKEN_MAX_LIFETIME_SECONDS) {
+    throw new TokenLifetimeError(`a dev token lives at most ${DEV_TOKEN_MAX_LIFETIME_SECONDS / 3600}h (asked: ${opts.expiresIn}); mint a new one when it expires`);
+  }
+  if (exp! <= iat!) throw new TokenLifetimeError(`a token's lifetime must be positive (asked: ${opts.expiresIn})`);
+  return jwt;
 }
 
 export async function verifyToken(issuer: DevIssuer, token: string): Promise<AuthContext> {
@@ -84,8 +98,10 @@ export async function verifyToken(issuer: DevIssuer, token: string): Promise<Aut
       issuer: DEV_ISSUER,
       audience: AUDIENCE,
       algorithms: [ALG],
-      requiredClaims: ['sub', 'exp'],
+      requiredClaims: ['sub', 'exp', 'iat'],
+      maxTokenAge: DEV_TOKEN_MAX_LIFETIME_SECONDS,
     }));
+    if (payload.exp! - payload.iat! > DEV_TOKEN_MAX_LIFETIME_SECONDS) throw new Error('lives longer than a dev token may');
   } catch (e) {
     const reason = (e as { code?: string }).code === 'ERR_JWT_EXPIRED' ? 'the token has expired' : 'the token is not valid';
     throw new InvalidTokenError(reason);

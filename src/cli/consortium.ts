@@ -95,7 +95,7 @@ export async function runConsortiumPropose(config: GatewayConfig, opts: ProposeO
     change = { action: 'revokeMember', member: opts.revoke! };
   }
   const proposal: ConfigProposal = { format: 'medblock-config-proposal/v1', channel: consortium.channel, nonce: newNonce(), change, approvals: [] };
-  writeFileSync(resolve(opts.out), `${JSON.stringify(proposal, null, 2)}\n`, { flag: 'wx' });
+  writeFileSync(resolve(opts.out), `${JSON.stringify(proposal, null, 2)}\n`, { mode: 0o600, flag: 'wx' });
   process.stdout.write(`proposal written to ${opts.out}: ${change.action} ${change.member}; collect approvals with \`medblock consortium approve\`\n`);
 }
 

@@ -34,7 +34,7 @@ program
   .requiredOption('--sub <user>', 'subject (user id)')
   .requiredOption('--scope <scopes>', 'space-separated SMART scopes, e.g. "user/*.cruds" or "user/Observation.read"')
   .option('--patient <id>', 'patient the token is bound to (for patient/ scopes)')
-  .option('--expires-in <span>', 'lifetime, e.g. 30m, 8h, 7d', '8h')
+  .option('--expires-in <span>', 'lifetime, e.g. 30m, 8h; at most 24h', '8h')
   .option('--create-key', 'create the data dir\'s dev issuer key if the gateway has not yet (else that is an error)')
   .action(async (opts: { sub: string; scope: string; patient?: string; expiresIn: string; createKey?: boolean }) => runToken(loadConfig(), opts));
 

@@ -70,32 +70,36 @@ export interface MemberConsortium {
 
 const PATIENT_TOKEN_KEY_FILE = 'patient-token.key';
 
-/** Writes a new consortium directory; refuses an existing one. */
+/**
+ * Writes a new consortium directory; refuses an existing one. Every file is 0600 and every directory 0700
+ * whatever the umask: the public files too, so that nobody else can swap a certificate or consortium.json.
+ */
 export function writeConsortiumDir(out: string, consortium: Consortium): void {
-  mkdirSync(dirname(out), { recursive: true });
+  mkdirSync(dirname(out), { recursive: true, mode: 0o700 });
   try {
-    mkdirSync(out);
+    mkdirSync(out, { mode: 0o700 });
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new Error(`${out} already exists; refusing to overwrite it`);
     throw e;
   }
-  writePrivateDir(join(out, 'ca'), { 'ca.crt': consortium.ca.certPem }, { 'ca.key': consortium.ca.keyPem });
+  writePrivateDir(join(out, 'ca'), { 'ca.crt': consortium.ca.certPem, 'ca.key': consortium.ca.keyPem });
   const patientTokenKey = randomBytes(32).toString('base64');
   for (const member of consortium.members) {
     writePrivateDir(
       join(out, member.id),
-      { 'member.crt': member.certPem, 'signing.pub': member.signingPublicKeyPem },
-      { 'member.key': member.keyPem, 'signing.key': member.signingKeyPem, [PATIENT_TOKEN_KEY_FILE]: `${patientTokenKey}\n` },
+      {
+        'member.crt': member.certPem, 'signing.pub': member.signingPublicKeyPem,
+        'member.key': member.keyPem, 'signing.key': member.signingKeyPem, [PATIENT_TOKEN_KEY_FILE]: `${patientTokenKey}\n`,
+      },
     );
   }
-  writeFileSync(join(out, 'consortium.json'), `${JSON.stringify(manifest(consortium), null, 2)}\n`, { flag: 'wx' });
+  writeFileSync(join(out, 'consortium.json'), `${JSON.stringify(manifest(consortium), null, 2)}\n`, { mode: 0o600, flag: 'wx' });
 }
 
-/** A directory (0700) of public files (0644) and private keys (0600); never overwrites a file. */
-function writePrivateDir(dir: string, publicFiles: Record<string, string>, privateFiles: Record<string, string>): void {
+/** A directory (0700) of files (0600), public ones and private keys; never overwrites a file. */
+function writePrivateDir(dir: string, files: Record<string, string>): void {
   mkdirSync(dir, { mode: 0o700 });
-  for (const [name, text] of Object.entries(publicFiles)) writeFileSync(join(dir, name), text, { mode: 0o644, flag: 'wx' });
-  for (const [name, text] of Object.entries(privateFiles)) writeFileSync(join(dir, name), text, { mode: 0o600, flag: 'wx' });
+  for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text, { mode: 0o600, flag: 'wx' });
 }
 
 /** consortium.json: the public description every member loads (no private material). */
@@ -204,12 +208,11 @@ function checkJoiningMember(dir: string, caCertificatePem: string, memberId: str
 export async function writeMemberRequestDir(out: string, memberId: string): Promise<void> {
   const { request, keyPem, signingKeyPem } = await createMemberRequest(memberId);
   if (existsSync(out)) throw new Error(`${out} already exists; refusing to overwrite it`);
-  mkdirSync(dirname(out), { recursive: true });
-  writePrivateDir(
-    out,
-    { 'request.json': `${JSON.stringify({ memberId, ...request }, null, 2)}\n`, 'signing.pub': request.signingPublicKeyPem },
-    { 'member.key': keyPem, 'signing.key': signingKeyPem },
-  );
+  mkdirSync(dirname(out), { recursive: true, mode: 0o700 });
+  writePrivateDir(out, {
+    'request.json': `${JSON.stringify({ memberId, ...request }, null, 2)}\n`, 'signing.pub': request.signingPublicKeyPem,
+    'member.key': keyPem, 'signing.key': signingKeyPem,
+  });
 }
 
 /**

@@ -9,6 +9,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createTestCa, issueServerCertificate } from './tls.ts';
 
 export const KAFKA_VERSION = '4.1.2';
 /** The log4j2 version kafka-server 4.1.2 depends on; the slf4j binding must match it. */
@@ -319,15 +320,16 @@ async function kafkaJvm(runDir: string): Promise<string[]> {
  * the data dir (the controller's port goes into its bootstrap checkpoint). Returns the properties path.
  */
 async function formatKafka(runDir: string, jvm: string[],
-  at: { port: number; controllerPort: number; dataDir: string }, extraProperties: string[] = []): Promise<string> {
+  at: { port: number; controllerPort: number; dataDir: string; saslSslPort?: number }, extraProperties: string[] = []): Promise<string> {
   const props = path.join(runDir, 'kafka-server.properties');
+  const saslSsl = at.saslSslPort === undefined ? '' : `,SASL_SSL://127.0.0.1:${at.saslSslPort}`;
   await fs.writeFile(props, [
     'process.roles=broker,controller', 'node.id=1',
     `controller.quorum.bootstrap.servers=127.0.0.1:${at.controllerPort}`,
-    `listeners=PLAINTEXT://127.0.0.1:${at.port},CONTROLLER://127.0.0.1:${at.controllerPort}`,
-    `advertised.listeners=PLAINTEXT://127.0.0.1:${at.port},CONTROLLER://127.0.0.1:${at.controllerPort}`,
+    `listeners=PLAINTEXT://127.0.0.1:${at.port},CONTROLLER://127.0.0.1:${at.controllerPort}${saslSsl}`,
+    `advertised.listeners=PLAINTEXT://127.0.0.1:${at.port},CONTROLLER://127.0.0.1:${at.controllerPort}${saslSsl}`,
     'inter.broker.listener.name=PLAINTEXT', 'controller.listener.names=CONTROLLER',
-    'listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT',
+    `listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT${saslSsl ? ',SASL_SSL:SASL_SSL' : ''}`,
     `log.dirs=${at.dataDir}`, 'num.partitions=1',
     'offsets.topic.replication.factor=1', 'offsets.topic.num.partitions=1',
     'transaction.state.log.replication.factor=1', 'transaction.state.log.min.isr=1',
@@ -350,6 +352,8 @@ export interface KafkaBroker {
   dataDir: string;
   /** The broker's console log, appended to across restarts. */
   logFile: string;
+  /** With the `saslSsl` option: the SASL_SSL listener (SASL PLAIN over TLS) and the CA that issued its certificate. */
+  saslSsl?: { brokers: string; caPem: string };
   /** SIGKILLs the broker, as a crash would (no shutdown, nothing flushed by Kafka), and waits until it is gone. */
   kill(): Promise<void>;
   /** Starts it again on the same data dir and ports, without formatting, and waits until it serves. */
@@ -368,7 +372,32 @@ export interface KafkaBroker {
  */
 const CRASHABLE_BROKER = ['broker.heartbeat.interval.ms=500', 'broker.session.timeout.ms=2000'];
 
-export async function startKafkaBroker(opts: { keepLogs?: boolean; onProgress?: Progress } = {}): Promise<KafkaBroker> {
+/**
+ * A SASL_SSL listener beside the plaintext one (which stays for the broker's own use): TLS with a
+ * certificate for 127.0.0.1 from a throwaway CA, and SASL PLAIN with these users (name → password).
+ */
+export interface SaslSslListener {
+  users: Record<string, string>;
+}
+
+/** Broker properties of the SASL_SSL listener: a PEM key store (key + certificate) and PLAIN users in its JAAS config. */
+async function saslSslProperties(runDir: string, listener: SaslSslListener): Promise<{ properties: string[]; caPem: string }> {
+  const ca = createTestCa();
+  const server = issueServerCertificate(ca);
+  const keystore = path.join(runDir, 'broker-keystore.pem');
+  await fs.writeFile(keystore, `${server.keyPem}${server.certPem}`, { mode: 0o600 });
+  const users = Object.entries(listener.users).map(([name, password]) => `user_${name}="${password}"`).join(' ');
+  return {
+    caPem: ca.certPem,
+    properties: [
+      'listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN',
+      `listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required ${users};`,
+      'listener.name.sasl_ssl.ssl.keystore.type=PEM', `listener.name.sasl_ssl.ssl.keystore.location=${keystore}`,
+    ],
+  };
+}
+
+export async function startKafkaBroker(opts: { keepLogs?: boolean; onProgress?: Progress; saslSsl?: SaslSslListener } = {}): Promise<KafkaBroker> {
   const progress = opts.onProgress ?? (() => {});
   await provisionEngines({ onProgress: progress, kafka: true, mongodb: false });
   const runDir = await fs.mkdtemp(path.join(os.tmpdir(), 'medblock-engines-'));
@@ -399,12 +428,14 @@ export async function startKafkaBroker(opts: { keepLogs?: boolean; onProgress?: 
   try {
     const t0 = Date.now();
     const jvm = await kafkaJvm(runDir);
-    let props: string, port: number, dataDir: string;
+    const tls = opts.saslSsl ? await saslSslProperties(runDir, opts.saslSsl) : undefined;
+    let props: string, port: number, saslSslPort: number | undefined, dataDir: string;
     for (let attempt = 1; ; attempt++) { // as in startKafka: new ports if one was taken meanwhile
-      const [p, controllerPort] = await freePorts(2);
+      const [p, controllerPort, sasl] = await freePorts(tls ? 3 : 2);
       port = p!;
+      saslSslPort = tls ? sasl : undefined;
       dataDir = path.join(runDir, `kafka-data-${attempt}`);
-      props = await formatKafka(runDir, jvm, { port, controllerPort: controllerPort!, dataDir }, CRASHABLE_BROKER);
+      props = await formatKafka(runDir, jvm, { port, controllerPort: controllerPort!, dataDir, saslSslPort }, [...CRASHABLE_BROKER, ...(tls?.properties ?? [])]);
       try {
         await launch(jvm, props);
         break;
@@ -415,6 +446,7 @@ export async function startKafkaBroker(opts: { keepLogs?: boolean; onProgress?: 
     progress(`kafka (dedicated): ready in ${((Date.now() - t0) / 1000).toFixed(1)} s at 127.0.0.1:${port}`);
     return {
       brokers: `127.0.0.1:${port}`, dataDir, logFile,
+      saslSsl: tls && { brokers: `127.0.0.1:${saslSslPort}`, caPem: tls.caPem },
       async kill() {
         if (pid === undefined) return;
         signalGroup(pid, 'SIGKILL');

@@ -54,7 +54,7 @@ describeWithEngine('kafka', 'consortium membership changes on Kafka (medblock co
     const gateway = await createGateway({
       host: '127.0.0.1', port: 0, dataDir, maxBodyBytes: 8 * 1024 * 1024, baseUrl: `http://${id}.test/fhir`,
       hospitalId: id, masterKey: keySource(dataDir, {}), consortiumDir, kafkaBrokers: brokers.split(','),
-      kafkaReplication: { replicationFactor: 1, minInsyncReplicas: 1 }, ledgerBatchTimeoutMs: 50,
+      kafkaReplication: { replicationFactor: 1, minInsyncReplicas: 1 }, ledgerBatchTimeoutMs: 50, mode: 'dev',
     });
     gateways[id] = gateway;
     tokens[id] = await mintToken(gateway.issuer, { subject: `${id}-tester`, scope: 'user/*.cruds' });

@@ -68,7 +68,7 @@ describeWithEngine('kafka', 'a three-member consortium on Kafka', (brokers) => {
       gateways[id] = await createGateway({
         host: '127.0.0.1', port: 0, dataDir, maxBodyBytes: 8 * 1024 * 1024, baseUrl: `http://${id}.test/fhir`,
         hospitalId: id, masterKey: keySource(dataDir, {}), consortiumDir, kafkaBrokers: brokers.split(','),
-        kafkaReplication: { replicationFactor: 1, minInsyncReplicas: 1 },
+        kafkaReplication: { replicationFactor: 1, minInsyncReplicas: 1 }, mode: 'dev',
       });
       tokens[id] = await mintToken(gateways[id].issuer, { subject: `${id}-tester`, scope: 'user/*.cruds' });
     }

@@ -5,6 +5,10 @@
  */
 import { describe } from 'node:test';
 
+// Gateways on these engines, in process or spawned with this environment, are development deployments:
+// their keys sit in temporary data dirs, which production mode refuses (docs/security.md, "Key placement").
+process.env.MEDBLOCK_MODE ??= 'dev';
+
 const VARIABLES = { mongodb: 'MEDBLOCK_MONGODB_URI', kafka: 'MEDBLOCK_KAFKA_BROKERS' } as const;
 export type Engine = keyof typeof VARIABLES;
 

@@ -68,6 +68,7 @@ export async function startTestGateway(opts: TestGatewayOptions = {}): Promise<T
     masterKey: keySource(dataDir, {}),
     consortiumDir,
     eraseApproval: opts.eraseApproval,
+    mode: 'dev',
   });
   listener?.server.on('request', gateway.app);
   const token = (scope: string, patient?: string) => mintToken(gateway.issuer, { subject: 'tester', scope, patient });

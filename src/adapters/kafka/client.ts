@@ -7,8 +7,9 @@
 import kafkajs from 'kafkajs';
 import type { ISocketFactory, Kafka, LogEntry, RetryOptions } from 'kafkajs';
 import { log } from '../../http/log.ts';
+import type { KafkaSecurity } from './security.ts';
 
-export interface KafkaConnection {
+export interface KafkaConnection extends KafkaSecurity {
   /** `host:port` entries; parse `MEDBLOCK_KAFKA_BROKERS` with {@link parseBrokerList} at the call site. */
   brokers: string[];
   /** Shown in the broker's logs and metrics; defaults to `medblock-gateway`. */
@@ -45,6 +46,8 @@ export function createKafkaClient(connection: KafkaConnection): Kafka {
     logLevel: kafkajs.logLevel.WARN,
     logCreator: quietLogCreator,
     ...(connection.socketFactory ? { socketFactory: connection.socketFactory } : {}),
+    ...(connection.ssl ? { ssl: connection.ssl } : {}),
+    ...(connection.sasl ? { sasl: connection.sasl } : {}),
   });
 }
 

@@ -8,8 +8,7 @@
  * would hand out the same offsets (the later write then fails on the primary key rather than fork the log).
  */
 import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { preparePrivateDatabaseFile } from '../sqlite/private-file.ts';
 import { checkAppendable, type OrderedRecord, type Orderer, type Subscription } from '../../ledger/orderer.ts';
 
 /** Bumped when the layout changes; version 1 (no `time` column) is upgraded in place, its records keep no time. */
@@ -44,7 +43,7 @@ export class SoloOrderer implements Orderer {
 
   /** Opens the log in `file`, creating it (and its directory) if needed; a reopened log continues its offsets. */
   static open(file: string): SoloOrderer {
-    mkdirSync(dirname(file), { recursive: true });
+    preparePrivateDatabaseFile(file);
     const db = new Database(file);
     try {
       db.pragma('journal_mode = WAL');

@@ -1,7 +1,6 @@
 /** The SQLite schema and connection settings shared by the reader (main thread) and the writer thread. */
 import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { preparePrivateDatabaseFile } from './private-file.ts';
 
 /** Bumped when the layout changes incompatibly; a vault of another version is refused, never migrated blindly. */
 export const SCHEMA_VERSION = 4;
@@ -48,7 +47,7 @@ CREATE INDEX IF NOT EXISTS terms_by_resource ON terms (type, id);
  * loss, and readers never block the writer.
  */
 export function openDatabase(file: string): Database.Database {
-  if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
+  preparePrivateDatabaseFile(file);
   const db = new Database(file);
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = FULL');

@@ -12,8 +12,6 @@
  * path are in ledger-writer.ts.
  */
 import type Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
 import type { Worker } from 'node:worker_threads';
 import { startWorker } from '../../worker.ts';
 import type { Attestation, Checkpoint } from '../../ledger/attestation.ts';
@@ -35,6 +33,7 @@ import {
   type LedgerWriterRequest,
 } from './ledger-writer.ts';
 import { chunks } from '../chunks.ts';
+import { preparePrivateDatabaseFile } from './private-file.ts';
 
 export { LEDGER_SCHEMA_VERSION };
 
@@ -109,7 +108,7 @@ export class SqliteLedgerStore implements LedgerStore {
   ) {}
 
   async init(): Promise<void> {
-    if (this.file !== ':memory:') mkdirSync(dirname(this.file), { recursive: true });
+    preparePrivateDatabaseFile(this.file);
     const inline = this.options.inline || this.file === ':memory:';
     const db = openLedgerConnection(this.file, inline ? WRITER_CACHE_KIB : READER_CACHE_KIB);
     try {
