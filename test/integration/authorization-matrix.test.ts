@@ -8,7 +8,9 @@
  * (user/Observation.rs only). "own" is patient A's data, "other" patient B's.
  */
 import assert from 'node:assert/strict';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import Database from 'better-sqlite3';
 import { body, FHIR_JSON, startTestGateway, type TestGateway } from '../support/gateway.ts';
 import { untilWithin } from '../support/until.ts';
 
@@ -353,4 +355,63 @@ describe('authorization matrix (SQLite)', () => {
       }
     }
   }
+  // ---------------------------------------------------------------------------------------------
+  // Last, as it corrupts the index: someone with write access to the vault gives the other patient's
+  // Observation the own patient's index terms, compartment term included.
+
+  it('forged index terms route nothing to another compartment: results are re-checked after decryption', async () => {
+    const forged = await freshObservation('other');
+    const vault = new Database(join(t.dataDir, 'vault.sqlite'));
+    try {
+      const copied = vault
+        .prepare("INSERT OR IGNORE INTO terms (type, param, value, id) SELECT type, param, value, ? FROM terms WHERE type = 'Observation' AND id = ?")
+        .run(forged.id, seed.own.obs).changes;
+      assert.ok(copied > 0);
+    } finally {
+      vault.close();
+    }
+    const alarms: string[] = [];
+    const write = process.stderr.write.bind(process.stderr);
+    const logSetting = process.env.MEDBLOCK_LOG;
+    process.env.MEDBLOCK_LOG = 'on';
+    process.stderr.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
+      if (String(chunk).includes('vault_integrity_alarm')) alarms.push(String(chunk));
+      return (write as (...args: unknown[]) => boolean)(chunk, ...rest);
+    }) as typeof process.stderr.write;
+    try {
+      const requests: Request[] = [
+        { method: 'GET', url: 'Observation' },
+        { method: 'GET', url: `Observation?subject=Patient/${seed.own.patient}` },
+        { method: 'GET', url: `Patient/${seed.own.patient}/Observation` },
+        { method: 'GET', url: `Patient/${seed.own.patient}/$everything` },
+        { method: 'GET', url: `?_type=Observation&_id=${forged.id}` },
+      ];
+      for (const r of requests) {
+        const res = await send(tokens.patient, r);
+        assert.equal(res.status, 200, `${r.url}: ${res.text.slice(0, 300)}`);
+        assert.ok(!res.text.includes(forged.id) || r.url.includes(forged.id), `${r.url} served the forged Observation`);
+        // (Earlier rows wrote legitimate data in both compartments: only the forged resource is checked here.)
+        assert.ok(!allIds(res).includes(`Observation/${forged.id}`), `${r.url} served the forged Observation`);
+      }
+      // The user token's compartment search and $everything of the own patient check the content too.
+      for (const url of [`Patient/${seed.own.patient}/Observation`, `Patient/${seed.own.patient}/$everything`]) {
+        assert.ok(!allIds(await send(tokens.user, { method: 'GET', url })).includes(`Observation/${forged.id}`), url);
+      }
+      // A conditional match within the compartment does not find it either: a new resource is created.
+      const res = await send(tokens.patient, { method: 'POST', url: 'Observation', body: observationBody(seed.own.patient), headers: { 'If-None-Exist': `identifier=urn:obs|${seed.own.obsIdentifier}` } });
+      assert.equal(res.status, 200, res.text);
+      assert.equal(body(res).id, seed.own.obs);
+    } finally {
+      process.stderr.write = write;
+      if (logSetting === undefined) delete process.env.MEDBLOCK_LOG;
+      else process.env.MEDBLOCK_LOG = logSetting;
+    }
+    assert.ok(alarms.length >= 5, `integrity alarms logged: ${alarms.length}`);
+    for (const alarm of alarms) {
+      const event = JSON.parse(alarm);
+      assert.equal(event.reason, 'outside-compartment');
+      assert.equal(event.id, forged.id);
+      assertNoLeak(alarm, 'patient', 'own', 'the alarm');
+    }
+  });
 });
