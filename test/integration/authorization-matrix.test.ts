@@ -70,12 +70,24 @@ describe('authorization matrix (SQLite)', () => {
   }
   const admin = (r: Request) => send(t.admin, r);
 
-  /** An Observation of the target patient, written by the admin: a fresh one for each write. */
+  /** Observations of each patient, written by the admin in one batch: a fresh one for each write row. */
+  const pool: Record<Target, Array<{ id: string; identifier: string }>> = { own: [], other: [] };
+
+  async function fillPool(target: Target, n: number): Promise<void> {
+    const identifiers = Array.from({ length: n }, () => unique('fresh'));
+    const entry = identifiers.map((identifier) => ({ resource: observationBody(seed[target].patient, identifier), request: { method: 'POST', url: 'Observation' } }));
+    const res = await admin({ method: 'POST', url: '', body: { resourceType: 'Bundle', type: 'batch', entry } });
+    assert.equal(res.status, 200, res.text);
+    body(res).entry.forEach((e: any, i: number) => {
+      assert.equal(e.response.status, '201 Created');
+      pool[target].push({ id: e.response.location.split('/')[1], identifier: identifiers[i] });
+    });
+  }
+
   async function freshObservation(target: Target): Promise<{ id: string; identifier: string }> {
-    const identifier = unique('fresh');
-    const res = await admin({ method: 'POST', url: 'Observation', body: observationBody(seed[target].patient, identifier) });
-    assert.equal(res.status, 201, res.text);
-    return { id: body(res).id, identifier };
+    const fresh = pool[target].pop();
+    assert.ok(fresh, 'the pool of fresh Observations is large enough');
+    return fresh;
   }
 
   before(async () => {
@@ -93,6 +105,8 @@ describe('authorization matrix (SQLite)', () => {
       ).id;
       seed[target] = { patient, mrn, family, obs, obsIdentifier, condition };
     }
+    // One per write row, token kind and way of sending, plus the forged-index test's.
+    for (const target of ['own', 'other'] as const) await fillPool(target, 3 * 3 * writeRows.length + 1);
     tokens.patient = await t.token('patient/*.cruds', seed.own.patient);
     tokens.narrow = await t.token('user/Observation.rs');
     // $proof needs the seed anchored.
@@ -163,7 +177,7 @@ describe('authorization matrix (SQLite)', () => {
     { name: 'system history', request: () => ({ method: 'GET', url: '_history' }), expect: { user: 200, patient: 403, narrow: 403 } },
     {
       name: 'search by subject',
-      request: (s) => ({ method: 'GET', url: `Observation?subject=Patient/${s.patient}` }),
+      request: (s) => ({ method: 'GET', url: `Observation?subject=Patient/${s.patient}&_count=1000` }),
       expect: { user: 200, patient: 200, narrow: 200 },
       check: findsTarget('Observation', (s) => s.obs),
     },
@@ -194,13 +208,13 @@ describe('authorization matrix (SQLite)', () => {
     },
     {
       name: 'chained search',
-      request: (s) => ({ method: 'GET', url: `Observation?subject:Patient.identifier=urn:mrn|${s.mrn}` }),
+      request: (s) => ({ method: 'GET', url: `Observation?subject:Patient.identifier=urn:mrn|${s.mrn}&_count=1000` }),
       expect: { user: 200, patient: 200, narrow: 403 },
       check: findsTarget('Observation', (s) => s.obs),
     },
     {
       name: 'compartment search',
-      request: (s) => ({ method: 'GET', url: `Patient/${s.patient}/Observation` }),
+      request: (s) => ({ method: 'GET', url: `Patient/${s.patient}/Observation?_count=1000` }),
       expect: { user: 200, patient: 200, narrow: 200 },
       check: findsTarget('Observation', (s) => s.obs),
     },
@@ -380,9 +394,9 @@ describe('authorization matrix (SQLite)', () => {
     }) as typeof process.stderr.write;
     try {
       const requests: Request[] = [
-        { method: 'GET', url: 'Observation' },
-        { method: 'GET', url: `Observation?subject=Patient/${seed.own.patient}` },
-        { method: 'GET', url: `Patient/${seed.own.patient}/Observation` },
+        { method: 'GET', url: 'Observation?_count=1000' },
+        { method: 'GET', url: `Observation?subject=Patient/${seed.own.patient}&_count=1000` },
+        { method: 'GET', url: `Patient/${seed.own.patient}/Observation?_count=1000` },
         { method: 'GET', url: `Patient/${seed.own.patient}/$everything` },
         { method: 'GET', url: `?_type=Observation&_id=${forged.id}` },
       ];
@@ -394,7 +408,7 @@ describe('authorization matrix (SQLite)', () => {
         assert.ok(!allIds(res).includes(`Observation/${forged.id}`), `${r.url} served the forged Observation`);
       }
       // The user token's compartment search and $everything of the own patient check the content too.
-      for (const url of [`Patient/${seed.own.patient}/Observation`, `Patient/${seed.own.patient}/$everything`]) {
+      for (const url of [`Patient/${seed.own.patient}/Observation?_count=1000`, `Patient/${seed.own.patient}/$everything`]) {
         assert.ok(!allIds(await send(tokens.user, { method: 'GET', url })).includes(`Observation/${forged.id}`), url);
       }
       // A conditional match within the compartment does not find it either: a new resource is created.
