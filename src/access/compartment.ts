@@ -2,9 +2,29 @@
 import { COMPARTMENT_PARAM, compartmentParams, compartmentTerm, patientCompartments } from '../fhir/compartment.ts';
 import type { StoreQuery, TermClause } from '../vault/store.ts';
 import { errors } from '../fhir/outcome.ts';
+import { log } from '../http/log.ts';
 
 export function inPatientCompartment(type: string, resource: unknown, patientId: string): boolean {
   return patientCompartments(type, resource as { id?: unknown }).includes(patientId);
+}
+
+/**
+ * Whether the resource lies in this patient's compartment and in no other: what a patient-bound token may
+ * write. A resource that is also in another patient's compartment (subject the other, performer this one)
+ * is that other patient's data too.
+ */
+export function onlyInPatientCompartment(type: string, resource: unknown, patientId: string): boolean {
+  const patients = patientCompartments(type, resource as { id?: unknown });
+  return patients.length > 0 && patients.every((p) => p === patientId);
+}
+
+/**
+ * A result the index routed to a patient's compartment whose decrypted content is not in it: the index
+ * terms were forged or corrupted in the store. Logged as an integrity alarm (type, id and version only, no
+ * PHI); the caller drops the resource from its answer.
+ */
+export function reportOutsideCompartment(interaction: string, v: { type: string; id: string; versionId: number }): void {
+  log('error', 'vault_integrity_alarm', { interaction, reason: 'outside-compartment', type: v.type, id: v.id, version: v.versionId });
 }
 
 /** Narrows a search to one patient's compartment (403 for types outside the Patient compartment). */

@@ -21,15 +21,28 @@ const V1: Record<string, Permission[]> = {
   '*': ['c', 'r', 'u', 'd', 's'],
 };
 
-const SCOPE = /^(patient|user|system)\/([A-Za-z]+|\*)\.([a-z*]+)(?:\?.*)?$/;
+const SCOPE = /^(patient|user|system)\/([A-Za-z]+|\*)\.([a-z*]+)(\?.*)?$/;
 
-/** Parses the resource scopes of a space-separated scope string; other scopes (openid, launch…) are ignored. */
+/** A scope the gateway cannot honour as granted: the token is refused rather than read more widely. */
+export class UnsupportedScopeError extends Error {}
+
+/**
+ * Parses the resource scopes of a space-separated scope string; other scopes (openid, launch…) are ignored.
+ * A SMART v2 scope with a query restriction (`patient/Observation.rs?category=…`) throws
+ * UnsupportedScopeError: the restriction is not enforced, and dropping it would widen the grant.
+ */
 export function parseScopes(scope: string): Grant[] {
   const grants: Grant[] = [];
   for (const token of scope.split(/\s+/)) {
     const m = SCOPE.exec(token);
     if (!m) continue;
-    const [, context, type, access] = m;
+    const [, context, type, access, restriction] = m;
+    if (restriction !== undefined) {
+      // The restriction's value is left out of the message: it may name clinical content.
+      throw new UnsupportedScopeError(
+        `the scope ${context}/${type}.${access}?… has a query restriction, which this gateway does not enforce; ask for ${context}/${type}.${access} without it, or for narrower resource types`,
+      );
+    }
     let permissions: Permission[] | undefined = V1[access];
     if (!permissions && /^c?r?u?d?s?$/.test(access)) permissions = [...access] as Permission[];
     if (!permissions || permissions.length === 0) continue;

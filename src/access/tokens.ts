@@ -5,7 +5,7 @@
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { decodeJwt, exportJWK, generateKeyPair, importJWK, jwtVerify, SignJWT, type JWK, type JWTPayload } from 'jose';
-import { parseScopes, type Grant } from './scopes.ts';
+import { parseScopes, UnsupportedScopeError, type Grant } from './scopes.ts';
 
 export const DEV_ISSUER = 'medblock-dev-issuer';
 export const AUDIENCE = 'medblock-gateway';
@@ -107,9 +107,15 @@ export async function verifyToken(issuer: DevIssuer, token: string): Promise<Aut
     throw new InvalidTokenError(reason);
   }
   const scope = typeof payload.scope === 'string' ? payload.scope : '';
+  let grants: Grant[];
+  try {
+    grants = parseScopes(scope);
+  } catch (e) {
+    throw e instanceof UnsupportedScopeError ? new InvalidTokenError(e.message) : e;
+  }
   return {
     subject: payload.sub!,
-    grants: parseScopes(scope),
+    grants,
     scope,
     patient: typeof payload.patient === 'string' ? payload.patient : undefined,
   };

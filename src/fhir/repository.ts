@@ -84,6 +84,11 @@ export interface SearchOptions {
   restrictFor?: (type: string) => ((query: StoreQuery) => StoreQuery) | undefined;
   /** Whether an included resource may be returned to the caller (others are dropped). */
   canInclude?: (v: ResourceVersion) => boolean;
+  /**
+   * Whether a match, decrypted, is one the caller may see: the index chose it, and an index can be forged
+   * by whoever writes to the store. Others are dropped from the page.
+   */
+  canSee?: (v: ResourceVersion, resource: Record<string, unknown>) => boolean;
   /** `Prefer: handling=`: lenient leaves unknown or unsupported parameters out instead of a 400. */
   handling?: 'strict' | 'lenient';
 }
@@ -264,6 +269,10 @@ export class FhirRepository {
       if (!result.exhausted && lastConsumed !== undefined) nextCursor = lastConsumed;
     }
 
+    if (options.canSee) {
+      const canSee = options.canSee;
+      versions = versions.filter((v) => canSee(v, parsedById.get(v.id) ?? parseVersion(v)));
+    }
     const included = await this.includes(type, parsed, versions, parsedById, options, warnings);
     if (parsed.elements) versions = versions.map((v) => subsetted(v, parsed.elements!, parsedById.get(v.id)));
     return { versions, included, total, nextCursor, applied, warnings };

@@ -46,6 +46,14 @@ export function resourceIndexTerms(type: string, stamped: FhirResource): { terms
   return { terms, patients };
 }
 
+/** What a caller may match (see findMatches). */
+export interface MatchScope {
+  /** The narrowing for searching `type` (e.g. to a patient compartment); throws when the caller may not. */
+  restrictFor(type: string): ((query: StoreQuery) => StoreQuery) | undefined;
+  /** Whether a decrypted candidate is one the caller may see. */
+  canSee(v: ResourceVersion, resource: Record<string, unknown>): boolean;
+}
+
 /** Puts id and meta first and stamps versionId/lastUpdated, keeping the client's other meta. */
 function stamp(resource: FhirResource, id: string, versionId: number, lastUpdated: string): FhirResource {
   const { resourceType, id: _ignored, meta, ...rest } = resource;
@@ -184,29 +192,33 @@ export class WriteSession {
 
   /**
    * Ids of current resources matching a search query (at most `limit`), seeing this session's staged
-   * writes: used by conditional create/update/delete and conditional references. `restrict` narrows the
-   * matches as a search's, e.g. to the patient compartment a token is bound to.
+   * writes: used by conditional create/update/delete and conditional references. The match runs inside the
+   * caller's `scope`: its narrowing of the type and of any chained type (which throws when the caller may not
+   * search one), and a re-check of each decrypted match, so a forged index term matches nothing.
    */
-  async findMatches(type: string, queryString: string, restrict?: (q: StoreQuery) => StoreQuery, limit = 2): Promise<string[]> {
+  async findMatches(type: string, queryString: string, scope: MatchScope, limit = 2): Promise<string[]> {
     assertResourceType(type);
+    const restrict = scope.restrictFor(type);
     const params = [...new URLSearchParams(queryString)];
     if (params.length === 0) throw errors.badRequest(`a conditional ${type} query must have criteria`);
     const parsed = parseSearch(type, params);
     // Chained parameters see the stored data only (not this session's staged writes).
-    const resolved = await resolveChains(this.store, parsed, {});
+    const resolved = await resolveChains(this.store, parsed, { restrictFor: scope.restrictFor });
     const query = resolved && restrict ? restrict(resolved) : resolved;
     const pending = this.overlayWrites(type);
     const ids = new Set<string>();
     if (query) {
       const filter = parsed.postFilter;
-      const result = await scanMatches(this.store, { ...query, afterId: undefined }, filter, undefined, MAX_SCAN, (row) => {
-        if (!pending.has(`${type}/${row.id}`)) ids.add(row.id);
+      const result = await scanMatches(this.store, { ...query, afterId: undefined }, filter, undefined, MAX_SCAN, (row, resource) => {
+        if (!pending.has(`${type}/${row.id}`) && scope.canSee(toVersion(row), resource ?? parseVersion(row))) ids.add(row.id);
         return ids.size < limit;
       });
       if (!result.exhausted && !result.stopped) throw tooCostly(`the conditional ${type} query needs to check more than ${MAX_SCAN} candidates; narrow it`);
       for (const { staged, session } of pending.values()) {
         if (!matchesStaged(query, staged.write)) continue;
-        if (filter && !filter(parseVersion(staged.version))) continue;
+        const resource = parseVersion(staged.version);
+        if (filter && !filter(resource)) continue;
+        if (!scope.canSee(staged.version, resource)) continue;
         ids.add(staged.write.record.id);
         if (session !== this) this.readFrom.add(session);
       }

@@ -142,6 +142,80 @@ forEachStore((start) => {
     });
   });
 
+  describe('attacks of the security review on authorization (issue #11)', () => {
+    let mine: string;
+    let victim: string;
+    let victimMrn: string;
+    let token: string;
+    before(async () => {
+      mine = body(await send('post', 'Patient', { body: patient() })).id;
+      victimMrn = unique();
+      victim = body(await send('post', 'Patient', { body: patient(victimMrn) })).id;
+      token = await t.token('patient/*.cruds', mine);
+    });
+    const bundle = (type: 'batch' | 'transaction', entry: unknown[]) => ({ resourceType: 'Bundle', type, entry });
+
+    it('a patient token cannot take over another patient\'s Observation with a Bundle PUT, nor read the original through _history', async () => {
+      const original = body(await send('post', 'Observation', { body: { ...observation(victim), code: { text: 'HIV infection, active' } } }));
+      for (const type of ['transaction', 'batch'] as const) {
+        const takeover = { ...observation(mine), id: original.id };
+        const res = await send('post', '', { token, body: bundle(type, [{ resource: takeover, request: { method: 'PUT', url: `Observation/${original.id}` } }]) });
+        const status = type === 'transaction' ? res.status : Number.parseInt(body(res).entry[0].response.status, 10);
+        assert.equal(status, 404, res.text);
+        assert.doesNotMatch(res.text, /HIV/);
+      }
+      const stored = body(await send('get', `Observation/${original.id}`));
+      assert.equal(stored.meta.versionId, '1');
+      assert.equal(stored.subject.reference, `Patient/${victim}`);
+      const history = await send('get', `Observation/${original.id}/_history`, { token });
+      assert.equal(history.status, 404, history.text);
+      assert.doesNotMatch(history.text, /HIV/);
+    });
+
+    it('history serves a patient token only the versions of its own compartment', async () => {
+      // Filed under the victim first, then moved to the token's patient: version 1 stays the victim's.
+      const misfiled = body(await send('post', 'Observation', { body: { ...observation(victim), code: { text: 'HIV infection, active' } } }));
+      const moved = await send('put', `Observation/${misfiled.id}`, { body: { ...misfiled, subject: { reference: `Patient/${mine}` }, code: { text: 'weight' } } });
+      assert.equal(moved.status, 200, moved.text);
+      const history = await send('get', `Observation/${misfiled.id}/_history`, { token });
+      assert.equal(history.status, 200, history.text);
+      assert.deepEqual(body(history).entry.map((e: any) => e.resource.meta.versionId), ['2']);
+      assert.equal(body(history).total, undefined, 'no total that counts the versions left out');
+      assert.doesNotMatch(history.text, new RegExp(`HIV|${victim}`));
+      assert.equal((await send('get', `Observation/${misfiled.id}/_history/1`, { token })).status, 404);
+    });
+
+    it('a create-only token learns no patient id through If-None-Exist or conditional references', async () => {
+      const createOnly = await t.token('user/Patient.c user/Observation.c');
+      const ifNoneExist = await send('post', 'Patient', { token: createOnly, body: patient(), headers: { 'If-None-Exist': `identifier=urn:mrn|${victimMrn}` } });
+      assert.equal(ifNoneExist.status, 403, ifNoneExist.text);
+      const byReference = { ...observation(mine), subject: { reference: `Patient?identifier=urn:mrn|${victimMrn}` } };
+      const tx = await send('post', '', { token: createOnly, body: bundle('transaction', [{ resource: byReference, request: { method: 'POST', url: 'Observation' } }]) });
+      assert.equal(tx.status, 403, tx.text);
+      assert.doesNotMatch(tx.text + ifNoneExist.text, new RegExp(victim));
+      const conditionalUpdate = await send('put', `Patient?identifier=urn:mrn|${victimMrn}`, { token: await t.token('user/Patient.cu'), body: patient(victimMrn) });
+      assert.equal(conditionalUpdate.status, 403, conditionalUpdate.text);
+    });
+
+    it('a patient token\'s If-None-Exist in a Bundle does not return another patient\'s Condition', async () => {
+      const code = unique();
+      const theirs = body(await send('post', 'Condition', { body: { resourceType: 'Condition', identifier: [{ system: 'urn:cond', value: code }], subject: { reference: `Patient/${victim}` }, code: { text: 'HIV infection, active' } } }));
+      const mineCondition = { resourceType: 'Condition', identifier: [{ system: 'urn:cond', value: code }], subject: { reference: `Patient/${mine}` }, code: { text: 'weight loss' } };
+      const res = await send('post', '', { token, headers: { Prefer: 'return=representation' }, body: bundle('batch', [{ resource: mineCondition, request: { method: 'POST', url: 'Condition', ifNoneExist: `identifier=urn:cond|${code}` } }]) });
+      assert.equal(res.status, 200, res.text);
+      assert.equal(body(res).entry[0].response.status, '201 Created');
+      assert.doesNotMatch(res.text, new RegExp(`${theirs.id}|${victim}|HIV`));
+    });
+
+    it('a SMART v2 scope with a query restriction is refused, not widened', async () => {
+      const restricted = await t.token('patient/Observation.rs?category=laboratory', mine);
+      const res = await send('get', 'Observation', { token: restricted });
+      assert.equal(res.status, 401, res.text);
+      assert.match(body(res).issue[0].diagnostics, /query restriction/);
+      assert.doesNotMatch(res.text, /laboratory/);
+    });
+  });
+
   describe('unsupported query parameters on writes', () => {
     it('create, update and delete refuse them by default and ignore them under Prefer: handling=lenient', async () => {
       const created = body(await send('post', 'Patient', { body: patient() }));

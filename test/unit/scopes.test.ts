@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { authorize } from '../../src/access/policy.ts';
-import { grantsFor, parseScopes } from '../../src/access/scopes.ts';
+import { grantsFor, parseScopes, UnsupportedScopeError } from '../../src/access/scopes.ts';
 
 describe('SMART scopes', () => {
   it('parses v1 read/write/* and v2 cruds letters, ignoring other scopes', () => {
@@ -19,5 +19,15 @@ describe('SMART scopes', () => {
     assert.deepEqual(authorize({ subject: 'a', grants: parseScopes('patient/*.r'), patient: 'p1' }, 'Observation', 'r'), { kind: 'patient', patientId: 'p1' });
     assert.throws(() => authorize({ subject: 'a', grants: parseScopes('patient/*.r') }, 'Observation', 'r'), (e: { status?: number }) => e.status === 403);
     assert.throws(() => authorize({ subject: 'a', grants: parseScopes('user/Observation.r') }, 'Observation', 'c'), (e: { status?: number }) => e.status === 403);
+  });
+});
+
+describe('SMART v2 scopes with a query restriction', () => {
+  it('are refused, naming the scope but not the restriction, instead of being widened to the whole type', () => {
+    assert.throws(
+      () => parseScopes('openid patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory'),
+      (e: Error) => e instanceof UnsupportedScopeError && /patient\/Observation\.rs\?… has a query restriction/.test(e.message) && !/laboratory/.test(e.message),
+    );
+    assert.equal(parseScopes('patient/Observation.rs').length, 1);
   });
 });

@@ -16,15 +16,18 @@
 import { randomUUID } from 'node:crypto';
 import type { FhirContext, FhirRequest, FhirResponse, Handler } from '../context.ts';
 import { serializeBundle, type BundleEntryParts } from '../bundle-json.ts';
-import { cloneFhirJson, parseFhirJson, stringifyFhirJson } from '../json.ts';
+import { cloneFhirJson, stringifyFhirJson } from '../json.ts';
 import { errors, FhirError } from '../outcome.ts';
 import { parseConditionalReference, rewriteReferences } from '../references.ts';
 import type { FhirResource, WriteSession } from '../repository.ts';
-import { assertAccessible, parseIfMatch, requireAccess, resourceBody } from './common.ts';
+import type { Access } from '../../access/policy.ts';
+import type { MatchScope } from '../write-session.ts';
+import { parseIfMatch, resourceBody } from './common.ts';
+import { authorizeCreate, authorizeDelete, authorizeUpdate, matchOne, matchScope } from './authorization.ts';
 import { createResource, type WriteOutcome } from './create.ts';
 import { conditionalDelete, deleteResource, type DeleteOutcome } from './delete.ts';
 import { entryPatch, patchResource } from './patch.ts';
-import { updateResource } from './update.ts';
+import { conditionalUpdateTarget, updateResource } from './update.ts';
 
 type Method = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
@@ -53,6 +56,30 @@ interface PlannedEntry {
   plannedId?: string;
   /** POST whose If-None-Exist matched an existing resource: nothing is created. */
   existing?: boolean;
+  /** Conditional PUT that matched nothing and creates under a new server-assigned id. */
+  serverAssigned?: boolean;
+  /** What the token may do for this entry's interaction (GET/HEAD entries are authorized by their handler). */
+  access?: Access;
+}
+
+/**
+ * The entry's interaction authorized exactly as the top-level one: the same scope checks, before anything
+ * is matched or written. The content checks run when the entry is written, after its references resolved.
+ */
+function authorizeEntry(p: PlannedEntry, req: FhirRequest): Access | undefined {
+  const conditional = !p.id && p.query !== undefined;
+  switch (p.method) {
+    case 'POST':
+      return authorizeCreate(req, p.type, p.ifNoneExist !== undefined);
+    case 'PUT':
+      return authorizeUpdate(req, p.type, conditional);
+    case 'PATCH':
+      return authorizeUpdate(req, p.type, false);
+    case 'DELETE':
+      return authorizeDelete(req, p.type, conditional);
+    default:
+      return undefined;
+  }
 }
 
 function entryError(index: number, e: unknown): FhirError {
@@ -81,7 +108,7 @@ function parseEntryUrl(raw: string, baseUrl: string): { path: string[]; query?: 
   return { path, query: q >= 0 ? url.slice(q + 1) : undefined };
 }
 
-function planEntry(entry: BundleEntry, index: number, baseUrl: string): PlannedEntry {
+function planEntry(entry: BundleEntry, index: number, req: FhirRequest, baseUrl: string): PlannedEntry {
   const where = `Bundle.entry[${index}]`;
   const method = entry.request?.method as Method | undefined;
   if (!method || !(method in ORDER)) throw errors.badRequest(`${where}.request.method must be GET, HEAD, POST, PUT, PATCH or DELETE`, [`${where}.request.method`]);
@@ -104,30 +131,24 @@ function planEntry(entry: BundleEntry, index: number, baseUrl: string): PlannedE
     throw errors.badRequest(`${where}: ${method} needs Type/id or Type?criteria`, [`${where}.request.url`]);
   }
   if (method === 'POST' && path.length !== 1) throw errors.badRequest(`${where}: POST url must be a resource type`);
+  try {
+    planned.access = authorizeEntry(planned, req);
+  } catch (e) {
+    throw entryError(index, e);
+  }
   return planned;
 }
 
 /** Decides ids up front so that urn:uuid fullUrls can be rewritten before anything is written. */
-async function assignIdentity(session: WriteSession, p: PlannedEntry): Promise<void> {
+async function assignIdentity(session: WriteSession, p: PlannedEntry, scope: MatchScope): Promise<void> {
   if (p.method === 'POST') {
-    if (p.ifNoneExist !== undefined) {
-      const matches = await session.findMatches(p.type, p.ifNoneExist);
-      if (matches.length > 1) throw errors.preconditionFailed(`ifNoneExist matched more than one ${p.type}`, 'multiple-matches');
-      if (matches.length === 1) {
-        p.plannedId = matches[0];
-        p.existing = true;
-        return;
-      }
-    }
-    p.plannedId = randomUUID();
+    const match = p.ifNoneExist === undefined ? undefined : await matchOne(session, p.type, p.ifNoneExist, scope, 'ifNoneExist');
+    p.existing = match !== undefined;
+    p.plannedId = match ?? randomUUID();
   } else if (p.method === 'PUT' && !p.id && p.query !== undefined) {
-    const matches = await session.findMatches(p.type, p.query);
-    if (matches.length > 1) throw errors.preconditionFailed(`the conditional update matched more than one ${p.type}`, 'multiple-matches');
-    const bodyId = typeof p.resource?.id === 'string' ? p.resource.id : undefined;
-    p.plannedId = matches[0] ?? bodyId ?? randomUUID();
-    if (bodyId !== undefined && bodyId !== p.plannedId) {
-      throw errors.badRequest(`the body's id does not match the resource the condition selected`, ['id']);
-    }
+    const target = await conditionalUpdateTarget(session, p.resource!, p.query, p.access!, scope);
+    p.plannedId = target.id;
+    p.serverAssigned = target.serverAssigned;
   } else if (p.id) {
     p.plannedId = p.id;
   }
@@ -139,6 +160,7 @@ async function resolveReferences(
   p: PlannedEntry,
   targets: Map<string, string>,
   conditional: Map<string, string>,
+  scope: MatchScope,
 ): Promise<void> {
   if (!p.resource || p.method === 'PATCH') return;
   const pending: string[] = [];
@@ -150,10 +172,9 @@ async function resolveReferences(
   for (const ref of pending) {
     if (conditional.has(ref)) continue;
     const { type, query } = parseConditionalReference(ref)!;
-    const matches = await session.findMatches(type, query);
-    if (matches.length === 0) throw errors.notFound(`the conditional reference ${type}?… matched no ${type}`);
-    if (matches.length > 1) throw errors.preconditionFailed(`the conditional reference ${type}?… matched more than one ${type}`, 'multiple-matches');
-    conditional.set(ref, `${type}/${matches[0]}`);
+    const match = await matchOne(session, type, query, scope, `the conditional reference ${type}?…`);
+    if (match === undefined) throw errors.notFound(`the conditional reference ${type}?… matched no ${type}`);
+    conditional.set(ref, `${type}/${match}`);
   }
   if (pending.length) rewriteReferences(p.resource, (ref) => conditional.get(ref));
 }
@@ -179,33 +200,20 @@ function deleteEntry(result: DeleteOutcome): BundleEntryParts {
 }
 
 async function executeWrite(session: WriteSession, p: PlannedEntry, req: FhirRequest): Promise<BundleEntryParts> {
+  const access = p.access!;
   switch (p.method) {
-    case 'POST': {
-      const access = requireAccess(req, p.type, 'c');
-      assertAccessible(access, p.type, p.resource);
-      if (p.existing) {
-        const existing = (await session.current(p.type, p.plannedId!))!;
-        return writeEntry({ status: 200, version: existing, message: '' }, req);
-      }
-      return writeEntry(await createResource(session, p.resource!, undefined, p.plannedId), req);
-    }
+    case 'POST':
+      return writeEntry(await createResource(session, p.resource!, access, p.existing ? { existingId: p.plannedId } : { id: p.plannedId }), req);
     case 'PUT': {
-      const access = requireAccess(req, p.type, 'u');
-      assertAccessible(access, p.type, p.resource);
       const resource = p.id ? p.resource! : { ...p.resource!, id: p.plannedId };
-      return writeEntry(await updateResource(session, resource, p.plannedId!, p.ifMatch), req);
+      return writeEntry(await updateResource(session, resource, p.plannedId!, access, p.ifMatch, p.serverAssigned), req);
     }
-    case 'PATCH': {
-      const access = requireAccess(req, p.type, 'u');
+    case 'PATCH':
       if (!p.id) throw errors.notSupported('conditional PATCH is not supported');
-      return writeEntry(await patchResource(session, p.type, p.id, entryPatch(p.resource), p.ifMatch, access), req);
-    }
-    case 'DELETE': {
-      const access = requireAccess(req, p.type, 'd');
-      if (p.id) return deleteEntry(await deleteResource(session, p.type, p.id, p.ifMatch, access));
-      if (access.kind === 'patient') throw errors.forbidden('conditional delete needs a user/ or system/ scope');
-      return deleteEntry(await conditionalDelete(session, p.type, p.query ?? ''));
-    }
+      return writeEntry(await patchResource(session, p.type, p.id, entryPatch(p.resource), access, p.ifMatch), req);
+    case 'DELETE':
+      if (p.id) return deleteEntry(await deleteResource(session, p.type, p.id, access, p.ifMatch));
+      return deleteEntry(await conditionalDelete(session, p.type, p.query ?? '', access, matchScope(req, 'conditional delete')));
     default:
       throw new Error(`not a write: ${p.method}`);
   }
@@ -241,11 +249,12 @@ function failedEntry(e: FhirError): BundleEntryParts {
 
 async function transaction(req: FhirRequest, ctx: FhirContext, planned: PlannedEntry[], entries: BundleEntry[]) {
   const results: BundleEntryParts[] = new Array(planned.length);
+  const scope = matchScope(req, 'transaction');
   await ctx.repo.write(async (session) => {
     const targets = new Map<string, string>();
     for (const p of planned) {
       try {
-        await assignIdentity(session, p);
+        await assignIdentity(session, p, scope);
       } catch (e) {
         throw entryError(p.index, e);
       }
@@ -255,7 +264,7 @@ async function transaction(req: FhirRequest, ctx: FhirContext, planned: PlannedE
     const conditional = new Map<string, string>();
     for (const p of planned) {
       try {
-        await resolveReferences(session, p, targets, conditional);
+        await resolveReferences(session, p, targets, conditional, scope);
       } catch (e) {
         throw entryError(p.index, e);
       }
@@ -288,13 +297,14 @@ async function transaction(req: FhirRequest, ctx: FhirContext, planned: PlannedE
 async function batch(req: FhirRequest, ctx: FhirContext, entries: BundleEntry[]) {
   const results: BundleEntryParts[] = new Array(entries.length);
   const reads: PlannedEntry[] = [];
+  const scope = matchScope(req, 'batch');
   await ctx.repo.write(async (session) => {
     const targets = new Map<string, string>();
     const planned: PlannedEntry[] = [];
     for (let i = 0; i < entries.length; i++) {
       try {
-        const p = planEntry(entries[i], i, ctx.baseUrl);
-        await assignIdentity(session, p);
+        const p = planEntry(entries[i], i, req, ctx.baseUrl);
+        await assignIdentity(session, p, scope);
         const fullUrl = entries[i].fullUrl;
         if (fullUrl && p.plannedId) targets.set(fullUrl, `${p.type}/${p.plannedId}`);
         planned.push(p);
@@ -312,7 +322,7 @@ async function batch(req: FhirRequest, ctx: FhirContext, entries: BundleEntry[])
       session.label = `Bundle.entry[${p.index}]`;
       entryOfLabel.set(session.label, p.index);
       try {
-        await resolveReferences(session, p, targets, conditional);
+        await resolveReferences(session, p, targets, conditional, scope);
         results[p.index] = await executeWrite(session, p, req);
       } catch (e) {
         results[p.index] = failedEntry(entryError(p.index, e));
@@ -339,7 +349,7 @@ export const processBundle: Handler = async (req, ctx): Promise<FhirResponse> =>
   entries.forEach(assertEntryShape);
   const results =
     bundle.type === 'transaction'
-      ? await transaction(req, ctx, entries.map((e, i) => planEntry(e, i, ctx.baseUrl)), entries)
+      ? await transaction(req, ctx, entries.map((e, i) => planEntry(e, i, req, ctx.baseUrl)), entries)
       : await batch(req, ctx, entries);
   const body = serializeBundle({ resourceType: 'Bundle', type: `${bundle.type}-response` }, results);
   return { status: 200, body };

@@ -1,13 +1,11 @@
 /** Helpers shared by the operation handlers: request checks, version headers, Prefer handling. */
 import { authorize, type Access } from '../../access/policy.ts';
-import { inPatientCompartment, restrictToPatient } from '../../access/compartment.ts';
-import type { StoreQuery } from '../../vault/store.ts';
 import type { Permission } from '../../access/scopes.ts';
 import type { FhirContext, FhirRequest, FhirResponse } from '../context.ts';
 import type { BundleEntryParts } from '../bundle-json.ts';
 import { parseFhirJson } from '../json.ts';
-import { errors, FhirError, informational } from '../outcome.ts';
-import { assertResourceType, unknownResource, unknownVersion, type FhirResource, type ResourceVersion } from '../repository.ts';
+import { errors, informational } from '../outcome.ts';
+import { assertResourceType, type FhirResource, type ResourceVersion } from '../repository.ts';
 import { versionCommitmentHex } from '../../ledger/canonical-json.ts';
 import { AnchorMismatchError } from '../../ledger/service.ts';
 
@@ -131,52 +129,4 @@ export function parseIfMatch(header: string | undefined): number | undefined {
 export function requireAccess(req: FhirRequest, type: string, permission: Permission): Access {
   assertResourceType(type);
   return authorize(req.auth, type, permission);
-}
-
-/** A resource the request would write must lie in the patient compartment of a patient-bound token (else 403). */
-export function assertAccessible(access: Access, type: string, resource: unknown): void {
-  if (access.kind === 'patient' && !inPatientCompartment(type, resource, access.patientId)) {
-    throw errors.forbidden(`this ${type} is outside the patient compartment the token is bound to`);
-  }
-}
-
-/**
- * A stored version outside the patient compartment of a patient-bound token answers exactly as a missing
- * one (`unknown`), so that the token learns nothing about other patients' data, not even what exists.
- */
-export function assertVersionAccessible(access: Access, v: ResourceVersion, unknown: (type: string) => FhirError = unknownResource): void {
-  if (access.kind === 'patient' && v.json && !inPatientCompartment(v.type, parseFhirJson(v.json), access.patientId)) {
-    throw unknown(v.type);
-  }
-}
-
-/**
- * Reads a version as the token may see it. A patient-bound token sees others' resources as missing, and
- * deletions and erasures too: they hold no content that would tell whose they were.
- */
-async function visibleVersion(access: Access, type: string, unknown: (type: string) => FhirError, read: Promise<ResourceVersion>): Promise<ResourceVersion> {
-  let v: ResourceVersion;
-  try {
-    v = await read;
-  } catch (e) {
-    if (access.kind === 'patient' && e instanceof FhirError && e.status === 410) throw unknown(type);
-    throw e;
-  }
-  assertVersionAccessible(access, v, unknown);
-  return v;
-}
-
-/** The current version of `type/id` as `access` may see it (404 or 410 otherwise). */
-export function readAccessible(ctx: FhirContext, access: Access, type: string, id: string): Promise<ResourceVersion> {
-  return visibleVersion(access, type, unknownResource, ctx.repo.read(type, id));
-}
-
-/** Version `vid` of `type/id` as `access` may see it (404 or 410 otherwise). */
-export function vreadAccessible(ctx: FhirContext, access: Access, type: string, id: string, vid: string): Promise<ResourceVersion> {
-  return visibleVersion(access, type, unknownVersion, ctx.repo.vread(type, id, vid));
-}
-
-/** What a patient-bound token's conditional matches are narrowed to: its compartment, as its searches are. */
-export function matchRestriction(access: Access): ((q: StoreQuery) => StoreQuery) | undefined {
-  return access.kind === 'patient' ? (q) => restrictToPatient(q, access.patientId) : undefined;
 }

@@ -2,7 +2,9 @@ import type { FhirContext, FhirRequest, Handler } from '../context.ts';
 import { errors } from '../outcome.ts';
 import type { FhirResource, ResourceVersion, WriteSession } from '../repository.ts';
 import type { Access } from '../../access/policy.ts';
-import { assertAccessible, conditionalCriteria, matchRestriction, requireAccess, resourceBody, supportedParams, writeResponse } from './common.ts';
+import type { MatchScope } from '../write-session.ts';
+import { conditionalCriteria, resourceBody, supportedParams, writeResponse } from './common.ts';
+import { assertWritable, authorizeCreate, matchOne, matchScope } from './authorization.ts';
 
 export interface WriteOutcome {
   status: number;
@@ -10,36 +12,41 @@ export interface WriteOutcome {
   message: string;
 }
 
+/** How a create finds what already exists: its If-None-Exist criteria, matched within the caller's scope. */
+export interface IfNoneExist {
+  criteria: string;
+  scope: MatchScope;
+}
+
 /**
- * Creates `resource`; with `ifNoneExist` (conditional create) an existing single match is returned
- * instead (200), and several matches fail with 412. `id` is the server-assigned id to use, if preassigned.
- * A patient-bound `access` matches within its compartment only.
+ * Creates `resource` as `access` may; with `ifNoneExist` (conditional create) an existing single match is
+ * returned instead (200), and several matches fail with 412. `id` is the server-assigned id to use, if
+ * preassigned; `existingId` an If-None-Exist match already found (bundles match before they write).
  */
 export async function createResource(
   session: WriteSession,
   resource: FhirResource,
-  ifNoneExist?: string,
-  id?: string,
-  access: Access = { kind: 'all' },
+  access: Access,
+  options: { ifNoneExist?: IfNoneExist; id?: string; existingId?: string } = {},
 ): Promise<WriteOutcome> {
   const type = resource.resourceType;
-  if (ifNoneExist !== undefined) {
-    const matches = await session.findMatches(type, ifNoneExist, matchRestriction(access));
-    if (matches.length > 1) throw errors.preconditionFailed(`If-None-Exist matched more than one ${type}`, 'multiple-matches');
-    if (matches.length === 1) {
-      const existing = (await session.current(type, matches[0]))!;
-      return { status: 200, version: existing, message: `${type}/${existing.id} already exists; nothing was created` };
-    }
+  assertWritable(access, type, resource);
+  const existingId = options.ifNoneExist
+    ? await matchOne(session, type, options.ifNoneExist.criteria, options.ifNoneExist.scope, 'If-None-Exist')
+    : options.existingId;
+  if (existingId !== undefined) {
+    const existing = (await session.current(type, existingId))!;
+    return { status: 200, version: existing, message: `${type}/${existing.id} already exists; nothing was created` };
   }
-  const version = await session.create(resource, id);
+  const version = await session.create(resource, options.id);
   return { status: 201, version, message: `created ${type}/${version.id}` };
 }
 
 async function createWith(req: FhirRequest, ctx: FhirContext, type: string, criteria: string | undefined) {
-  const access = requireAccess(req, type, 'c');
+  const access = authorizeCreate(req, type, criteria !== undefined);
   const resource = resourceBody(req.body, type);
-  assertAccessible(access, type, resource);
-  const result = await ctx.repo.write((session) => createResource(session, resource, criteria, undefined, access));
+  const ifNoneExist = criteria === undefined ? undefined : { criteria, scope: matchScope(req, 'conditional create') };
+  const result = await ctx.repo.write((session) => createResource(session, resource, access, { ifNoneExist }));
   return writeResponse(result.status, result.version, req, ctx, result.message);
 }
 

@@ -1,11 +1,13 @@
-import { authorize, type Access } from '../../access/policy.ts';
+import { inPatientCompartment, reportOutsideCompartment } from '../../access/compartment.ts';
 import type { FhirRequest, Handler } from '../context.ts';
 import { serializeBundle } from '../bundle-json.ts';
 import { compartmentTypes } from '../compartment.ts';
-import { FhirError, errors } from '../outcome.ts';
+import { errors } from '../outcome.ts';
 import { assertId, formatTypeCursor, parseTypeCursor, unknownResource, type EverythingCursor } from '../repository.ts';
 import { MAX_PAGE_SIZE, parseCount, sinceInstant } from '../search/query.ts';
 import { requireAccess, searchEntry } from './common.ts';
+import { accessIfAny } from './authorization.ts';
+import { parseVersion } from '../resource-version.ts';
 
 const PARAMS = ['_since', '_type', '_count'];
 const REFERENCED_CURSOR = /^r:((?:[A-Z][A-Za-z]{0,63}\/[A-Za-z0-9\-.]{1,64})?)$/;
@@ -82,16 +84,6 @@ function parseEverythingParams(req: FhirRequest): EverythingParams {
   return out;
 }
 
-/** The token's read access to a type, or undefined when it has none. */
-function readAccess(req: FhirRequest, type: string): Access | undefined {
-  try {
-    return authorize(req.auth, type, 'r');
-  } catch (e) {
-    if (e instanceof FhirError) return undefined;
-    throw e;
-  }
-}
-
 /**
  * GET or POST [base]/Patient/[id]/$everything — the patient's whole compartment as a searchset Bundle,
  * paged by `next` links, then (mode `include`) the resources it refers to that no compartment holds, such
@@ -104,14 +96,14 @@ export const everything: Handler = async (req, ctx, { id }) => {
   // Decided before any read: the same answer whether or not the other patient exists.
   if (access.kind === 'patient' && access.patientId !== id) throw unknownResource('Patient');
   const params = parseEverythingParams(req);
-  const readable = compartmentTypes().filter((t) => (!params.types || params.types.includes(t)) && readAccess(req, t) !== undefined);
+  const readable = compartmentTypes().filter((t) => (!params.types || params.types.includes(t)) && accessIfAny(req, t, 'r') !== undefined);
   const page = await ctx.repo.everything(id, {
     since: params.since,
     types: readable,
     limit: params.limit,
     cursor: params.cursor,
     // Outside the compartment a patient-bound token sees nothing, so only type-wide read access includes.
-    canInclude: (type) => readAccess(req, type)?.kind === 'all',
+    canInclude: (type) => accessIfAny(req, type, 'r')?.kind === 'all',
   });
   const url = (cursor?: EverythingCursor) => {
     const qs = new URLSearchParams([...params.applied, ...(cursor ? [['_cursor', formatCursor(cursor)]] : [])]).toString();
@@ -119,6 +111,12 @@ export const everything: Handler = async (req, ctx, { id }) => {
   };
   const link = [{ relation: 'self', url: url(params.cursor) }];
   if (page.nextCursor) link.push({ relation: 'next', url: url(page.nextCursor) });
-  const entries = [...page.versions.map((v) => searchEntry(ctx, v, 'match')), ...page.included.map((v) => searchEntry(ctx, v, 'include'))];
+  // The index chose the compartment's resources; the decrypted content must agree (else: forged index terms).
+  const matches = page.versions.filter((v) => {
+    if (!v.json || inPatientCompartment(v.type, parseVersion(v), id)) return true;
+    reportOutsideCompartment('everything', v);
+    return false;
+  });
+  const entries = [...matches.map((v) => searchEntry(ctx, v, 'match')), ...page.included.map((v) => searchEntry(ctx, v, 'include'))];
   return { status: 200, body: serializeBundle({ resourceType: 'Bundle', type: 'searchset', total: page.total, link }, entries) };
 };

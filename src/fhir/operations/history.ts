@@ -1,10 +1,11 @@
-import { authorize } from '../../access/policy.ts';
+import { authorize, type Access } from '../../access/policy.ts';
 import type { FhirContext, FhirRequest, Handler } from '../context.ts';
 import { serializeBundle } from '../bundle-json.ts';
 import { errors } from '../outcome.ts';
-import { assertId, unknownResource } from '../repository.ts';
+import { assertId, unknownResource, type ResourceVersion } from '../repository.ts';
 import { DEFAULT_PAGE_SIZE, parseCount, sinceInstant } from '../search/query.ts';
-import { readAccessible, requireAccess, supportedParams } from './common.ts';
+import { requireAccess, supportedParams } from './common.ts';
+import { assertVersionAccessible, readAccessible } from './authorization.ts';
 
 interface HistoryParams {
   since?: string;
@@ -30,17 +31,33 @@ function parseHistoryParams(req: FhirRequest): HistoryParams {
   return out;
 }
 
+/** Whether `access` may see this version: every version served is checked, not only the current one. */
+function visibleTo(access: Access, v: ResourceVersion): boolean {
+  try {
+    assertVersionAccessible(access, v);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 async function historyBundle(
   req: FhirRequest,
   ctx: FhirContext,
+  access: Access,
   path: string,
   type?: string,
   id?: string,
 ): Promise<string> {
   const params = parseHistoryParams(req);
-  const { versions, nextCursor, total } = await ctx.repo.history({
+  const page = await ctx.repo.history({
     type, id, since: params.since, beforeSeq: params.beforeSeq, limit: params.limit,
   });
+  const { nextCursor } = page;
+  // A resource may have moved into the token's compartment: its versions from before are someone else's.
+  const versions = page.versions.filter((v) => visibleTo(access, v));
+  // The count of all versions would tell how many were left out.
+  const total = access.kind === 'patient' ? undefined : page.total;
   const self = (extra: Array<[string, string]>) => {
     const qs = new URLSearchParams([...params.applied, ...extra]).toString();
     return `${ctx.baseUrl}${path}${qs ? `?${qs}` : ''}`;
@@ -72,19 +89,19 @@ export const instanceHistory: Handler = async (req, ctx, { type, id }) => {
   const current = await ctx.repo.store.current(type, id);
   if (!current) throw unknownResource(type);
   if (access.kind === 'patient') await readAccessible(ctx, access, type, id);
-  return { status: 200, body: await historyBundle(req, ctx, `/${type}/${id}/_history`, type, id) };
+  return { status: 200, body: await historyBundle(req, ctx, access, `/${type}/${id}/_history`, type, id) };
 };
 
 /** GET [base]/[type]/_history */
 export const typeHistory: Handler = async (req, ctx, { type }) => {
   const access = requireAccess(req, type, 'r');
   if (access.kind === 'patient') throw errors.forbidden('type history needs a user/ or system/ scope');
-  return { status: 200, body: await historyBundle(req, ctx, `/${type}/_history`, type) };
+  return { status: 200, body: await historyBundle(req, ctx, access, `/${type}/_history`, type) };
 };
 
 /** GET [base]/_history */
 export const systemHistory: Handler = async (req, ctx) => {
   const access = authorize(req.auth, '*', 'r');
   if (access.kind === 'patient') throw errors.forbidden('system history needs a user/ or system/ scope');
-  return { status: 200, body: await historyBundle(req, ctx, '/_history') };
+  return { status: 200, body: await historyBundle(req, ctx, access, '/_history') };
 };

@@ -10,11 +10,12 @@ import r4 from 'fhirpath/fhir-context/r4';
 import type { Handler } from '../context.ts';
 import { cloneFhirJson, isLosslessNumber, parseFhirJson } from '../json.ts';
 import { errors, type FhirError } from '../outcome.ts';
-import { unknownResource, type FhirResource, type WriteSession } from '../repository.ts';
+import type { FhirResource, WriteSession } from '../repository.ts';
 import { schemaFor } from '../validation/definitions.ts';
 import type { Access } from '../../access/policy.ts';
 import type { WriteOutcome } from './create.ts';
-import { assertAccessible, assertVersionAccessible, parseIfMatch, requireAccess, writeResponse } from './common.ts';
+import { parseIfMatch, writeResponse } from './common.ts';
+import { assertWritable, assertWritableVersion, authorizeUpdate } from './authorization.ts';
 
 export type PatchKind = 'json-patch' | 'merge-patch' | 'fhirpath-patch';
 
@@ -104,13 +105,12 @@ export async function patchResource(
   type: string,
   id: string,
   patch: PreparedPatch,
+  access: Access,
   ifMatch?: number,
-  access: Access = { kind: 'all' },
 ): Promise<WriteOutcome> {
   const current = await session.current(type, id);
   // Before any other answer: a patient-bound token sees others' resources, and deletions, as missing.
-  if (!current || (access.kind === 'patient' && current.deleted)) throw unknownResource(type);
-  assertVersionAccessible(access, current);
+  assertWritableVersion(access, current, type);
   if (current.deleted || !current.json) throw errors.gone(`this ${type} was deleted`);
   if (ifMatch !== undefined && current.versionId !== ifMatch) {
     throw errors.preconditionFailed(`If-Match names another version than the current one (${current.versionId})`);
@@ -119,20 +119,20 @@ export async function patchResource(
   if (patched?.resourceType !== type || patched.id !== id) {
     throw cannotApply(patch.kind, 'a patch must not change resourceType or id');
   }
-  assertAccessible(access, type, patched);
+  assertWritable(access, type, patched);
   const { version } = await session.update(patched, id, current.versionId);
   return { status: 200, version, message: `patched the ${type} to version ${version.versionId}` };
 }
 
 /** PATCH [base]/[type]/[id]: the body's Content-Type names the patch format. */
 export const patch: Handler = async (req, ctx, { type, id }) => {
-  const access = requireAccess(req, type, 'u');
+  const access = authorizeUpdate(req, type, false);
   const ifMatch = parseIfMatch(req.ifMatch);
   if (req.body === undefined) throw errors.badRequest('the request has no body');
   const kind = patchKind(req.contentType, req.body);
   if (!kind) throw errors.unsupportedMediaType(PATCH_FORMATS_ACCEPTED);
   const prepared = preparePatch(kind, req.body);
-  const result = await ctx.repo.write((s) => patchResource(s, type, id, prepared, ifMatch, access));
+  const result = await ctx.repo.write((s) => patchResource(s, type, id, prepared, access, ifMatch));
   return writeResponse(result.status, result.version, req, ctx, result.message);
 };
 

@@ -14,7 +14,8 @@ import type { FhirResponse, Handler } from '../context.ts';
 import { errors, FhirError } from '../outcome.ts';
 import { anchoredDigest } from '../../ledger/anchor-publisher.ts';
 import type { LedgerService, ProofResult } from '../../ledger/service.ts';
-import { requireAccess, supportedParams, vreadAccessible } from './common.ts';
+import { requireAccess, supportedParams } from './common.ts';
+import { vreadAccessible } from './authorization.ts';
 
 function ledgerOf(ledger: LedgerService | undefined): LedgerService {
   if (!ledger) throw errors.notSupported('this gateway runs without a ledger');

@@ -1,7 +1,8 @@
 import type { Handler } from '../context.ts';
 import { subsetted } from '../repository.ts';
 import { parseElements } from '../search/query.ts';
-import { assertAnchorIntact, readAccessible, requireAccess, supportedParams, versionHeaders } from './common.ts';
+import { assertAnchorIntact, requireAccess, supportedParams, versionHeaders } from './common.ts';
+import { readAccessible } from './authorization.ts';
 
 /** Query parameters of read and vread: `_elements` shapes the resource (marked SUBSETTED). */
 export function readShaping(req: Parameters<Handler>[0], type: string, interaction: string): { elements?: string[] } {

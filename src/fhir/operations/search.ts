@@ -1,4 +1,5 @@
-import { restrictToPatient } from '../../access/compartment.ts';
+import { inPatientCompartment, reportOutsideCompartment, restrictToPatient } from '../../access/compartment.ts';
+import type { Access } from '../../access/policy.ts';
 import type { StoreQuery } from '../../vault/store.ts';
 import type { FhirContext, FhirRequest, Handler } from '../context.ts';
 import { serializeBundle } from '../bundle-json.ts';
@@ -7,9 +8,20 @@ import { errors, FhirError, operationOutcome } from '../outcome.ts';
 import { assertId, formatTypeCursor, parseTypeCursor, type ResourceVersion, type SearchPage } from '../repository.ts';
 import { parseSearch } from '../search/query.ts';
 import { knownResourceTypes, isKnownResourceType } from '../validation/index.ts';
-import { assertVersionAccessible, matchRestriction, requireAccess, searchEntry, supportedParams } from './common.ts';
+import { requireAccess, searchEntry, supportedParams } from './common.ts';
+import { accessRestriction, assertVersionAccessible, searchRestriction, withinAccess, type Restriction } from './authorization.ts';
 
-type Restriction = ((q: StoreQuery) => StoreQuery) | undefined;
+/** Whether a match lies in the compartment the search was narrowed to: `access`'s, and `patientId`'s if given. */
+type MatchCheck = (v: ResourceVersion, resource: Record<string, unknown>) => boolean;
+
+function compartmentCheck(access: Access, interaction: string, patientId?: string): MatchCheck {
+  return (v, resource) => {
+    if (!withinAccess(access, v, interaction, resource)) return false;
+    if (patientId === undefined || inPatientCompartment(v.type, resource, patientId)) return true;
+    reportOutsideCompartment(interaction, v);
+    return false;
+  };
+}
 
 /** `[base]/[path]?params`, for self and next links. */
 function linkUrl(base: string, path: string, params: Array<[string, string]>): string {
@@ -17,15 +29,11 @@ function linkUrl(base: string, path: string, params: Array<[string, string]>): s
   return `${base}${path ? `/${path}` : ''}${qs ? `?${qs}` : ''}`;
 }
 
-/** The narrowing a search of `type` needs for this token: its patient compartment, if patient-bound. */
-function searchRestriction(req: FhirRequest, type: string): Restriction {
-  return matchRestriction(requireAccess(req, type, 's'));
-}
-
-/** A type search (at `path`, under `restrict`) as a searchset Bundle. */
-async function typeSearch(req: FhirRequest, ctx: FhirContext, type: string, path: string, restrict: Restriction): Promise<string> {
+/** A type search (at `path`, under `restrict`, its matches re-checked by `canSee`) as a searchset Bundle. */
+async function typeSearch(req: FhirRequest, ctx: FhirContext, type: string, path: string, restrict: Restriction, canSee: MatchCheck): Promise<string> {
   const page: SearchPage = await ctx.repo.search(type, req.query, restrict, {
     baseUrl: ctx.baseUrl,
+    canSee,
     handling: req.preferHandling,
     // Chained parameters and _revinclude search other types: the caller needs search access to them too.
     restrictFor: (other) => searchRestriction(req, other),
@@ -58,7 +66,8 @@ async function typeSearch(req: FhirRequest, ctx: FhirContext, type: string, path
  * `total` and `next` links.
  */
 export const search: Handler = async (req, ctx, { type }) => {
-  return { status: 200, body: await typeSearch(req, ctx, type, type, searchRestriction(req, type)) };
+  const access = requireAccess(req, type, 's');
+  return { status: 200, body: await typeSearch(req, ctx, type, type, accessRestriction(access), compartmentCheck(access, 'search')) };
 };
 
 /**
@@ -68,29 +77,35 @@ export const search: Handler = async (req, ctx, { type }) => {
  */
 export const compartmentSearch: Handler = async (req, ctx, { id, type }) => {
   assertId(id);
-  const tokenRestriction = searchRestriction(req, type);
+  const access = requireAccess(req, type, 's');
+  const tokenRestriction = accessRestriction(access);
   if (!compartmentParams().has(type)) throw errors.badRequest(`${type} resources are never in a patient compartment`);
   const restrict = (q: StoreQuery) => restrictToPatient(tokenRestriction ? tokenRestriction(q) : q, id);
-  return { status: 200, body: await typeSearch(req, ctx, type, `Patient/${id}/${type}`, restrict) };
+  const canSee = compartmentCheck(access, 'compartment search', id);
+  return { status: 200, body: await typeSearch(req, ctx, type, `Patient/${id}/${type}`, restrict, canSee) };
 };
 
 /** What a search across types accepts: store-native criteria and the paging and counting parameters. */
 const SYSTEM_PARAMS = ['_type', '_id', '_lastUpdated', '_count', '_total', '_totalMethod', '_summary', '_cursor'];
 
 /** The types a search across types covers, each with its restriction for the caller. */
-function systemTypes(req: FhirRequest, typeParams: string[]): Array<{ type: string; restrict: Restriction }> {
+function systemTypes(req: FhirRequest, typeParams: string[]): Array<{ type: string; restrict: Restriction; access: Access }> {
   if (typeParams.length > 0) {
     const types = [...new Set(typeParams.flatMap((v) => v.split(',').map((t) => t.trim())))];
     if (!types.every(isKnownResourceType)) throw errors.badRequest('_type: every value must be a FHIR R4 resource type');
     // Types named explicitly need search access (403 otherwise), as in a type search.
-    return types.map((type) => ({ type, restrict: searchRestriction(req, type) }));
+    return types.map((type) => {
+      const access = requireAccess(req, type, 's');
+      return { type, restrict: accessRestriction(access), access };
+    });
   }
   // Without _type: every type the caller may search.
   return knownResourceTypes().flatMap((type) => {
     try {
-      const restrict = searchRestriction(req, type);
+      const access = requireAccess(req, type, 's');
+      const restrict = accessRestriction(access);
       restrict?.({ type, clauses: [], lastUpdated: [], limit: 0 }); // throws for types outside a patient-bound token's reach
-      return [{ type, restrict }];
+      return [{ type, restrict, access }];
     } catch (e) {
       if (e instanceof FhirError) return [];
       throw e;
@@ -123,6 +138,8 @@ export const systemSearch: Handler = async (req, ctx) => {
   if (page.nextCursor) {
     link.push({ relation: 'next', url: linkUrl(ctx.baseUrl, '', [...applied, ['_cursor', formatTypeCursor(page.nextCursor)]]) });
   }
-  const entries = page.versions.map((v) => searchEntry(ctx, v, 'match'));
+  const accessOf = new Map(types.map(({ type, access }) => [type, access]));
+  const visible = page.versions.filter((v) => withinAccess(accessOf.get(v.type)!, v, 'system search'));
+  const entries = visible.map((v) => searchEntry(ctx, v, 'match'));
   return { status: 200, body: serializeBundle({ resourceType: 'Bundle', type: 'searchset', total: page.total, link }, entries) };
 };

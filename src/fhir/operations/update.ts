@@ -1,23 +1,32 @@
 import { randomUUID } from 'node:crypto';
 import type { FhirContext, FhirRequest, Handler } from '../context.ts';
 import { errors } from '../outcome.ts';
-import { unknownResource, type FhirResource, type WriteSession } from '../repository.ts';
+import type { FhirResource, WriteSession } from '../repository.ts';
 import type { Access } from '../../access/policy.ts';
+import type { MatchScope } from '../write-session.ts';
 import type { WriteOutcome } from './create.ts';
-import {
-  assertAccessible, assertVersionAccessible, conditionalCriteria, matchRestriction, parseIfMatch, requireAccess, resourceBody,
-  supportedParams, writeResponse,
-} from './common.ts';
+import { conditionalCriteria, parseIfMatch, resourceBody, supportedParams, writeResponse } from './common.ts';
+import { assertWritable, assertWritableVersion, authorizeUpdate, matchOne, matchScope } from './authorization.ts';
 
-/** Update, or create with the client's id when the resource does not exist (update-as-create). */
+/**
+ * Update as `access` may, or create with the client's id when the resource does not exist (update-as-create).
+ * A patient-bound token updates only what its compartment alone holds, answers anything else as missing,
+ * and has no update-as-create: creating under an id of its choice would tell whether another compartment
+ * holds that id. `serverAssigned` marks an id the server chose (a conditional update that matched nothing).
+ */
 export async function updateResource(
   session: WriteSession,
   resource: FhirResource,
   id: string,
+  access: Access,
   ifMatch?: number,
+  serverAssigned = false,
 ): Promise<WriteOutcome> {
   if (resource.id === undefined) throw errors.badRequest('an update must carry the resource id in the body', ['id']);
   if (resource.id !== id) throw errors.badRequest(`the body's id does not match the URL's id`, ['id']);
+  const type = resource.resourceType;
+  if (access.kind === 'patient' && !serverAssigned) assertWritableVersion(access, await session.current(type, id), type);
+  assertWritable(access, type, resource);
   const { version, created } = await session.update(resource, id, ifMatch);
   const name = `${version.type}/${version.id}`;
   return created
@@ -26,64 +35,50 @@ export async function updateResource(
 }
 
 /**
- * A patient-bound token updates only what its compartment holds, and answers anything else as missing.
- * It has no update-as-create: creating under an id of its choice would tell whether another compartment
- * holds that id.
+ * The id a conditional update writes: its single match within the caller's scope (more → 412), else the
+ * body's id, else a new server-assigned one. A patient-bound token cannot choose the id of a new resource.
  */
-export async function assertUpdatable(session: WriteSession, access: Access, type: string, id: string): Promise<void> {
-  if (access.kind !== 'patient') return;
-  const current = await session.current(type, id);
-  if (!current?.json) throw unknownResource(type);
-  assertVersionAccessible(access, current);
-}
-
-/** Conditional update: 0 matches → create, 1 → update it, more → 412. A patient-bound `access` matches within its compartment. */
-export async function conditionalUpdate(
+export async function conditionalUpdateTarget(
   session: WriteSession,
   resource: FhirResource,
   query: string,
-  ifMatch?: number,
-  access: Access = { kind: 'all' },
-): Promise<WriteOutcome> {
-  const matches = await session.findMatches(resource.resourceType, query, matchRestriction(access));
-  if (matches.length > 1) {
-    throw errors.preconditionFailed(`the conditional update matched more than one ${resource.resourceType}`, 'multiple-matches');
-  }
-  if (matches.length === 0 && access.kind === 'patient' && resource.id !== undefined) {
+  access: Access,
+  scope: MatchScope,
+): Promise<{ id: string; serverAssigned: boolean }> {
+  const match = await matchOne(session, resource.resourceType, query, scope, 'the conditional update');
+  const bodyId = typeof resource.id === 'string' ? resource.id : undefined;
+  if (match === undefined && access.kind === 'patient' && resource.id !== undefined) {
     throw errors.badRequest(
       'a patient-bound token creates under a server-assigned id: send the resource without an id when the criteria may match nothing',
       ['id'],
     );
   }
-  const id = matches[0] ?? (typeof resource.id === 'string' ? resource.id : randomUUID());
+  const id = match ?? bodyId ?? randomUUID();
   if (resource.id !== undefined && resource.id !== id) {
     throw errors.badRequest(`the body's id does not match the resource the condition selected`, ['id']);
   }
-  return updateResource(session, { ...resource, id }, id, ifMatch);
+  return { id, serverAssigned: match === undefined && bodyId === undefined };
 }
 
 /** PUT [base]/[type]/[id] */
 export const update: Handler = async (req: FhirRequest, ctx: FhirContext, { type, id }) => {
   supportedParams(req, [], 'update');
-  const access = requireAccess(req, type, 'u');
+  const access = authorizeUpdate(req, type, false);
   const resource = resourceBody(req.body, type);
-  assertAccessible(access, type, resource);
   const ifMatch = parseIfMatch(req.ifMatch);
-  const result = await ctx.repo.write(async (session) => {
-    await assertUpdatable(session, access, type, id);
-    return updateResource(session, resource, id, ifMatch);
-  });
+  const result = await ctx.repo.write((session) => updateResource(session, resource, id, access, ifMatch));
   return writeResponse(result.status, result.version, req, ctx, result.message);
 };
 
-/** PUT [base]/[type]?[criteria] */
+/** PUT [base]/[type]?[criteria]: 0 matches → create, 1 → update it, more → 412. */
 export const updateConditional: Handler = async (req, ctx, { type }) => {
-  requireAccess(req, type, 'u');
-  const access = requireAccess(req, type, 'c');
+  const access = authorizeUpdate(req, type, true);
   const resource = resourceBody(req.body, type);
-  assertAccessible(access, type, resource);
   const criteria = conditionalCriteria(req, req.query, 'conditional update');
   const ifMatch = parseIfMatch(req.ifMatch);
-  const result = await ctx.repo.write((session) => conditionalUpdate(session, resource, criteria, ifMatch, access));
+  const result = await ctx.repo.write(async (session) => {
+    const { id, serverAssigned } = await conditionalUpdateTarget(session, resource, criteria, access, matchScope(req, 'conditional update'));
+    return updateResource(session, { ...resource, id }, id, access, ifMatch, serverAssigned);
+  });
   return writeResponse(result.status, result.version, req, ctx, result.message);
 };

@@ -1,7 +1,8 @@
 import type { Handler } from '../context.ts';
 import { subsetted } from '../repository.ts';
 import { readShaping } from './read.ts';
-import { assertAnchorIntact, requireAccess, versionHeaders, vreadAccessible } from './common.ts';
+import { assertAnchorIntact, requireAccess, versionHeaders } from './common.ts';
+import { vreadAccessible } from './authorization.ts';
 
 /** GET [base]/[type]/[id]/_history/[vid] */
 export const vread: Handler = async (req, ctx, { type, id, vid }) => {
