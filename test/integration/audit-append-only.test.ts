@@ -141,6 +141,14 @@ describe('the access log is append-only and read under the auditor scope', () =>
     // Across types, and through _revinclude: the wildcard gets everything but the access log.
     const across = body(await send(t.http, 'get', '?_count=1000', wildcard));
     assert.ok(!(across.entry ?? []).some((e: any) => e.resource.resourceType === 'AuditEvent'));
+    // System history spans every type: the access log's versions are left out, and so is the total that would count them.
+    const history = body(await send(t.http, 'get', '_history?_count=1000', wildcard));
+    assert.ok(history.entry.length > 0);
+    assert.ok(!history.entry.some((e: any) => e.resource?.resourceType === 'AuditEvent' || e.request.url.startsWith('AuditEvent')));
+    assert.equal(history.total, undefined);
+    const audited = body(await send(t.http, 'get', '_history?_count=1000', await t.token('user/*.rs user/AuditEvent.rs')));
+    assert.ok(audited.entry.some((e: any) => e.resource?.resourceType === 'AuditEvent'));
+    assert.equal(typeof audited.total, 'number');
     const revinclude = await send(t.http, 'get', `Patient?_id=${patientId}&_revinclude=AuditEvent:entity`, wildcard);
     assert.equal(revinclude.status, 200, revinclude.text);
     assert.deepEqual(body(revinclude).entry.map((e: any) => e.resource.resourceType), ['Patient']);

@@ -1,11 +1,12 @@
 import { authorize, type Access } from '../../access/policy.ts';
+import { ACCESS_LOG_TYPE } from '../../access/reserved.ts';
 import type { FhirContext, FhirRequest, Handler } from '../context.ts';
 import { serializeBundle } from '../bundle-json.ts';
 import { errors } from '../outcome.ts';
 import { assertId, unknownResource, type ResourceVersion } from '../repository.ts';
 import { DEFAULT_PAGE_SIZE, parseCount, sinceInstant } from '../search/query.ts';
 import { requireAccess, supportedParams } from './common.ts';
-import { assertVersionAccessible, readAccessible } from './authorization.ts';
+import { accessIfAny, assertVersionAccessible, readAccessible } from './authorization.ts';
 
 interface HistoryParams {
   since?: string;
@@ -55,9 +56,10 @@ async function historyBundle(
   });
   const { nextCursor } = page;
   // A resource may have moved into the token's compartment: its versions from before are someone else's.
-  const versions = page.versions.filter((v) => visibleTo(access, v));
+  // System history spans every type, the access log included, which a wildcard scope does not cover.
+  const versions = page.versions.filter((v) => visibleTo(access, v) && (type !== undefined || accessIfAny(req, v.type, 'r') !== undefined));
   // The count of all versions would tell how many were left out.
-  const total = access.kind === 'patient' ? undefined : page.total;
+  const total = access.kind === 'patient' || (type === undefined && accessIfAny(req, ACCESS_LOG_TYPE, 'r') === undefined) ? undefined : page.total;
   const self = (extra: Array<[string, string]>) => {
     const qs = new URLSearchParams([...params.applied, ...extra]).toString();
     return `${ctx.baseUrl}${path}${qs ? `?${qs}` : ''}`;
