@@ -20,8 +20,8 @@ import type { PatientTokenOf } from './repository.ts';
 import { assertId, assertResourceType, parseVersion, toVersion, type FhirResource, type ResourceVersion } from './resource-version.ts';
 import { parseSearch } from './search/query.ts';
 import { MAX_SCAN, resolveChains, scanMatches, tooCostly } from './search/scan.ts';
-import { extractTerms } from './search/terms.ts';
-import { COMPARTMENT_PARAM, compartmentTerm, patientCompartments } from './compartment.ts';
+import { indexTerms } from './search/terms.ts';
+import { compartmentTerm, patientCompartments } from './compartment.ts';
 
 /**
  * AuditEvents are the hospital's access records, not a patient's data: they are in no patient compartment
@@ -31,6 +31,16 @@ import { COMPARTMENT_PARAM, compartmentTerm, patientCompartments } from './compa
  */
 const AUDIT_RECORD_TYPE = 'AuditEvent';
 const AUDIT_KEY_OWNER = 'AuditEvent/_access-log';
+
+/** The patients whose compartment holds a resource version (none for an access record). */
+function compartmentsOf(type: string, resource: FhirResource): string[] {
+  return type === AUDIT_RECORD_TYPE ? [] : patientCompartments(type, resource);
+}
+
+/** A stored resource's index terms as a write stages them (index key rotation re-derives them so). */
+export function resourceIndexTerms(type: string, resource: FhirResource): IndexTerm[] {
+  return indexTerms(type, resource, compartmentsOf(type, resource));
+}
 
 const encoder = new TextEncoder();
 
@@ -124,9 +134,8 @@ export class WriteSession {
     if (resource) {
       const stamped = stamp(resource, id, versionId, this.now);
       json = stringifyFhirJson(stamped);
-      const patients = type === AUDIT_RECORD_TYPE ? [] : patientCompartments(type, stamped);
-      terms = extractTerms(type, stamped);
-      for (const patient of patients) terms.push({ param: COMPARTMENT_PARAM, value: compartmentTerm(patient) });
+      const patients = compartmentsOf(type, stamped);
+      terms = indexTerms(type, stamped, patients);
       if (patients.length > 0) patient = compartmentTerm(patients[0]);
       owner = type === AUDIT_RECORD_TYPE ? AUDIT_KEY_OWNER : patient;
       // The digest is set by check(), with validation, before the batch is committed.
