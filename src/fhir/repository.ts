@@ -19,7 +19,7 @@ import {
 } from './resource-version.ts';
 import { dateSortKey, parseSearch, type Cursor, type ParsedSearch, type SortSpec } from './search/query.ts';
 import { countMatches, MAX_INCLUDES, MAX_SCAN, PAGE_SCAN_BUDGET, resolveChains, SCAN_CHUNK, scanMatches, tooCostly } from './search/scan.ts';
-import { normalizeReference, referenceValueTerms } from './search/terms.ts';
+import { normalizeReference, referenceValueTerms, termsNamingPatient } from './search/terms.ts';
 import { knownResourceTypes } from './validation/index.ts';
 import { COMPARTMENT_PARAM, compartmentParams, compartmentTerm, compartmentTypes } from './compartment.ts';
 import { WriteSession } from './write-session.ts';
@@ -473,7 +473,7 @@ export class FhirRepository {
       await Promise.allSettled(this.inflight.map((s) => s.durable));
       const current = await this.store.current('Patient', patientId);
       if (!current) throw unknownResource('Patient');
-      return store.eraseOwner(compartmentTerm(patientId), new Date().toISOString());
+      return store.eraseOwner(compartmentTerm(patientId), new Date().toISOString(), termsNamingPatient(patientId));
     });
   }
 

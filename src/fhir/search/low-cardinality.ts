@@ -7,8 +7,9 @@
  *   - unindexed: token parameters of the resource types in the Patient compartment (patient data) whose
  *     elements are all `code` or `boolean` (gender, every `status`, `intent`, `priority`, `active`,
  *     `address-use` …), plus their CodeableConcept statuses (`clinical-status`, `verification-status` …)
- *     and `deceased`; and `gender` of every type. A search on one gets no index clause: the post-filter
- *     decides on the decrypted resource, with exactly the terms the index would have held.
+ *     and `deceased`; of every type, `gender` and boolean parameters (`active` …). A search on one gets no
+ *     index clause: the post-filter decides on the decrypted resource, with exactly the terms the index
+ *     would have held.
  *   - coarse: `birthdate` is indexed at decade granularity only (`c:197x`, `a:19xx`): the index narrows a
  *     search to the decades it meets and the post-filter applies the exact prefix semantics.
  * AuditEvent (the access log, sealed under its own key and queried by compliance) keeps its codes indexed.
@@ -18,6 +19,7 @@ import { roundOutward, type Interval } from './dates.ts';
 import type { IndexedParam } from './parameters.ts';
 
 const LOW_CARDINALITY_ELEMENTS = new Set(['code', 'boolean']);
+const BOOLEAN = new Set(['boolean']);
 const EXEMPT_TYPES = new Set(['AuditEvent']);
 /** The granularity birth dates are indexed at. */
 export const COARSE_DATE_UNIT = 'decade';
@@ -31,8 +33,12 @@ export function isUnindexed(type: string, param: IndexedParam): boolean {
   let result = unindexed.get(key);
   if (result === undefined) {
     const patientData = compartmentParams().has(type) && !EXEMPT_TYPES.has(type);
-    const lowElements = param.accessors.every((a) => a.elementType !== undefined && LOW_CARDINALITY_ELEMENTS.has(a.elementType));
-    result = param.code === 'gender' || (patientData && (lowElements || param.code.includes('status') || param.code === 'deceased'));
+    const elementsAre = (types: Set<string>) => param.accessors.every((a) => a.elementType !== undefined && types.has(a.elementType));
+    const lowElements = elementsAre(LOW_CARDINALITY_ELEMENTS);
+    result =
+      param.code === 'gender' ||
+      (elementsAre(BOOLEAN) && !EXEMPT_TYPES.has(type)) ||
+      (patientData && (lowElements || param.code.includes('status') || param.code === 'deceased'));
     unindexed.set(key, result);
   }
   return result;
