@@ -1,7 +1,11 @@
-/** `medblock keys …`: master key rotation and key status, against the data dir or MongoDB the env names. */
+/** `medblock keys …`: master and index key rotation and key status, against the data dir or MongoDB the env names. */
 import { readFileSync } from 'node:fs';
 import type { GatewayConfig } from '../config.ts';
-import { openDatabaseStore } from '../gateway.ts';
+import { resourceIndexTerms } from '../fhir/write-session.ts';
+import { knownResourceTypes } from '../fhir/validation/index.ts';
+import type { FhirResource } from '../fhir/resource-version.ts';
+import { openDatabaseStore, openVault } from '../gateway.ts';
+import { rotateIndexKey } from '../vault/index-rotation.ts';
 import { MasterKeyring } from '../vault/keyring.ts';
 import { rotateMasterKey } from '../vault/rotation.ts';
 
@@ -31,6 +35,26 @@ export async function runRotate(
     return 0;
   } finally {
     await store.close();
+  }
+}
+
+export async function runRotateIndex(config: GatewayConfig, opts: { batchSize: number; maxRate: number }): Promise<number> {
+  const vault = openVault(config);
+  await vault.init();
+  try {
+    const result = await rotateIndexKey(vault, {
+      ...opts,
+      types: knownResourceTypes(),
+      termsOf: (type, resource) => resourceIndexTerms(type, resource as FhirResource),
+      onProgress: (p) => process.stderr.write(`re-indexed ${p.reindexed} resources (${p.skipped} changed concurrently)\n`),
+    });
+    process.stdout.write(
+      `${result.resumed ? 'resumed and finished' : 'finished'} index key rotation to generation ${result.generation}: ` +
+        `${result.reindexed} resources re-indexed, ${result.skipped} skipped; retired generation ${result.retired.join(', ') || 'none'}\n`,
+    );
+    return 0;
+  } finally {
+    await vault.close();
   }
 }
 

@@ -13,7 +13,7 @@ import {
   type ProposeOptions,
 } from './consortium.ts';
 import { runImport } from './import.ts';
-import { runKeyStatus, runRotate } from './keys.ts';
+import { runKeyStatus, runRotate, runRotateIndex } from './keys.ts';
 import { runStart } from './start.ts';
 import { runToken } from './token.ts';
 import { runVerify, type VerifyOptions } from './verify.ts';
@@ -59,6 +59,15 @@ keys
   .addOption(new Option('--max-rate <n>', 're-wraps per second at most (0 = unlimited)').default(0).argParser(Number))
   .action(async (opts: { newKeyFile?: string; batchSize: number; maxRate: number }) => {
     process.exitCode = await runRotate(loadConfig(), opts);
+  });
+
+keys
+  .command('rotate-index')
+  .description('re-derive every index term under a new blind-index key, online, then destroy the old one; run again to resume')
+  .addOption(new Option('--batch-size <n>', 'resources per store round trip').default(500).argParser(Number))
+  .addOption(new Option('--max-rate <n>', 'resources re-indexed per second at most (0 = unlimited)').default(0).argParser(Number))
+  .action(async (opts: { batchSize: number; maxRate: number }) => {
+    process.exitCode = await runRotateIndex(loadConfig(), opts);
   });
 
 keys

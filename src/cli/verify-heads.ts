@@ -68,12 +68,14 @@ export class HeadCheck {
     }
     const head = await vault.headProblem(raw, type, id, opened);
     if (head) problem(`head state: ${head}`);
-    const expected = this.expectedTerms(vault, opened);
-    if (!expected) return problems;
+    const candidates = await this.expectedTerms(vault, opened);
+    if (!candidates) return problems;
     const stored = await vault.inner.indexTerms(type, id);
     const key = (t: IndexTerm) => `${t.param}\0${t.value}`;
-    const want = new Set(expected.map(key));
     const have = new Set(stored.map(key));
+    // The terms under the index generation the stored marker names (the first live one if none matches).
+    const expected = candidates.find((terms) => terms.length > 0 && have.has(key(terms[terms.length - 1]))) ?? candidates[0] ?? [];
+    const want = new Set(expected.map(key));
     const params = (terms: IndexTerm[]) => [...new Set(terms.map((t) => t.param))].sort().join(', ');
     const forged = stored.filter((t) => !want.has(key(t)));
     const missing = expected.filter((t) => !have.has(key(t)));
@@ -82,9 +84,12 @@ export class HeadCheck {
     return problems;
   }
 
-  /** The blind terms the current version must have: none when deleted or erased; undefined if unparsable (reported by the walk). */
-  private expectedTerms(vault: EncryptedStore, opened: StoredVersion): IndexTerm[] | undefined {
-    if (opened.deleted || opened.erased) return [];
+  /**
+   * The blind terms the current version must have, one set per live index generation (marker last): none when
+   * deleted or erased; undefined if unparsable (reported by the walk).
+   */
+  private async expectedTerms(vault: EncryptedStore, opened: StoredVersion): Promise<IndexTerm[][] | undefined> {
+    if (opened.deleted || opened.erased) return [[]];
     if (!opened.content) return undefined;
     let resource: FhirResource;
     try {
@@ -92,6 +97,6 @@ export class HeadCheck {
     } catch {
       return undefined;
     }
-    return vault.blindTerms(opened.type, resourceIndexTerms(opened.type, resource).terms);
+    return vault.blindTerms(opened.type, resourceIndexTerms(opened.type, resource));
   }
 }

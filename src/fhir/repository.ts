@@ -19,7 +19,7 @@ import {
 } from './resource-version.ts';
 import { dateSortKey, parseSearch, type Cursor, type ParsedSearch, type SortSpec } from './search/query.ts';
 import { countMatches, MAX_INCLUDES, MAX_SCAN, PAGE_SCAN_BUDGET, resolveChains, SCAN_CHUNK, scanMatches, tooCostly } from './search/scan.ts';
-import { normalizeReference, referenceValueTerms } from './search/terms.ts';
+import { normalizeReference, referenceValueTerms, termsNamingPatient } from './search/terms.ts';
 import { knownResourceTypes } from './validation/index.ts';
 import { COMPARTMENT_PARAM, compartmentParams, compartmentTerm, compartmentTypes } from './compartment.ts';
 import { WriteSession } from './write-session.ts';
@@ -493,7 +493,7 @@ export class FhirRepository {
     return this.writeLock.run(async () => {
       await Promise.allSettled(this.inflight.map((s) => s.durable));
       if (!(await store.current('Patient', patientId))) throw unknownResource('Patient');
-      return store.eraseOwner(compartmentTerm(patientId), erasedAt);
+      return store.eraseOwner(compartmentTerm(patientId), erasedAt, termsNamingPatient(patientId));
     });
   }
 

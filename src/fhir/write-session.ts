@@ -20,8 +20,8 @@ import { errors, type FhirError } from './outcome.ts';
 import { assertId, assertResourceType, parseVersion, toVersion, type FhirResource, type ResourceVersion } from './resource-version.ts';
 import { parseSearch } from './search/query.ts';
 import { MAX_SCAN, resolveChains, scanMatches, tooCostly } from './search/scan.ts';
-import { extractTerms } from './search/terms.ts';
-import { COMPARTMENT_PARAM, compartmentTerm, patientCompartments } from './compartment.ts';
+import { indexTerms } from './search/terms.ts';
+import { compartmentTerm, patientCompartments } from './compartment.ts';
 
 /**
  * AuditEvents are the hospital's access records, not a patient's data: they are in no patient compartment
@@ -32,19 +32,17 @@ import { COMPARTMENT_PARAM, compartmentTerm, patientCompartments } from './compa
 const AUDIT_RECORD_TYPE = 'AuditEvent';
 const AUDIT_KEY_OWNER = 'AuditEvent/_access-log';
 
-const encoder = new TextEncoder();
-
-/**
- * The plaintext index terms of a stamped resource version (its search parameters, plus one compartment term
- * per patient it belongs to) and those patients' ids. `medblock verify` recomputes them from the decrypted
- * content to catch forged terms.
- */
-export function resourceIndexTerms(type: string, stamped: FhirResource): { terms: IndexTerm[]; patients: string[] } {
-  const patients = type === AUDIT_RECORD_TYPE ? [] : patientCompartments(type, stamped);
-  const terms = extractTerms(type, stamped);
-  for (const patient of patients) terms.push({ param: COMPARTMENT_PARAM, value: compartmentTerm(patient) });
-  return { terms, patients };
+/** The patients whose compartment holds a resource version (none for an access record). */
+function compartmentsOf(type: string, resource: FhirResource): string[] {
+  return type === AUDIT_RECORD_TYPE ? [] : patientCompartments(type, resource);
 }
+
+/** A stored resource's index terms as a write stages them (index key rotation re-derives them so). */
+export function resourceIndexTerms(type: string, resource: FhirResource): IndexTerm[] {
+  return indexTerms(type, resource, compartmentsOf(type, resource));
+}
+
+const encoder = new TextEncoder();
 
 /** What a caller may match (see findMatches). */
 export interface MatchScope {
@@ -142,8 +140,8 @@ export class WriteSession {
     if (resource) {
       const stamped = stamp(resource, id, versionId, this.now);
       json = stringifyFhirJson(stamped);
-      const { terms: indexed, patients } = resourceIndexTerms(type, stamped);
-      terms = indexed;
+      const patients = compartmentsOf(type, stamped);
+      terms = indexTerms(type, stamped, patients);
       owner = type === AUDIT_RECORD_TYPE ? AUDIT_KEY_OWNER : patients.length > 0 ? compartmentTerm(patients[0]) : undefined;
       // The commitment (digest) is computed by check(), with validation, under a salt drawn per version.
       const salt = randomBytes(COMMITMENT_SALT_BYTES);

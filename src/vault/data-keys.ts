@@ -1,13 +1,11 @@
 /**
  * Envelope encryption keys: one random AES-256 data key per patient compartment (and per resource outside
- * any compartment), stored wrapped under the hospital master key; plus the blind-index key, wrapped the same
- * way so every gateway of a hospital sharing one database uses the same index key.
+ * any compartment), stored wrapped under the hospital master key; plus the blind-index keys (index-keys.ts),
+ * wrapped the same way so every gateway of a hospital sharing one database uses the same index keys.
  */
 import type { KeyEntry, ResourceStore } from './store.ts';
 import { newKey, open, seal, SealError } from './seal.ts';
 import type { MasterKeyring } from './keyring.ts';
-
-export const INDEX_KEY_ID = '@index';
 
 /** The data key was destroyed by an erasure: whatever it sealed is unreadable for good. */
 export class KeyErasedError extends Error {

@@ -7,8 +7,9 @@
  * key leaves neither. The anchor outbox passes through in the clear (commitments, locator tokens, anchor
  * locations): the ledger publisher reads it without any key.
  */
-import { BlindIndex } from './blind-index.ts';
-import { DataKeys, INDEX_KEY_ID, KeyErasedError } from './data-keys.ts';
+import type { BlindIndex } from './blind-index.ts';
+import { DataKeys, KeyErasedError } from './data-keys.ts';
+import { IndexKeys, KEY_ID_KEY_ID } from './index-keys.ts';
 import { SealError } from './seal.ts';
 import { isPatientOwner, locatorTokens, openVersion, sealVersion } from './commitment.ts';
 import { HEAD_KEY_ID, HEAD_STATE_FORMAT, HeadMac } from './head-mac.ts';
@@ -23,16 +24,13 @@ import type {
   ResourceStore,
   StoreQuery,
   StoredVersion,
+  TypedTerm,
   UnanchoredVersion,
   VersionWrite,
 } from './store.ts';
 
-/** The blind-index term whose token names an owner's data key. */
-function keyIdTerm(owner: string): { type: string; param: string; value: string } {
-  return { type: '', param: '_key', value: owner };
-}
-
-const keyIdOf = (token: string): string => `k-${token}`;
+/** An owner's data key id: a blind token under the never-rotated key-id key (index-keys.ts). */
+const keyIdOf = (keyIds: BlindIndex, owner: string): string => `k-${keyIds.token('', '_key', owner)}`;
 
 /** A stored version failed authentication: it was altered or moved, or the keys do not belong to it. */
 export class TamperedContentError extends Error {
@@ -57,7 +55,8 @@ export function contentAad(hospitalId: string, type: string, id: string, version
 
 export class EncryptedStore implements ErasableStore {
   readonly keys: DataKeys;
-  private index!: BlindIndex;
+  readonly indexKeys: IndexKeys;
+  private keyIds!: BlindIndex;
   private head!: HeadMac;
 
   constructor(
@@ -66,6 +65,7 @@ export class EncryptedStore implements ErasableStore {
     readonly hospitalId: string,
   ) {
     this.keys = new DataKeys(inner, ring, hospitalId);
+    this.indexKeys = new IndexKeys(inner, this.keys);
   }
 
   get pipelinedCommits(): boolean {
@@ -74,17 +74,18 @@ export class EncryptedStore implements ErasableStore {
 
   async init(): Promise<void> {
     await this.inner.init();
-    const [headKey, indexKey] = await Promise.all([this.inner.getKey(HEAD_KEY_ID), this.inner.getKey(INDEX_KEY_ID)]);
-    if (!headKey && indexKey) {
+    const [headKey, keyIdKey] = await Promise.all([this.inner.getKey(HEAD_KEY_ID), this.inner.getKey(KEY_ID_KEY_ID)]);
+    if (!headKey && keyIdKey) {
       throw new Error(
         `this vault predates authenticated head state (${HEAD_STATE_FORMAT}): its current pointers carry no MACs and cannot be ` +
           'trusted silently; import the data into a new vault (see docs/security.md, "Head state")',
       );
     }
-    // The head key strictly before the index key, so that a gateway starting beside this one never sees the
-    // index key without the head key (the marker above).
+    // The head key strictly before the key-id key, so that a gateway starting beside this one never sees the
+    // key-id key without the head key (the marker above).
     this.head = new HeadMac((await this.keys.forWrite([HEAD_KEY_ID])).get(HEAD_KEY_ID)!, this.hospitalId);
-    this.index = new BlindIndex((await this.keys.forWrite([INDEX_KEY_ID])).get(INDEX_KEY_ID)!);
+    this.keyIds = await this.indexKeys.keyIdIndex();
+    await this.indexKeys.load();
   }
 
   close(): Promise<void> {
@@ -97,8 +98,7 @@ export class EncryptedStore implements ErasableStore {
 
   /** The data key id of a compartment owner (`Patient/123`) or a resource (`Organization/7`): a blind token. */
   keyIdFor(owner: string): string {
-    const { type, param, value } = keyIdTerm(owner);
-    return keyIdOf(this.index.token(type, param, value));
+    return keyIdOf(this.keyIds, owner);
   }
 
   /** The ledger locator token of a patient (`Patient/123`); undefined when the vault holds no live key for them. */
@@ -111,13 +111,12 @@ export class EncryptedStore implements ErasableStore {
   }
 
   async commit(writes: VersionWrite[]): Promise<void> {
-    // Every blind token of the batch in one AES pass: the key ids (as keyIdFor), then each write's terms.
-    const inputs: Array<{ type: string; param: string; value: string }> = [];
-    for (const w of writes) if (w.record.content) inputs.push(keyIdTerm(w.owner ?? `${w.record.type}/${w.record.id}`));
-    for (const w of writes) for (const t of w.terms) inputs.push({ type: w.record.type, param: t.param, value: t.value });
-    const tokens = this.index.tokensOf(inputs);
+    await this.indexKeys.fresh();
+    const generation = this.indexKeys.writer;
+    // Every term token of the batch at once (equal terms computed once), then each write's marker term.
+    const tokens = generation.index.tokensOf(writes.flatMap((w) => w.terms.map((t) => ({ type: w.record.type, param: t.param, value: t.value }))));
     let next = 0;
-    const keyIds = writes.map((w) => (w.record.content ? keyIdOf(tokens[next++]) : undefined));
+    const keyIds = writes.map((w) => (w.record.content ? this.keyIdFor(w.owner ?? `${w.record.type}/${w.record.id}`) : undefined));
     const keys = await this.keys.forWrite(keyIds.filter((k): k is string => k !== undefined));
     const locator = locatorTokens(this.hospitalId);
     const sealed = writes.map((w, i): VersionWrite => {
@@ -135,6 +134,7 @@ export class EncryptedStore implements ErasableStore {
           }
         : { ...r };
       const terms = w.terms.map((t) => ({ param: t.param, value: tokens[next++] }));
+      if (r.content) terms.push(this.indexKeys.marker(generation, r.type));
       return { record, terms, expectedVersion: w.expectedVersion, headMac: this.head.mac(r.type, r.id, r.versionId, r.deleted) };
     });
     await this.inner.commit(sealed);
@@ -189,10 +189,13 @@ export class EncryptedStore implements ErasableStore {
     return opened;
   }
 
-  /** The blind-index form of plaintext terms of a resource of `type`, as commit() stores them (verify compares). */
-  blindTerms(type: string, terms: IndexTerm[]): IndexTerm[] {
-    const tokens = this.index.tokens(type, terms);
-    return terms.map((t, i) => ({ param: t.param, value: tokens[i] }));
+  /**
+   * The blind-index forms of plaintext terms of a resource of `type`, as commit() stores them, one per live
+   * index generation (a resource's terms are under exactly one; verify compares).
+   */
+  async blindTerms(type: string, terms: IndexTerm[]): Promise<IndexTerm[][]> {
+    await this.indexKeys.fresh();
+    return this.indexKeys.readers.map((g) => this.indexKeys.blind(g, type, terms));
   }
 
   indexTerms(type: string, id: string): Promise<IndexTerm[]> {
@@ -204,20 +207,35 @@ export class EncryptedStore implements ErasableStore {
     return stored && this.unseal(stored);
   }
 
-  private blindQuery(query: StoreQuery): StoreQuery {
-    return {
-      ...query,
-      clauses: query.clauses.map((c) => ({ ...c, anyOf: this.index.tokens(query.type, c.anyOf.map((value) => ({ param: c.param, value }))) })),
-    };
+  /** A clause's values blinded under every live index generation (a resource's terms are under exactly one). */
+  private async blindQuery(query: StoreQuery): Promise<StoreQuery> {
+    await this.indexKeys.fresh();
+    const blind = (param: string, values: string[]) =>
+      this.indexKeys.readers.flatMap((g) => g.index.tokens(query.type, values.map((value) => ({ param, value }))));
+    return { ...query, clauses: query.clauses.map((c) => ({ ...c, anyOf: blind(c.param, c.anyOf) })) };
   }
 
   async search(query: StoreQuery): Promise<StoredVersion[]> {
-    const rows = await this.inner.search(this.blindQuery(query));
+    const rows = await this.inner.search(await this.blindQuery(query));
     return Promise.all(rows.map((r) => this.checkedHead(r, query.type, undefined)));
   }
 
-  count(query: StoreQuery): Promise<number> {
-    return this.inner.count(this.blindQuery(query));
+  async count(query: StoreQuery): Promise<number> {
+    return this.inner.count(await this.blindQuery(query));
+  }
+
+  /** Plaintext terms in, blinded under the current write generation (index-rotation.ts blinds its own). */
+  async replaceTerms(type: string, id: string, versionId: number, terms: IndexTerm[]): Promise<boolean> {
+    await this.indexKeys.fresh();
+    return this.inner.replaceTerms(type, id, versionId, this.indexKeys.blind(this.indexKeys.writer, type, terms));
+  }
+
+  /** Plaintext terms in: their index rows under every live generation are deleted. */
+  async removeTerms(terms: TypedTerm[]): Promise<void> {
+    await this.indexKeys.fresh();
+    await this.inner.removeTerms(
+      this.indexKeys.readers.flatMap((g) => terms.map((t) => ({ type: t.type, param: t.param, value: g.index.token(t.type, t.param, t.value) }))),
+    );
   }
 
   async history(query: HistoryQuery): Promise<StoredVersion[]> {
@@ -262,10 +280,15 @@ export class EncryptedStore implements ErasableStore {
     return this.inner.eraseKey(keyId, erasedAt);
   }
 
-  /** Erasing again finishes an interrupted erasure and reports the first erasure's time. */
-  async eraseOwner(owner: string, erasedAt: string): Promise<{ resources: number; erasedAt: string }> {
+  /**
+   * Erasing again finishes an interrupted erasure and reports the first erasure's time. `references` are the
+   * terms naming the owner in resources sealed under other keys (e.g. `subject` = `Patient/123` of a
+   * resource sealed under another patient's key): they are removed too.
+   */
+  async eraseOwner(owner: string, erasedAt: string, references: TypedTerm[] = []): Promise<{ resources: number; erasedAt: string }> {
     const keyId = this.keyIdFor(owner);
     const { resources } = await this.eraseKey(keyId, erasedAt);
+    await this.removeTerms(references);
     const tombstone = await this.inner.getKey(keyId);
     return { resources, erasedAt: tombstone?.erasedAt ?? erasedAt };
   }

@@ -99,6 +99,11 @@ export interface IndexTerm {
   value: string;
 }
 
+/** An index row named across resources: a resource type, a parameter and a value. */
+export interface TypedTerm extends IndexTerm {
+  type: string;
+}
+
 export interface VersionWrite {
   record: VersionRecord;
   /** Index terms of this version (empty for a deletion); they replace the previous version's terms. */
@@ -236,6 +241,18 @@ export interface ResourceStore {
   eraseKey(keyId: string, erasedAt: string): Promise<{ resources: number }>;
 
   /**
+   * Replaces the index terms of a resource if its current version is still `versionId` and not deleted
+   * (index key rotation re-derives every resource's terms). False when a write moved or deleted it meanwhile,
+   * or an erasure hid it: then its terms are that writer's. Terms of older versions are dropped too.
+   */
+  replaceTerms(type: string, id: string, versionId: number, terms: IndexTerm[]): Promise<boolean>;
+  /**
+   * Deletes every index row holding one of these terms, whatever resource holds it, current or past version
+   * (erasing a patient removes the references to it from resources sealed under other keys). Idempotent.
+   */
+  removeTerms(terms: TypedTerm[]): Promise<void>;
+
+  /**
    * The outbox: every committed version is in it from the moment commit() resolves (same atomic write)
    * until markAnchored. Oldest first (seq ascending), only versions with seq > afterSeq. Never returns a
    * version of a batch that is not (yet) committed.
@@ -249,8 +266,11 @@ export interface ResourceStore {
 export interface ErasableStore extends ResourceStore {
   /** The id of the data key that seals `owner`'s content (what an erasure record names). */
   keyIdFor(owner: string): string;
-  /** Destroys the data key of `owner` (e.g. `Patient/123`): see eraseKey. */
-  eraseOwner(owner: string, erasedAt: string): Promise<{ resources: number; erasedAt: string }>;
+  /**
+   * Destroys the data key of `owner` (e.g. `Patient/123`): see eraseKey. Then removes `references`, the
+   * plaintext terms that name the owner in resources sealed under other keys (see removeTerms).
+   */
+  eraseOwner(owner: string, erasedAt: string, references?: TypedTerm[]): Promise<{ resources: number; erasedAt: string }>;
 }
 
 export function isErasable(store: ResourceStore): store is ErasableStore {

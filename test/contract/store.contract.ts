@@ -158,6 +158,49 @@ export function storeContract(name: string, open: () => Promise<ResourceStore>):
       });
     });
 
+    describe('index rewrites', () => {
+      const q = (param: string, value: string, negate = false) => ({
+        type: 'Procedure', clauses: [{ param, anyOf: [value], ...(negate && { negate }) }], lastUpdated: [], limit: 10,
+      });
+      const ids = async (query: ReturnType<typeof q>) => (await store.search(query)).map((r) => r.id);
+
+      it('replaces the terms of a current resource only at its current version, never of a deleted or missing one', async () => {
+        await store.commit([write('Procedure', 'pr1', 1, T1, [{ param: 'code', value: 'A' }])]);
+        await store.commit([write('Procedure', 'pr1', 2, T2, [{ param: 'code', value: 'B' }])]);
+        await store.commit([write('Procedure', 'pr2', 1, T1, [{ param: 'code', value: 'B' }])]);
+        await store.commit([write('Procedure', 'pr2', 2, T2, [], true)]);
+        assert.equal(await store.replaceTerms('Procedure', 'pr1', 1, [{ param: 'code', value: 'C' }]), false);
+        assert.equal(await store.replaceTerms('Procedure', 'pr2', 2, [{ param: 'code', value: 'C' }]), false);
+        assert.equal(await store.replaceTerms('Procedure', 'nope', 1, [{ param: 'code', value: 'C' }]), false);
+        assert.deepEqual(await ids(q('code', 'C')), []);
+
+        assert.equal(await store.replaceTerms('Procedure', 'pr1', 2, [{ param: 'code', value: 'C' }, { param: '_index', value: 'g2' }]), true);
+        assert.deepEqual(await ids(q('code', 'B')), []);
+        assert.deepEqual(await ids(q('code', 'C')), ['pr1']);
+        assert.deepEqual(await ids(q('_index', 'g2', true)), []);
+        assert.equal((await store.current('Procedure', 'pr1'))?.versionId, 2);
+        // The next write replaces the rewritten terms as usual.
+        await store.commit([write('Procedure', 'pr1', 3, T3, [{ param: 'code', value: 'D' }])]);
+        assert.deepEqual(await ids(q('code', 'C')), []);
+        assert.deepEqual(await ids(q('_index', 'g2', true)), ['pr1']);
+      });
+
+      it('removes terms across resources, leaving every other term, idempotently', async () => {
+        await store.commit([
+          write('Procedure', 'pr3', 1, T1, [{ param: 'code', value: 'D' }, { param: 'subject', value: 'tok-b' }]),
+          write('Procedure', 'pr4', 1, T1, [{ param: 'performer', value: 'tok-b' }, { param: 'subject', value: 'tok-a' }]),
+        ]);
+        const remove = [{ type: 'Procedure', param: 'subject', value: 'tok-b' }, { type: 'Procedure', param: 'performer', value: 'tok-b' }];
+        await store.removeTerms(remove);
+        await store.removeTerms(remove);
+        await store.removeTerms([]);
+        assert.deepEqual(await ids(q('subject', 'tok-b')), []);
+        assert.deepEqual(await ids(q('performer', 'tok-b')), []);
+        assert.deepEqual(await ids(q('subject', 'tok-a')), ['pr4']);
+        assert.deepEqual(await ids(q('code', 'D')), ['pr1', 'pr3']);
+      });
+    });
+
     describe('data keys', () => {
       const bytes = (n: number) => new Uint8Array(48).fill(n);
 

@@ -92,11 +92,19 @@ describe('number and quantity search values', () => {
 
 describe('query parsing', () => {
   it('turns each parameter kind into equality clauses, with post-filters only where needed', () => {
-    const token = parseSearch('Observation', [['status:not', 'final,amended'], ['code', '|x']]);
-    assert.deepEqual(token.query.clauses[0], { param: 'status', anyOf: ['final', 'amended'], negate: true });
+    const token = parseSearch('Observation', [['category:not', 'a,b'], ['code', '|x']]);
+    assert.deepEqual(token.query.clauses[0], { param: 'category', anyOf: ['a', 'b'], negate: true });
     assert.deepEqual(token.query.clauses[1], { param: 'code', anyOf: ['|x'] });
     assert.equal(token.postFilter, undefined);
-    assert.deepEqual(parseSearch('Patient', [['gender', '|male']]).query.clauses[0].anyOf, ['male'], 'a code has no system');
+    // Low-cardinality parameters (statuses, gender) have no index terms: the post-filter decides.
+    const status = parseSearch('Observation', [['status:not', 'final,amended']]);
+    assert.deepEqual(status.query.clauses, []);
+    assert.ok(status.postFilter!({ resourceType: 'Observation', status: 'preliminary' }));
+    assert.ok(!status.postFilter!({ resourceType: 'Observation', status: 'amended' }));
+    const gender = parseSearch('Patient', [['gender', '|male']]);
+    assert.deepEqual(gender.query.clauses, []);
+    assert.ok(gender.postFilter!({ resourceType: 'Patient', gender: 'male' }), 'a code has no system');
+    assert.ok(!gender.postFilter!({ resourceType: 'Patient', gender: 'female' }));
     const name = parseSearch('Patient', [['name', 'Hoe'], ['family:exact', 'Hoeger']]);
     assert.deepEqual(name.query.clauses, [{ param: 'name', anyOf: ['p:hoe'] }, { param: 'family', anyOf: ['x:Hoeger'] }]);
     assert.equal(name.postFilter, undefined);

@@ -1,11 +1,11 @@
 /** The vault's small crypto modules: sealing with AAD, blind index tokens, the master key ring. */
 import assert from 'node:assert/strict';
-import { createCipheriv, createHash, randomBytes } from 'node:crypto';
+import { createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { BlindIndex } from '../../src/vault/blind-index.ts';
+import { BlindIndex, INDEX_FORMAT } from '../../src/vault/blind-index.ts';
 import { newKey, open, seal, SealError } from '../../src/vault/seal.ts';
 import { KeyringError, masterKeyId, MasterKeyring } from '../../src/vault/keyring.ts';
 
@@ -42,10 +42,13 @@ describe('BlindIndex', () => {
   const key = randomBytes(32);
   const index = new BlindIndex(key);
 
-  it('is AES-256(key, SHA-256(type 0 param 0 value)[0..16]) in base64url, computed independently', () => {
-    const digest = createHash('sha256').update('Observation\0code\0http://loinc.org|8867-4').digest().subarray(0, 16);
-    const aes = createCipheriv('aes-256-ecb', key, null).setAutoPadding(false);
-    assert.equal(index.token('Observation', 'code', 'http://loinc.org|8867-4'), aes.update(digest).toString('base64url'));
+  it('is HMAC-SHA-256(HKDF(key, type 0 param), value)[0..16] in base64url, computed independently', () => {
+    const subkey = hkdfSync('sha256', key, new Uint8Array(0), `${INDEX_FORMAT}\0Observation\0code`, 32);
+    const mac = createHmac('sha256', new Uint8Array(subkey)).update('http://loinc.org|8867-4').digest().subarray(0, 16);
+    assert.equal(index.token('Observation', 'code', 'http://loinc.org|8867-4'), mac.toString('base64url'));
+    // A value longer than one SHA-256 block, and non-ASCII.
+    const long = 'Ä'.repeat(100);
+    assert.equal(index.token('Observation', 'code', long), createHmac('sha256', new Uint8Array(subkey)).update(long).digest().subarray(0, 16).toString('base64url'));
   });
 
   it('is deterministic, batch equals single, and separates types, params and keys', () => {

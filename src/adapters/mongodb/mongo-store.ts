@@ -30,8 +30,9 @@
  *              Whichever insert lands first wins, on FerretDB too.
  *   versions   `{_id: 'Type/id/v', seq, type, id, v, lastUpdated, deleted, content (binary), digest, salt, keyId,
  *              patientToken, terms, tx, anchored, anchor?}`. These documents are immutable, except that
- *              erasing a data key empties the terms of the versions sealed under it and that markAnchored
- *              sets `anchored: true` and `anchor` once. The `_id` is the version's slot, so it is unique, and
+ *              erasing a data key empties the terms of the versions sealed under it, that index rewrites
+ *              (mongo-index.ts) replace or pull terms, and that markAnchored sets `anchored: true` and
+ *              `anchor` once. The `_id` is the version's slot, so it is unique, and
  *              an exact `_id` is the one filter FerretDB pushes down to SQLite; current() and version() use it.
  *   current    one pointer per resource: `{_id: 'Type/id', type, id, version, seq, lastUpdated, deleted,
  *              keyId, terms, mac}`. `mac` is the vault's head MAC of the move (vault/head-mac.ts), also kept
@@ -163,6 +164,7 @@ import type {
 import { isDuplicateKey, isFerretDb, serverNow, writeErrorsOf } from './driver.ts';
 import { checkVaultFormat } from './vault-format.ts';
 import { movedBack, type HeadCollections } from './mongo-head.ts';
+import { pullTerms, replaceResourceTerms, termStrings } from './mongo-index.ts';
 import {
   VersionConflictError,
   type AnchorLocation,
@@ -175,6 +177,7 @@ import {
   type ResourceStore,
   type StoreQuery,
   type StoredVersion,
+  type TypedTerm,
   type UnanchoredVersion,
   type VersionWrite,
 } from '../../vault/store.ts';
@@ -938,6 +941,21 @@ export class MongoStore implements ResourceStore {
     return { resources: await this.shredIndex([keyId]) };
   }
 
+  // -------------------------------------------------------------------------------- index rewrites (mongo-index.ts)
+
+  async replaceTerms(type: string, id: string, versionId: number, terms: IndexTerm[]): Promise<boolean> {
+    const ref = { pointerId: pointerKey(type, id), slotId: slotKey(type, id, versionId), type, id, versionId };
+    const applied = await replaceResourceTerms(this.pointers, this.versions, ref, terms);
+    // As after a roll-forward: an erasure that raced with this write must not leave terms searchable.
+    if (applied && applied.keyId !== null) await this.shredIfErased([applied.keyId]);
+    return applied !== false;
+  }
+
+  /** Term values are blind tokens unique to their type, so `param=value` alone names the rows. */
+  async removeTerms(terms: TypedTerm[]): Promise<void> {
+    await pullTerms(this.pointers, this.versions, terms);
+  }
+
   /**
    * Removes the index terms of every pointer and version sealed under these keys and hides the pointers
    * from search and count. Returns how many pointers it hid.
@@ -948,10 +966,6 @@ export class MongoStore implements ResourceStore {
     await this.versions.updateMany({ ...sealed, terms: { $ne: [] } }, { $set: { terms: [] } });
     return hidden.modifiedCount;
   }
-}
-
-function termStrings(terms: VersionWrite['terms']): string[] {
-  return [...new Set(terms.map((t) => `${t.param}=${t.value}`))];
 }
 
 const BOUND_OPS = { gt: '$gt', ge: '$gte', lt: '$lt', le: '$lte' } as const;

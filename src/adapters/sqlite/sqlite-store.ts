@@ -13,6 +13,7 @@ import {
   type StoreQuery,
   type StoredVersion,
   type TermClause,
+  type TypedTerm,
   type UnanchoredVersion,
   type VersionWrite,
 } from '../../vault/store.ts';
@@ -227,7 +228,7 @@ export class SqliteStore implements ResourceStore {
     });
   }
 
-  /** Data-key writes go through the one writing connection (the writer thread unless inline). */
+  /** Data-key writes and index rewrites go through the one writing connection (the writer thread unless inline). */
   private async keyOperation(operation: KeyOperation): Promise<number | boolean> {
     if (this.inline) return this.inline.applyKeyOperation(operation);
     return (await this.post({ kind: 'key', id: this.nextId++, operation })) as number | boolean;
@@ -375,6 +376,14 @@ export class SqliteStore implements ResourceStore {
 
   async eraseKey(keyId: string, erasedAt: string): Promise<{ resources: number }> {
     return { resources: (await this.keyOperation({ name: 'eraseKey', keyId, erasedAt })) as number };
+  }
+
+  async replaceTerms(type: string, id: string, versionId: number, terms: IndexTerm[]): Promise<boolean> {
+    return (await this.keyOperation({ name: 'replaceTerms', type, id, versionId, terms })) as boolean;
+  }
+
+  async removeTerms(terms: TypedTerm[]): Promise<void> {
+    if (terms.length > 0) await this.keyOperation({ name: 'removeTerms', terms });
   }
 
   async history(query: HistoryQuery): Promise<StoredVersion[]> {

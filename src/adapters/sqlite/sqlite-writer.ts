@@ -5,12 +5,14 @@
  */
 import type Database from 'better-sqlite3';
 import { KeyErasedError } from '../../vault/data-keys.ts';
-import { VersionConflictError, type AnchorMark, type NewKey, type VersionWrite } from '../../vault/store.ts';
+import { VersionConflictError, type AnchorMark, type IndexTerm, type NewKey, type TypedTerm, type VersionWrite } from '../../vault/store.ts';
 
 export type KeyOperation =
   | { name: 'insertKeys'; keys: NewKey[] }
   | { name: 'rewrapKey'; keyId: string; fromMasterKeyId: string; masterKeyId: string; wrapped: Uint8Array }
-  | { name: 'eraseKey'; keyId: string; erasedAt: string };
+  | { name: 'eraseKey'; keyId: string; erasedAt: string }
+  | { name: 'replaceTerms'; type: string; id: string; versionId: number; terms: IndexTerm[] }
+  | { name: 'removeTerms'; terms: TypedTerm[] };
 
 export class SqliteWriter {
   readonly statements;
@@ -20,6 +22,8 @@ export class SqliteWriter {
   private readonly keys;
   private readonly erase: (keyId: string, erasedAt: string) => number;
   private readonly insertKeys: (keys: NewKey[]) => number;
+  private readonly replaceTerms: (op: Extract<KeyOperation, { name: 'replaceTerms' }>) => boolean;
+  private readonly removeTerms: (terms: TypedTerm[]) => number;
 
   constructor(private readonly db: Database.Database) {
     this.keys = {
@@ -60,6 +64,19 @@ export class SqliteWriter {
       deleteTerms: db.prepare('DELETE FROM terms WHERE type = ? AND id = ?'),
       insertTerm: db.prepare('INSERT OR IGNORE INTO terms (type, param, value, id) VALUES (?, ?, ?, ?)'),
     };
+    const isCurrent = db.prepare('SELECT 1 FROM current WHERE type = ? AND id = ? AND version = ? AND deleted = 0');
+    this.replaceTerms = db.transaction(({ type, id, versionId, terms }: Extract<KeyOperation, { name: 'replaceTerms' }>) => {
+      if (!isCurrent.get(type, id, versionId)) return false;
+      this.statements.deleteTerms.run(type, id);
+      for (const t of terms) this.statements.insertTerm.run(type, t.param, t.value, id);
+      return true;
+    });
+    const removeTerm = db.prepare('DELETE FROM terms WHERE type = ? AND param = ? AND value = ?');
+    this.removeTerms = db.transaction((terms: TypedTerm[]) => {
+      let removed = 0;
+      for (const t of terms) removed += removeTerm.run(t.type, t.param, t.value).changes;
+      return removed;
+    });
     const anchor = db.prepare(
       `UPDATE versions SET anchor_block = ?, anchor_envelope = ?, anchor_entry = ?
        WHERE type = ? AND id = ? AND version = ? AND anchor_block IS NULL`,
@@ -119,6 +136,13 @@ export class SqliteWriter {
         const hidden = this.erase(op.keyId, op.erasedAt);
         this.purgeWal();
         return hidden;
+      }
+      case 'replaceTerms':
+        return this.replaceTerms(op);
+      case 'removeTerms': {
+        const removed = this.removeTerms(op.terms);
+        this.purgeWal();
+        return removed;
       }
     }
   }

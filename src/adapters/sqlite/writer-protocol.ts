@@ -4,7 +4,7 @@ import type { KeyOperation } from './sqlite-writer.ts';
 
 export type WriterRequest =
   | { kind: 'commit'; id: number; writes: VersionWrite[] }
-  /** A data-key write, queued behind the batches posted before it; never aborted by a failed batch. */
+  /** A data-key write or index rewrite, queued behind the batches posted before it; never aborted by a failed batch. */
   | { kind: 'key'; id: number; operation: KeyOperation }
   /** Anchor locations of committed versions, queued behind the batches posted before it; never aborted either. */
   | { kind: 'anchor'; id: number; marks: AnchorMark[] }

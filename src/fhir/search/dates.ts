@@ -198,7 +198,7 @@ export function ancestors(node: string): string[] {
 export const MAX_COVER_TERMS = 8;
 
 /** The interval rounded outward to whole months (unit 'month') or years, decades, centuries. */
-function roundOutward(i: Interval, unit: 'month' | 'year' | 'decade' | 'century'): Interval {
+export function roundOutward(i: Interval, unit: 'month' | 'year' | 'decade' | 'century'): Interval {
   const s = new Date(i.start);
   const e = new Date(i.end - 1);
   let sy = s.getUTCFullYear();

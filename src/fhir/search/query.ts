@@ -11,7 +11,8 @@ import { dateInterval, dateRange, datePrefixMatches, intervalQuery, prefixInterv
 import { decimalOf, numberMatches, withinSafeRange, numberQueryTerms, parseDecimal, rangeMatches, type Decimal, type NumberPrefix } from './numbers.ts';
 import { indexedParams, type IndexedParam } from './parameters.ts';
 import { forEachStringPart, normalizeString, stringQueryTerm } from './strings.ts';
-import { normalizeReference, tokenIsMixed } from './terms.ts';
+import { isUnindexed } from './low-cardinality.ts';
+import { normalizeReference, paramTerms, tokenIsMixed } from './terms.ts';
 
 export { dateRange };
 
@@ -158,7 +159,7 @@ interface Parsed {
   filter?: Predicate;
 }
 
-function tokenParam(param: IndexedParam, modifier: string | undefined, raw: string): Parsed {
+function tokenParam(type: string, param: IndexedParam, modifier: string | undefined, raw: string): Parsed {
   if (modifier !== undefined && modifier !== 'not') throw unsupportedModifier(param, modifier);
   const mixed = tokenIsMixed(param);
   const primitiveOnly = !mixed && param.accessors.every((a) => a.elementType !== undefined && isPrimitiveToken(a.elementType));
@@ -171,7 +172,24 @@ function tokenParam(param: IndexedParam, modifier: string | undefined, raw: stri
     if (bar === 0 && primitiveOnly) return v.slice(1);
     return v;
   });
-  return { clauses: [{ param: param.code, anyOf, ...(modifier === 'not' ? { negate: true } : {}) }] };
+  const negate = modifier === 'not';
+  if (isUnindexed(type, param)) return { clauses: [], filter: unindexedTokenFilter(param, anyOf, negate) };
+  return { clauses: [{ param: param.code, anyOf, ...(negate ? { negate: true } : {}) }] };
+}
+
+/**
+ * A low-cardinality token parameter has no index terms (low-cardinality.ts): the post-filter builds the terms
+ * the index would hold from the decrypted resource and tests the clause on them, so results are the same.
+ */
+function unindexedTokenFilter(param: IndexedParam, anyOf: string[], negate: boolean): Predicate {
+  const wanted = new Set(anyOf);
+  return (resource) => {
+    const terms = new Set<string>();
+    paramTerms(param, resource, terms);
+    let found = false;
+    for (const t of terms) if (wanted.has(t)) found = true;
+    return found !== negate;
+  };
 }
 
 function isPrimitiveToken(t: string): boolean {
@@ -519,7 +537,7 @@ export function parseSearch(type: string, params: Array<[string, string]>, optio
       const param = known.get(name);
       if (!param) throw errors.notSupported(`search parameter '${name.slice(0, 64)}' is not supported for ${type} ${supported()}`);
       if (modifier === 'missing') throw errors.notSupported(`${name}: ':missing' is not supported`);
-      const parsed = parseParam(param, modifier, raw, options);
+      const parsed = parseParam(type, param, modifier, raw, options);
       clauses.push(...parsed.clauses);
       if (parsed.filter) filters.push(parsed.filter);
     }
@@ -565,10 +583,10 @@ export function parseSearch(type: string, params: Array<[string, string]>, optio
   };
 }
 
-function parseParam(param: IndexedParam, modifier: string | undefined, raw: string, options: ParseOptions): Parsed {
+function parseParam(type: string, param: IndexedParam, modifier: string | undefined, raw: string, options: ParseOptions): Parsed {
   switch (param.type) {
     case 'token':
-      return tokenParam(param, modifier, raw);
+      return tokenParam(type, param, modifier, raw);
     case 'reference':
       return referenceParam(param, modifier, raw, options);
     case 'string':

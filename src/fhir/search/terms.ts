@@ -10,13 +10,17 @@
  *   reference  `Type/id` (version and local base dropped), absolute URLs and canonicals whole (a canonical
  *              with `|version` also without it).
  *   string     `p:<normalized prefix>` for prefix lengths 1..PREFIX_TERMS, and `x:<value>` (exact).
- *   date       `c:<node>` / `a:<node>` of the calendar bucket tree (see dates.ts).
+ *   date       `c:<node>` / `a:<node>` of the calendar bucket tree (see dates.ts); birthdate at decade level.
  *   number     `f:<floor>` and `*`.
  *   quantity   `f:<floor>`, `*`, `u:||<code>` and `u:||<unit>` (Money: `u:||<currency>`).
  *   uri        the uri.
+ * Low-cardinality token parameters (gender, statuses, booleans: low-cardinality.ts) get no terms.
  */
-import type { IndexTerm } from '../../vault/store.ts';
+import type { IndexTerm, TypedTerm } from '../../vault/store.ts';
+import { COMPARTMENT_PARAM, compartmentParams, compartmentTerm } from '../compartment.ts';
+import { knownResourceTypes } from '../validation/index.ts';
 import { intervalTerms, valueInterval } from './dates.ts';
+import { coarseInterval, isCoarseDate, isUnindexed } from './low-cardinality.ts';
 import { bucketTerm, decimalOf, PRESENCE } from './numbers.ts';
 import { indexedParams, referenceType, type IndexedParam } from './parameters.ts';
 import { forEachStringPart, stringTerms } from './strings.ts';
@@ -171,7 +175,7 @@ export function paramTerms(param: IndexedParam, resource: unknown, out: Set<stri
     case 'date':
       param.forEachValue(resource, (v, t) => {
         const i = valueInterval(v, t);
-        if (i) intervalTerms(i, out);
+        if (i) intervalTerms(isCoarseDate(param) ? coarseInterval(i) : i, out);
       });
       return;
     case 'number':
@@ -190,10 +194,36 @@ export function extractTerms(resourceType: string, resource: unknown): IndexTerm
   const terms: IndexTerm[] = [];
   const set = new Set<string>();
   for (const param of indexedParams(resourceType).values()) {
+    if (isUnindexed(resourceType, param)) continue;
     paramTerms(param, resource, set);
     if (set.size === 0) continue;
     for (const value of set) terms.push({ param: param.code, value });
     set.clear();
   }
   return terms;
+}
+
+/** Every index term of a resource version: its parameters' terms, and `_compartment` per patient compartment. */
+export function indexTerms(resourceType: string, resource: unknown, patients: readonly string[]): IndexTerm[] {
+  const terms = extractTerms(resourceType, resource);
+  for (const patient of patients) terms.push({ param: COMPARTMENT_PARAM, value: compartmentTerm(patient) });
+  return terms;
+}
+
+let patientReferenceParams: Array<{ type: string; param: string }> | undefined;
+
+/**
+ * The terms that can name a patient in any resource: `Patient/<id>` under every reference parameter that may
+ * target Patient, and `_compartment`. Erasure removes them from resources sealed under other keys.
+ * AuditEvents keep theirs: the access log keeps who accessed an erased patient (see write-session.ts).
+ */
+export function termsNamingPatient(patientId: string): TypedTerm[] {
+  patientReferenceParams ??= knownResourceTypes()
+    .filter((type) => type !== 'AuditEvent')
+    .flatMap((type) => [
+      ...[...indexedParams(type).values()].filter((p) => p.type === 'reference' && p.targets.includes('Patient')).map((p) => ({ type, param: p.code })),
+      ...(compartmentParams().has(type) ? [{ type, param: COMPARTMENT_PARAM }] : []),
+    ]);
+  const value = compartmentTerm(patientId);
+  return patientReferenceParams.map((p) => ({ ...p, value }));
 }
