@@ -79,7 +79,8 @@ export class HeadCheck {
     const params = (terms: IndexTerm[]) => [...new Set(terms.map((t) => t.param))].sort().join(', ');
     const forged = stored.filter((t) => !want.has(key(t)));
     const missing = expected.filter((t) => !have.has(key(t)));
-    if (forged.length > 0) problem(`${forged.length} stored index term(s) its content does not have (forged, for ${params(forged)})`);
+    if (forged.length > 0 && opened.erased) problem(`${forged.length} index term(s) remain although its data key is destroyed (an $erase removes them; for ${params(forged)})`);
+    else if (forged.length > 0) problem(`${forged.length} stored index term(s) its content does not have (forged, for ${params(forged)})`);
     if (missing.length > 0) problem(`${missing.length} index term(s) of its content are not stored (for ${params(missing)})`);
     return problems;
   }

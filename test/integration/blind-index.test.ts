@@ -5,11 +5,12 @@
  * terms from resources sealed under other patients' keys.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
-import { BSON, MongoClient } from 'mongodb';
+import { MongoClient } from 'mongodb';
+import { rawVaultBytes } from '../support/raw-vault.ts';
 import { body, FHIR_DATA, FHIR_JSON, forEachStore, type TestGateway } from '../support/gateway.ts';
 import type { EncryptedStore } from '../../src/vault/encrypted-store.ts';
 import { rotateIndexKey } from '../../src/vault/index-rotation.ts';
@@ -58,26 +59,6 @@ async function indexRows(t: TestGateway): Promise<Row[]> {
       }
     }
     return rows;
-  } finally {
-    await client.close();
-  }
-}
-
-/** Every byte the adapter persisted: every MongoDB document as BSON, or the SQLite files. */
-async function rawBytes(t: TestGateway): Promise<Buffer> {
-  const mongodb = t.gateway.config.mongodb;
-  if (!mongodb) {
-    const file = join(t.dataDir, 'vault.sqlite');
-    return Buffer.concat([file, `${file}-wal`].filter(existsSync).map((f) => readFileSync(f)));
-  }
-  const client = await MongoClient.connect(mongodb.uri);
-  try {
-    const db = client.db(mongodb.database);
-    const parts: Uint8Array[] = [];
-    for (const { name } of await db.listCollections().toArray()) {
-      for (const doc of await db.collection(name).find().toArray()) parts.push(BSON.serialize(doc));
-    }
-    return Buffer.concat(parts);
   } finally {
     await client.close();
   }
@@ -209,7 +190,7 @@ forEachStore((start, store) => {
       // MongoDB: in no document at all. (SQLite may keep a deleted key as a B-tree divider in an interior page
       // until the page is rebuilt: docs/security.md; its rows are checked above.)
       if (store === 'mongodb') {
-        const raw = await rawBytes(t);
+        const raw = await rawVaultBytes(t);
         assert.deepEqual([...namingB()].filter((token) => raw.includes(Buffer.from(token))), []);
       }
       // A's data is untouched and found as before.
@@ -248,7 +229,7 @@ forEachStore((start, store) => {
       const afterRows = await indexRows(t);
       assert.deepEqual(afterRows.filter((r) => before.has(r.value)), []);
       if (store === 'mongodb') {
-        const raw = await rawBytes(t);
+        const raw = await rawVaultBytes(t);
         assert.deepEqual([...before].filter((token) => raw.includes(Buffer.from(token))).slice(0, 5), []);
       }
       // The same value gets an unrelated token under the new key.

@@ -3,11 +3,11 @@
  * $everything, the anchor outbox, and crypto-shredding with $erase.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
-import { BSON, MongoClient } from 'mongodb';
+import { rawVaultBytes } from '../support/raw-vault.ts';
 import { body, FHIR_DATA, FHIR_JSON, forEachStore, type TestGateway } from '../support/gateway.ts';
 import { EncryptedStore, contentAad } from '../../src/vault/encrypted-store.ts';
 import { open } from '../../src/vault/seal.ts';
@@ -57,26 +57,6 @@ async function post(t: TestGateway, payload: unknown) {
 
 async function get(t: TestGateway, path: string) {
   return t.http.get(`/fhir/${path}`).set('Authorization', `Bearer ${t.admin}`);
-}
-
-/** Every byte the adapter persisted: the SQLite files, or every document of the MongoDB database as BSON. */
-async function rawVaultBytes(t: TestGateway): Promise<Buffer> {
-  const mongodb = t.gateway.config.mongodb;
-  if (!mongodb) {
-    const file = join(t.dataDir, 'vault.sqlite');
-    return Buffer.concat([file, `${file}-wal`].filter(existsSync).map((f) => readFileSync(f)));
-  }
-  const client = await MongoClient.connect(mongodb.uri);
-  try {
-    const db = client.db(mongodb.database);
-    const parts: Uint8Array[] = [];
-    for (const { name } of await db.listCollections().toArray()) {
-      for (const doc of await db.collection(name).find().toArray()) parts.push(BSON.serialize(doc));
-    }
-    return Buffer.concat(parts);
-  } finally {
-    await client.close();
-  }
 }
 
 function patientIdOf(res: { text: string }): string {
