@@ -23,6 +23,7 @@ import { HASH_BYTES, MerkleTree, hashLeaf, verifyInclusion } from './merkle.ts';
 /** Domain separation: a header hash can never be confused with an envelope, validity or other digest. */
 export const BLOCK_HEADER_HASH_PREFIX = 'medblock/block-header/v1\n';
 export const BLOCK_VALIDITY_HASH_PREFIX = 'medblock/block-validity/v1\n';
+export const CONFIG_CHAIN_HASH_PREFIX = 'medblock/config-chain/v1\n';
 
 /** previousHash of block 0: there is no block before it. */
 export const GENESIS_PREVIOUS_HASH = '0'.repeat(2 * HASH_BYTES);
@@ -54,6 +55,12 @@ export interface BlockHeader {
    * and then outside the hash, so older headers keep their hashes.
    */
   ordererTime?: string;
+  /**
+   * A hash chain over every valid config envelope committed up to and including this block (configChainHash),
+   * so an attested header commits to the whole membership history. Absent while the chain has none (and in
+   * blocks written before the field), and then outside the hash, so those headers keep their hashes.
+   */
+  configHash?: string;
 }
 
 /** What validating a block's envelopes needs: the validation context minus what the block itself gives (number, clock). */
@@ -99,9 +106,10 @@ function sha256Hex(prefix: string, value: unknown): string {
 
 /** SHA-256 over UTF-8(BLOCK_HEADER_HASH_PREFIX ‖ canonical JSON of the header), lowercase hex. */
 export function blockHeaderHash(header: BlockHeader): string {
-  const { channel, number, previousHash, dataHash, envelopeCount, validityHash, firstOffset, lastOffset, time, ordererTime } = header;
+  const { channel, number, previousHash, dataHash, envelopeCount, validityHash, firstOffset, lastOffset, time, ordererTime, configHash } = header;
   return sha256Hex(BLOCK_HEADER_HASH_PREFIX, {
     ...(ordererTime === undefined ? {} : { ordererTime }),
+    ...(configHash === undefined ? {} : { configHash }),
     channel,
     number,
     previousHash,
@@ -121,6 +129,18 @@ export function validityHash(codes: readonly ValidityCode[]): string {
 
 export function validityCode(validity: EnvelopeValidity): ValidityCode {
   return validity.valid ? 'valid' : validity.reason;
+}
+
+/**
+ * The configHash of block `blockNumber`: unchanged from the previous block's (absent when it has none) when
+ * the block holds no valid config envelope, else SHA-256 over UTF-8(CONFIG_CHAIN_HASH_PREFIX ‖ canonical JSON
+ * of {block, envelopes, previous}): the SHA-256 (hex) of each valid config envelope's wire bytes in block
+ * order, and the previous configHash or 64 zeros.
+ */
+export function configChainHash(previous: string | undefined, blockNumber: number, configEnvelopes: readonly Uint8Array[]): string | undefined {
+  if (configEnvelopes.length === 0) return previous;
+  const envelopes = configEnvelopes.map((bytes) => createHash('sha256').update(bytes).digest('hex'));
+  return sha256Hex(CONFIG_CHAIN_HASH_PREFIX, { block: blockNumber, envelopes, previous: previous ?? GENESIS_PREVIOUS_HASH });
 }
 
 /** validityHash of untrusted codes, or undefined when they are not all strings with a canonical form. */
@@ -192,6 +212,11 @@ export function buildBlockWithVerdicts(
     verdict.valid ? { valid: true } : { valid: false, reason: verdict.reason, detail: verdict.detail },
   );
   const validTimestamps = verdicts.flatMap((verdict) => (verdict.valid ? [verdict.envelope.timestamp] : []));
+  const configEnvelopes = envelopes.filter((_, index) => {
+    const verdict = verdicts[index];
+    return verdict.valid && verdict.envelope.type === 'config';
+  });
+  const configHash = configChainHash(previous?.configHash, cut.number, configEnvelopes);
   const header: BlockHeader = {
     channel: context.channel,
     number: cut.number,
@@ -203,6 +228,7 @@ export function buildBlockWithVerdicts(
     lastOffset: cut.lastOffset,
     time: blockTime(previous?.time ?? GENESIS_TIME, validTimestamps),
     ...(ordererTime === undefined ? {} : { ordererTime }),
+    ...(configHash === undefined ? {} : { configHash }),
   };
   return { block: { header, envelopes, validity }, verdicts };
 }
@@ -222,6 +248,7 @@ const HEADER_FIELDS = [
   'lastOffset',
   'time',
   'ordererTime',
+  'configHash',
 ] as const;
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {
@@ -253,6 +280,9 @@ export function headerProblems(value: unknown, path: string): BlockProblem[] {
   for (const field of ['previousHash', 'dataHash', 'validityHash'] as const) {
     if (typeof header[field] !== 'string' || !HEX_HASH_PATTERN.test(header[field])) report(field, 'must be 64 lowercase hex digits');
   }
+  if (header.configHash !== undefined && (typeof header.configHash !== 'string' || !HEX_HASH_PATTERN.test(header.configHash))) {
+    report('configHash', 'must be 64 lowercase hex digits');
+  }
   if (!isTimestamp(header.time)) report('time', 'must be an ISO instant as toISOString writes it');
   if (header.ordererTime !== undefined && !isTimestamp(header.ordererTime)) report('ordererTime', 'must be an ISO instant as toISOString writes it');
   if (problems.length === 0) {
@@ -282,6 +312,7 @@ function linkProblems(header: BlockHeader, previous: BlockHeader | undefined, pa
     report('firstOffset', `${header.firstOffset} is not after the previous block's lastOffset ${previous.lastOffset}`);
   }
   if (header.time < previous.time) report('time', `is before the previous block's time ${previous.time}`);
+  if (previous.configHash !== undefined && header.configHash === undefined) report('configHash', 'is missing, but the previous block has one');
   return problems;
 }
 
@@ -357,14 +388,22 @@ export function verifyBlock(
   if (header.validityHash !== checkedValidityHash(codes)) report('/header/validityHash', 'is not the hash of the verdicts');
 
   const validTimestamps: string[] = [];
+  const configEnvelopes: Uint8Array[] = [];
   codes.forEach((code, index) => {
     if (code !== 'valid') return;
     const parsed = parseEnvelope(envelopes[index], Infinity);
-    if (parsed.valid) validTimestamps.push(parsed.envelope.timestamp);
-    else report(`/validity/${index}`, `marked valid but the envelope is ${parsed.reason}`);
+    if (!parsed.valid) return report(`/validity/${index}`, `marked valid but the envelope is ${parsed.reason}`);
+    validTimestamps.push(parsed.envelope.timestamp);
+    if (parsed.envelope.type === 'config') configEnvelopes.push(envelopes[index]);
   });
   const expectedTime = blockTime(previous?.time ?? GENESIS_TIME, validTimestamps);
   if (header.time !== expectedTime) report('/header/time', `must be ${expectedTime} (latest valid envelope timestamp)`);
+  const expectedConfigHash = configChainHash(previous?.configHash, header.number, configEnvelopes);
+  // A config block written before the field existed has none, and neither has any block before it.
+  const writtenBeforeConfigHash = header.configHash === undefined && previous?.configHash === undefined;
+  if (header.configHash !== expectedConfigHash && !writtenBeforeConfigHash) {
+    report('/header/configHash', `must be ${expectedConfigHash ?? 'absent'} (the hash chain of the valid config envelopes)`);
+  }
 
   if (context !== undefined) {
     if (header.channel !== context.channel) report('/header/channel', `is not the channel ${context.channel} being verified`);

@@ -11,7 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import { verifyCheckpoint, type Attestation, type Checkpoint } from './attestation.ts';
-import { blockHeaderHash, envelopeInclusionProof, headerProblems, verifyChain, verifyEnvelopeInclusion, type Block, type BlockHeader, type EnvelopeInclusionProof } from './block.ts';
+import { blockHeaderHash, configChainHash, envelopeInclusionProof, headerProblems, verifyChain, verifyEnvelopeInclusion, type Block, type BlockHeader, type EnvelopeInclusionProof } from './block.ts';
 import { CHANNEL_PATTERN, validateEnvelope, type ConfigChange } from './envelope.ts';
 import { applyConfigChange, Membership } from './membership.ts';
 import { certificateFingerprint, verifyMemberCertificate } from '../identity/ca.ts';
@@ -262,6 +262,35 @@ function membershipHistory(trust: Trust, configChanges: unknown[], lastBlock: nu
   return (blockNumber) => steps.reduce((found, step) => (step.from <= blockNumber ? step.membership : found), trust.genesisMembership);
 }
 
+/**
+ * The config changes carried (already proven genuine, in chain order) are all those of the attested chain: the
+ * configHash recomputed over them, block by block, must be each config block's own attested configHash and, at
+ * the end, the checkpoint's. Config blocks written before headers had the field commit to nothing (a warning).
+ */
+function checkConfigCompleteness(configChanges: ProvenConfigChange[], checkpointHeader: BlockHeader, report: ProofReport): void {
+  const leftOutOrAdded = 'is not the hash chain of the config changes the proof carries: one is left out, or they are not this chain\'s';
+  let chained: string | undefined;
+  const uncommitted: number[] = [];
+  for (let first = 0; first < configChanges.length; ) {
+    const blockNumber = configChanges[first].checkpoint.header.number;
+    let end = first;
+    while (end < configChanges.length && configChanges[end].checkpoint.header.number === blockNumber) end++;
+    const group = configChanges.slice(first, end);
+    if (chained === undefined && group.every((change) => change.checkpoint.header.configHash === undefined)) uncommitted.push(blockNumber);
+    else {
+      chained = configChainHash(chained, blockNumber, group.map((change) => new Uint8Array(Buffer.from(change.envelope, 'base64url'))));
+      group.forEach((change, k) => {
+        if (change.checkpoint.header.configHash !== chained) report.problems.push({ path: `/consortium/configChanges/${first + k}/checkpoint/header/configHash`, problem: leftOutOrAdded });
+      });
+    }
+    first = end;
+  }
+  if (checkpointHeader.configHash !== chained) report.problems.push({ path: '/checkpoint/header/configHash', problem: leftOutOrAdded });
+  if (uncommitted.length > 0) {
+    report.warnings.push(`the config changes of block(s) ${uncommitted.join(', ')} predate the headers' configHash: that none of them is left out is not attested`);
+  }
+}
+
 /** The trust a proof establishes: the pinned genesis and the membership in force at any block up to the checkpoint. */
 function consortiumAt(value: unknown, checkpoint: unknown, options: ProofOptions, report: ProofReport): { channel: string; quorum: number; membershipAt: (blockNumber: number) => Membership } | undefined {
   const checkpointHeader = (checkpoint as Partial<Checkpoint> | undefined)?.header;
@@ -276,6 +305,7 @@ function consortiumAt(value: unknown, checkpoint: unknown, options: ProofOptions
   if (!trust) return undefined;
   const membershipAt = membershipHistory(trust, (value as ProofConsortium).configChanges, number, report);
   if (!membershipAt) return undefined;
+  checkConfigCompleteness((value as ProofConsortium).configChanges, checkpointHeader as BlockHeader, report);
   return { channel: trust.genesis.channel, quorum: trust.genesis.quorum, membershipAt };
 }
 

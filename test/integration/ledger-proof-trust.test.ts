@@ -165,3 +165,34 @@ describe('an old proof after every certificate expired', () => {
     assert.ok(problemsOf(late, chain).some((p) => /certificate: .*not valid at 2030-01-01/.test(p.problem)));
   });
 });
+
+describe('a proof that leaves out a config change', () => {
+  // h1, h2, h3 (quorum 2); h4 joins, then h3 is revoked; h4 anchors in block 3, attested by h1, h2 and h4. The
+  // attested headers commit to every config envelope, so leaving the revocation out is caught.
+  let chain: ProofChain;
+  let honest: ResourceProof;
+  const digest = digestOf('anchored by h4 after the revocation of h3');
+
+  before(async () => {
+    chain = await ProofChain.create(['h1', 'h2', 'h3']);
+    chain.commit([chain.anchor('h1', digestOf('first'), T)], ['h1', 'h2', 'h3']);
+    chain.commit([chain.config(await chain.newMember('h4'), ['h1', 'h2'], T)], ['h1', 'h2', 'h3']);
+    chain.commit([chain.config({ action: 'revokeMember', member: 'h3' }, ['h1', 'h2', 'h4'], T)], ['h1', 'h2', 'h3', 'h4']);
+    chain.commit([chain.anchor('h4', digest, T)], ['h1', 'h2', 'h4']);
+    honest = chain.resourceProof(3, 0, digest);
+  });
+
+  it('the honest proof verifies', () => {
+    assert.equal(honest.consortium.configChanges.length, 2);
+    assert.deepEqual(verifyResourceProof(honest, { consortium: chain.manifestText }), { problems: [], warnings: [] });
+  });
+
+  it('without the revocation (so h3 still counts and the quorum is 3 of 4) it fails', () => {
+    const withoutRevocation = structuredClone(honest);
+    withoutRevocation.consortium.configChanges = honest.consortium.configChanges.slice(0, 1);
+    const problems = problemsOf(withoutRevocation, chain);
+    assert.ok(problems.some((p) => p.path === '/checkpoint/header/configHash' && /not the hash chain of the config changes the proof carries/.test(p.problem)), JSON.stringify(problems));
+    const consistency = { format: CONSISTENCY_PROOF_FORMAT, from: honest.header, headers: [], checkpoint: honest.checkpoint, consortium: withoutRevocation.consortium };
+    assert.ok(verifyConsistencyProof(consistency, { consortium: chain.manifestText }).problems.some((p) => p.path === '/checkpoint/header/configHash'));
+  });
+});
