@@ -17,6 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { createAttestation } from '../../src/ledger/attestation.ts';
+import { verifyBlock } from '../../src/ledger/block.ts';
 import { verifyConsistencyProof, verifyResourceProof, CONSISTENCY_PROOF_FORMAT, type ResourceProof } from '../../src/ledger/proof.ts';
 import { digestOf, ProofChain } from '../support/proof-chain.ts';
 
@@ -194,5 +195,41 @@ describe('a proof that leaves out a config change', () => {
     assert.ok(problems.some((p) => p.path === '/checkpoint/header/configHash' && /not the hash chain of the config changes the proof carries/.test(p.problem)), JSON.stringify(problems));
     const consistency = { format: CONSISTENCY_PROOF_FORMAT, from: honest.header, headers: [], checkpoint: honest.checkpoint, consortium: withoutRevocation.consortium };
     assert.ok(verifyConsistencyProof(consistency, { consortium: chain.manifestText }).problems.some((p) => p.path === '/checkpoint/header/configHash'));
+  });
+
+  it('a revocation left out of a block that also adds a member fails too', async () => {
+    const both = await ProofChain.create(['h1', 'h2', 'h3']);
+    const addH4 = both.config(await both.newMember('h4'), ['h1', 'h2'], T);
+    both.commit([addH4, both.config({ action: 'revokeMember', member: 'h3' }, ['h1', 'h2'], T)], ['h1', 'h2', 'h3']);
+    both.commit([both.anchor('h4', digest, T)], ['h1', 'h2', 'h4']);
+    const proof = both.resourceProof(1, 0, digest);
+    assert.deepEqual(verifyResourceProof(proof, { consortium: both.manifestText }).problems, []);
+    proof.consortium.configChanges = proof.consortium.configChanges.slice(0, 1);
+    assert.deepEqual(verifyResourceProof(proof, { consortium: both.manifestText }).problems.map((p) => p.path), [
+      '/consortium/configChanges/0/checkpoint/header/configHash',
+      '/checkpoint/header/configHash',
+    ]);
+  });
+
+  it('a chain committed before headers had configHash still replays and its proofs verify, with a warning', async () => {
+    const old = await ProofChain.create(['h1', 'h2', 'h3']);
+    old.writeConfigHash = false;
+    old.commit([old.config(await old.newMember('h4'), ['h1', 'h2'], T)], ['h1', 'h2', 'h3']);
+    old.commit([old.config({ action: 'revokeMember', member: 'h3' }, ['h1', 'h2', 'h4'], T)], ['h1', 'h2', 'h3', 'h4']);
+    old.commit([old.anchor('h4', digest, T)], ['h1', 'h2', 'h4']);
+    assert.ok(old.blocks.every((block) => !('configHash' in block.header)));
+    old.blocks.forEach((block, n) => assert.deepEqual(verifyBlock(block, old.blocks[n - 1]?.header), []));
+    const report = verifyResourceProof(old.resourceProof(2, 0, digest), { consortium: old.manifestText });
+    assert.deepEqual(report.problems, []);
+    assert.match(report.warnings.join('\n'), /block\(s\) 0, 1 predate the headers' configHash/);
+    // Once members run this version, the next config block starts the hash chain, and what follows is committed.
+    old.writeConfigHash = true;
+    old.commit([old.config(await old.newMember('h5'), ['h1', 'h2'], T)], ['h1', 'h2', 'h4']);
+    old.commit([old.anchor('h5', digestOf('h5'), T)], ['h1', 'h2', 'h4']);
+    old.blocks.forEach((block, n) => assert.deepEqual(verifyBlock(block, old.blocks[n - 1]?.header), []));
+    const later = old.resourceProof(4, 0, digestOf('h5'));
+    assert.deepEqual(verifyResourceProof(later, { consortium: old.manifestText }).problems, []);
+    later.consortium.configChanges.pop();
+    assert.ok(verifyResourceProof(later, { consortium: old.manifestText }).problems.some((p) => p.path === '/checkpoint/header/configHash'));
   });
 });

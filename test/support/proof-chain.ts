@@ -22,6 +22,8 @@ export class ProofChain {
   readonly attestations = new Map<number, Attestation[]>();
   readonly signers = new Map<string, EnvelopeSigner>();
   membership: Membership;
+  /** False: headers as the code before configHash wrote them (a chain committed before the field existed). */
+  writeConfigHash = true;
   private readonly nonces = new CommittedNonces();
   private offset = 0;
 
@@ -87,6 +89,7 @@ export class ProofChain {
     const { block, verdicts } = buildBlockWithVerdicts(cut, previous, {
       channel: this.channel, members: this.membership, committedNonces: this.nonces, checkMemberCertificate: memberCertificateCheck(this.consortium.ca.certPem),
     });
+    if (!this.writeConfigHash) delete block.header.configHash;
     const index = blockIndex(verdicts);
     for (const { creator, nonce } of index.nonces) this.nonces.add(creator, nonce);
     for (const change of index.configChanges) this.membership = applyConfigChange(this.membership, change, block.header.number + 1);

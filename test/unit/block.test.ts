@@ -7,6 +7,7 @@ import {
   GENESIS_TIME,
   blockHeaderHash,
   buildBlock,
+  configChainHash,
   envelopeInclusionProof,
   validityHash,
   verifyBlock,
@@ -17,7 +18,7 @@ import {
   type BlockProblem,
 } from '../../src/ledger/block.ts';
 import type { CutBlock } from '../../src/ledger/block-cutter.ts';
-import { CommittedNonces, createEnvelope, encodeEnvelope, type EnvelopeSigner, type ValidationContext } from '../../src/ledger/envelope.ts';
+import { approveConfigChange, CommittedNonces, createEnvelope, newNonce, encodeEnvelope, type EnvelopeSigner, type ValidationContext } from '../../src/ledger/envelope.ts';
 import { merkleRoot } from '../../src/ledger/merkle.ts';
 import { Membership } from '../../src/ledger/membership.ts';
 
@@ -141,6 +142,60 @@ describe('header hash', () => {
     const codes = 'medblock/block-validity/v1\n["valid","bad-signature"]';
     assert.equal(createHash('sha256').update(codes, 'utf8').digest('hex'), '43ef76fb46fc6fdc0b3daa2d830a813f42d89d9786b25056b51c2bf0363fe850');
     assert.equal(validityHash(['valid', 'bad-signature']), '43ef76fb46fc6fdc0b3daa2d830a813f42d89d9786b25056b51c2bf0363fe850');
+  });
+});
+
+describe('configHash', () => {
+  const hashOf = (text: string) => createHash('sha256').update(text, 'utf8').digest('hex');
+
+  it('is hashed only when present, sorted after channel (docs/proofs.md vector)', () => {
+    const header: BlockHeader = {
+      channel: 'main', number: 1, previousHash: '11'.repeat(32), dataHash: '22'.repeat(32), envelopeCount: 2,
+      validityHash: '33'.repeat(32), firstOffset: 5, lastOffset: 7, time: '2025-06-01T12:00:00.000Z', configHash: '44'.repeat(32),
+    };
+    const text =
+      'medblock/block-header/v1\n' +
+      `{"channel":"main","configHash":"${'44'.repeat(32)}","dataHash":"${'22'.repeat(32)}","envelopeCount":2,"firstOffset":5,"lastOffset":7,` +
+      `"number":1,"previousHash":"${'11'.repeat(32)}","time":"2025-06-01T12:00:00.000Z","validityHash":"${'33'.repeat(32)}"}`;
+    const expected = '13d7255dcb0756df56d9ad2fa2e795647e059f956ea74871636ccfffe5b6ea32';
+    assert.equal(hashOf(text), expected);
+    assert.equal(blockHeaderHash(header), expected);
+  });
+
+  it('chains the SHA-256 of each valid config envelope per block (docs/proofs.md vector)', () => {
+    const bytes = (text: string) => new Uint8Array(Buffer.from(text, 'utf8'));
+    const first = 'e1b6f15825cdc7c7241ffc2c64a02bf7f997699e95bb94971b3150d9cd301b12';
+    assert.equal(
+      hashOf(`medblock/config-chain/v1\n{"block":3,"envelopes":["${hashOf('config one')}","${hashOf('config two')}"],"previous":"${'0'.repeat(64)}"}`),
+      first,
+    );
+    assert.equal(configChainHash(undefined, 3, [bytes('config one'), bytes('config two')]), first);
+    assert.equal(configChainHash(first, 7, [bytes('config three')]), 'b50bfd2497c368a3ecb40fdab83b94b29bed75df34527f7a89eda1c4dc0d552f');
+    assert.equal(configChainHash(first, 8, []), first);
+    assert.equal(configChainHash(undefined, 8, []), undefined);
+  });
+
+  it('is set by buildBlock from the first valid config envelope on, and checked by verifyBlock and verifyChain', () => {
+    const nonce = newNonce();
+    const change = { action: 'revokeMember' as const, member: 'h2' };
+    const approvals = [approveConfigChange(signer('h1'), CHANNEL, nonce, change), approveConfigChange(signer('h2'), CHANNEL, nonce, change)];
+    const config = encodeEnvelope(createEnvelope(signer('h1'), { channel: CHANNEL, type: 'config', nonce, timestamp: '2025-06-01T12:01:00.000Z', payload: { ...change, approvals } }));
+    const block0 = buildBlock(cut(0, 0, [anchorBytes(signer('h1'), '2025-06-01T12:00:00.000Z')]), undefined, context());
+    const block1 = buildBlock(cut(1, 1, [anchorBytes(signer('h1'), '2025-06-01T12:01:00.000Z'), config]), block0.header, context());
+    const block2 = buildBlock(cut(2, 3, [anchorBytes(signer('h1'), '2025-06-01T12:02:00.000Z')]), block1.header, context());
+    assert.deepEqual(block1.validity.map((v) => v.valid), [true, true]);
+    assert.equal('configHash' in block0.header, false, 'absent while the chain has no config envelope');
+    assert.equal(block1.header.configHash, configChainHash(undefined, 1, [config]));
+    assert.equal(block2.header.configHash, block1.header.configHash);
+    assert.deepEqual([block0, block1, block2].flatMap((b, i) => verifyBlock(b, [block0, block1][i - 1]?.header, context())), []);
+    assert.deepEqual(verifyChain([block0.header, block1.header, block2.header]), []);
+
+    assert.deepEqual(paths(verifyBlock({ ...block1, header: { ...block1.header, configHash: 'ab'.repeat(32) } }, block0.header)), ['/header/configHash']);
+    const dropped = { ...block2, header: { ...block2.header } };
+    delete dropped.header.configHash;
+    assert.deepEqual(paths(verifyBlock(dropped, block1.header)), ['/header/configHash', '/header/configHash']);
+    assert.deepEqual(paths(verifyChain([block1.header, dropped.header], block0.header)), ['/1/configHash']);
+    assert.deepEqual(paths(verifyChain([{ ...block0.header, configHash: 'x' }])), ['/0/configHash']);
   });
 });
 
