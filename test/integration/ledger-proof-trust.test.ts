@@ -7,7 +7,9 @@
  * The attack: one member (h1 of three, quorum 2) forges a proof alone, inventing members, quorum and
  * revocations, certificates from a CA of its own, and a checkpoint only it signed. Each variant fails, also
  * through `medblock verify --proof --ca --consortium`; a genuine proof across a membership change and a
- * revocation verifies, and so does an old proof whose certificates have all expired.
+ * revocation verifies, and so does an old proof whose certificates have all expired. And a proof cannot leave a
+ * config change out (a revocation, so that the revoked member still counts): attested headers commit to the config
+ * history (configHash); chains committed before that field still verify, with a warning.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
