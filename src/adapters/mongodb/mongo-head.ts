@@ -1,6 +1,6 @@
 /**
  * The MongoStore's answer to "was this current pointer moved back?" (HeadState.superseded), kept beside
- * mongo-store.ts. See the protocol there: a batch stages versions, passes its commit point (a 'committed'
+ * mongo-store.ts. See the protocol in mongo-commit.ts: a batch stages versions, passes its commit point (a 'committed'
  * decision), moves its pointers, and only then deletes its tx document. So a version beyond a pointer is
  * normal while its batch is in flight (no decision, or a tx document still there). Once the batch is
  * committed and its tx document is gone, the pointer was moved to it; if the pointer is behind it still
