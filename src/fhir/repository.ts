@@ -88,7 +88,7 @@ export interface SearchOptions {
    * Whether a match, decrypted, is one the caller may see: the index chose it, and an index can be forged
    * by whoever writes to the store. Others are dropped from the page.
    */
-  canSee?: (v: ResourceVersion, resource: Record<string, unknown>) => boolean;
+  canSee?: (v: ResourceVersion, resource: () => Record<string, unknown>) => boolean;
   /** `Prefer: handling=`: lenient leaves unknown or unsupported parameters out instead of a 400. */
   handling?: 'strict' | 'lenient';
 }
@@ -271,7 +271,8 @@ export class FhirRepository {
 
     if (options.canSee) {
       const canSee = options.canSee;
-      versions = versions.filter((v) => canSee(v, parsedById.get(v.id) ?? parseVersion(v)));
+      // Parsed only when the check needs the content (a patient-bound token's compartment).
+      versions = versions.filter((v) => canSee(v, () => parsedById.get(v.id) ?? parseVersion(v)));
     }
     const included = await this.includes(type, parsed, versions, parsedById, options, warnings);
     if (parsed.elements) versions = versions.map((v) => subsetted(v, parsed.elements!, parsedById.get(v.id)));

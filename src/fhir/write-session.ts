@@ -49,7 +49,7 @@ export interface MatchScope {
   /** The narrowing for searching `type` (e.g. to a patient compartment); throws when the caller may not. */
   restrictFor(type: string): ((query: StoreQuery) => StoreQuery) | undefined;
   /** Whether a decrypted candidate is one the caller may see. */
-  canSee(v: ResourceVersion, resource: Record<string, unknown>): boolean;
+  canSee(v: ResourceVersion, resource: () => Record<string, unknown>): boolean;
 }
 
 /** Puts id and meta first and stamps versionId/lastUpdated, keeping the client's other meta. */
@@ -208,7 +208,7 @@ export class WriteSession {
     if (query) {
       const filter = parsed.postFilter;
       const result = await scanMatches(this.store, { ...query, afterId: undefined }, filter, undefined, MAX_SCAN, (row, resource) => {
-        if (!pending.has(`${type}/${row.id}`) && scope.canSee(toVersion(row), resource ?? parseVersion(row))) ids.add(row.id);
+        if (!pending.has(`${type}/${row.id}`) && scope.canSee(toVersion(row), () => resource ?? parseVersion(row))) ids.add(row.id);
         return ids.size < limit;
       });
       if (!result.exhausted && !result.stopped) throw tooCostly(`the conditional ${type} query needs to check more than ${MAX_SCAN} candidates; narrow it`);
@@ -216,7 +216,7 @@ export class WriteSession {
         if (!matchesStaged(query, staged.write)) continue;
         const resource = parseVersion(staged.version);
         if (filter && !filter(resource)) continue;
-        if (!scope.canSee(staged.version, resource)) continue;
+        if (!scope.canSee(staged.version, () => resource)) continue;
         ids.add(staged.write.record.id);
         if (session !== this) this.readFrom.add(session);
       }

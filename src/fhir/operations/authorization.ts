@@ -46,9 +46,9 @@ function matchAccess(req: FhirRequest, type: string): Access {
  * Whether a decrypted result lies in the compartment `access` was narrowed to; one that does not was routed
  * there by a forged index term: an integrity alarm, and left out.
  */
-export function withinAccess(access: Access, v: ResourceVersion, interaction: string, resource?: Record<string, unknown>): boolean {
+export function withinAccess(access: Access, v: ResourceVersion, interaction: string, resource: () => Record<string, unknown> = () => parseVersion(v)): boolean {
   if (access.kind !== 'patient' || !v.json) return true;
-  if (inPatientCompartment(v.type, resource ?? parseVersion(v), access.patientId)) return true;
+  if (inPatientCompartment(v.type, resource(), access.patientId)) return true;
   reportOutsideCompartment(interaction, v);
   return false;
 }

@@ -12,12 +12,12 @@ import { requireAccess, searchEntry, supportedParams } from './common.ts';
 import { accessRestriction, assertVersionAccessible, searchRestriction, withinAccess, type Restriction } from './authorization.ts';
 
 /** Whether a match lies in the compartment the search was narrowed to: `access`'s, and `patientId`'s if given. */
-type MatchCheck = (v: ResourceVersion, resource: Record<string, unknown>) => boolean;
+type MatchCheck = (v: ResourceVersion, resource: () => Record<string, unknown>) => boolean;
 
 function compartmentCheck(access: Access, interaction: string, patientId?: string): MatchCheck {
   return (v, resource) => {
     if (!withinAccess(access, v, interaction, resource)) return false;
-    if (patientId === undefined || inPatientCompartment(v.type, resource, patientId)) return true;
+    if (patientId === undefined || inPatientCompartment(v.type, resource(), patientId)) return true;
     reportOutsideCompartment(interaction, v);
     return false;
   };
