@@ -82,10 +82,9 @@ async function requestsFor(repo: FhirRepository, patientId: string, keyId: strin
     .sort((a, b) => (a.version.lastUpdated < b.version.lastUpdated ? -1 : 1));
 }
 
-async function writeRecord(repo: FhirRepository, event: Record<string, unknown>): Promise<void> {
-  await repo.write(async (session) => {
-    await session.create(event as never);
-  });
+/** Writes an erasure record; its lastUpdated is the time a repeated request reports. */
+function writeRecord(repo: FhirRepository, event: Record<string, unknown>): Promise<ResourceVersion> {
+  return repo.write((session) => session.create(event as never));
 }
 
 /**
@@ -102,9 +101,8 @@ export async function eraseByPolicy(repo: FhirRepository, policy: ErasurePolicy,
     if (!byOther) {
       const own = requests[0];
       if (own) return { state: 'pending', requestedAt: own.version.lastUpdated };
-      const requestedAt = new Date().toISOString();
-      await writeRecord(repo, erasureEvent('request', patientId, target.keyId, actors, requestedAt, policy.hospitalId));
-      return { state: 'pending', requestedAt };
+      const request = await writeRecord(repo, erasureEvent('request', patientId, target.keyId, actors, new Date().toISOString(), policy.hospitalId));
+      return { state: 'pending', requestedAt: request.lastUpdated };
     }
     actors = [byOther.record.actors[0], actor];
   }
