@@ -1,12 +1,12 @@
 /**
  * A consortium directory as `medblock consortium init` writes it, and how a member's gateway loads it:
  *
- *   consortium.json            public: channel, quorum, ledger settings, CA fingerprint, every member's
- *                              certificate and envelope-signing public key
+ *   consortium.json            public: channel, quorum, ledger settings, link identifier systems, CA
+ *                              fingerprint, every member's certificate and envelope-signing public key
  *   ca/ca.crt, ca/ca.key       the CA (ca.key stays with the CA operator, never on a gateway)
  *   <member>/member.crt|key    the member's RSA X.509 identity
  *   <member>/signing.key|pub   its ECDSA P-256 envelope-signing key
- *   <member>/patient-token.key the consortium's shared patient-token key (ledger/patient-token.ts)
+ *   <member>/patient-token.key the consortium's shared key for link tokens (federation/link-token.ts)
  *
  * A gateway needs consortium.json, ca/ca.crt and its own member directory. Loading checks every member
  * certificate against the CA and that it names the signing key listed for it, so a tampered
@@ -15,6 +15,7 @@
 import { createPrivateKey, createSecretKey, randomBytes, type KeyObject } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { normalizeSystem, UnlinkableIdentifierError, US_SSN_SYSTEM } from '../federation/link-token.ts';
 import type { BlockCutterConfig } from '../ledger/block-cutter.ts';
 import { DEFAULT_MAX_ENVELOPE_BYTES, type ValidationContext } from '../ledger/envelope.ts';
 import { Membership } from '../ledger/membership.ts';
@@ -66,7 +67,17 @@ export interface MemberConsortium {
   members: ConsortiumMember[];
   self: { memberId: string; privateKey: KeyObject };
   patientTokenKey: KeyObject;
+  federation: FederationSettings;
 }
+
+/** consortium.json `federation`: optional; a consortium.json without it links no one. */
+export interface FederationSettings {
+  /** The identifier systems that name one person across members (link tokens, docs/federation.md). */
+  linkIdentifierSystems: string[];
+}
+
+/** What `consortium init` writes: SSN, which every Synthea patient carries and US hospitals share. */
+export const DEFAULT_LINK_IDENTIFIER_SYSTEMS = [US_SSN_SYSTEM];
 
 const PATIENT_TOKEN_KEY_FILE = 'patient-token.key';
 
@@ -108,6 +119,7 @@ function manifest(consortium: Consortium) {
     channel: consortium.channel,
     quorum: consortium.quorum,
     ledger: { ...DEFAULT_LEDGER_SETTINGS, maxClockSkewMs: DEFAULT_MAX_CLOCK_SKEW_MS },
+    federation: { linkIdentifierSystems: DEFAULT_LINK_IDENTIFIER_SYSTEMS },
     signatureSchemes: {
       certificates: `RSA-${RSA_BITS} sha256WithRSAEncryption (X.509)`,
       envelopes: `ECDSA ${SIGNING_KEY_CURVE} SHA-256, key named in the member certificate's subjectAltName`,
@@ -176,6 +188,30 @@ export function loadMemberConsortium(dir: string, memberId: string): MemberConso
     members,
     self: { memberId, privateKey },
     patientTokenKey: createSecretKey(tokenKey),
+    federation: federationSettings(dir, config.federation),
+  };
+}
+
+/** `federation` of consortium.json: absent means no link systems; anything malformed is refused by name. */
+function federationSettings(dir: string, federation: unknown): FederationSettings {
+  if (federation === undefined) return { linkIdentifierSystems: [] };
+  if (typeof federation !== 'object' || federation === null || Array.isArray(federation)) {
+    throw new ConsortiumConfigError(dir, 'consortium.json federation must be an object');
+  }
+  const systems = (federation as { linkIdentifierSystems?: unknown }).linkIdentifierSystems ?? [];
+  const field = 'consortium.json federation.linkIdentifierSystems';
+  if (!Array.isArray(systems)) throw new ConsortiumConfigError(dir, `${field} must be an array of identifier system URIs`);
+  return {
+    linkIdentifierSystems: systems.map((system, i) => {
+      try {
+        if (normalizeSystem(system) !== system) throw new UnlinkableIdentifierError('the system has surrounding whitespace');
+      } catch (e) {
+        if (!(e instanceof UnlinkableIdentifierError)) throw e;
+        throw new ConsortiumConfigError(dir, `${field}[${i}] is not a usable identifier system (${e.reason})`);
+      }
+      if (systems.indexOf(system) !== i) throw new ConsortiumConfigError(dir, `${field}[${i}] repeats ${JSON.stringify(system)}`);
+      return system as string;
+    }),
   };
 }
 

@@ -2,11 +2,12 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createPublicKey, X509Certificate } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { certificateFingerprint, verifyMemberCertificate } from '../../src/identity/ca.ts';
+import { ConsortiumConfigError, loadMemberConsortium } from '../../src/identity/consortium-dir.ts';
 import { signingKeyUri } from '../../src/identity/signing-key.ts';
 
 const BIN = join(import.meta.dirname, '..', '..', 'bin', 'medblock.js');
@@ -135,5 +136,29 @@ describe('medblock consortium init', () => {
     assert.equal(config.channel, 'region-1');
     assert.equal(config.quorum, 1);
     assert.deepEqual(config.members.map((m: { id: string }) => m.id), ['north.hospital', 'south_hospital']);
+  });
+
+  it('names the SSN as the link identifier system; loads a consortium.json without federation; refuses a bad one by field', () => {
+    assert.deepEqual(JSON.parse(readFileSync(join(out, 'consortium.json'), 'utf8')).federation, { linkIdentifierSystems: ['http://hl7.org/fhir/sid/us-ssn'] });
+    assert.deepEqual(loadMemberConsortium(out, 'h1').federation, { linkIdentifierSystems: ['http://hl7.org/fhir/sid/us-ssn'] });
+    const copy = join(work, 'federation-copy');
+    cpSync(out, copy, { recursive: true });
+    const config = JSON.parse(readFileSync(join(out, 'consortium.json'), 'utf8'));
+    const withFederation = (federation: unknown) => {
+      writeFileSync(join(copy, 'consortium.json'), JSON.stringify({ ...config, federation }));
+      return () => loadMemberConsortium(copy, 'h1');
+    };
+    assert.deepEqual(withFederation(undefined)().federation, { linkIdentifierSystems: [] }, 'a consortium.json from before federation');
+    assert.deepEqual(withFederation({})().federation, { linkIdentifierSystems: [] });
+    for (const [federation, error] of [
+      [[], /federation must be an object/],
+      [{ linkIdentifierSystems: 'http://hl7.org/fhir/sid/us-ssn' }, /federation\.linkIdentifierSystems must be an array/],
+      [{ linkIdentifierSystems: ['http://a.org/x', 7] }, /federation\.linkIdentifierSystems\[1\] is not a usable identifier system/],
+      [{ linkIdentifierSystems: [' http://a.org/x'] }, /federation\.linkIdentifierSystems\[0\] is not a usable identifier system \(the system has surrounding whitespace\)/],
+      [{ linkIdentifierSystems: ['http://a.org/x|y'] }, /federation\.linkIdentifierSystems\[0\]/],
+      [{ linkIdentifierSystems: ['http://a.org/x', 'http://a.org/x'] }, /federation\.linkIdentifierSystems\[1\] repeats/],
+    ] as const) {
+      assert.throws(withFederation(federation), (e: Error) => e instanceof ConsortiumConfigError && error.test(e.message), JSON.stringify(federation));
+    }
   });
 });
