@@ -8,7 +8,7 @@
  */
 import { loadConfig } from '../src/config.ts';
 import { createGateway, listen } from '../src/gateway.ts';
-import { log } from '../src/http/log.ts';
+import { log } from '../src/log.ts';
 
 const plaintext = process.env.BENCH_PLAINTEXT === '1';
 const config = loadConfig();

@@ -15,7 +15,7 @@ import { createVersionChecker } from './fhir/checks/pool.ts';
 import { FhirRepository } from './fhir/repository.ts';
 import { initValidation } from './fhir/validation/index.ts';
 import { createApp } from './http/app.ts';
-import { log } from './http/log.ts';
+import { log } from './log.ts';
 import {
   ensureLocalConsortium,
   genesisMembership,

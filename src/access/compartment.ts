@@ -2,7 +2,7 @@
 import { COMPARTMENT_PARAM, compartmentParams, compartmentTerm, patientCompartments } from '../fhir/compartment.ts';
 import type { StoreQuery, TermClause } from '../vault/store.ts';
 import { errors } from '../fhir/outcome.ts';
-import { log } from '../http/log.ts';
+import { log } from '../log.ts';
 
 export function inPatientCompartment(type: string, resource: unknown, patientId: string): boolean {
   return patientCompartments(type, resource as { id?: unknown }).includes(patientId);

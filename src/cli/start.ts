@@ -1,7 +1,7 @@
 import type { Server } from 'node:http';
 import type { GatewayConfig } from '../config.ts';
 import { createGateway, listen } from '../gateway.ts';
-import { log } from '../http/log.ts';
+import { log } from '../log.ts';
 
 /**
  * Runs the gateway until SIGINT or SIGTERM. A failure before it serves rejects, with what it had opened

@@ -11,7 +11,7 @@ import { isKnownResourceType } from '../fhir/validation/index.ts';
 import { matchRoute, routeRequest } from '../fhir/routes.ts';
 import { isPatchMediaType, PATCH_FORMATS_ACCEPTED } from '../fhir/operations/patch.ts';
 import { publicBaseUrl, type BaseUrlOptions } from './base-url.ts';
-import { log } from './log.ts';
+import { log } from '../log.ts';
 import type { AccessLog } from '../audit/access-log.ts';
 import { Metrics } from './metrics.ts';
 

@@ -6,7 +6,7 @@
  */
 import kafkajs from 'kafkajs';
 import type { ISocketFactory, Kafka, LogEntry, RetryOptions } from 'kafkajs';
-import { log } from '../../http/log.ts';
+import { log } from '../../log.ts';
 import type { KafkaSecurity } from './security.ts';
 
 export interface KafkaConnection extends KafkaSecurity {
