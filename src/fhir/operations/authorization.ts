@@ -118,9 +118,12 @@ export function assertWritableVersion(access: Access, current: ResourceVersion |
  * one (`unknown`), so that the token learns nothing about other patients' data, not even what exists.
  */
 export function assertVersionAccessible(access: Access, v: ResourceVersion, unknown: (type: string) => FhirError = unknownResource): void {
-  if (access.kind === 'patient' && v.json && !inPatientCompartment(v.type, parseFhirJson(v.json), access.patientId)) {
-    throw unknown(v.type);
-  }
+  if (!versionVisible(access, v)) throw unknown(v.type);
+}
+
+/** Whether `access` may see this version: assertVersionAccessible as a predicate, for filtering lists. */
+export function versionVisible(access: Access, v: ResourceVersion): boolean {
+  return access.kind !== 'patient' || !v.json || inPatientCompartment(v.type, parseFhirJson(v.json), access.patientId);
 }
 
 /**

@@ -6,7 +6,7 @@ import { errors } from '../outcome.ts';
 import { assertId, unknownResource, type ResourceVersion } from '../repository.ts';
 import { DEFAULT_PAGE_SIZE, parseCount, sinceInstant } from '../search/query.ts';
 import { requireAccess, supportedParams } from './common.ts';
-import { accessIfAny, assertVersionAccessible, readAccessible } from './authorization.ts';
+import { accessIfAny, readAccessible, versionVisible } from './authorization.ts';
 
 interface HistoryParams {
   since?: string;
@@ -32,16 +32,6 @@ function parseHistoryParams(req: FhirRequest): HistoryParams {
   return out;
 }
 
-/** Whether `access` may see this version: every version served is checked, not only the current one. */
-function visibleTo(access: Access, v: ResourceVersion): boolean {
-  try {
-    assertVersionAccessible(access, v);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 async function historyBundle(
   req: FhirRequest,
   ctx: FhirContext,
@@ -57,7 +47,7 @@ async function historyBundle(
   const { nextCursor } = page;
   // A resource may have moved into the token's compartment: its versions from before are someone else's.
   // System history spans every type, the access log included, which a wildcard scope does not cover.
-  const versions = page.versions.filter((v) => visibleTo(access, v) && (type !== undefined || accessIfAny(req, v.type, 'r') !== undefined));
+  const versions = page.versions.filter((v) => versionVisible(access, v) && (type !== undefined || accessIfAny(req, v.type, 'r') !== undefined));
   // The count of all versions would tell how many were left out.
   const total = access.kind === 'patient' || (type === undefined && accessIfAny(req, ACCESS_LOG_TYPE, 'r') === undefined) ? undefined : page.total;
   const self = (extra: Array<[string, string]>) => {

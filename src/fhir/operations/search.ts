@@ -9,7 +9,7 @@ import { assertId, formatTypeCursor, parseTypeCursor, type ResourceVersion, type
 import { parseSearch } from '../search/query.ts';
 import { knownResourceTypes, isKnownResourceType } from '../validation/index.ts';
 import { requireAccess, searchEntry, supportedParams } from './common.ts';
-import { accessRestriction, assertVersionAccessible, searchRestriction, withinAccess, type Restriction } from './authorization.ts';
+import { accessIfAny, accessRestriction, searchRestriction, versionVisible, withinAccess, type Restriction } from './authorization.ts';
 
 /** Whether a match lies in the compartment the search was narrowed to: `access`'s, and `patientId`'s if given. */
 type MatchCheck = (v: ResourceVersion, resource: () => Record<string, unknown>) => boolean;
@@ -38,12 +38,8 @@ async function typeSearch(req: FhirRequest, ctx: FhirContext, type: string, path
     // Chained parameters and _revinclude search other types: the caller needs search access to them too.
     restrictFor: (other) => searchRestriction(req, other),
     canInclude: (v: ResourceVersion) => {
-      try {
-        assertVersionAccessible(requireAccess(req, v.type, 'r'), v);
-        return true;
-      } catch {
-        return false;
-      }
+      const access = accessIfAny(req, v.type, 'r');
+      return access !== undefined && versionVisible(access, v);
     },
   });
   const link = [{ relation: 'self', url: linkUrl(ctx.baseUrl, path, page.applied) }];
