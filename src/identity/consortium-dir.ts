@@ -66,14 +66,24 @@ export interface MemberConsortium {
   caCertificatePem: string;
   members: ConsortiumMember[];
   self: { memberId: string; privateKey: KeyObject };
+  /** This member's X.509 identity (member.crt, member.key): the federation channel's mutual TLS. */
+  tls: { certificatePem: string; keyPem: string };
   patientTokenKey: KeyObject;
   federation: FederationSettings;
 }
+
+/** What a holder does with a patient's data when no Consent of theirs applies (docs/federation.md, "Consent"). */
+export type DefaultConsent = 'opt-in' | 'opt-out';
+export const DEFAULT_CONSENTS: readonly DefaultConsent[] = ['opt-in', 'opt-out'];
 
 /** consortium.json `federation`: optional; a consortium.json without it links no one. */
 export interface FederationSettings {
   /** The identifier systems that name one person across members (link tokens, docs/federation.md). */
   linkIdentifierSystems: string[];
+  /** Member id → its federation listener's https URL, as of genesis (config changes on the ledger move them). */
+  addresses: Record<string, string>;
+  /** `opt-in`: nothing leaves a holder unless a Consent permits it; `opt-out`: everything may unless one denies it. */
+  defaultConsent: DefaultConsent;
 }
 
 /** What `consortium init` writes: SSN, which every Synthea patient carries and US hospitals share. */
@@ -119,7 +129,7 @@ function manifest(consortium: Consortium) {
     channel: consortium.channel,
     quorum: consortium.quorum,
     ledger: { ...DEFAULT_LEDGER_SETTINGS, maxClockSkewMs: DEFAULT_MAX_CLOCK_SKEW_MS },
-    federation: { linkIdentifierSystems: DEFAULT_LINK_IDENTIFIER_SYSTEMS },
+    federation: { linkIdentifierSystems: DEFAULT_LINK_IDENTIFIER_SYSTEMS, defaultConsent: 'opt-in', members: {} },
     signatureSchemes: {
       certificates: `RSA-${RSA_BITS} sha256WithRSAEncryption (X.509)`,
       envelopes: `ECDSA ${SIGNING_KEY_CURVE} SHA-256, key named in the member certificate's subjectAltName`,
@@ -175,6 +185,10 @@ export function loadMemberConsortium(dir: string, memberId: string): MemberConso
   });
   if (!members.some((m) => m.id === memberId)) checkJoiningMember(dir, caCertificatePem, memberId);
   const privateKey = createPrivateKey(readText(dir, join(memberId, 'signing.key'), 'this member\'s signing key'));
+  const tls = {
+    certificatePem: readText(dir, join(memberId, 'member.crt'), 'this member\'s certificate'),
+    keyPem: readText(dir, join(memberId, 'member.key'), 'this member\'s private key'),
+  };
   const tokenKey = Buffer.from(readText(dir, join(memberId, PATIENT_TOKEN_KEY_FILE), 'the patient-token key').trim(), 'base64');
   if (tokenKey.length !== 32) throw new ConsortiumConfigError(dir, `${PATIENT_TOKEN_KEY_FILE} must hold 32 bytes in base64`);
   const quorum = Number(config.quorum);
@@ -187,6 +201,7 @@ export function loadMemberConsortium(dir: string, memberId: string): MemberConso
     caCertificatePem,
     members,
     self: { memberId, privateKey },
+    tls,
     patientTokenKey: createSecretKey(tokenKey),
     federation: federationSettings(dir, config.federation),
   };
@@ -194,25 +209,63 @@ export function loadMemberConsortium(dir: string, memberId: string): MemberConso
 
 /** `federation` of consortium.json: absent means no link systems; anything malformed is refused by name. */
 function federationSettings(dir: string, federation: unknown): FederationSettings {
-  if (federation === undefined) return { linkIdentifierSystems: [] };
+  if (federation === undefined) return { linkIdentifierSystems: [], addresses: {}, defaultConsent: 'opt-in' };
   if (typeof federation !== 'object' || federation === null || Array.isArray(federation)) {
     throw new ConsortiumConfigError(dir, 'consortium.json federation must be an object');
   }
-  const systems = (federation as { linkIdentifierSystems?: unknown }).linkIdentifierSystems ?? [];
+  const { defaultConsent = 'opt-in', members = {} } = federation as { defaultConsent?: unknown; members?: unknown };
+  if (!DEFAULT_CONSENTS.includes(defaultConsent as DefaultConsent)) {
+    throw new ConsortiumConfigError(dir, `consortium.json federation.defaultConsent must be one of ${DEFAULT_CONSENTS.join(', ')}`);
+  }
+  return {
+    linkIdentifierSystems: linkIdentifierSystems(dir, (federation as { linkIdentifierSystems?: unknown }).linkIdentifierSystems ?? []),
+    addresses: federationAddresses(dir, members),
+    defaultConsent: defaultConsent as DefaultConsent,
+  };
+}
+
+/** `federation.members`: `{ "<member id>": { "address": "https://host:port" } }`. */
+function federationAddresses(dir: string, members: unknown): Record<string, string> {
+  const field = 'consortium.json federation.members';
+  if (typeof members !== 'object' || members === null || Array.isArray(members)) throw new ConsortiumConfigError(dir, `${field} must be an object keyed by member id`);
+  const addresses: Record<string, string> = {};
+  for (const [id, entry] of Object.entries(members)) {
+    const address = (entry as { address?: unknown } | null)?.address;
+    const problem = federationAddressProblem(address);
+    if (problem) throw new ConsortiumConfigError(dir, `${field}.${id}.address ${problem}`);
+    addresses[id] = address as string;
+  }
+  return addresses;
+}
+
+/** Why `address` cannot be a federation address (an https URL of at most 256 characters, no path, query or credentials), if it cannot. */
+export function federationAddressProblem(address: unknown): string | undefined {
+  if (typeof address !== 'string' || address.length > 256) return 'must be an https URL of at most 256 characters';
+  let url: URL;
+  try {
+    url = new URL(address);
+  } catch {
+    return 'is not a URL';
+  }
+  if (url.protocol !== 'https:') return 'must use https';
+  if (url.username || url.password || url.search || url.hash || (url.pathname !== '/' && url.pathname !== '')) return 'must be only https://host:port';
+  if (address !== url.origin) return `must be written as ${url.origin}`;
+  return undefined;
+}
+
+function linkIdentifierSystems(dir: string, systems: unknown): string[] {
   const field = 'consortium.json federation.linkIdentifierSystems';
   if (!Array.isArray(systems)) throw new ConsortiumConfigError(dir, `${field} must be an array of identifier system URIs`);
-  return {
-    linkIdentifierSystems: systems.map((system, i) => {
-      try {
-        if (normalizeSystem(system) !== system) throw new UnlinkableIdentifierError('the system has surrounding whitespace');
-      } catch (e) {
-        if (!(e instanceof UnlinkableIdentifierError)) throw e;
-        throw new ConsortiumConfigError(dir, `${field}[${i}] is not a usable identifier system (${e.reason})`);
-      }
-      if (systems.indexOf(system) !== i) throw new ConsortiumConfigError(dir, `${field}[${i}] repeats ${JSON.stringify(system)}`);
-      return system as string;
-    }),
-  };
+  return systems.map((system, i) => {
+    try {
+      if (normalizeSystem(system) !== system) throw new UnlinkableIdentifierError('the system has surrounding whitespace');
+    } catch (e) {
+      if (!(e instanceof UnlinkableIdentifierError)) throw e;
+      throw new ConsortiumConfigError(dir, `${field}[${i}] is not a usable identifier system (${e.reason})`);
+    }
+    if (systems.indexOf(system) !== i) throw new ConsortiumConfigError(dir, `${field}[${i}] repeats ${JSON.stringify(system)}`);
+    return system as string;
+  });
 }
 
 /**

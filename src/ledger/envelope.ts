@@ -58,13 +58,30 @@ export interface AnchorEntry {
   type?: string;
   /** Patient locator token (ledger/patient-token.ts): 32 bytes, base64url. Never PHI. */
   patient?: string;
+  /**
+   * Resource locator token of a patient's version (32 bytes, base64url; only with `patient`): names "this
+   * resource at this hospital" without naming it, so a member can tell the newest anchored version of a
+   * resource from a superseded one (docs/federation.md).
+   */
+  resource?: string;
+  /**
+   * A Patient version's identifier link tokens (federation/link-token.ts), sorted, each once; present on
+   * every Patient version (empty for a tombstone or a patient with no linking identifier). Replaces the
+   * set its hospital published before for the same patient locator.
+   */
+  links?: string[];
 }
 export interface AnchorPayload {
   entries: AnchorEntry[];
 }
+export interface AuditEntry {
+  digest: string;
+  /** On an erasure record: the locator token of the erased patient, whose links and versions it ends. */
+  erased?: string;
+}
 export interface AuditPayload {
   /** Digests of access-log records. */
-  entries: { digest: string }[];
+  entries: AuditEntry[];
 }
 /** Placeholder until consent is designed: the digest of a Consent version and its state. */
 export interface ConsentPayload {

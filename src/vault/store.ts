@@ -85,6 +85,12 @@ export interface UnanchoredVersion {
   deleted: boolean;
   digest: string | null;
   patientToken?: string;
+  /** Resource locator token (with patientToken): see AnchorEntry.resource. */
+  resourceToken?: string;
+  /** A Patient version's link tokens (possibly empty); absent on other types. */
+  linkTokens?: string[];
+  /** An erasure record: the erased patient's locator token, computed before its data key was destroyed. */
+  erasedPatientToken?: string;
 }
 
 export interface AnchorMark extends AnchorLocation {

@@ -138,9 +138,10 @@ describe('medblock consortium init', () => {
     assert.deepEqual(config.members.map((m: { id: string }) => m.id), ['north.hospital', 'south_hospital']);
   });
 
-  it('names the SSN as the link identifier system; loads a consortium.json without federation; refuses a bad one by field', () => {
-    assert.deepEqual(JSON.parse(readFileSync(join(out, 'consortium.json'), 'utf8')).federation, { linkIdentifierSystems: ['http://hl7.org/fhir/sid/us-ssn'] });
-    assert.deepEqual(loadMemberConsortium(out, 'h1').federation, { linkIdentifierSystems: ['http://hl7.org/fhir/sid/us-ssn'] });
+  it('names the SSN as the link identifier system and opt-in as the default consent; loads a consortium.json without federation; refuses a bad one by field', () => {
+    const written = { linkIdentifierSystems: ['http://hl7.org/fhir/sid/us-ssn'], defaultConsent: 'opt-in', members: {} };
+    assert.deepEqual(JSON.parse(readFileSync(join(out, 'consortium.json'), 'utf8')).federation, written);
+    assert.deepEqual(loadMemberConsortium(out, 'h1').federation, { linkIdentifierSystems: ['http://hl7.org/fhir/sid/us-ssn'], defaultConsent: 'opt-in', addresses: {} });
     const copy = join(work, 'federation-copy');
     cpSync(out, copy, { recursive: true });
     const config = JSON.parse(readFileSync(join(out, 'consortium.json'), 'utf8'));
@@ -148,8 +149,13 @@ describe('medblock consortium init', () => {
       writeFileSync(join(copy, 'consortium.json'), JSON.stringify({ ...config, federation }));
       return () => loadMemberConsortium(copy, 'h1');
     };
-    assert.deepEqual(withFederation(undefined)().federation, { linkIdentifierSystems: [] }, 'a consortium.json from before federation');
-    assert.deepEqual(withFederation({})().federation, { linkIdentifierSystems: [] });
+    const none = { linkIdentifierSystems: [], defaultConsent: 'opt-in', addresses: {} };
+    assert.deepEqual(withFederation(undefined)().federation, none, 'a consortium.json from before federation');
+    assert.deepEqual(withFederation({})().federation, none);
+    assert.deepEqual(
+      withFederation({ defaultConsent: 'opt-out', members: { h2: { address: 'https://h2.example:8443' } } })().federation,
+      { linkIdentifierSystems: [], defaultConsent: 'opt-out', addresses: { h2: 'https://h2.example:8443' } },
+    );
     for (const [federation, error] of [
       [[], /federation must be an object/],
       [{ linkIdentifierSystems: 'http://hl7.org/fhir/sid/us-ssn' }, /federation\.linkIdentifierSystems must be an array/],
@@ -157,6 +163,11 @@ describe('medblock consortium init', () => {
       [{ linkIdentifierSystems: [' http://a.org/x'] }, /federation\.linkIdentifierSystems\[0\] is not a usable identifier system \(the system has surrounding whitespace\)/],
       [{ linkIdentifierSystems: ['http://a.org/x|y'] }, /federation\.linkIdentifierSystems\[0\]/],
       [{ linkIdentifierSystems: ['http://a.org/x', 'http://a.org/x'] }, /federation\.linkIdentifierSystems\[1\] repeats/],
+      [{ defaultConsent: 'ask' }, /federation\.defaultConsent must be one of opt-in, opt-out/],
+      [{ members: [] }, /federation\.members must be an object keyed by member id/],
+      [{ members: { h2: { address: 'http://h2.example:8443' } } }, /federation\.members\.h2\.address must use https/],
+      [{ members: { h2: { address: 'https://h2.example:8443/fhir' } } }, /federation\.members\.h2\.address must be only https:\/\/host:port/],
+      [{ members: { h2: {} } }, /federation\.members\.h2\.address must be an https URL/],
     ] as const) {
       assert.throws(withFederation(federation), (e: Error) => e instanceof ConsortiumConfigError && error.test(e.message), JSON.stringify(federation));
     }
