@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Agent } from 'undici';
 import { FederationCallError } from '../../src/adapters/federation/client.ts';
+import { loadConfig } from '../../src/config.ts';
 import { ASSERTION_HEADER, createAssertion, type AssertionClaims } from '../../src/federation/assertion.ts';
 import { ledgerView, openFederation, type Federation } from '../../src/federation-channel.ts';
 import type { FederationRoute } from '../../src/federation/routes.ts';
@@ -208,5 +209,18 @@ describe('federation channel (mutual TLS + requester assertion)', () => {
     const h1Asking = await openFederation({ consortium: members.h1, ledger: ledgerView(member), addressOf: () => spyAddress });
     asking.push(h1Asking);
     await assert.rejects(h1Asking.client.request('h3', 'metadata', [], CLAIMS), (e: unknown) => e instanceof FederationCallError && e.failure === 'inactive-member');
+  });
+});
+
+describe('federation configuration', () => {
+  it('serves no listener unless MEDBLOCK_FEDERATION_PORT is set; the host defaults to HOST', () => {
+    assert.equal(loadConfig({}).federation, undefined);
+    assert.deepEqual(loadConfig({ MEDBLOCK_FEDERATION_PORT: '9443', HOST: '0.0.0.0' }).federation, { host: '0.0.0.0', port: 9443 });
+    assert.deepEqual(loadConfig({ MEDBLOCK_FEDERATION_PORT: '9443', MEDBLOCK_FEDERATION_HOST: '10.0.0.7' }).federation, { host: '10.0.0.7', port: 9443 });
+  });
+
+  it('refuses a port that is not one, or the FHIR API\'s own', () => {
+    for (const bad of ['0', '70000', 'https', '9443.5']) assert.throws(() => loadConfig({ MEDBLOCK_FEDERATION_PORT: bad }), /MEDBLOCK_FEDERATION_PORT must be an integer between 1 and 65535/);
+    assert.throws(() => loadConfig({ MEDBLOCK_FEDERATION_PORT: '8080' }), /must differ from PORT/);
   });
 });
