@@ -11,6 +11,7 @@ import { federationRoutes, type FederationRoute } from './federation/routes.ts';
 import { createFederationApp } from './http/federation-app.ts';
 import type { MemberConsortium } from './identity/consortium-dir.ts';
 import type { LedgerMember } from './ledger/member.ts';
+import { log } from './log.ts';
 
 export interface Federation {
   client: FederationClient;
@@ -57,6 +58,7 @@ export async function openFederation(opts: FederationOptions): Promise<Federatio
       await client.close();
       throw new Error(`federation listener (MEDBLOCK_FEDERATION_PORT=${opts.listen!.port}): ${(e as Error).message}`, { cause: e });
     });
+    log('info', 'federation_listening', { member: self, host: opts.listen.host, port: listener.port });
   }
   return {
     client,
