@@ -40,6 +40,8 @@ export interface GatewayConfig {
   eraseApproval?: EraseApproval;
   /** TLS and SASL towards the Kafka brokers (MEDBLOCK_KAFKA_TLS, MEDBLOCK_KAFKA_SASL_*…). */
   kafkaSecurity?: KafkaSecurity;
+  /** MEDBLOCK_FEDERATION_PORT / _HOST: the gateway-to-gateway listener (mutual TLS); unset port ⇒ none. */
+  federation?: { host: string; port: number };
   /** Unset ⇒ {@link gatewayMode}'s inference: production with MongoDB or Kafka, dev for the embedded default. */
   mode?: GatewayMode;
 }
@@ -94,6 +96,15 @@ function trustedProxies(raw: string | undefined): string[] | undefined {
   return list;
 }
 
+/** The federation listener, when MEDBLOCK_FEDERATION_PORT is set: on MEDBLOCK_FEDERATION_HOST, else HOST. */
+function federationListener(env: NodeJS.ProcessEnv, host: string, port: number): GatewayConfig['federation'] {
+  if (!env.MEDBLOCK_FEDERATION_PORT?.trim()) return undefined;
+  const federationPort = integer(env, 'MEDBLOCK_FEDERATION_PORT', 0, 1, 65535);
+  const federationHost = env.MEDBLOCK_FEDERATION_HOST?.trim() || host;
+  if (federationPort === port) throw new Error('MEDBLOCK_FEDERATION_PORT must differ from PORT: the federation listener is a separate mutual-TLS server');
+  return { host: federationHost, port: federationPort };
+}
+
 function eraseApproval(raw: string | undefined): EraseApproval {
   const value = raw?.trim() || 'none';
   if (!(ERASE_APPROVALS as readonly string[]).includes(value)) throw new Error(`MEDBLOCK_ERASE_APPROVAL must be one of ${ERASE_APPROVALS.join(', ')}`);
@@ -109,9 +120,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig 
   }
   const dataDir = resolve(env.MEDBLOCK_DATA_DIR || './data');
   const brokers = env.MEDBLOCK_KAFKA_BROKERS?.split(',').map((b) => b.trim()).filter(Boolean);
+  const host = env.HOST || '127.0.0.1';
+  const port = integer(env, 'PORT', 8080, 0, 65535);
   return {
-    host: env.HOST || '127.0.0.1',
-    port: integer(env, 'PORT', 8080, 0, 65535),
+    host,
+    port,
     dataDir,
     baseUrl: env.MEDBLOCK_BASE_URL?.replace(/\/+$/, '') || undefined,
     trustedProxies: trustedProxies(env.MEDBLOCK_TRUSTED_PROXIES),
@@ -127,5 +140,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig 
     eraseApproval: eraseApproval(env.MEDBLOCK_ERASE_APPROVAL),
     kafkaSecurity: brokers?.length ? kafkaSecurity(env) : undefined,
     mode: explicitMode(env.MEDBLOCK_MODE),
+    federation: federationListener(env, host, port),
   };
 }

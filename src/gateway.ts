@@ -15,6 +15,7 @@ import { createVersionChecker } from './fhir/checks/pool.ts';
 import { FhirRepository } from './fhir/repository.ts';
 import { initValidation } from './fhir/validation/index.ts';
 import { createApp } from './http/app.ts';
+import { ledgerView, openFederation, type Federation } from './federation-channel.ts';
 import { log } from './log.ts';
 import {
   ensureLocalConsortium,
@@ -50,6 +51,8 @@ export interface Gateway {
   /** Absent only in the benchmark's plaintext baseline. */
   ledger?: Ledger;
   accessLog?: AccessLog;
+  /** The gateway-to-gateway channel (with the ledger): its client, and its listener when MEDBLOCK_FEDERATION_PORT is set. */
+  federation?: Federation;
   app: ReturnType<typeof createApp>;
   close(): Promise<void>;
 }
@@ -203,6 +206,8 @@ async function assembleGateway(config: GatewayConfig, options: GatewayOptions, o
   });
   const issuer = await loadDevIssuer(config.dataDir);
   const accessLog = baseline ? undefined : new AccessLog(repo, config.hospitalId, (e) => log('error', 'access_log_write_failed', { error: e.name }));
+  const federation = ledger ? await openFederation({ consortium: ledger.consortium, ledger: ledgerView(ledger.member), listen: config.federation }) : undefined;
+  if (federation) opened.push(() => federation.close());
   const app = createApp({
     repo,
     issuer,
@@ -214,12 +219,13 @@ async function assembleGateway(config: GatewayConfig, options: GatewayOptions, o
     ledger: ledger?.service,
   });
   const close = async () => {
+    await federation?.close();
     await accessLog?.drain();
     if (ledger) await closeLedger(ledger);
     await checker.close();
     await store.close();
   };
-  return { config, store, repo, issuer, ledger, accessLog, app, close };
+  return { config, store, repo, issuer, ledger, accessLog, federation, app, close };
 }
 
 /** Listens on the configured host and port; resolves with the server once it accepts connections. */

@@ -4,6 +4,7 @@
  */
 import type { FhirContext, FhirRequest, FhirResponse, Handler } from './context.ts';
 import { errors } from './outcome.ts';
+import { matchPattern } from './route-pattern.ts';
 import { capabilities } from './operations/capabilities.ts';
 import { processBundle } from './operations/bundle.ts';
 import { create, createConditional } from './operations/create.ts';
@@ -65,22 +66,6 @@ export const ROUTES: Route[] = [
 interface Match {
   route: Route;
   params: Record<string, string>;
-}
-
-function matchPattern(route: Route, path: string[], hasQuery: boolean): Record<string, string> | undefined {
-  const needsQuery = route.pattern.endsWith('?');
-  const segments = (needsQuery ? route.pattern.slice(0, -1) : route.pattern).split('/').filter(Boolean);
-  if (segments.length !== path.length || (needsQuery && !hasQuery)) return undefined;
-  const params: Record<string, string> = {};
-  for (let i = 0; i < segments.length; i++) {
-    const seg = segments[i];
-    if (seg.startsWith(':')) {
-      // A capture never swallows a literal path keyword such as _history or an operation.
-      if (path[i].startsWith('_') || path[i].startsWith('$')) return undefined;
-      params[seg.slice(1)] = path[i];
-    } else if (seg !== path[i]) return undefined;
-  }
-  return params;
 }
 
 /** Query parameters that only shape the response do not make a request conditional. */
