@@ -72,7 +72,7 @@ export async function startFederation(opts: FederationOptions): Promise<TestFede
       hospitalId: id, masterKey: keySource(dataDir, {}), consortiumDir,
       mongodb: database ? { uri: opts.mongodb!.uri, database } : undefined,
       kafkaBrokers: opts.brokers.split(','), kafkaReplication: { replicationFactor: 1, minInsyncReplicas: 1 },
-      federationPort: ports[i], federationHost: '127.0.0.1',
+      federation: { host: '127.0.0.1', port: ports[i] },
       mode: 'dev' as const,
     };
     const hospital = { id, dataDir, federationPort: ports[i] } as Hospital;
