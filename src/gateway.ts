@@ -15,6 +15,7 @@ import { createVersionChecker } from './fhir/checks/pool.ts';
 import { FhirRepository } from './fhir/repository.ts';
 import { initValidation } from './fhir/validation/index.ts';
 import { createApp } from './http/app.ts';
+import { Metrics } from './http/metrics.ts';
 import { log } from './log.ts';
 import {
   ensureLocalConsortium,
@@ -50,6 +51,8 @@ export interface Gateway {
   /** Absent only in the benchmark's plaintext baseline. */
   ledger?: Ledger;
   accessLog?: AccessLog;
+  /** /metrics of this gateway: the federation listener counts its break-the-glass disclosures here too. */
+  metrics: Metrics;
   app: ReturnType<typeof createApp>;
   close(): Promise<void>;
 }
@@ -203,7 +206,9 @@ async function assembleGateway(config: GatewayConfig, options: GatewayOptions, o
   });
   const issuer = await loadDevIssuer(config.dataDir);
   const accessLog = baseline ? undefined : new AccessLog(repo, config.hospitalId, (e) => log('error', 'access_log_write_failed', { error: e.name }));
+  const metrics = new Metrics();
   const app = createApp({
+    metrics,
     repo,
     issuer,
     baseUrl: config.baseUrl,
@@ -212,6 +217,7 @@ async function assembleGateway(config: GatewayConfig, options: GatewayOptions, o
     maxBodyBytes: config.maxBodyBytes,
     accessLog,
     ledger: ledger?.service,
+    consent: consortium && { member: consortium.self.memberId, defaultPolicy: consortium.federation.defaultConsent },
   });
   const close = async () => {
     await accessLog?.drain();
@@ -219,7 +225,7 @@ async function assembleGateway(config: GatewayConfig, options: GatewayOptions, o
     await checker.close();
     await store.close();
   };
-  return { config, store, repo, issuer, ledger, accessLog, app, close };
+  return { config, store, repo, issuer, ledger, accessLog, metrics, app, close };
 }
 
 /** Listens on the configured host and port; resolves with the server once it accepts connections. */
