@@ -195,4 +195,22 @@ describe('consent on local $everything', () => {
     assert.equal(await breakGlassCount(), before);
     assert.equal((await lastRecord()).meta.security, undefined);
   });
+
+  it('recordDisclosure writes both ends of a federated request as valid, anchored-like-any AuditEvents', async () => {
+    const log = t.gateway.accessLog!;
+    await log.recordDisclosure({
+      side: 'holder', actor: 'dr-remote', requester: 'h2', patient: patientId, purpose: 'ETREAT', breakTheGlass: true,
+      consent: `Consent/${consentId}/_history/2`, withheld: [], disclosed: [`Observation/${ids.Observation}/_history/1`], status: 200,
+    });
+    await log.recordDisclosure({ side: 'requester', actor: 'tester', patient: patientId, purpose: 'TREAT', breakTheGlass: false, holders: ['h2', 'h3'], status: 200 });
+    const res = await t.http.get(`/fhir/AuditEvent?entity=${encodeURIComponent(`Patient/${patientId}`)}&_count=1000`).set('Authorization', `Bearer ${t.admin}`);
+    const records = (body(res).entry ?? []).map((e: any) => e.resource);
+    const holder = records.find((r: any) => r.outcomeDesc === 'HTTP 200 federated-disclosure');
+    assert.deepEqual(holder.agent[0].who.identifier, { system: SUBJECT, value: 'dr-remote', assigner: { identifier: { system: MEMBER, value: 'h2' } } });
+    assert.deepEqual(holder.meta.security, [{ system: ACT_REASON, code: 'BTG', display: 'break the glass' }]);
+    assert.ok(holder.entity.some((e: any) => e.what.reference === `Observation/${ids.Observation}/_history/1`));
+    const requester = records.find((r: any) => r.outcomeDesc === 'HTTP 200 federated-request');
+    assert.deepEqual(requester.entity.filter((e: any) => e.type?.code === 'Organization').map((e: any) => e.what.identifier.value), ['h2', 'h3']);
+    assert.equal(requester.meta.security, undefined);
+  });
 });
