@@ -287,3 +287,22 @@ describe('consent: purposes of use', () => {
     for (const code of ['BTG', 'treat', '', 'TREAT ', 'constructor', '__proto__']) assert.ok(!isPurposeOfUse(code), code);
   });
 });
+
+describe('consent: the example of docs/federation.md', () => {
+  const doc = readFileSync(join(import.meta.dirname, '..', '..', 'docs', 'federation.md'), 'utf8');
+  const section = doc.slice(doc.indexOf('## Consent'));
+  const example = { ...JSON.parse(/```json\n([\s\S]*?)```/.exec(section)![1]), id: 'doc', meta: { versionId: '1', lastUpdated: '2025-03-01T00:00:00Z' } };
+
+  it('decides as its table says', () => {
+    const at = new Date('2025-06-01T00:00:00Z');
+    const decide = (memberId: string, purposeCode: string, btgReason?: string) =>
+      decideConsent([example], request({ actor: { member: memberId }, purpose: purposeCode, at, btgReason }), 'opt-in');
+    assert.deepEqual(permitted(decide('h2', 'TREAT')), TYPES);
+    assert.deepEqual(permitted(decide('h1', 'TREAT')), []);
+    assert.deepEqual(permitted(decide('h2', 'CLINTRCH')), []);
+    const glass = decide('h1', 'ETREAT', 'unconscious');
+    assert.deepEqual(permitted(glass), TYPES);
+    assert.equal(glass.breakTheGlass, true);
+    assert.equal(glass.consent, 'Consent/doc/_history/1');
+  });
+});
