@@ -16,6 +16,7 @@ import { FhirRepository } from './fhir/repository.ts';
 import { initValidation } from './fhir/validation/index.ts';
 import { createApp } from './http/app.ts';
 import { ledgerView, openFederation, type Federation } from './federation-channel.ts';
+import { Metrics } from './http/metrics.ts';
 import { log } from './log.ts';
 import {
   ensureLocalConsortium,
@@ -53,6 +54,8 @@ export interface Gateway {
   accessLog?: AccessLog;
   /** The gateway-to-gateway channel (with the ledger): its client, and its listener when MEDBLOCK_FEDERATION_PORT is set. */
   federation?: Federation;
+  /** /metrics of this gateway: the federation listener counts its break-the-glass disclosures here too. */
+  metrics: Metrics;
   app: ReturnType<typeof createApp>;
   close(): Promise<void>;
 }
@@ -208,7 +211,9 @@ async function assembleGateway(config: GatewayConfig, options: GatewayOptions, o
   const accessLog = baseline ? undefined : new AccessLog(repo, config.hospitalId, (e) => log('error', 'access_log_write_failed', { error: e.name }));
   const federation = ledger ? await openFederation({ consortium: ledger.consortium, ledger: ledgerView(ledger.member), listen: config.federation }) : undefined;
   if (federation) opened.push(() => federation.close());
+  const metrics = new Metrics();
   const app = createApp({
+    metrics,
     repo,
     issuer,
     baseUrl: config.baseUrl,
@@ -217,6 +222,7 @@ async function assembleGateway(config: GatewayConfig, options: GatewayOptions, o
     maxBodyBytes: config.maxBodyBytes,
     accessLog,
     ledger: ledger?.service,
+    consent: consortium && { member: consortium.self.memberId, defaultPolicy: consortium.federation.defaultConsent },
   });
   const close = async () => {
     await federation?.close();
@@ -225,7 +231,7 @@ async function assembleGateway(config: GatewayConfig, options: GatewayOptions, o
     await checker.close();
     await store.close();
   };
-  return { config, store, repo, issuer, ledger, accessLog, federation, app, close };
+  return { config, store, repo, issuer, ledger, accessLog, federation, metrics, app, close };
 }
 
 /** Listens on the configured host and port; resolves with the server once it accepts connections. */

@@ -10,6 +10,7 @@
  * so every answer that left the gateway has its record; a crash can only lose records of unanswered requests.
  */
 import type { FhirRepository } from '../fhir/repository.ts';
+import { ACT_REASON_SYSTEM, MEMBER_SYSTEM, RESOURCE_TYPES_SYSTEM, TOKEN_SUBJECT_SYSTEM } from '../access/consent.ts';
 
 export interface AccessRecord {
   /** Token subject; never a name. */
@@ -25,7 +26,45 @@ export interface AccessRecord {
   patient?: string;
   status: number;
   recorded: string;
+  /** The member whose user `actor` is, when not this hospital's (the asking member of a federated request). */
+  actorMember?: string;
+  /** v3-ActReason purpose of use, when the request stated one (it was then decided under Consent). */
+  purpose?: string;
+  /** Break-the-glass turned a consent deny into a permit. */
+  breakTheGlass?: boolean;
+  /** The deciding Consent version (`Consent/<id>/_history/<v>`) or `default` (the consortium default). */
+  consent?: string;
+  /** Resource types the consent decision withheld. */
+  withheld?: string[];
+  /** Members asked (the requesting side of a federated request). */
+  members?: string[];
+  /** Versions that left this hospital (`Type/id/_history/v`, the holding side of a federated request). */
+  disclosed?: string[];
 }
+
+/** What FEDERATE records at either end of a federated request (see AccessLog.recordDisclosure). */
+export interface DisclosureRecord {
+  side: 'holder' | 'requester';
+  /** The end user's token subject: at the holder, the asking member's user as its assertion names them. */
+  actor: string;
+  /** At the holder: the asking member. */
+  requester?: string;
+  /** At the requester: the members asked. */
+  holders?: string[];
+  /** The local patient's id, if any. */
+  patient?: string;
+  purpose: string;
+  breakTheGlass: boolean;
+  consent?: string;
+  withheld?: string[];
+  disclosed?: string[];
+  status: number;
+}
+
+/** A break-the-glass access: a security label on its record (v3-ActReason BTG), for compliance to search. */
+export const BREAK_THE_GLASS_LABEL = { system: ACT_REASON_SYSTEM, code: 'BTG', display: 'break the glass' } as const;
+/** The consent entity's identifier when no Consent decided. */
+export const DEFAULT_CONSENT_IDENTIFIER = { system: 'urn:medblock:consent', value: 'default' } as const;
 
 const RESTFUL_INTERACTIONS = new Set(['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'history-type', 'history-system', 'create', 'search-type', 'search-system', 'capabilities', 'batch', 'transaction', 'operation']);
 const ACTIONS: Record<string, string> = { GET: 'R', HEAD: 'R', POST: 'C', PUT: 'U', PATCH: 'U', DELETE: 'D' };
@@ -36,18 +75,40 @@ export function auditEvent(record: AccessRecord, hospitalId: string): Record<str
   if (record.resource) entities.push({ what: { reference: record.resource } });
   else if (record.resourceType) entities.push({ type: { system: 'http://hl7.org/fhir/resource-types', code: record.resourceType } });
   if (record.patient && record.resource !== `Patient/${record.patient}`) entities.push({ what: { reference: `Patient/${record.patient}` } });
+  entities.push(...consentEntities(record));
+  const who: Record<string, unknown> = { system: TOKEN_SUBJECT_SYSTEM, value: record.actor };
+  if (record.actorMember) who.assigner = { identifier: { system: MEMBER_SYSTEM, value: record.actorMember } };
   return {
     resourceType: 'AuditEvent',
+    ...(record.breakTheGlass ? { meta: { security: [BREAK_THE_GLASS_LABEL] } } : {}),
     type: { system: 'http://terminology.hl7.org/CodeSystem/audit-event-type', code: 'rest', display: 'RESTful Operation' },
     subtype: [{ system: 'http://hl7.org/fhir/restful-interaction', code: subtype }],
     action: ACTIONS[record.method] ?? 'E',
     recorded: record.recorded,
     outcome: record.status < 400 ? '0' : record.status < 500 ? '4' : '8',
     outcomeDesc: `HTTP ${record.status} ${record.interaction}`,
-    agent: [{ who: { identifier: { system: 'urn:medblock:token-subject', value: record.actor } }, requestor: true }],
+    ...(record.purpose ? { purposeOfEvent: [{ coding: [{ system: ACT_REASON_SYSTEM, code: record.purpose }] }] } : {}),
+    agent: [{ who: { identifier: who }, requestor: true }],
     source: { observer: { display: hospitalId }, type: [{ system: 'http://terminology.hl7.org/CodeSystem/security-source-type', code: '4' }] },
     ...(entities.length ? { entity: entities } : {}),
   };
+}
+
+/** The consent decision (its deciding Consent version, what it withheld), the members asked, the versions that left. */
+function consentEntities(record: AccessRecord): Array<Record<string, unknown>> {
+  const entities: Array<Record<string, unknown>> = [];
+  if (record.consent) {
+    entities.push({
+      what: record.consent === 'default' ? { identifier: DEFAULT_CONSENT_IDENTIFIER } : { reference: record.consent },
+      type: { system: RESOURCE_TYPES_SYSTEM, code: 'Consent' },
+      ...(record.withheld?.length ? { detail: [{ type: 'withheld', valueString: record.withheld.join(',') }] } : {}),
+    });
+  }
+  for (const member of record.members ?? []) {
+    entities.push({ what: { identifier: { system: MEMBER_SYSTEM, value: member } }, type: { system: RESOURCE_TYPES_SYSTEM, code: 'Organization' } });
+  }
+  for (const reference of record.disclosed ?? []) entities.push({ what: { reference } });
+  return entities;
 }
 
 interface Queued {
@@ -72,6 +133,28 @@ export class AccessLog {
     const committed = new Promise<void>((resolve, reject) => this.queue.push({ record, resolve, reject }));
     if (!this.flushing) this.flushing = this.flush();
     return committed;
+  }
+
+  /**
+   * The record of one end of a federated request: at the holder who asked (member and user), why, what the
+   * Consent decided and which versions left; at the requester who asked whom, why. Resolves once durable.
+   */
+  recordDisclosure(d: DisclosureRecord): Promise<void> {
+    return this.record({
+      actor: d.actor,
+      actorMember: d.requester,
+      interaction: d.side === 'holder' ? 'federated-disclosure' : 'federated-request',
+      method: 'GET',
+      resource: d.patient ? `Patient/${d.patient}` : undefined,
+      status: d.status,
+      recorded: new Date().toISOString(),
+      purpose: d.purpose,
+      breakTheGlass: d.breakTheGlass,
+      consent: d.consent,
+      withheld: d.withheld,
+      members: d.holders,
+      disclosed: d.disclosed,
+    });
   }
 
   /** Records that failed to be written (each failure is also reported through onError). */

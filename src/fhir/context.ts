@@ -2,6 +2,7 @@
 import type { AuthContext } from '../access/tokens.ts';
 import type { FhirRepository } from './repository.ts';
 import type { LedgerService } from '../ledger/service.ts';
+import type { ConsentSettings, DisclosureFacts } from '../access/consent-local.ts';
 
 export type PreferReturn = 'minimal' | 'representation' | 'OperationOutcome';
 /** `Prefer: handling=`: strict (the default) refuses unknown or unsupported parameters; lenient ignores them. */
@@ -21,6 +22,9 @@ export interface FhirRequest {
   ifNoneExist?: string;
   preferReturn?: PreferReturn;
   preferHandling?: PreferHandling;
+  /** `X-Purpose-Of-Use` and `X-Break-Glass-Reason`, as sent: a stated purpose puts the request under Consent. */
+  purposeOfUse?: string;
+  breakGlassReason?: string;
   auth: AuthContext;
 }
 
@@ -31,6 +35,8 @@ export interface FhirResponse {
   headers?: Record<string, string>;
   /** For operations whose result is not a FHIR resource (a ledger proof): sent as-is with this media type. */
   contentType?: string;
+  /** A request decided under Consent: what its access record states (purpose, deciding Consent, break-the-glass). */
+  disclosure?: DisclosureFacts;
 }
 
 export interface FhirContext {
@@ -41,6 +47,8 @@ export interface FhirContext {
   ledger?: LedgerService;
   /** Runs a request through the route table (used by bundles for their GET entries). */
   dispatch?: (req: FhirRequest) => Promise<FhirResponse>;
+  /** This member and the consortium's default Consent policy (absent: opt-in, no member). */
+  consent?: ConsentSettings;
 }
 
 export type Handler = (req: FhirRequest, ctx: FhirContext, params: Record<string, string>) => Promise<FhirResponse>;

@@ -14,6 +14,7 @@ import { publicBaseUrl, type BaseUrlOptions } from './base-url.ts';
 import { log } from '../log.ts';
 import type { AccessLog } from '../audit/access-log.ts';
 import { Metrics } from './metrics.ts';
+import { BREAK_GLASS_HEADER, PURPOSE_HEADER, type ConsentSettings } from '../access/consent-local.ts';
 
 export interface AppOptions {
   repo: FhirRepository;
@@ -31,6 +32,8 @@ export interface AppOptions {
   /** The consortium ledger: read-path anchor checks, proofs, and its state in /readyz and /metrics. */
   ledger?: LedgerService;
   metrics?: Metrics;
+  /** This member and the consortium's default Consent policy, for requests that state a purpose of use. */
+  consent?: ConsentSettings;
 }
 
 const JSON_TYPES = new Set(['application/fhir+json', 'application/json']);
@@ -241,7 +244,7 @@ export function createApp(opts: AppOptions): express.Express {
       const body = readBody(req, method, path);
       if (body.form) query.push(...body.form);
       interaction = matchRoute(method, path, query).route.interaction;
-      const ctx: FhirContext = { repo: opts.repo, baseUrl, ledger: opts.ledger };
+      const ctx: FhirContext = { repo: opts.repo, baseUrl, ledger: opts.ledger, consent: opts.consent };
       ctx.dispatch = (r) => routeRequest(r, ctx);
       const fhirRequest: FhirRequest = {
         method,
@@ -253,6 +256,8 @@ export function createApp(opts: AppOptions): express.Express {
         ifNoneExist: req.get('If-None-Exist'),
         preferReturn: preferReturn(req),
         preferHandling: preferHandling(req),
+        purposeOfUse: req.get(PURPOSE_HEADER),
+        breakGlassReason: req.get(BREAK_GLASS_HEADER),
         // Unauthenticated requests reach only public routes; they are not access-logged (no actor).
         auth: auth ?? NO_TOKEN,
       };
@@ -268,7 +273,9 @@ export function createApp(opts: AppOptions): express.Express {
     try {
       // No answer leaves before its access-log record is durable: an access that is not logged never happened.
       if (auth && opts.accessLog) {
-        await opts.accessLog.record(accessRecord(auth, req.method, path, interaction, response)).catch(() => {
+        await opts.accessLog.record(accessRecord(auth, req.method, path, interaction, response)).then(() => {
+          if (response.disclosure?.breakTheGlass) metrics.breakGlass.inc({ side: 'holder' });
+        }, () => {
           const error = new FhirError(503, [{ severity: 'error', code: 'transient', diagnostics: 'the access log cannot be written; nothing was returned' }], { 'Retry-After': '5' });
           response = { status: error.status, headers: error.headers, body: error.outcome };
         });
@@ -317,6 +324,7 @@ function accessRecord(auth: AuthContext, method: string, path: string[], interac
     patient: auth.patient !== undefined && ID_PATTERN.test(auth.patient) ? auth.patient : undefined,
     status: response.status,
     recorded: new Date().toISOString(),
+    ...response.disclosure,
   };
 }
 

@@ -17,6 +17,16 @@ export class Metrics {
     buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
     registers: [this.registry],
   });
+  /**
+   * Break-the-glass accesses: a compliance alert. `holder`: this gateway disclosed over a Consent deny (a
+   * local request counts here too); `requester`: one of its users broke the glass at another member.
+   */
+  readonly breakGlass = new Counter({
+    name: 'medblock_break_glass_total',
+    help: 'Accesses that broke the glass (purpose ETREAT with a reason) over a consent deny, by side',
+    labelNames: ['side'] as const,
+    registers: [this.registry],
+  });
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'medblock_' });

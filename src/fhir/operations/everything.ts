@@ -8,6 +8,7 @@ import { MAX_PAGE_SIZE, parseCount, sinceInstant } from '../search/query.ts';
 import { requireAccess, searchEntry } from './common.ts';
 import { accessIfAny } from './authorization.ts';
 import { parseVersion } from '../resource-version.ts';
+import { consentFilter } from '../../access/consent-local.ts';
 
 const PARAMS = ['_since', '_type', '_count'];
 const REFERENCED_CURSOR = /^r:((?:[A-Z][A-Za-z]{0,63}\/[A-Za-z0-9\-.]{1,64})?)$/;
@@ -97,13 +98,15 @@ export const everything: Handler = async (req, ctx, { id }) => {
   if (access.kind === 'patient' && access.patientId !== id) throw unknownResource('Patient');
   const params = parseEverythingParams(req);
   const readable = compartmentTypes().filter((t) => (!params.types || params.types.includes(t)) && accessIfAny(req, t, 'r') !== undefined);
+  // A request that states a purpose of use gets what the patient's Consent allows (access/consent-local.ts).
+  const consent = await consentFilter(req, ctx, id);
   const page = await ctx.repo.everything(id, {
     since: params.since,
-    types: readable,
+    types: consent ? readable.filter((t) => consent.permits(t)) : readable,
     limit: params.limit,
     cursor: params.cursor,
     // Outside the compartment a patient-bound token sees nothing, so only type-wide read access includes.
-    canInclude: (type) => accessIfAny(req, type, 'r')?.kind === 'all',
+    canInclude: (type) => accessIfAny(req, type, 'r')?.kind === 'all' && (consent?.permits(type) ?? true),
   });
   const url = (cursor?: EverythingCursor) => {
     const qs = new URLSearchParams([...params.applied, ...(cursor ? [['_cursor', formatCursor(cursor)]] : [])]).toString();
@@ -118,5 +121,7 @@ export const everything: Handler = async (req, ctx, { id }) => {
     return false;
   });
   const entries = [...matches.map((v) => searchEntry(ctx, v, 'match')), ...page.included.map((v) => searchEntry(ctx, v, 'include'))];
-  return { status: 200, body: serializeBundle({ resourceType: 'Bundle', type: 'searchset', total: page.total, link }, entries) };
+  if (consent) entries.push(...consent.outcome(readable));
+  const body = serializeBundle({ resourceType: 'Bundle', type: 'searchset', total: page.total, link }, entries);
+  return { status: 200, body, disclosure: consent?.facts(readable) };
 };
