@@ -40,6 +40,8 @@ export interface GatewayConfig {
   eraseApproval?: EraseApproval;
   /** TLS and SASL towards the Kafka brokers (MEDBLOCK_KAFKA_TLS, MEDBLOCK_KAFKA_SASL_*…). */
   kafkaSecurity?: KafkaSecurity;
+  /** MEDBLOCK_FEDERATION_TIMEOUT_MS: how long a federated $everything waits for each holder (all its pages); unset ⇒ 5000. */
+  federationTimeoutMs?: number;
   /** Unset ⇒ {@link gatewayMode}'s inference: production with MongoDB or Kafka, dev for the embedded default. */
   mode?: GatewayMode;
 }
@@ -126,6 +128,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig 
     masterKey: keySource(dataDir, env),
     eraseApproval: eraseApproval(env.MEDBLOCK_ERASE_APPROVAL),
     kafkaSecurity: brokers?.length ? kafkaSecurity(env) : undefined,
+    federationTimeoutMs: integer(env, 'MEDBLOCK_FEDERATION_TIMEOUT_MS', 5000, 100, 120_000),
     mode: explicitMode(env.MEDBLOCK_MODE),
   };
 }

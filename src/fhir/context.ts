@@ -2,6 +2,7 @@
 import type { AuthContext } from '../access/tokens.ts';
 import type { FhirRepository } from './repository.ts';
 import type { LedgerService } from '../ledger/service.ts';
+import type { FederatedRecordPort } from '../federation/federated-everything.ts';
 
 export type PreferReturn = 'minimal' | 'representation' | 'OperationOutcome';
 /** `Prefer: handling=`: strict (the default) refuses unknown or unsupported parameters; lenient ignores them. */
@@ -21,6 +22,10 @@ export interface FhirRequest {
   ifNoneExist?: string;
   preferReturn?: PreferReturn;
   preferHandling?: PreferHandling;
+  /** Header X-Purpose-Of-Use as sent (federation/purpose.ts parses it). */
+  purposeOfUse?: string;
+  /** Header X-Break-Glass-Reason as sent. */
+  breakGlassReason?: string;
   auth: AuthContext;
 }
 
@@ -41,6 +46,8 @@ export interface FhirContext {
   ledger?: LedgerService;
   /** Runs a request through the route table (used by bundles for their GET entries). */
   dispatch?: (req: FhirRequest) => Promise<FhirResponse>;
+  /** The federated record (absent: this gateway does not federate; `federated=true` answers 400). */
+  federation?: FederatedRecordPort;
 }
 
 export type Handler = (req: FhirRequest, ctx: FhirContext, params: Record<string, string>) => Promise<FhirResponse>;

@@ -13,6 +13,7 @@ import { isPatchMediaType, PATCH_FORMATS_ACCEPTED } from '../fhir/operations/pat
 import { publicBaseUrl, type BaseUrlOptions } from './base-url.ts';
 import { log } from '../log.ts';
 import type { AccessLog } from '../audit/access-log.ts';
+import type { FederatedRecordPort } from '../federation/federated-everything.ts';
 import { Metrics } from './metrics.ts';
 
 export interface AppOptions {
@@ -30,6 +31,8 @@ export interface AppOptions {
   accessLog?: AccessLog;
   /** The consortium ledger: read-path anchor checks, proofs, and its state in /readyz and /metrics. */
   ledger?: LedgerService;
+  /** The federated record (Patient/$everything?federated=true); absent when the gateway does not federate. */
+  federation?: FederatedRecordPort;
   metrics?: Metrics;
 }
 
@@ -241,7 +244,7 @@ export function createApp(opts: AppOptions): express.Express {
       const body = readBody(req, method, path);
       if (body.form) query.push(...body.form);
       interaction = matchRoute(method, path, query).route.interaction;
-      const ctx: FhirContext = { repo: opts.repo, baseUrl, ledger: opts.ledger };
+      const ctx: FhirContext = { repo: opts.repo, baseUrl, ledger: opts.ledger, federation: opts.federation };
       ctx.dispatch = (r) => routeRequest(r, ctx);
       const fhirRequest: FhirRequest = {
         method,
@@ -253,6 +256,8 @@ export function createApp(opts: AppOptions): express.Express {
         ifNoneExist: req.get('If-None-Exist'),
         preferReturn: preferReturn(req),
         preferHandling: preferHandling(req),
+        purposeOfUse: req.get('X-Purpose-Of-Use'),
+        breakGlassReason: req.get('X-Break-Glass-Reason'),
         // Unauthenticated requests reach only public routes; they are not access-logged (no actor).
         auth: auth ?? NO_TOKEN,
       };
