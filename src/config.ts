@@ -42,6 +42,8 @@ export interface GatewayConfig {
   kafkaSecurity?: KafkaSecurity;
   /** MEDBLOCK_FEDERATION_PORT / _HOST: the gateway-to-gateway listener (mutual TLS); unset port ⇒ none. */
   federation?: { host: string; port: number };
+  /** MEDBLOCK_FEDERATION_TIMEOUT_MS: how long a federated $everything waits for each holder (all its pages); unset ⇒ 5000. */
+  federationTimeoutMs?: number;
   /** Unset ⇒ {@link gatewayMode}'s inference: production with MongoDB or Kafka, dev for the embedded default. */
   mode?: GatewayMode;
 }
@@ -139,6 +141,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig 
     masterKey: keySource(dataDir, env),
     eraseApproval: eraseApproval(env.MEDBLOCK_ERASE_APPROVAL),
     kafkaSecurity: brokers?.length ? kafkaSecurity(env) : undefined,
+    federationTimeoutMs: integer(env, 'MEDBLOCK_FEDERATION_TIMEOUT_MS', 5000, 100, 120_000),
     mode: explicitMode(env.MEDBLOCK_MODE),
     federation: federationListener(env, host, port),
   };

@@ -55,8 +55,8 @@ const PURPOSE_PARENT: ReadonlyMap<string, string | undefined> = new Map([
 /** The purposes of use a request may state. */
 export const PURPOSES_OF_USE: readonly string[] = [...PURPOSE_PARENT.keys()];
 
-export function isPurposeOfUse(code: string): boolean {
-  return PURPOSE_PARENT.has(code);
+export function isPurposeOfUse(code: unknown): code is string {
+  return typeof code === 'string' && PURPOSE_PARENT.has(code);
 }
 
 /** Consent actions that a read of the record is: its access, use or disclosure. */

@@ -4,6 +4,7 @@
  * asks (the end user, their role), why (the purpose of use), about whom (the link token) and carries a
  * nonce the holder refuses to see twice. Pure apart from the clock and the replay cache's memory.
  */
+import { EMERGENCY_TREATMENT, isPurposeOfUse, PURPOSES_OF_USE } from '../access/consent.ts';
 import { randomBytes, type KeyObject } from 'node:crypto';
 import { decodeJwt, decodeProtectedHeader, errors as joseErrors, jwtVerify, SignJWT, type JWTPayload } from 'jose';
 import type { Membership } from '../ledger/membership.ts';
@@ -20,49 +21,14 @@ export const MAX_BREAK_GLASS_REASON_CHARS = 500;
 /** A whole assertion: far above a real one (~700 characters), far below a header limit. */
 const MAX_ASSERTION_CHARS = 4096;
 
-/** The code system of purpose-of-use codes (HL7 v3 ActReason). */
-export const PURPOSE_OF_USE_SYSTEM = 'http://terminology.hl7.org/CodeSystem/v3-ActReason';
-
-/**
- * The purposes of use a member may state: HL7 v3 ActReason codes of the PurposeOfUse value set that make
- * sense between hospitals, with their display. Break-the-glass is ETREAT with a reason (the `btg` claim),
- * not the separate BTG code, so that one code means emergency treatment everywhere.
- */
-export const PURPOSES_OF_USE = {
-  TREAT: 'treatment',
-  ETREAT: 'Emergency Treatment',
-  COC: 'coordination of care',
-  CAREMGT: 'care management',
-  POPHLTH: 'population health',
-  HPAYMT: 'healthcare payment',
-  CLMATTCH: 'claim attachment',
-  COVAUTH: 'coverage authorization',
-  HOPERAT: 'healthcare operations',
-  PATSFTY: 'patient safety',
-  HQUALIMP: 'health quality improvement',
-  HRESCH: 'healthcare research',
-  CLINTRCH: 'clinical trial research',
-  PUBHLTH: 'public health',
-  PATRQT: 'patient requested',
-  FAMRQT: 'family requested',
-  PWATRNY: 'power of attorney',
-  HLEGAL: 'legal',
-  HCOMPL: 'compliance',
-} as const;
-export type PurposeOfUse = keyof typeof PURPOSES_OF_USE;
-export const BREAK_GLASS_PURPOSE: PurposeOfUse = 'ETREAT';
-
-export function isPurposeOfUse(code: unknown): code is PurposeOfUse {
-  return typeof code === 'string' && Object.hasOwn(PURPOSES_OF_USE, code);
-}
-
 /** What the requesting gateway states about its request. */
 export interface AssertionClaims {
   /** The end user: their access token's subject. */
   sub: string;
   /** The end user's role (`clinician` when their token names none). */
   role: string;
-  pou: PurposeOfUse;
+  /** An HL7 v3 ActReason purpose of use (access/consent.ts, PURPOSES_OF_USE). */
+  pou: string;
   /** Break-the-glass reason; only with `pou: ETREAT`. */
   btg?: string;
   /** The link token asked about (docs/federation.md, "Linking a person across members"); absent for requests about no patient. */
@@ -97,9 +63,9 @@ const NONCE_PATTERN = /^[A-Za-z0-9_-]{22,86}$/;
 function claimsProblem(claims: Partial<AssertionClaims>): string | undefined {
   if (typeof claims.sub !== 'string' || !SUBJECT_PATTERN.test(claims.sub)) return 'sub must be the end user\'s token subject (1-256 printable ASCII characters)';
   if (typeof claims.role !== 'string' || !ROLE_PATTERN.test(claims.role)) return 'role must be 1-64 letters, digits or ._:/-';
-  if (!isPurposeOfUse(claims.pou)) return `pou must be one of the purpose-of-use codes ${Object.keys(PURPOSES_OF_USE).join(', ')}`;
+  if (!isPurposeOfUse(claims.pou)) return `pou must be one of the purpose-of-use codes ${PURPOSES_OF_USE.join(', ')}`;
   if (claims.btg !== undefined) {
-    if (claims.pou !== BREAK_GLASS_PURPOSE) return `btg (break-the-glass) is allowed only with pou ${BREAK_GLASS_PURPOSE}`;
+    if (claims.pou !== EMERGENCY_TREATMENT) return `btg (break-the-glass) is allowed only with pou ${EMERGENCY_TREATMENT}`;
     if (typeof claims.btg !== 'string' || claims.btg.trim() === '' || claims.btg.length > MAX_BREAK_GLASS_REASON_CHARS) {
       return `btg must be a reason of 1-${MAX_BREAK_GLASS_REASON_CHARS} characters`;
     }

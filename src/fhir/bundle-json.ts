@@ -7,6 +7,8 @@ import { stringifyFhirJson } from './json.ts';
 
 export interface BundleEntryParts {
   fullUrl?: string;
+  /** Bundle.entry.extension (e.g. a federation holder's anchor extension). */
+  extension?: object[];
   /** Serialized resource, spliced verbatim. */
   resourceJson?: string;
   /** Resource object (serialized here), when there is no stored JSON. */
@@ -21,6 +23,7 @@ export function serializeBundle(envelope: Record<string, unknown>, entries: Bund
   if (entries.length === 0) return head;
   const parts = entries.map((e) => {
     const fields: string[] = [];
+    if (e.extension) fields.push(`"extension":${JSON.stringify(e.extension)}`);
     if (e.fullUrl !== undefined) fields.push(`"fullUrl":${JSON.stringify(e.fullUrl)}`);
     if (e.resourceJson !== undefined) fields.push(`"resource":${e.resourceJson}`);
     else if (e.resource !== undefined) fields.push(`"resource":${stringifyFhirJson(e.resource)}`);

@@ -3,6 +3,7 @@ import type { AuthContext } from '../access/tokens.ts';
 import type { FhirRepository } from './repository.ts';
 import type { LedgerService } from '../ledger/service.ts';
 import type { ConsentSettings, DisclosureFacts } from '../access/consent-local.ts';
+import type { FederatedRecordPort } from '../federation/federated-everything.ts';
 
 export type PreferReturn = 'minimal' | 'representation' | 'OperationOutcome';
 /** `Prefer: handling=`: strict (the default) refuses unknown or unsupported parameters; lenient ignores them. */
@@ -49,6 +50,8 @@ export interface FhirContext {
   dispatch?: (req: FhirRequest) => Promise<FhirResponse>;
   /** This member and the consortium's default Consent policy (absent: opt-in, no member). */
   consent?: ConsentSettings;
+  /** The federated record (absent: this gateway does not federate; `federated=true` answers 400). */
+  federation?: FederatedRecordPort;
 }
 
 export type Handler = (req: FhirRequest, ctx: FhirContext, params: Record<string, string>) => Promise<FhirResponse>;

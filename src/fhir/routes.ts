@@ -16,7 +16,7 @@ import { remove, removeConditional } from './operations/delete.ts';
 import { compartmentSearch, search, systemSearch } from './operations/search.ts';
 import { instanceHistory, systemHistory, typeHistory } from './operations/history.ts';
 import { validate } from './operations/validate.ts';
-import { everything } from './operations/everything.ts';
+import { everything, everythingByIdentifier } from './operations/everything.ts';
 import { erase } from './operations/erase.ts';
 import { checkpoint, consistency, proof } from './operations/proof.ts';
 
@@ -57,6 +57,7 @@ export const ROUTES: Route[] = [
   { method: 'GET', pattern: ':type/:id/_history/:vid/$proof', handler: proof, interaction: 'proof' },
   { method: 'POST', pattern: ':type/:id/$validate', handler: validate, interaction: 'validate' },
   // A patient's compartment
+  { method: 'GET', pattern: 'Patient/$everything', handler: everythingByIdentifier, interaction: 'everything' },
   { method: 'GET', pattern: 'Patient/:id/$everything', handler: everything, interaction: 'everything' },
   { method: 'POST', pattern: 'Patient/:id/$everything', handler: everything, interaction: 'everything' },
   { method: 'POST', pattern: 'Patient/:id/$erase', handler: erase, interaction: 'erase' },

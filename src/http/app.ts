@@ -13,6 +13,7 @@ import { isPatchMediaType, PATCH_FORMATS_ACCEPTED } from '../fhir/operations/pat
 import { publicBaseUrl, type BaseUrlOptions } from './base-url.ts';
 import { log } from '../log.ts';
 import type { AccessLog } from '../audit/access-log.ts';
+import type { FederatedRecordPort } from '../federation/federated-everything.ts';
 import { Metrics } from './metrics.ts';
 import { BREAK_GLASS_HEADER, PURPOSE_HEADER, type ConsentSettings } from '../access/consent-local.ts';
 
@@ -31,6 +32,8 @@ export interface AppOptions {
   accessLog?: AccessLog;
   /** The consortium ledger: read-path anchor checks, proofs, and its state in /readyz and /metrics. */
   ledger?: LedgerService;
+  /** The federated record (Patient/$everything?federated=true); absent when the gateway does not federate. */
+  federation?: FederatedRecordPort;
   metrics?: Metrics;
   /** This member and the consortium's default Consent policy, for requests that state a purpose of use. */
   consent?: ConsentSettings;
@@ -244,7 +247,7 @@ export function createApp(opts: AppOptions): express.Express {
       const body = readBody(req, method, path);
       if (body.form) query.push(...body.form);
       interaction = matchRoute(method, path, query).route.interaction;
-      const ctx: FhirContext = { repo: opts.repo, baseUrl, ledger: opts.ledger, consent: opts.consent };
+      const ctx: FhirContext = { repo: opts.repo, baseUrl, ledger: opts.ledger, consent: opts.consent, federation: opts.federation };
       ctx.dispatch = (r) => routeRequest(r, ctx);
       const fhirRequest: FhirRequest = {
         method,

@@ -9,6 +9,7 @@ import { requireAccess, searchEntry } from './common.ts';
 import { accessIfAny } from './authorization.ts';
 import { parseVersion } from '../resource-version.ts';
 import { consentFilter } from '../../access/consent-local.ts';
+import { federatedEverything, isFederated } from './federated.ts';
 
 const PARAMS = ['_since', '_type', '_count'];
 const REFERENCED_CURSOR = /^r:((?:[A-Z][A-Za-z]{0,63}\/[A-Za-z0-9\-.]{1,64})?)$/;
@@ -76,7 +77,7 @@ function parseEverythingParams(req: FhirRequest): EverythingParams {
       out.applied.push([key, value]);
     } else if (key === '_cursor') {
       out.cursor = parseCursor(value);
-    } else if (key !== '_format' && key !== '_pretty' && req.preferHandling !== 'lenient') {
+    } else if (key !== 'federated' && key !== '_format' && key !== '_pretty' && req.preferHandling !== 'lenient') {
       throw errors.notSupported(
         `$everything parameter '${key.slice(0, 64)}' is not supported (supported: ${PARAMS.join(', ')}); send Prefer: handling=lenient to have it ignored`,
       );
@@ -92,6 +93,7 @@ function parseEverythingParams(req: FhirRequest): EverythingParams {
  * read on Patient).
  */
 export const everything: Handler = async (req, ctx, { id }) => {
+  if (isFederated(req)) return federatedEverything(req, ctx, id);
   const access = requireAccess(req, 'Patient', 'r');
   assertId(id);
   // Decided before any read: the same answer whether or not the other patient exists.
@@ -125,3 +127,6 @@ export const everything: Handler = async (req, ctx, { id }) => {
   const body = serializeBundle({ resourceType: 'Bundle', type: 'searchset', total: page.total, link }, entries);
   return { status: 200, body, disclosure: consent?.facts(readable) };
 };
+
+/** GET [base]/Patient/$everything?identifier=system|value: the federated record of whoever carries it. */
+export const everythingByIdentifier: Handler = async (req, ctx) => federatedEverything(req, ctx);
