@@ -4,7 +4,7 @@ import { resolve } from 'node:path';
 import type { GatewayConfig } from '../config.ts';
 import { loadConsortium, openOrderer } from '../gateway.ts';
 import { createConsortium, issueMemberCertificate, type MemberRequest } from '../identity/ca.ts';
-import { memberCertificateCheck, writeConsortiumDir, writeMemberRequestDir } from '../identity/consortium-dir.ts';
+import { federationAddressProblem, memberCertificateCheck, writeConsortiumDir, writeMemberRequestDir } from '../identity/consortium-dir.ts';
 import { approveConfigChange, createEnvelope, encodeEnvelope, newNonce, type ConfigApproval, type ConfigChange } from '../ledger/envelope.ts';
 import { encodeChannelMessage } from '../ledger/orderer.ts';
 
@@ -76,12 +76,27 @@ export interface ProposeOptions {
   add?: string;
   certificate?: string;
   signingKey?: string;
+  /** With --add: the new member's federation listener. */
+  federationAddress?: string;
   revoke?: string;
+  /** Moves this member's federation listener to --address. */
+  setFederationAddress?: string;
+  address?: string;
   out: string;
 }
 
+/** Refuses an address every member would refuse, before anyone signs it. */
+function checkedAddress(address: string, option: string): string {
+  const problem = federationAddressProblem(address);
+  if (problem) throw new Error(`${option} ${problem}`);
+  return address;
+}
+
 export async function runConsortiumPropose(config: GatewayConfig, opts: ProposeOptions): Promise<void> {
-  if ((opts.add === undefined) === (opts.revoke === undefined)) throw new Error('give exactly one of --add <member> or --revoke <member>');
+  const actions = [opts.add, opts.revoke, opts.setFederationAddress].filter((member) => member !== undefined);
+  if (actions.length !== 1) throw new Error('give exactly one of --add <member>, --revoke <member> or --set-federation-address <member>');
+  if (opts.federationAddress !== undefined && opts.add === undefined) throw new Error('--federation-address goes with --add (use --set-federation-address for a member)');
+  if ((opts.address !== undefined) !== (opts.setFederationAddress !== undefined)) throw new Error('--set-federation-address <member> needs --address <https://host:port>, and --address needs it');
   const consortium = await loadConsortium(config);
   let change: ConfigChange;
   if (opts.add !== undefined) {
@@ -90,13 +105,19 @@ export async function runConsortiumPropose(config: GatewayConfig, opts: ProposeO
     const signingKey = readFileSync(opts.signingKey, 'utf8');
     const problem = memberCertificateCheck(consortium.caCertificatePem)(certificate, opts.add, signingKey, new Date().toISOString());
     if (problem) throw new Error(`the certificate ${problem}`);
-    change = { action: 'addMember', member: opts.add, certificate, signingKey };
+    const federationAddress = opts.federationAddress === undefined ? undefined : checkedAddress(opts.federationAddress, '--federation-address');
+    change = { action: 'addMember', member: opts.add, certificate, signingKey, ...(federationAddress !== undefined && { federationAddress }) };
+  } else if (opts.revoke !== undefined) {
+    change = { action: 'revokeMember', member: opts.revoke };
   } else {
-    change = { action: 'revokeMember', member: opts.revoke! };
+    change = { action: 'setFederationAddress', member: opts.setFederationAddress!, address: checkedAddress(opts.address!, '--address') };
   }
   const proposal: ConfigProposal = { format: 'medblock-config-proposal/v1', channel: consortium.channel, nonce: newNonce(), change, approvals: [] };
   writeFileSync(resolve(opts.out), `${JSON.stringify(proposal, null, 2)}\n`, { mode: 0o600, flag: 'wx' });
-  process.stdout.write(`proposal written to ${opts.out}: ${change.action} ${change.member}; collect approvals with \`medblock consortium approve\`\n`);
+  const detail = change.address ?? change.federationAddress;
+  process.stdout.write(
+    `proposal written to ${opts.out}: ${change.action} ${change.member}${detail ? ` (${detail})` : ''}; collect approvals with \`medblock consortium approve\`\n`,
+  );
 }
 
 function readProposal(file: string): ConfigProposal {

@@ -129,11 +129,14 @@ consortium
 
 consortium
   .command('propose')
-  .description('start a membership change (a config transaction) in a new proposal file')
+  .description('start a membership or federation-address change (a config transaction) in a new proposal file')
   .option('--add <member>', 'add this member (with --certificate and --signing-key from its CSR, issued by the consortium CA)')
   .option('--certificate <file>', 'the new member\'s certificate (member.crt)')
   .option('--signing-key <file>', 'the new member\'s envelope-signing public key (signing.pub)')
+  .option('--federation-address <url>', 'with --add: the new member\'s federation listener (https://host:port)')
   .option('--revoke <member>', 'revoke this member from the block after the change commits')
+  .option('--set-federation-address <member>', 'move this member\'s federation listener to --address')
+  .option('--address <url>', 'with --set-federation-address: the new https://host:port')
   .requiredOption('--out <file>', 'the proposal file to create')
   .action(async (opts: ProposeOptions) => runConsortiumPropose(loadConfig(), opts));
 

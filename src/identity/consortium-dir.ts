@@ -18,7 +18,7 @@ import { dirname, join } from 'node:path';
 import { normalizeSystem, UnlinkableIdentifierError, US_SSN_SYSTEM } from '../federation/link-token.ts';
 import type { BlockCutterConfig } from '../ledger/block-cutter.ts';
 import { DEFAULT_MAX_ENVELOPE_BYTES, type ValidationContext } from '../ledger/envelope.ts';
-import { Membership } from '../ledger/membership.ts';
+import { federationAddressProblem, Membership } from '../ledger/membership.ts';
 import { certificateFingerprint, createConsortium, createMemberRequest, RSA_BITS, verifyMemberCertificate, type Consortium } from './ca.ts';
 import { SIGNING_KEY_CURVE, signingKeyUri } from './signing-key.ts';
 
@@ -238,21 +238,6 @@ function federationAddresses(dir: string, members: unknown): Record<string, stri
   return addresses;
 }
 
-/** Why `address` cannot be a federation address (an https URL of at most 256 characters, no path, query or credentials), if it cannot. */
-export function federationAddressProblem(address: unknown): string | undefined {
-  if (typeof address !== 'string' || address.length > 256) return 'must be an https URL of at most 256 characters';
-  let url: URL;
-  try {
-    url = new URL(address);
-  } catch {
-    return 'is not a URL';
-  }
-  if (url.protocol !== 'https:') return 'must use https';
-  if (url.username || url.password || url.search || url.hash || (url.pathname !== '/' && url.pathname !== '')) return 'must be only https://host:port';
-  if (address !== url.origin) return `must be written as ${url.origin}`;
-  return undefined;
-}
-
 function linkIdentifierSystems(dir: string, systems: unknown): string[] {
   const field = 'consortium.json federation.linkIdentifierSystems';
   if (!Array.isArray(systems)) throw new ConsortiumConfigError(dir, `${field} must be an array of identifier system URIs`);
@@ -313,9 +298,15 @@ export async function ensureLocalConsortium(dir: string, memberId: string): Prom
   writeConsortiumDir(dir, await createConsortium({ members: [memberId] }));
 }
 
-/** The members at block 0, as envelope validation sees them. */
-export function genesisMembership(consortium: Pick<MemberConsortium, 'members'>): Membership {
-  return new Membership(Object.fromEntries(consortium.members.map((m) => [m.id, { publicKey: m.signingPublicKeyPem }])));
+/** Kept exported from here: consortium.json's addresses are checked with it too. */
+export { federationAddressProblem };
+
+/** The members at block 0, as envelope validation sees them, with their federation addresses as of genesis. */
+export function genesisMembership(consortium: Pick<MemberConsortium, 'members'> & { federation?: Pick<FederationSettings, 'addresses'> }): Membership {
+  const addresses = consortium.federation?.addresses ?? {};
+  return new Membership(
+    Object.fromEntries(consortium.members.map((m) => [m.id, { publicKey: m.signingPublicKeyPem, federationAddress: Object.hasOwn(addresses, m.id) ? addresses[m.id] : undefined }])),
+  );
 }
 
 /**

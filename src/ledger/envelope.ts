@@ -13,7 +13,7 @@
 import { createPublicKey, randomBytes, type KeyObject } from 'node:crypto';
 import { canonicalize } from './canonical-json.ts';
 import { decodeBase64url, SIGNATURE_BYTES, signedBytes, signLowS, verifyLowS } from './signature.ts';
-import { isP256Key, MEMBER_ID_PATTERN, type Membership } from './membership.ts';
+import { federationAddressProblem, isP256Key, MEMBER_ID_PATTERN, type Membership } from './membership.ts';
 
 export const ENVELOPE_TYPES = ['anchor', 'audit', 'consent', 'config'] as const;
 export type EnvelopeType = (typeof ENVELOPE_TYPES)[number];
@@ -30,7 +30,10 @@ export const MAX_CONFIG_APPROVALS = 256;
 export const MAX_CERTIFICATE_CHARS = 16 * 1024;
 
 const NONCE_BYTES = 16;
+/** Patient locator, resource locator and link tokens alike: 32 bytes, so a token can be told from PHI by its shape. */
 const PATIENT_TOKEN_BYTES = 32;
+/** Link tokens per Patient version: a person has few identifiers in the linking systems. */
+export const MAX_LINK_TOKENS = 16;
 
 /** Kafka topic characters, lowercase, as Fabric channel names. */
 export const CHANNEL_PATTERN = /^[a-z][a-z0-9.-]{0,248}$/;
@@ -89,14 +92,18 @@ export interface ConsentPayload {
   digest: string;
   status: 'active' | 'inactive';
 }
-export type ConfigAction = 'addMember' | 'revokeMember';
+export type ConfigAction = 'addMember' | 'revokeMember' | 'setFederationAddress';
 export interface ConfigChange {
   action: ConfigAction;
   member: string;
-  /** PEM certificate of the member to add; required for addMember, absent for revokeMember. */
+  /** PEM certificate of the member to add; required for addMember, absent otherwise. */
   certificate?: string;
   /** SPKI PEM of the added member's P-256 envelope-signing key (named by its certificate); addMember only. */
   signingKey?: string;
+  /** The added member's federation listener (`https://host:port`); optional, addMember only. */
+  federationAddress?: string;
+  /** The member's new federation listener (`https://host:port`); required for setFederationAddress, absent otherwise. */
+  address?: string;
 }
 export interface ConfigApproval {
   member: string;
@@ -250,33 +257,73 @@ function entriesProblem(
 }
 
 function anchorEntryProblem(entry: unknown, path: string): Problem {
+  const has = (name: string) => Object.hasOwn(entry as object, name);
+  const { digest, type, patient, resource, links } = entry as Record<string, unknown>;
   return (
-    shapeProblem(entry, path, ['digest'], ['type', 'patient']) ??
-    patternProblem((entry as AnchorEntry).digest, `${path}/digest`, DIGEST_PATTERN) ??
-    (Object.hasOwn(entry as object, 'type') ? patternProblem((entry as AnchorEntry).type, `${path}/type`, RESOURCE_TYPE_PATTERN) : undefined) ??
-    (Object.hasOwn(entry as object, 'patient')
-      ? base64urlProblem((entry as AnchorEntry).patient, `${path}/patient`, PATIENT_TOKEN_BYTES)
-      : undefined)
+    shapeProblem(entry, path, ['digest'], ['type', 'patient', 'resource', 'links']) ??
+    patternProblem(digest, `${path}/digest`, DIGEST_PATTERN) ??
+    (has('type') ? patternProblem(type, `${path}/type`, RESOURCE_TYPE_PATTERN) : undefined) ??
+    (has('patient') ? base64urlProblem(patient, `${path}/patient`, PATIENT_TOKEN_BYTES) : undefined) ??
+    // A resource locator or a link set names something of a patient's record: never without the patient's locator.
+    (!has('patient') && (has('resource') || has('links')) ? `${path}/resource and ${path}/links are only allowed with patient` : undefined) ??
+    (has('resource') ? base64urlProblem(resource, `${path}/resource`, PATIENT_TOKEN_BYTES) : undefined) ??
+    (has('links') ? linksProblem(links, `${path}/links`) : undefined)
   );
 }
 
-function auditEntryProblem(entry: unknown, path: string): Problem {
-  return shapeProblem(entry, path, ['digest']) ?? patternProblem((entry as { digest: unknown }).digest, `${path}/digest`, DIGEST_PATTERN);
+/** Sorted (by UTF-16 code unit) and unique, so one link set has one spelling. */
+function linksProblem(links: unknown, path: string): Problem {
+  if (!Array.isArray(links) || links.length > MAX_LINK_TOKENS) return `${path} must be an array of at most ${MAX_LINK_TOKENS} link tokens`;
+  for (let i = 0; i < links.length; i++) {
+    const problem = base64urlProblem(links[i], `${path}/${i}`, PATIENT_TOKEN_BYTES);
+    if (problem !== undefined) return problem;
+    if (i > 0 && !(links[i - 1] < links[i])) return `${path}/${i} must sort after the token before it (sorted, each once)`;
+  }
+  return undefined;
 }
+
+function auditEntryProblem(entry: unknown, path: string): Problem {
+  return (
+    shapeProblem(entry, path, ['digest'], ['erased']) ??
+    patternProblem((entry as AuditEntry).digest, `${path}/digest`, DIGEST_PATTERN) ??
+    (Object.hasOwn(entry as object, 'erased') ? base64urlProblem((entry as AuditEntry).erased, `${path}/erased`, PATIENT_TOKEN_BYTES) : undefined)
+  );
+}
+
+/** The optional members of a config change, and the actions each one belongs to. */
+const CONFIG_CHANGE_FIELDS: Readonly<Record<string, readonly ConfigAction[]>> = {
+  certificate: ['addMember'],
+  signingKey: ['addMember'],
+  federationAddress: ['addMember'],
+  address: ['setFederationAddress'],
+};
+const CONFIG_CHANGE_OPTIONAL = Object.keys(CONFIG_CHANGE_FIELDS);
 
 function configChangeProblem(change: Record<string, unknown>, path: string): Problem {
   const { action, member, certificate, signingKey } = change;
-  if (action !== 'addMember' && action !== 'revokeMember') return `${path}/action must be addMember or revokeMember`;
+  if (action !== 'addMember' && action !== 'revokeMember' && action !== 'setFederationAddress') {
+    return `${path}/action must be addMember, revokeMember or setFederationAddress`;
+  }
   const memberProblem = patternProblem(member, `${path}/member`, MEMBER_ID_PATTERN);
   if (memberProblem !== undefined) return memberProblem;
-  if (action === 'revokeMember') {
-    if (Object.hasOwn(change, 'certificate')) return `${path}/certificate is not allowed for revokeMember`;
-    return Object.hasOwn(change, 'signingKey') ? `${path}/signingKey is not allowed for revokeMember` : undefined;
+  for (const [field, actions] of Object.entries(CONFIG_CHANGE_FIELDS)) {
+    if (Object.hasOwn(change, field) && !actions.includes(action)) return `${path}/${field} is not allowed for ${action}`;
+  }
+  if (action === 'revokeMember') return undefined;
+  if (action === 'setFederationAddress') return addressProblem(change.address, `${path}/address`);
+  if (Object.hasOwn(change, 'federationAddress')) {
+    const problem = addressProblem(change.federationAddress, `${path}/federationAddress`);
+    if (problem !== undefined) return problem;
   }
   const wellFormed =
     typeof certificate === 'string' && certificate.length <= MAX_CERTIFICATE_CHARS && CERTIFICATE_PEM_PATTERN.test(certificate);
   if (!wellFormed) return `${path}/certificate must be a PEM certificate for addMember`;
   return isP256PublicKeyPem(signingKey) ? undefined : `${path}/signingKey must be the SPKI PEM of a P-256 public key for addMember`;
+}
+
+function addressProblem(address: unknown, path: string): Problem {
+  const problem = federationAddressProblem(address);
+  return problem === undefined ? undefined : `${path} ${problem}`;
 }
 
 function isP256PublicKeyPem(value: unknown): boolean {
@@ -326,7 +373,7 @@ function payloadProblem(type: EnvelopeType, payload: unknown): Problem {
       );
     }
     case 'config':
-      return shapeProblem(payload, '/payload', ['action', 'member', 'approvals'], ['certificate', 'signingKey']) ?? configPayloadProblem(payload as Record<string, unknown>);
+      return shapeProblem(payload, '/payload', ['action', 'member', 'approvals'], CONFIG_CHANGE_OPTIONAL) ?? configPayloadProblem(payload as Record<string, unknown>);
   }
 }
 
@@ -360,9 +407,12 @@ function envelopeSignedBytes(envelope: Omit<Envelope, 'signature'> & { signature
   return signedBytes(ENVELOPE_SIGNING_PREFIX, unsigned);
 }
 
-/** What an approver signs: the change, bound to one envelope (channel and nonce) so it cannot be reused. */
-function approvalSignedBytes(channel: string, nonce: string, { action, member, certificate, signingKey }: ConfigChange): Buffer {
-  return signedBytes(CONFIG_APPROVAL_PREFIX, { channel, nonce, action, member, certificate, signingKey });
+/**
+ * What an approver signs: the change, bound to one envelope (channel and nonce) so it cannot be reused. An
+ * absent field is absent from the canonical JSON, so approvals of changes without the later fields keep their bytes.
+ */
+function approvalSignedBytes(channel: string, nonce: string, { action, member, certificate, signingKey, federationAddress, address }: ConfigChange): Buffer {
+  return signedBytes(CONFIG_APPROVAL_PREFIX, { channel, nonce, action, member, certificate, signingKey, federationAddress, address });
 }
 
 function assertSigner(signer: EnvelopeSigner): void {
@@ -418,7 +468,7 @@ export function approveConfigChange(signer: EnvelopeSigner, channel: string, non
   const problem =
     patternProblem(channel, 'channel', CHANNEL_PATTERN) ??
     base64urlProblem(nonce, 'nonce', NONCE_BYTES) ??
-    shapeProblem(change, 'change', ['action', 'member'], ['certificate', 'signingKey']) ??
+    shapeProblem(change, 'change', ['action', 'member'], CONFIG_CHANGE_OPTIONAL) ??
     configChangeProblem(change as unknown as Record<string, unknown>, 'change');
   if (problem !== undefined) throw new EnvelopeError(`invalid approval: ${problem}`);
   return { member: signer.memberId, signature: signLowS(signer.privateKey, approvalSignedBytes(channel, nonce, change)) };
@@ -474,7 +524,7 @@ function configRejection(envelope: EnvelopeOf<'config'>, { members, blockNumber,
     const problem = checkMemberCertificate(payload.certificate!, payload.member, payload.signingKey!, envelope.timestamp);
     if (problem !== undefined) return reject('bad-payload', `/payload/certificate ${problem}`);
   }
-  if (payload.action === 'revokeMember' && !members.isActiveAt(payload.member, blockNumber)) {
+  if (payload.action !== 'addMember' && !members.isActiveAt(payload.member, blockNumber)) {
     return reject('bad-payload', '/payload/member is not an active member');
   }
   const message = approvalSignedBytes(envelope.channel, envelope.nonce, payload);

@@ -21,16 +21,49 @@ export interface DigestLocation {
   kind: 'anchor' | 'audit';
 }
 
+/**
+ * What the ledger says about an anchored digest now (docs/federation.md, "On the ledger"): its first location,
+ * the locator tokens that entry carried, and whether its creator has since moved on from it.
+ */
+export type AnchorFacts = DigestLocation & {
+  /** The patient locator token of the entry at the first location, if it had one. */
+  patient?: string;
+  /** The resource locator token of that entry, if it had one. */
+  resource?: string;
+  /** A later entry of the SAME creator carried the same `resource` token (another member's entries never count). */
+  superseded: boolean;
+  /** The creator anchored an erasure record of this entry's `patient` locator. */
+  erased: boolean;
+};
+
+/** A (hospital, patient locator) whose latest Patient version lists a link token. */
+export interface LinkHolder {
+  hospital: string;
+  locator: string;
+}
+
 /** What a committed block adds to the indexes; derived from the block's VALID envelopes only. */
 export interface BlockIndex {
-  /** A digest already indexed keeps its first location; later ones are ignored. */
-  digests: Array<Omit<DigestLocation, 'blockNumber'> & { digest: string }>;
+  /**
+   * Every entry, in ledger order, with the locator tokens it carried. A digest already indexed keeps its first
+   * location (and tokens); later ones are ignored.
+   */
+  digests: Array<Omit<DigestLocation, 'blockNumber'> & { digest: string; patient?: string; resource?: string }>;
   /** Pseudonymous patient token → the member (hospital) holding data on that patient. Duplicates allowed. */
   patients: Array<{ token: string; hospital: string }>;
   /** (creator, nonce) of every valid envelope, for replay protection. */
   nonces: Array<{ creator: string; nonce: string }>;
   /** Config changes committed in this block, in envelope order (they take effect from the next block). */
   configChanges: ConfigChange[];
+  /**
+   * Link sets as this block leaves them, one per (creator, patient locator) it touched: each REPLACES the set
+   * the creator published before for that locator (`[]` removes it; an erasure record leaves `[]`).
+   */
+  linkSets: Array<{ creator: string; patient: string; links: string[] }>;
+  /** Per (creator, resource locator) this block anchored: the digest of its last entry there, the resource's new head. */
+  resourceHeads: Array<{ creator: string; resource: string; digest: string }>;
+  /** (creator, patient locator) of this block's erasure records, each once. */
+  erasures: Array<{ creator: string; patient: string }>;
 }
 
 export interface LedgerStore {
@@ -51,6 +84,10 @@ export interface LedgerStore {
   locate(channel: string, digests: string[]): Promise<Map<string, DigestLocation>>;
   /** Members that anchored data for this patient token, sorted, each once. */
   hospitalsForPatient(channel: string, token: string): Promise<string[]>;
+  /** Current holders of a link token: each (hospital, patient locator) whose latest link set lists it, sorted by hospital then locator. */
+  holdersOfLink(channel: string, linkToken: string): Promise<LinkHolder[]>;
+  /** For each anchored digest (those not anchored are absent): where (first location), and what the ledger says about it now. */
+  anchorFacts(channel: string, digests: string[]): Promise<Map<string, AnchorFacts>>;
   /** Which of these (creator, nonce) pairs were committed by a valid envelope; keys are `${creator} ${nonce}`. */
   committedNonces(channel: string, pairs: Array<{ creator: string; nonce: string }>): Promise<Set<string>>;
   /** Every config change committed so far, with the block that committed it, in ledger order. */

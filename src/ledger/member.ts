@@ -319,28 +319,47 @@ function parseJson(bytes: Uint8Array): unknown {
   }
 }
 
-/** Index entries of a block: from its valid envelopes only, so a forged envelope indexes nothing. */
+/**
+ * Index entries of a block: from its valid envelopes only, so a forged envelope indexes nothing. Link sets,
+ * resource heads and erasures are folded in ledger order (envelope, then entry): what the block leaves for each key.
+ */
 export function blockIndex(verdicts: EnvelopeVerdict[]): BlockIndex {
-  const index: BlockIndex = { digests: [], patients: [], nonces: [], configChanges: [] };
+  const index: BlockIndex = { digests: [], patients: [], nonces: [], configChanges: [], linkSets: [], resourceHeads: [], erasures: [] };
   const patients = new Set<string>();
+  const linkSets = new Map<string, BlockIndex['linkSets'][number]>();
+  const resourceHeads = new Map<string, BlockIndex['resourceHeads'][number]>();
+  const erasures = new Map<string, BlockIndex['erasures'][number]>();
   verdicts.forEach((verdict, envelopeIndex) => {
     if (!verdict.valid) return;
     const envelope: Envelope = verdict.envelope;
-    index.nonces.push({ creator: envelope.creator, nonce: envelope.nonce });
-    if (envelope.type === 'anchor' || envelope.type === 'audit') {
-      envelope.payload.entries.forEach((entry, entryIndex) => {
-        index.digests.push({ digest: entry.digest, envelopeIndex, entryIndex, creator: envelope.creator, kind: envelope.type });
-        const token = 'patient' in entry ? (entry.patient as string | undefined) : undefined;
-        if (token && !patients.has(`${token} ${envelope.creator}`)) {
-          patients.add(`${token} ${envelope.creator}`);
-          index.patients.push({ token, hospital: envelope.creator });
+    const { creator } = envelope;
+    index.nonces.push({ creator, nonce: envelope.nonce });
+    if (envelope.type === 'anchor') {
+      envelope.payload.entries.forEach(({ digest, patient, resource, links }, entryIndex) => {
+        index.digests.push({ digest, envelopeIndex, entryIndex, creator, kind: 'anchor', ...(patient && { patient }), ...(resource && { resource }) });
+        if (!patient) return;
+        if (!patients.has(`${patient} ${creator}`)) {
+          patients.add(`${patient} ${creator}`);
+          index.patients.push({ token: patient, hospital: creator });
         }
+        if (resource) resourceHeads.set(`${creator} ${resource}`, { creator, resource, digest });
+        if (links) linkSets.set(`${creator} ${patient}`, { creator, patient, links });
+      });
+    } else if (envelope.type === 'audit') {
+      envelope.payload.entries.forEach(({ digest, erased }, entryIndex) => {
+        index.digests.push({ digest, envelopeIndex, entryIndex, creator, kind: 'audit' });
+        if (!erased) return;
+        erasures.set(`${creator} ${erased}`, { creator, patient: erased });
+        linkSets.set(`${creator} ${erased}`, { creator, patient: erased, links: [] });
       });
     } else if (envelope.type === 'config') {
       const { approvals: _approvals, ...change } = envelope.payload;
       index.configChanges.push(change);
     }
   });
+  index.linkSets = [...linkSets.values()];
+  index.resourceHeads = [...resourceHeads.values()];
+  index.erasures = [...erasures.values()];
   return index;
 }
 

@@ -22,12 +22,34 @@ export interface MemberEntry {
    * validated against the same membership.
    */
   revokedAtBlock?: number;
+  /** Where the member's federation listener is (`https://host:port`): consortium.json, then config changes. */
+  federationAddress?: string;
 }
 
 export interface Member {
   readonly id: string;
   readonly publicKey: KeyObject;
   readonly revokedAtBlock: number | undefined;
+  readonly federationAddress: string | undefined;
+}
+
+/**
+ * Why `address` cannot be a federation address (an https URL of at most 256 characters, written as its
+ * origin: no path, query or credentials), if it cannot. Pure: envelope validation uses it, so every member
+ * judges a config change alike.
+ */
+export function federationAddressProblem(address: unknown): string | undefined {
+  if (typeof address !== 'string' || address.length > 256) return 'must be an https URL of at most 256 characters';
+  let url: URL;
+  try {
+    url = new URL(address);
+  } catch {
+    return 'is not a URL';
+  }
+  if (url.protocol !== 'https:') return 'must use https';
+  if (url.username || url.password || url.search || url.hash || (url.pathname !== '/' && url.pathname !== '')) return 'must be only https://host:port';
+  if (address !== url.origin) return `must be written as ${url.origin}`;
+  return undefined;
 }
 
 /** The membership given is unusable: a bad id, a key that is not P-256, a bad revocation block. */
@@ -70,7 +92,12 @@ export class Membership {
       if (revokedAtBlock !== undefined && !(Number.isSafeInteger(revokedAtBlock) && revokedAtBlock >= 0)) {
         throw new MembershipError(`member ${id}: revokedAtBlock must be a non-negative integer`);
       }
-      members.set(id, { id, publicKey: toPublicKey(id, entry.publicKey), revokedAtBlock });
+      const { federationAddress } = entry;
+      if (federationAddress !== undefined) {
+        const problem = federationAddressProblem(federationAddress);
+        if (problem !== undefined) throw new MembershipError(`member ${id}: the federation address ${problem}`);
+      }
+      members.set(id, { id, publicKey: toPublicKey(id, entry.publicKey), revokedAtBlock, federationAddress });
     }
     this.#members = members;
   }
@@ -78,6 +105,11 @@ export class Membership {
   /** The member with this id, revoked or not. Ids of revoked members stay taken. */
   get(id: string): Member | undefined {
     return this.#members.get(id);
+  }
+
+  /** The member's federation listener (the latest change wins), or undefined when none was ever given. */
+  federationAddress(id: string): string | undefined {
+    return this.#members.get(id)?.federationAddress;
   }
 
   isActiveAt(id: string, blockNumber: number): boolean {
@@ -104,16 +136,21 @@ export class Membership {
 
 /**
  * The membership after a config change committed in block `effectiveBlock - 1`: a revoked member is revoked
- * from `effectiveBlock` on; an added member signs with the P-256 key its change carries. Validation
- * (envelope.ts) has already checked the change fits the membership, so this only applies it.
+ * from `effectiveBlock` on; an added member signs with the P-256 key its change carries; a member's federation
+ * address is the one its latest change gave. Validation (envelope.ts) has already checked the change fits the
+ * membership, so this only applies it.
  */
 export function applyConfigChange(members: Membership, change: ConfigChange, effectiveBlock: number): Membership {
-  const entries = new Map<string, MemberEntry>(members.entries().map((m) => [m.id, { publicKey: m.publicKey, revokedAtBlock: m.revokedAtBlock }]));
+  const entries = new Map<string, MemberEntry>(
+    members.entries().map((m) => [m.id, { publicKey: m.publicKey, revokedAtBlock: m.revokedAtBlock, federationAddress: m.federationAddress }]),
+  );
+  const entry = entries.get(change.member);
   if (change.action === 'revokeMember') {
-    const entry = entries.get(change.member);
     if (entry && entry.revokedAtBlock === undefined) entry.revokedAtBlock = effectiveBlock;
-  } else if (change.signingKey !== undefined && !entries.has(change.member)) {
-    entries.set(change.member, { publicKey: change.signingKey });
+  } else if (change.action === 'setFederationAddress') {
+    if (entry) entry.federationAddress = change.address;
+  } else if (change.signingKey !== undefined && !entry) {
+    entries.set(change.member, { publicKey: change.signingKey, federationAddress: change.federationAddress });
   }
   return new Membership(entries);
 }

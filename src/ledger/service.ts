@@ -4,7 +4,7 @@
  */
 import type { AnchorPublisher } from './anchor-publisher.ts';
 import type { Checkpoint } from './attestation.ts';
-import type { LedgerStore } from './ledger-store.ts';
+import type { AnchorFacts, LedgerStore, LinkHolder } from './ledger-store.ts';
 import type { LedgerMember } from './member.ts';
 import { parseEnvelope } from './envelope.ts';
 import { buildResourceProof, CONSISTENCY_PROOF_FORMAT, proveConfigChange, type ConsistencyProof, type ProofConsortium, type ResourceProof } from './proof.ts';
@@ -57,6 +57,16 @@ export class LedgerService {
       location.envelopeIndex === anchor.envelopeIndex &&
       location.entryIndex === anchor.entryIndex;
     if (!matches) throw new AnchorMismatchError(version.type, version.id, version.versionId);
+  }
+
+  /** Who holds a record linked by this link token now: (hospital, patient locator) pairs, from this member's replica. */
+  holdersOfLink(linkToken: string): Promise<LinkHolder[]> {
+    return this.store.holdersOfLink(this.channel, linkToken);
+  }
+
+  /** Where each anchored digest is and whether its creator has since superseded or erased it (absent: not anchored). */
+  anchorFacts(digests: string[]): Promise<Map<string, AnchorFacts>> {
+    return this.store.anchorFacts(this.channel, digests);
   }
 
   /**

@@ -8,7 +8,7 @@ import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { createAttestation, type Attestation } from '../../src/ledger/attestation.ts';
 import { blockHeaderHash, buildBlockWithVerdicts, type Block } from '../../src/ledger/block.ts';
-import { createEnvelope, encodeEnvelope, type ConfigChange, type EnvelopeSigner } from '../../src/ledger/envelope.ts';
+import { createEnvelope, encodeEnvelope, type AuditEntry, type ConfigChange, type EnvelopeSigner } from '../../src/ledger/envelope.ts';
 import { LedgerAppendError, type BlockIndex, type LedgerStore } from '../../src/ledger/ledger-store.ts';
 import { blockIndex } from '../../src/ledger/member.ts';
 import { Membership } from '../../src/ledger/membership.ts';
@@ -21,16 +21,25 @@ const hex = () => randomBytes(32).toString('hex');
 const tokens = new Map<string, string>();
 const tok = (name: string) => tokens.get(name) ?? (tokens.set(name, randomBytes(32).toString('base64url')), tokens.get(name)!);
 const newChannel = () => `contract-${randomBytes(5).toString('hex')}`;
+/** Link tokens as Patient versions carry them: sorted, each once. */
+const linkSet = (...names: string[]) => [...new Set(names.map(tok))].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
 
-type Entry = { digest: string; type: string; patient?: string };
+type Entry = { digest: string; type?: string; patient?: string; resource?: string; links?: string[] };
+type Envelopes = Array<{ by: 'h1' | 'h2'; entries: Entry[] } | { by: 'h1' | 'h2'; audit: AuditEntry[] } | Uint8Array>;
 
 /** A chain builder on one channel: each call makes the next real block and its index. */
 function chain(channel: string) {
   let previous: Block | undefined;
   let offset = 0;
-  return (envelopes: Array<{ by: 'h1' | 'h2'; entries: Entry[] } | Uint8Array>): { block: Block; index: BlockIndex } => {
+  return (envelopes: Envelopes): { block: Block; index: BlockIndex } => {
     const bytes = envelopes.map((e) =>
-      e instanceof Uint8Array ? e : encodeEnvelope(createEnvelope(signer(e.by), { channel, type: 'anchor', payload: { entries: e.entries } })),
+      e instanceof Uint8Array
+        ? e
+        : encodeEnvelope(
+            'audit' in e
+              ? createEnvelope(signer(e.by), { channel, type: 'audit', payload: { entries: e.audit } })
+              : createEnvelope(signer(e.by), { channel, type: 'anchor', payload: { entries: e.entries } }),
+          ),
     );
     const cut = {
       number: previous ? previous.header.number + 1 : 0,
@@ -69,6 +78,8 @@ export function ledgerStoreContract(name: string, open: () => Promise<LedgerStor
       assert.deepEqual(await store.headers(channel, 0, 10), []);
       assert.equal((await store.locate(channel, [hex()])).size, 0);
       assert.deepEqual(await store.hospitalsForPatient(channel, 'token'), []);
+      assert.deepEqual(await store.holdersOfLink(channel, tok('link-none')), []);
+      assert.equal((await store.anchorFacts(channel, [hex()])).size, 0);
       assert.equal((await store.committedNonces(channel, [{ creator: 'h1', nonce: 'n' }])).size, 0);
       assert.deepEqual(await store.configChanges(channel), []);
       assert.deepEqual(await store.attestations(channel, 0, 10), []);
@@ -106,6 +117,7 @@ export function ledgerStoreContract(name: string, open: () => Promise<LedgerStor
       assert.equal((await store.head(channel))?.number, 0);
       assert.equal((await store.locate(channel, [b1.index.digests[0].digest])).size, 0);
       assert.deepEqual(await store.hospitalsForPatient(channel, tok('tok-gap')), []);
+      assert.equal((await store.anchorFacts(channel, [b1.index.digests[0].digest])).size, 0);
       assert.equal((await store.committedNonces(channel, b1.index.nonces)).size, 0);
     });
 
@@ -140,6 +152,91 @@ export function ledgerStoreContract(name: string, open: () => Promise<LedgerStor
       assert.deepEqual(await store.hospitalsForPatient(channel, tok('tok-a')), ['h1', 'h2']);
       assert.deepEqual(await store.hospitalsForPatient(channel, tok('tok-b')), ['h2']);
       assert.deepEqual(await store.hospitalsForPatient(channel, tok('tok-c')), []);
+    });
+
+    it('replaces a hospital\'s link set for a patient with its latest Patient version; an empty set removes it', async () => {
+      const channel = newChannel();
+      const next = chain(channel);
+      const [p1, p2] = [tok('lp-1'), tok('lp-2')];
+      const b0 = next([
+        { by: 'h1', entries: [{ digest: hex(), patient: p1, resource: tok('lr-1'), links: linkSet('ssn-a', 'ssn-b') }] },
+        { by: 'h2', entries: [{ digest: hex(), patient: p2, resource: tok('lr-2'), links: linkSet('ssn-a') }] },
+      ]);
+      // An Observation of p1 carries no link set: it changes nothing. Within a block, the later Patient version wins.
+      const b1 = next([
+        { by: 'h1', entries: [{ digest: hex(), patient: p1, resource: tok('lr-obs') }, { digest: hex(), patient: p1, resource: tok('lr-1'), links: linkSet('ssn-a') }] },
+        { by: 'h1', entries: [{ digest: hex(), patient: p1, resource: tok('lr-1'), links: linkSet('ssn-b', 'ssn-c') }] },
+      ]);
+      const b2 = next([{ by: 'h1', entries: [{ digest: hex(), patient: p1, resource: tok('lr-1'), links: [] }] }]);
+      await store.appendBlock(b0.block, b0.index);
+      assert.deepEqual(await store.holdersOfLink(channel, tok('ssn-a')), [{ hospital: 'h1', locator: p1 }, { hospital: 'h2', locator: p2 }]);
+      assert.deepEqual(await store.holdersOfLink(channel, tok('ssn-b')), [{ hospital: 'h1', locator: p1 }]);
+      await store.appendBlock(b1.block, b1.index);
+      assert.deepEqual(await store.holdersOfLink(channel, tok('ssn-a')), [{ hospital: 'h2', locator: p2 }], 'replaced, not added to');
+      assert.deepEqual(await store.holdersOfLink(channel, tok('ssn-b')), [{ hospital: 'h1', locator: p1 }]);
+      assert.deepEqual(await store.holdersOfLink(channel, tok('ssn-c')), [{ hospital: 'h1', locator: p1 }]);
+      await store.appendBlock(b2.block, b2.index);
+      assert.deepEqual(await store.holdersOfLink(channel, tok('ssn-b')), []);
+      assert.deepEqual(await store.holdersOfLink(channel, tok('ssn-c')), []);
+      assert.deepEqual(await store.holdersOfLink(channel, tok('ssn-a')), [{ hospital: 'h2', locator: p2 }]);
+      assert.deepEqual(await store.holdersOfLink(newChannel(), tok('ssn-a')), [], 'another channel sees nothing');
+    });
+
+    it('an erasure record removes the patient\'s links and marks its entries erased, for its own creator only', async () => {
+      const channel = newChannel();
+      const next = chain(channel);
+      const [p1, p2] = [tok('ep-1'), tok('ep-2')];
+      const [own, observation, other, sameTokenOtherCreator] = [hex(), hex(), hex(), hex()];
+      const b0 = next([
+        { by: 'h1', entries: [{ digest: own, patient: p1, resource: tok('er-1'), links: linkSet('e-ssn') }, { digest: observation, patient: p1, resource: tok('er-2') }] },
+        { by: 'h2', entries: [{ digest: other, patient: p2, resource: tok('er-3'), links: linkSet('e-ssn') }, { digest: sameTokenOtherCreator, patient: p1, resource: tok('er-4') }] },
+      ]);
+      const erasure = hex();
+      const b1 = next([{ by: 'h1', audit: [{ digest: erasure, erased: p1 }] }]);
+      await store.appendBlock(b0.block, b0.index);
+      assert.equal((await store.anchorFacts(channel, [own])).get(own)?.erased, false);
+      await store.appendBlock(b1.block, b1.index);
+      assert.deepEqual(await store.holdersOfLink(channel, tok('e-ssn')), [{ hospital: 'h2', locator: p2 }]);
+      const facts = await store.anchorFacts(channel, [own, observation, other, sameTokenOtherCreator, erasure]);
+      assert.deepEqual([own, observation, other, sameTokenOtherCreator].map((d) => facts.get(d)?.erased), [true, true, false, false]);
+      assert.deepEqual(facts.get(erasure), { blockNumber: 1, envelopeIndex: 0, entryIndex: 0, creator: 'h1', kind: 'audit', superseded: false, erased: false });
+    });
+
+    it('a later entry of the same creator and resource token supersedes an entry; another creator\'s entry with that token does not', async () => {
+      const channel = newChannel();
+      const next = chain(channel);
+      const [patient, resource] = [tok('sp'), tok('sr')];
+      const [v1, forged, v2, v3, unrelated] = [hex(), hex(), hex(), hex(), hex()];
+      const b0 = next([{ by: 'h1', entries: [{ digest: v1, patient, resource }] }]);
+      // h2 anchors under h1's resource token (copied from the ledger): that must not make h1's version look superseded.
+      const b1 = next([{ by: 'h2', entries: [{ digest: forged, patient: tok('sp-h2'), resource }] }]);
+      const b2 = next([{ by: 'h1', entries: [{ digest: v2, patient, resource }, { digest: unrelated, patient, resource: tok('sr-other') }] }]);
+      const b3 = next([{ by: 'h1', entries: [{ digest: v3, patient, resource }] }]);
+      await store.appendBlock(b0.block, b0.index);
+      await store.appendBlock(b1.block, b1.index);
+      let facts = await store.anchorFacts(channel, [v1, forged, hex()]);
+      assert.equal(facts.size, 2, 'a digest never anchored is absent');
+      assert.deepEqual(facts.get(v1), { blockNumber: 0, envelopeIndex: 0, entryIndex: 0, creator: 'h1', kind: 'anchor', patient, resource, superseded: false, erased: false });
+      assert.deepEqual(facts.get(forged), { blockNumber: 1, envelopeIndex: 0, entryIndex: 0, creator: 'h2', kind: 'anchor', patient: tok('sp-h2'), resource, superseded: false, erased: false });
+      await store.appendBlock(b2.block, b2.index);
+      await store.appendBlock(b3.block, b3.index);
+      facts = await store.anchorFacts(channel, [v1, v2, v3, forged, unrelated]);
+      assert.deepEqual([v1, v2, v3, forged, unrelated].map((d) => facts.get(d)?.superseded), [true, true, false, false, false]);
+    });
+
+    it('indexes nothing of a block it refused: link sets, resource heads and erasures stay as the committed head left them', async () => {
+      const channel = newChannel();
+      const next = chain(channel);
+      const [patient, resource, version] = [tok('gp'), tok('gr'), hex()];
+      const b0 = next([{ by: 'h1', entries: [{ digest: version, patient, resource, links: linkSet('g-ssn') }] }]);
+      const b1 = next([{ by: 'h1', entries: [{ digest: hex(), patient, resource, links: linkSet('g-other') }] }]);
+      const b2 = next([{ by: 'h1', audit: [{ digest: hex(), erased: patient }] }]);
+      await store.appendBlock(b0.block, b0.index);
+      await assert.rejects(store.appendBlock(b2.block, b2.index), LedgerAppendError, 'block 2 before block 1');
+      await assert.rejects(store.appendBlock(b0.block, b1.index), LedgerAppendError, 'block 0 again, with other index entries');
+      assert.deepEqual(await store.holdersOfLink(channel, tok('g-ssn')), [{ hospital: 'h1', locator: patient }]);
+      assert.deepEqual(await store.holdersOfLink(channel, tok('g-other')), []);
+      assert.deepEqual(await store.anchorFacts(channel, [version]).then((f) => [f.get(version)?.superseded, f.get(version)?.erased]), [false, false]);
     });
 
     it('remembers committed nonces for replay protection', async () => {
@@ -200,7 +297,7 @@ export function ledgerStoreContract(name: string, open: () => Promise<LedgerStor
     it('keeps everything across a reopen', async () => {
       const channel = newChannel();
       const next = chain(channel);
-      const b0 = next([{ by: 'h1', entries: [{ digest: hex(), type: 'Patient', patient: tok('tok-r') }] }]);
+      const b0 = next([{ by: 'h1', entries: [{ digest: hex(), patient: tok('tok-r'), resource: tok('res-r'), links: linkSet('link-r') }] }]);
       await store.appendBlock(b0.block, b0.index);
       await store.saveAttestations([attestation('h1', b0.block)]);
       await store.saveCheckpoint(channel, { header: b0.block.header, attestations: [attestation('h1', b0.block)] });
@@ -211,6 +308,8 @@ export function ledgerStoreContract(name: string, open: () => Promise<LedgerStor
         assert.deepEqual((await again.block(channel, 0))?.header, b0.block.header);
         assert.equal((await again.locate(channel, [b0.index.digests[0].digest])).size, 1);
         assert.deepEqual(await again.hospitalsForPatient(channel, tok('tok-r')), ['h1']);
+        assert.deepEqual(await again.holdersOfLink(channel, tok('link-r')), [{ hospital: 'h1', locator: tok('tok-r') }]);
+        assert.equal((await again.anchorFacts(channel, [b0.index.digests[0].digest])).get(b0.index.digests[0].digest)?.resource, tok('res-r'));
         assert.equal((await again.attestations(channel, 0, 0)).length, 1);
         assert.equal((await again.checkpoint(channel))?.header.number, 0);
       } finally {

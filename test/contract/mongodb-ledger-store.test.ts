@@ -4,7 +4,7 @@ import { after, before, describe, it } from 'node:test';
 import { MongoClient, type Db } from 'mongodb';
 import { MongoLedgerStore, type AppendStep } from '../../src/adapters/mongodb/mongo-ledger-store.ts';
 import { blockHeaderHash, buildBlockWithVerdicts, type Block, type BlockHeader } from '../../src/ledger/block.ts';
-import { createEnvelope, encodeEnvelope, type EnvelopeSigner } from '../../src/ledger/envelope.ts';
+import { createEnvelope, encodeEnvelope, type AuditEntry, type EnvelopeSigner } from '../../src/ledger/envelope.ts';
 import { LedgerAppendError, type BlockIndex } from '../../src/ledger/ledger-store.ts';
 import { blockIndex } from '../../src/ledger/member.ts';
 import { Membership } from '../../src/ledger/membership.ts';
@@ -17,16 +17,20 @@ const members = new Membership({ h1: { publicKey: keys.h1.publicKey }, h2: { pub
 const hex = () => randomBytes(32).toString('hex');
 const token = () => randomBytes(32).toString('base64url');
 const newChannel = () => `mongo-${randomBytes(5).toString('hex')}`;
-type Entry = { digest: string; type: string; patient?: string };
+type Entry = { digest: string; type?: string; patient?: string; resource?: string; links?: string[] };
 
 /** Real blocks of one channel; `previous` lets two different blocks with the same number be built. */
-function build(channel: string, previous: Block | undefined, envelopes: Array<{ by: 'h1' | 'h2'; entries: Entry[] }>): { block: Block; index: BlockIndex } {
+function build(channel: string, previous: Block | undefined, envelopes: Array<{ by: 'h1' | 'h2'; entries: Entry[] } | { by: 'h1' | 'h2'; audit: AuditEntry[] }>): { block: Block; index: BlockIndex } {
   const first = previous ? previous.header.lastOffset + 1 : 0;
   const cut = {
     number: previous ? previous.header.number + 1 : 0,
     envelopes: envelopes.map((e, i) => ({
       offset: first + i,
-      bytes: encodeEnvelope(createEnvelope(signer(e.by), { channel, type: 'anchor', payload: { entries: e.entries } })),
+      bytes: encodeEnvelope(
+        'audit' in e
+          ? createEnvelope(signer(e.by), { channel, type: 'audit', payload: { entries: e.audit } })
+          : createEnvelope(signer(e.by), { channel, type: 'anchor', payload: { entries: e.entries } }),
+      ),
     })),
     firstOffset: first,
     lastOffset: first + envelopes.length - 1,
@@ -43,7 +47,10 @@ const crashAt = (at: AppendStep) => (step: AppendStep, header: BlockHeader) => {
   if (step === at && header.number === 1) throw new Crash(`crash at ${step}`);
 };
 
-const ENTRY_COLLECTIONS = ['ledger_digests', 'ledger_patients', 'ledger_nonces', 'ledger_config_changes', 'ledger_envelopes', 'ledger_pending'];
+const ENTRY_COLLECTIONS = [
+  'ledger_digests', 'ledger_patients', 'ledger_nonces', 'ledger_config_changes', 'ledger_envelopes', 'ledger_pending',
+  'ledger_link_sets', 'ledger_links', 'ledger_resource_heads', 'ledger_erasures',
+];
 
 async function tagged(db: Db, hash: string): Promise<number> {
   let n = 0;
@@ -81,14 +88,19 @@ describeWithEngine('mongodb', 'MongoLedgerStore (real MongoDB-wire engine)', (ur
       const channel = newChannel();
       const repeated = hex();
       const patient = token();
-      const b0 = build(channel, undefined, [{ by: 'h1', entries: [{ digest: repeated, type: 'Patient' }] }]);
+      // Federation indexes: h1's Patient (locator p0, resource r0) links `link`; block 1 replaces its link set with
+      // `relinked`, supersedes the version and then erases the patient, so every kind of entry is in the crashed block.
+      const [p0, r0, link, relinked] = [token(), token(), token(), token()];
+      const b0 = build(channel, undefined, [{ by: 'h1', entries: [{ digest: repeated, patient: p0, resource: r0, links: [link] }] }]);
       const fresh = [hex(), hex(), hex()];
       const b1 = build(channel, b0.block, [
         { by: 'h2', entries: [{ digest: fresh[0], type: 'Patient', patient }, { digest: repeated, type: 'Patient', patient }] },
         { by: 'h1', entries: [{ digest: fresh[1], type: 'Observation' }, { digest: fresh[2], type: 'Observation', patient }] },
+        { by: 'h1', entries: [{ digest: hex(), patient: p0, resource: r0, links: [relinked] }] },
+        { by: 'h1', audit: [{ digest: hex(), erased: p0 }] },
       ]);
       b1.index.configChanges = [{ action: 'revokeMember', member: 'h9' }];
-      return { channel, repeated, patient, fresh, b0, b1 };
+      return { channel, repeated, patient, fresh, b0, b1, p0, r0, link, relinked };
     }
 
     async function assertBlock1Invisible(store: MongoLedgerStore, s: ReturnType<typeof scenario>): Promise<void> {
@@ -101,6 +113,10 @@ describeWithEngine('mongodb', 'MongoLedgerStore (real MongoDB-wire engine)', (ur
       assert.deepEqual(await store.hospitalsForPatient(s.channel, s.patient), []);
       assert.equal((await store.committedNonces(s.channel, s.b1.index.nonces)).size, 0);
       assert.deepEqual(await store.configChanges(s.channel), []);
+      assert.deepEqual(await store.holdersOfLink(s.channel, s.link), [{ hospital: 'h1', locator: s.p0 }]);
+      assert.deepEqual(await store.holdersOfLink(s.channel, s.relinked), []);
+      const facts = (await store.anchorFacts(s.channel, [s.repeated])).get(s.repeated);
+      assert.deepEqual([facts?.superseded, facts?.erased], [false, false], 'the uncommitted newer version and erasure are ignored');
     }
 
     async function assertBlock1Committed(store: MongoLedgerStore, s: ReturnType<typeof scenario>): Promise<void> {
@@ -115,8 +131,12 @@ describeWithEngine('mongodb', 'MongoLedgerStore (real MongoDB-wire engine)', (ur
       assert.deepEqual(found.get(s.fresh[1]), { blockNumber: 1, envelopeIndex: 1, entryIndex: 0, creator: 'h1', kind: 'anchor' });
       assert.deepEqual(found.get(s.fresh[2]), { blockNumber: 1, envelopeIndex: 1, entryIndex: 1, creator: 'h1', kind: 'anchor' });
       assert.deepEqual(await store.hospitalsForPatient(s.channel, s.patient), ['h1', 'h2']);
-      assert.equal((await store.committedNonces(s.channel, s.b1.index.nonces)).size, 2);
+      assert.equal((await store.committedNonces(s.channel, s.b1.index.nonces)).size, s.b1.index.nonces.length);
       assert.deepEqual(await store.configChanges(s.channel), [{ blockNumber: 1, change: { action: 'revokeMember', member: 'h9' } }]);
+      assert.deepEqual(await store.holdersOfLink(s.channel, s.link), []);
+      assert.deepEqual(await store.holdersOfLink(s.channel, s.relinked), [], 'the erasure after it removed the new link set');
+      const facts = (await store.anchorFacts(s.channel, [s.repeated])).get(s.repeated);
+      assert.deepEqual([facts?.superseded, facts?.erased], [true, true]);
     }
 
     it('leaves nothing visible; init() removes the orphans; the retried append then succeeds', async () => {
@@ -210,6 +230,14 @@ describeWithEngine('mongodb', 'MongoLedgerStore (real MongoDB-wire engine)', (ur
         ]);
         await db.collection('ledger_patients').insertOne({ _id: `${s.channel}/${s.patient}/h1` as never, ...tag, token: s.patient, hospital: 'h1' });
         await db.collection('ledger_nonces').insertOne({ _id: `${s.channel}/${s.b1.index.nonces[0].creator}/${s.b1.index.nonces[0].nonce}` as never, ...tag });
+        // Federation index entries above the head: an emptied link set, a newer resource head, an erasure.
+        const version = '1'.padStart(16, '0');
+        const [creator, patient, resource] = ['h1', s.p0, s.r0];
+        await db.collection('ledger_link_sets').insertOne({ _id: `${s.channel}/${creator}/${patient}/${version}` as never, ...tag, creator, patient, links: [] });
+        await db.collection('ledger_links').insertOne({ _id: `${s.channel}/${s.relinked}/${creator}/${patient}/${version}` as never, ...tag, token: s.relinked, creator, patient });
+        await db.collection('ledger_link_sets').insertOne({ _id: `${s.channel}/h2/${token()}/${version}` as never, ...tag, creator: 'h2', patient: token(), links: [s.link] });
+        await db.collection('ledger_resource_heads').insertOne({ _id: `${s.channel}/${creator}/${resource}/${version}` as never, ...tag, creator, resource, digest: hex() });
+        await db.collection('ledger_erasures').insertOne({ _id: `${s.channel}/${creator}/${patient}` as never, ...tag, creator, patient });
         await assertBlock1Invisible(store, s);
         await store.appendBlock(s.b1.block, s.b1.index);
         await assertBlock1Committed(store, s);
@@ -257,6 +285,19 @@ describeWithEngine('mongodb', 'MongoLedgerStore (real MongoDB-wire engine)', (ur
         await b.close();
       }
     });
+  });
+
+  it('refuses a database whose ledger predates its format (no marker) instead of reading it', async () => {
+    const old = `medblock_test_${randomBytes(6).toString('hex')}`;
+    try {
+      await client.db(old).collection('ledger_blocks').insertOne({ _id: 'main/0000000000000000' as never, channel: 'main', number: 0 });
+      await assert.rejects(
+        new MongoLedgerStore(uri, old).init(),
+        /holds a ledger of format 1, this gateway uses format 2: drop its ledger_\* collections and restart, and the member rebuilds its ledger from the orderer/,
+      );
+    } finally {
+      await client.db(old).dropDatabase();
+    }
   });
 
   it('refuses a block too large for one BSON document before writing anything', async () => {

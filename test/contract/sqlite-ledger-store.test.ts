@@ -18,5 +18,5 @@ it('refuses a ledger file of another schema version instead of reading it', asyn
   db.exec('CREATE TABLE blocks (number INTEGER PRIMARY KEY)');
   db.pragma('user_version = 0');
   db.close();
-  await assert.rejects(new SqliteLedgerStore(file).init(), /is a ledger of schema 0, this gateway uses schema 2: .*rebuilds its ledger from the orderer/);
+  await assert.rejects(new SqliteLedgerStore(file).init(), /is a ledger of schema 0, this gateway uses schema 3: .*rebuilds its ledger from the orderer/);
 });

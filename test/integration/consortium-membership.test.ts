@@ -2,7 +2,8 @@
  * Membership changes as config transactions on the real Kafka, driven through the `medblock consortium`
  * CLI as operators run it: a hospital joins (request → CA issues → a member proposes → a quorum approves
  * → submit), its gateway waits for admission and then anchors and attests; a member is revoked by a quorum;
- * a change approved by too few members is marked invalid by every member and changes nothing.
+ * a change approved by too few members is marked invalid by every member and changes nothing; a member's
+ * federation address moves by a quorum-approved change.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -96,7 +97,9 @@ describeWithEngine('kafka', 'consortium membership changes on Kafka (medblock co
     assert.equal((await createPatient('h4')).status, 201, 'its vault accepts writes, which wait in its outbox');
 
     const proposal = join(work, 'add-h4.json');
-    ok('h1', 'consortium', 'propose', '--add', 'h4', '--certificate', join(consortiumDir, 'h4', 'member.crt'), '--signing-key', join(consortiumDir, 'h4', 'signing.pub'), '--out', proposal);
+    const addH4 = ['--add', 'h4', '--certificate', join(consortiumDir, 'h4', 'member.crt'), '--signing-key', join(consortiumDir, 'h4', 'signing.pub')];
+    assert.match(medblock('h1', 'consortium', 'propose', ...addH4, '--federation-address', 'http://h4.example.org', '--out', proposal).out, /--federation-address must use https/);
+    ok('h1', 'consortium', 'propose', ...addH4, '--federation-address', 'https://h4.example.org:9443', '--out', proposal);
     assert.match(ok('h1', 'consortium', 'approve', proposal), /h1 approved: 1 approval/);
     assert.equal(medblock('h1', 'consortium', 'approve', proposal).status, 1, 'one approval per member');
     assert.match(ok('h2', 'consortium', 'approve', proposal), /h2 approved: 2 approval\(s\) \(h1, h2\)/);
@@ -104,6 +107,7 @@ describeWithEngine('kafka', 'consortium membership changes on Kafka (medblock co
 
     await until('h4 admitted on h1, h2 and h4', () => ['h1', 'h2', 'h4'].every((id) => gateways[id].ledger!.member.currentMembership().get('h4') !== undefined));
     for (const id of ['h1', 'h2', 'h4']) assert.deepEqual((await configChanges(id)).map((c) => [c.change.action, c.change.member]), [['addMember', 'h4']]);
+    for (const id of ['h1', 'h2', 'h4']) assert.equal(gateways[id].ledger!.member.currentMembership().federationAddress('h4'), 'https://h4.example.org:9443');
     await until('h4 active and ready', async () => (await supertest(h4.app).get('/readyz')).status === 200);
     await until('h4 anchored what waited in its outbox', () => fullyAnchored('h4'));
     // h4's attestations now count: a block is final with h4 among its attesters.
@@ -168,5 +172,22 @@ describeWithEngine('kafka', 'consortium membership changes on Kafka (medblock co
     assert.equal(new Set(hashes).size, 1, 'one chain');
     assert.equal((await configChanges('h1')).length, 2, 'the change approved by a revoked member did not apply');
     assert.equal(gateways.h1.ledger!.member.status().activeMember, true);
+  });
+
+  it('moves a member\'s federation address with a quorum of approvals; the CLI refuses a bad address before anyone signs', async () => {
+    const bad = medblock('h1', 'consortium', 'propose', '--set-federation-address', 'h2', '--address', 'https://h2.example.org/fhir', '--out', join(work, 'bad.json'));
+    assert.equal(bad.status, 1);
+    assert.match(bad.out, /--address must be only https:\/\/host:port/);
+    assert.equal(medblock('h1', 'consortium', 'propose', '--set-federation-address', 'h2', '--out', join(work, 'bad.json')).status, 1, '--address is required');
+    const proposal = join(work, 'move-h2.json');
+    assert.match(ok('h2', 'consortium', 'propose', '--set-federation-address', 'h2', '--address', 'https://h2.example.org:9443', '--out', proposal), /setFederationAddress h2 \(https:\/\/h2\.example\.org:9443\)/);
+    for (const id of ['h2', 'h4']) ok(id, 'consortium', 'approve', proposal); // 2 of the 3 active members
+    ok('h2', 'consortium', 'submit', proposal);
+    await until('h2 moved everywhere', () => ['h1', 'h2', 'h4'].every((id) => gateways[id].ledger!.member.currentMembership().federationAddress('h2') === 'https://h2.example.org:9443'));
+    for (const id of ['h1', 'h2', 'h4']) assert.deepEqual((await configChanges(id)).at(-1)?.change, { action: 'setFederationAddress', member: 'h2', address: 'https://h2.example.org:9443' });
+    assert.equal(gateways.h1.ledger!.member.currentMembership().federationAddress('h1'), undefined, 'no one else moved');
+    // Proofs carry the change (the config chain every verifier replays).
+    const proven = (await gateways.h1.ledger!.service.consortium(Number.MAX_SAFE_INTEGER)).configChanges;
+    assert.equal(JSON.parse(Buffer.from(proven.at(-1)!.envelope, 'base64url').toString('utf8')).payload.action, 'setFederationAddress');
   });
 });

@@ -235,3 +235,21 @@ describe('a proof that leaves out a config change', () => {
     assert.ok(verifyResourceProof(later, { consortium: old.manifestText }).problems.some((p) => p.path === '/checkpoint/header/configHash'));
   });
 });
+
+describe('a federation address change on the chain (#12)', () => {
+  it('is proven like any config change: the proof across it verifies, and one that leaves it out fails', async () => {
+    const chain = await ProofChain.create(['h1', 'h2', 'h3']);
+    const digest = digestOf('anchored after h2 moved its federation listener');
+    const addH4 = { ...(await chain.newMember('h4')), federationAddress: 'https://h4.example.org' };
+    chain.commit([chain.config({ action: 'setFederationAddress', member: 'h2', address: 'https://h2.example.org:9443' }, ['h1', 'h2'], T)], ['h1', 'h2', 'h3']);
+    chain.commit([chain.config(addH4, ['h1', 'h3'], T)], ['h1', 'h2', 'h3']);
+    chain.commit([chain.anchor('h4', digest, T)], ['h1', 'h2', 'h4']);
+    assert.deepEqual(chain.blocks.map((b) => b.validity.map((v) => v.valid)), [[true], [true], [true]]);
+    const proof = chain.resourceProof(2, 0, digest);
+    assert.equal(proof.consortium.configChanges.length, 2);
+    assert.deepEqual(problemsOf(proof, chain), []);
+    const withoutMove = structuredClone(proof);
+    withoutMove.consortium.configChanges = withoutMove.consortium.configChanges.slice(1);
+    assert.ok(problemsOf(withoutMove, chain).some((p) => p.path === '/checkpoint/header/configHash'), JSON.stringify(problemsOf(withoutMove, chain)));
+  });
+});

@@ -7,6 +7,7 @@ import {
   DEFAULT_MAX_ENVELOPE_BYTES,
   EnvelopeError,
   MAX_ANCHOR_ENTRIES,
+  MAX_LINK_TOKENS,
   approveConfigChange,
   createEnvelope,
   encodeEnvelope,
@@ -21,7 +22,7 @@ import {
   type EnvelopeVerdict,
   type ValidationContext,
 } from '../../src/ledger/envelope.ts';
-import { Membership, MembershipError, type MemberEntry } from '../../src/ledger/membership.ts';
+import { applyConfigChange, Membership, MembershipError, type MemberEntry } from '../../src/ledger/membership.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures: a consortium h1..h4 where h4 is revoked from block 10.
@@ -339,6 +340,111 @@ describe('envelope rejections', () => {
     const h2Envelope = createEnvelope(signer('h2'), { channel: CHANNEL, type: 'config', nonce, payload: { ...change, approvals: [approveConfigChange(h1, CHANNEL, nonce, change)] } });
     const borrowed = [approveConfigChange(h1, CHANNEL, nonce, change), { member: 'h2', signature: h2Envelope.signature }];
     noQuorum(createEnvelope(h1, { channel: CHANNEL, type: 'config', nonce, payload: { ...change, approvals: borrowed } }));
+  });
+});
+
+describe('federation fields (docs/federation.md, "On the ledger")', () => {
+  const sortedTokens = (n: number): string[] => Array.from({ length: n }, patientToken).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  const anchorWith = (entry: Record<string, unknown>) => wire({ ...anchor(1), payload: { entries: [{ digest: digest(1), ...entry }] } });
+  const auditWith = (entry: Record<string, unknown>) => wire({ ...anchor(1), type: 'audit', payload: { entries: [{ digest: digest(1), ...entry }] } });
+
+  it('accepts a resource locator and a sorted link set with the patient locator, and an erasure record naming a locator', () => {
+    const links = sortedTokens(MAX_LINK_TOKENS);
+    const envelope = createEnvelope(h1, {
+      channel: CHANNEL,
+      type: 'anchor',
+      payload: {
+        entries: [
+          { digest: digest(1), patient: patientToken(), resource: patientToken(), links },
+          { digest: digest(2), patient: patientToken(), resource: patientToken(), links: [] },
+          { digest: digest(3), patient: patientToken(), resource: patientToken() },
+        ],
+      },
+    });
+    const verdict = validateEnvelope(encodeEnvelope(envelope), context());
+    assert.ok(verdict.valid);
+    assert.deepEqual((verdict.envelope as EnvelopeOf<'anchor'>).payload.entries[0].links, links);
+    const erasure = createEnvelope(h1, { channel: CHANNEL, type: 'audit', payload: { entries: [{ digest: digest(4), erased: patientToken() }] } });
+    assert.ok(validateEnvelope(encodeEnvelope(erasure), context()).valid);
+  });
+
+  it('bad-payload: a resource or link set without a patient, PHI-shaped or unsorted tokens, too many links, a malformed erasure', () => {
+    const [a, b] = sortedTokens(2);
+    const patient = patientToken();
+    const rejectedAnchors: Array<Record<string, unknown>> = [
+      { resource: patientToken() },
+      { links: [a] },
+      { links: [] },
+      { patient, resource: 'Patient/123' },
+      { patient, resource: 'urn:oid:2.16.840.1.113883.4.1|123-45-6789' },
+      { patient, resource: `${patientToken()}=` },
+      { patient, resource: null },
+      { patient, links: [b, a] },
+      { patient, links: [a, a] },
+      { patient, links: ['123-45-6789'] },
+      { patient, links: [a.slice(0, -1)] },
+      { patient, links: a },
+      { patient, links: null },
+      { patient, links: [...sortedTokens(MAX_LINK_TOKENS + 1)] },
+    ];
+    for (const entry of rejectedAnchors) assertRejected(validateEnvelope(anchorWith(entry), context()), 'bad-payload');
+    for (const erased of ['Patient/123', null, '', `${a}A`, [a]]) assertRejected(validateEnvelope(auditWith({ erased }), context()), 'bad-payload');
+    assertRejected(validateEnvelope(auditWith({ erased: a, patient }), context()), 'bad-payload');
+    assertRejected(validateEnvelope(auditWith({ links: [a] }), context()), 'bad-payload');
+    assert.throws(
+      () => createEnvelope(h1, { channel: CHANNEL, type: 'anchor', payload: { entries: [{ digest: digest(1), patient, links: [b, a] }] } }),
+      EnvelopeError,
+    );
+  });
+});
+
+describe('config change setFederationAddress', () => {
+  const moveH2 = (address = 'https://h2.example.org:8443'): ConfigChange => ({ action: 'setFederationAddress', member: 'h2', address });
+
+  it('is valid with a quorum of approvals for an active member, and moves its address from the next block', () => {
+    const verdict = validateEnvelope(encodeEnvelope(config(moveH2())), context());
+    assert.ok(verdict.valid);
+    const before = new Membership({ ...memberEntries, h2: { ...memberEntries.h2, federationAddress: 'https://old.example.org' } });
+    assert.equal(before.federationAddress('h2'), 'https://old.example.org');
+    const after = applyConfigChange(before, moveH2(), BLOCK + 1);
+    assert.equal(after.federationAddress('h2'), 'https://h2.example.org:8443');
+    assert.equal(after.federationAddress('h1'), undefined);
+    assert.equal(applyConfigChange(after, { action: 'revokeMember', member: 'h3' }, BLOCK + 2).federationAddress('h2'), 'https://h2.example.org:8443');
+  });
+
+  it('an added member may bring its address; approvals cover it', () => {
+    const change = { ...addH5(), federationAddress: 'https://h5.example.org' };
+    assert.ok(validateEnvelope(encodeEnvelope(config(change)), context()).valid);
+    assert.equal(applyConfigChange(members, change, BLOCK + 1).federationAddress('h5'), 'https://h5.example.org');
+    // An approval of the change without the address does not approve the change with it.
+    const nonce = newNonce();
+    const approvals = [approveConfigChange(h1, CHANNEL, nonce, change), approveConfigChange(signer('h2'), CHANNEL, nonce, addH5())];
+    assertRejected(validateEnvelope(encodeEnvelope(createEnvelope(h1, { channel: CHANNEL, type: 'config', nonce, payload: { ...change, approvals } })), context()), 'no-quorum');
+  });
+
+  it('refuses bad addresses, misplaced fields, inactive members and too few approvals', () => {
+    for (const address of ['http://h2.example.org', 'https://h2.example.org/fhir', 'https://user:pw@h2.example.org', 'https://H2.example.org', `https://${'h'.repeat(250)}.org`, 'h2.example.org']) {
+      assert.throws(() => config(moveH2(address)), EnvelopeError, address);
+    }
+    const good = config(moveH2());
+    const { approvals } = good.payload as { approvals: unknown };
+    const bad: unknown[] = [
+      { action: 'setFederationAddress', member: 'h2', approvals },
+      { action: 'setFederationAddress', member: 'h2', address: 'http://h2.example.org', approvals },
+      { action: 'setFederationAddress', member: 'h2', address: 'https://h2.example.org', certificate: fakeCertificate(), approvals },
+      { action: 'setFederationAddress', member: 'h2', address: 'https://h2.example.org', federationAddress: 'https://h2.example.org', approvals },
+      { action: 'revokeMember', member: 'h2', address: 'https://h2.example.org', approvals },
+      { ...addH5(), address: 'https://h5.example.org', approvals },
+      { ...addH5(), federationAddress: 'ftp://h5.example.org', approvals },
+    ];
+    for (const payload of bad) assertRejected(validateEnvelope(wire({ ...good, payload }), context()), 'bad-payload');
+    assertRejected(validateEnvelope(encodeEnvelope(config({ ...moveH2(), member: 'h4' })), context()), 'bad-payload'); // revoked
+    assertRejected(validateEnvelope(encodeEnvelope(config({ ...moveH2(), member: 'h9' })), context()), 'bad-payload'); // unknown
+    assertRejected(validateEnvelope(encodeEnvelope(config(moveH2(), [signer('h2')])), context()), 'no-quorum');
+  });
+
+  it('a membership refuses a malformed federation address', () => {
+    assert.throws(() => new Membership({ a: { publicKey: keys.h1.publicKey, federationAddress: 'http://a.example.org' } }), MembershipError);
   });
 });
 

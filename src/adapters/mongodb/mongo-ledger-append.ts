@@ -5,7 +5,8 @@
  * Append protocol (appendBlock of block N with header hash H; N must be head + 1):
  *   1. Upsert the pending document 'ch/N/H' (server-clock createdAt), so recovery can find the attempt.
  *   2. Insert the envelopes and the config changes (their `_id`s contain H: a duplicate is the same content).
- *   3. Insert the digest, patient and nonce entries (`insertMany`, unordered) and settle the duplicates, below.
+ *   3. Insert the digest, patient, nonce, link-set, link, resource-head and erasure entries (`insertMany`,
+ *      unordered) and settle the duplicates, below.
  *   4. COMMIT POINT: insert the marker `{_id: 'ch/N'}`. Of two writers of block N exactly one succeeds; the
  *      other gets LedgerAppendError (and restores what it displaced, below).
  *   5. Delete the pending document. If it was already gone, a recoverer claimed the attempt (it took longer
@@ -13,7 +14,11 @@
  * A crash anywhere before step 4 leaves entries that no reader shows (their block has no marker), and a
  * crash after it leaves at most the pending document, which init() deletes.
  *
- * First location and orphans (step 3). The `_id` of a digest (patient pair, nonce) is the same in every
+ * Replaced values (link sets, resource heads) are never updated either: each block that changes one inserts a
+ * version whose `_id` ends with the block number, and readers take the highest VISIBLE version, so a version
+ * of a block above the head (a crashed or lost attempt) is ignored like any other entry.
+ *
+ * First location and orphans (step 3). The `_id` of a digest (patient pair, nonce, erasure) is the same in every
  * block, so an insert that hits a duplicate looks at the entry `e` that is there:
  *   - `e.hash == H`: it is ours already (left by an earlier attempt of this same block that crashed or failed,
  *     or written by another gateway appending the identical block right now): nothing to do.
@@ -50,9 +55,13 @@ import {
   type DigestDoc,
   type EntryDoc,
   type EnvelopesDoc,
+  type ErasureDoc,
   type LedgerTables,
+  type LinkDoc,
+  type LinkSetDoc,
   type NonceDoc,
   type PatientDoc,
+  type ResourceHeadDoc,
   type Tag,
 } from './mongo-ledger-tables.ts';
 import { blockHeaderHash, type Block, type BlockHeader } from '../../ledger/block.ts';
@@ -72,12 +81,8 @@ const MAX_DOCUMENT_BYTES = 16 * 1024 * 1024;
 /** Rounds of settling duplicates before appendBlock gives up (each round needs a concurrent writer to fail). */
 const SETTLE_ROUNDS = 5;
 
-/** Entries of other uncommitted attempts that settle() deleted to make room. */
-interface Displaced {
-  digests: DigestDoc[];
-  patients: PatientDoc[];
-  nonces: NonceDoc[];
-}
+/** Entries of other uncommitted attempts that settle() deleted to make room, per collection. */
+type Displaced = Array<[Collection<EntryDoc>, EntryDoc[]]>;
 
 export async function appendBlock(t: LedgerTables, block: Block, index: BlockIndex, step: AppendStepHook): Promise<void> {
   const { header } = block;
@@ -140,7 +145,10 @@ async function stage(t: LedgerTables, block: Block, index: BlockIndex, tag: Tag,
   for (const d of index.digests) {
     const _id = `${channel}/${d.digest}`;
     // Within a block too, the first occurrence is the location.
-    if (!digests.has(_id)) digests.set(_id, { _id, ...tag, envelopeIndex: d.envelopeIndex, entryIndex: d.entryIndex, creator: d.creator, kind: d.kind });
+    if (!digests.has(_id)) {
+      const tokens = { ...(d.patient !== undefined && { patient: d.patient }), ...(d.resource !== undefined && { resource: d.resource }) };
+      digests.set(_id, { _id, ...tag, envelopeIndex: d.envelopeIndex, entryIndex: d.entryIndex, creator: d.creator, kind: d.kind, ...tokens });
+    }
   }
   const patients = new Map<string, PatientDoc>();
   for (const { token, hospital } of index.patients) {
@@ -152,22 +160,32 @@ async function stage(t: LedgerTables, block: Block, index: BlockIndex, tag: Tag,
     const _id = `${channel}/${creator}/${nonce}`;
     nonces.set(_id, { _id, ...tag });
   }
-  return {
-    digests: await settle(t, t.digests, [...digests.values()], tag),
-    patients: await settle(t, t.patients, [...patients.values()], tag),
-    nonces: await settle(t, t.nonces, [...nonces.values()], tag),
-  };
+  // Versions of replaced values: `_id`s end with the block number (blockIndex gives one per key and block).
+  const version = pad(number);
+  const linkSets: LinkSetDoc[] = index.linkSets.map(({ creator, patient, links }) => ({ _id: `${channel}/${creator}/${patient}/${version}`, ...tag, creator, patient, links }));
+  const links: LinkDoc[] = index.linkSets.flatMap(({ creator, patient, links }) =>
+    links.map((token) => ({ _id: `${channel}/${token}/${creator}/${patient}/${version}`, ...tag, token, creator, patient })),
+  );
+  const heads: ResourceHeadDoc[] = index.resourceHeads.map(({ creator, resource, digest }) => ({ _id: `${channel}/${creator}/${resource}/${version}`, ...tag, creator, resource, digest }));
+  const erasures: ErasureDoc[] = index.erasures.map(({ creator, patient }) => ({ _id: `${channel}/${creator}/${patient}`, ...tag, creator, patient }));
+  const pairs: Array<[Collection<EntryDoc>, EntryDoc[]]> = [
+    [t.digests, [...digests.values()]],
+    [t.patients, [...patients.values()]],
+    [t.nonces, [...nonces.values()]],
+    [t.linkSets, linkSets],
+    [t.links, links],
+    [t.resourceHeads, heads],
+    [t.erasures, erasures],
+  ] as unknown as Array<[Collection<EntryDoc>, EntryDoc[]]>;
+  const displaced: Displaced = [];
+  for (const [collection, docs] of pairs) displaced.push([collection, await settle(t, collection, docs, tag)]);
+  return displaced;
 }
 
 /** After losing the commit point: entries this writer displaced that belong to the winner go back. */
 async function putBack(t: LedgerTables, displaced: Displaced, winner: string | undefined, mine: string): Promise<void> {
   if (winner === undefined || winner === mine) return;
-  const pairs: Array<[Collection<EntryDoc>, EntryDoc[]]> = [
-    [t.digests as unknown as Collection<EntryDoc>, displaced.digests],
-    [t.patients as unknown as Collection<EntryDoc>, displaced.patients],
-    [t.nonces as unknown as Collection<EntryDoc>, displaced.nonces],
-  ];
-  for (const [collection, docs] of pairs) {
+  for (const [collection, docs] of displaced) {
     const back = docs.filter((d) => d.hash === winner);
     if (back.length === 0) continue;
     await t.deleteIfTagged(collection, back.map((d) => d._id), mine);

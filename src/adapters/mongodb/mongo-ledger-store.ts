@@ -21,8 +21,16 @@
  *   ledger_patients    `{_id: 'ch/token/hospital', token, hospital, block, hash}`
  *   ledger_nonces      `{_id: 'ch/creator/nonce', block, hash}`
  *   ledger_config_changes  `{_id: 'ch/B/hash/position', block, hash, position, change}`
+ *   ledger_link_sets   `{_id: 'ch/creator/patient/B', creator, patient, links, block, hash}`: the link set block B left
+ *                      for (creator, patient locator); the highest visible B is the current set.
+ *   ledger_links       `{_id: 'ch/token/creator/patient/B', …}`: one per token of each link set, to find sets by token.
+ *   ledger_resource_heads  `{_id: 'ch/creator/resource/B', creator, resource, digest, block, hash}`: the highest
+ *                      visible B gives the resource locator's current head.
+ *   ledger_erasures    `{_id: 'ch/creator/patient', block, hash}`: erased patient locators (the first record stays).
  *   ledger_pending     `{_id: 'ch/B/hash', block, hash, createdAt (server clock)}`: an append in progress.
  *   ledger_attestations  `{_id: 'ch/B/member', block, member, attestation}`: a unique insert, the first stays.
+ *   ledger_format      `{_id: 'format', version}`: LEDGER_FORMAT; a database with ledger blocks and another
+ *                      format (or none: format 1, before the federation indexes) is refused at init().
  *   ledger_checkpoints `{_id: 'ch/B', block, checkpoint}`: one document per checkpointed block, inserted; the
  *                      highest is the channel's checkpoint (no update, so no lost update on FerretDB). A save
  *                      deletes the lower ones; a lower one saved late stays unread until the next higher save.
@@ -49,15 +57,41 @@
  */
 import { MongoClient } from 'mongodb';
 import type { Db, MongoClientOptions } from 'mongodb';
-import { isFerretDb } from './driver.ts';
+import { isDuplicateKey, isFerretDb } from './driver.ts';
 import { appendBlock, recoverAppends, type AppendStep } from './mongo-ledger-append.ts';
-import { blockKey, LedgerTables, under } from './mongo-ledger-tables.ts';
+import { blockKey, LedgerTables, under, type DigestDoc } from './mongo-ledger-tables.ts';
 import type { Attestation, Checkpoint } from '../../ledger/attestation.ts';
 import type { Block, BlockHeader } from '../../ledger/block.ts';
 import type { ConfigChange } from '../../ledger/envelope.ts';
-import type { BlockIndex, DigestLocation, LedgerStore } from '../../ledger/ledger-store.ts';
+import type { AnchorFacts, BlockIndex, DigestLocation, LedgerStore, LinkHolder } from '../../ledger/ledger-store.ts';
 
 export type { AppendStep } from './mongo-ledger-append.ts';
+
+/** Bumped when what the ledger collections hold changes incompatibly. 2: the federation indexes (link sets, resource heads, erasures). */
+export const LEDGER_FORMAT = 2;
+
+/**
+ * Refuses a database whose ledger was written in another format, as the SQLite ledger refuses another schema: a
+ * ledger store is a replica, so the remedy is to drop it and let the member rebuild it from the orderer.
+ */
+async function checkLedgerFormat(t: LedgerTables): Promise<void> {
+  let marker = await t.format.findOne({ _id: 'format' });
+  if (!marker && !(await t.blocks.findOne({}, { projection: { _id: 1 } }))) {
+    try {
+      await t.format.insertOne({ _id: 'format', version: LEDGER_FORMAT });
+    } catch (e) {
+      if (!isDuplicateKey(e)) throw e;
+    }
+    marker = await t.format.findOne({ _id: 'format' });
+  }
+  const found = marker?.version ?? 1;
+  if (found !== LEDGER_FORMAT) {
+    throw new Error(
+      `database ${t.db.databaseName} holds a ledger of format ${found}, this gateway uses format ${LEDGER_FORMAT}: ` +
+        'drop its ledger_* collections and restart, and the member rebuilds its ledger from the orderer',
+    );
+  }
+}
 
 export interface MongoLedgerStoreOptions {
   /** An append in progress longer than this is presumed dead and init() removes its entries. Default 60 s. */
@@ -66,6 +100,22 @@ export interface MongoLedgerStoreOptions {
   onAppendStep?: (step: AppendStep, header: BlockHeader) => void | Promise<void>;
   /** Passed to MongoClient. */
   clientOptions?: MongoClientOptions;
+}
+
+const compare = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
+
+function location(d: DigestDoc): DigestLocation {
+  return { blockNumber: d.block, envelopeIndex: d.envelopeIndex, entryIndex: d.entryIndex, creator: d.creator, kind: d.kind };
+}
+
+/** Of versioned documents (one per key and block), the one of the highest block for each key. */
+function latestPerKey<T extends { block: number }>(docs: T[], key: (doc: T) => string): Map<string, T> {
+  const latest = new Map<string, T>();
+  for (const doc of docs) {
+    const seen = latest.get(key(doc));
+    if (seen === undefined || doc.block > seen.block) latest.set(key(doc), doc);
+  }
+  return latest;
 }
 
 /** Block number order, then `key` (compared by code unit, like SQLite's BINARY collation). */
@@ -91,6 +141,12 @@ export class MongoLedgerStore implements LedgerStore {
   async init(): Promise<void> {
     await this.client.connect();
     this.tables.ferretdb = await isFerretDb(this.db);
+    try {
+      await checkLedgerFormat(this.tables);
+    } catch (e) {
+      await this.client.close();
+      throw e;
+    }
     // FerretDB evaluates every index on every write but answers no query from one.
     if (!this.tables.ferretdb) {
       await Promise.all(this.tables.entryCollections.map((c) => c.createIndex({ hash: 1 }, { name: 'by_hash' })));
@@ -144,18 +200,49 @@ export class MongoLedgerStore implements LedgerStore {
   }
 
   async locate(channel: string, digests: string[]): Promise<Map<string, DigestLocation>> {
-    const docs = await this.tables.visible(channel, await this.tables.findByIds(this.tables.digests, digests.map((d) => `${channel}/${d}`)));
     const found = new Map<string, DigestLocation>();
+    for (const d of await this.digestDocs(channel, digests)) found.set(d._id.slice(channel.length + 1), location(d));
+    return found;
+  }
+
+  private async digestDocs(channel: string, digests: string[]): Promise<DigestDoc[]> {
+    return this.tables.visible(channel, await this.tables.findByIds(this.tables.digests, digests.map((d) => `${channel}/${d}`)));
+  }
+
+  async holdersOfLink(channel: string, linkToken: string): Promise<LinkHolder[]> {
+    const t = this.tables;
+    const rows = (await t.visible(channel, await t.links.find({ _id: under(`${channel}/${linkToken}`) }).toArray())).filter((d) => d.token === linkToken);
+    if (rows.length === 0) return [];
+    // A row only says the token was in some set once: the pair holds it iff its CURRENT (highest visible) set lists it.
+    const current = latestPerKey(await t.visibleUnder(channel, t.linkSets, rows.map((r) => `${channel}/${r.creator}/${r.patient}`)), (d) => `${d.creator}/${d.patient}`);
+    return [...current.values()]
+      .filter((set) => set.links.includes(linkToken))
+      .map((set) => ({ hospital: set.creator, locator: set.patient }))
+      .sort((a, b) => compare(a.hospital, b.hospital) || compare(a.locator, b.locator));
+  }
+
+  async anchorFacts(channel: string, digests: string[]): Promise<Map<string, AnchorFacts>> {
+    const t = this.tables;
+    const docs = await this.digestDocs(channel, digests);
+    const withResource = docs.filter((d) => d.resource !== undefined);
+    const heads = latestPerKey(await t.visibleUnder(channel, t.resourceHeads, withResource.map((d) => `${channel}/${d.creator}/${d.resource}`)), (h) => `${h.creator}/${h.resource}`);
+    const withPatient = docs.filter((d) => d.patient !== undefined);
+    const erased = new Set(
+      (await t.visible(channel, await t.findByIds(t.erasures, withPatient.map((d) => `${channel}/${d.creator}/${d.patient}`)))).map((e) => `${e.creator}/${e.patient}`),
+    );
+    const facts = new Map<string, AnchorFacts>();
     for (const d of docs) {
-      found.set(d._id.slice(channel.length + 1), {
-        blockNumber: d.block,
-        envelopeIndex: d.envelopeIndex,
-        entryIndex: d.entryIndex,
-        creator: d.creator,
-        kind: d.kind,
+      const digest = d._id.slice(channel.length + 1);
+      const head = d.resource === undefined ? undefined : heads.get(`${d.creator}/${d.resource}`);
+      facts.set(digest, {
+        ...location(d),
+        ...(d.patient !== undefined && { patient: d.patient }),
+        ...(d.resource !== undefined && { resource: d.resource }),
+        superseded: head !== undefined && head.digest !== digest,
+        erased: d.patient !== undefined && erased.has(`${d.creator}/${d.patient}`),
       });
     }
-    return found;
+    return facts;
   }
 
   async hospitalsForPatient(channel: string, token: string): Promise<string[]> {

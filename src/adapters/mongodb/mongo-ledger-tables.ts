@@ -39,6 +39,44 @@ export interface DigestDoc extends Tag {
   entryIndex: number;
   creator: string;
   kind: 'anchor' | 'audit';
+  patient?: string;
+  resource?: string;
+}
+
+/** A link set as block `block` left it for (creator, patient): the latest committed one is current. */
+export interface LinkSetDoc extends Tag {
+  _id: string;
+  creator: string;
+  patient: string;
+  links: string[];
+}
+
+/** One token of a link set, so that the sets naming a token are found by `_id` prefix. */
+export interface LinkDoc extends Tag {
+  _id: string;
+  token: string;
+  creator: string;
+  patient: string;
+}
+
+/** The head of (creator, resource) as block `block` left it: the latest committed one is current. */
+export interface ResourceHeadDoc extends Tag {
+  _id: string;
+  creator: string;
+  resource: string;
+  digest: string;
+}
+
+export interface ErasureDoc extends Tag {
+  _id: string;
+  creator: string;
+  patient: string;
+}
+
+/** `{_id: 'format', version}`: what this database's ledger collections were written as. */
+export interface FormatDoc {
+  _id: 'format';
+  version: number;
 }
 
 export interface PatientDoc extends Tag {
@@ -83,6 +121,8 @@ export type EntryDoc = Tag & { _id: string };
 const FERRETDB_EXACT_LOOKUPS = 16;
 /** `_id`s per `$in` query. */
 const LOOKUP_CHUNK = 5000;
+/** `_id` ranges per `$or` query. */
+const RANGE_CHUNK = 1000;
 /** Committed block hashes kept in memory (they never change); the cache is emptied when it grows past this. */
 const HASH_CACHE_LIMIT = 100_000;
 
@@ -101,6 +141,11 @@ export class LedgerTables {
   readonly pending: Collection<PendingDoc>;
   readonly attestations: Collection<AttestationDoc>;
   readonly checkpoints: Collection<CheckpointDoc>;
+  readonly linkSets: Collection<LinkSetDoc>;
+  readonly links: Collection<LinkDoc>;
+  readonly resourceHeads: Collection<ResourceHeadDoc>;
+  readonly erasures: Collection<ErasureDoc>;
+  readonly format: Collection<FormatDoc>;
   /** Until init() knows better, behave as on FerretDB (exact lookups for a few ids are right on both). */
   ferretdb = true;
   /** The highest committed header seen per channel: head() walks forward from it by exact `_id`. */
@@ -118,11 +163,31 @@ export class LedgerTables {
     this.pending = db.collection<PendingDoc>('ledger_pending');
     this.attestations = db.collection<AttestationDoc>('ledger_attestations');
     this.checkpoints = db.collection<CheckpointDoc>('ledger_checkpoints');
+    this.linkSets = db.collection<LinkSetDoc>('ledger_link_sets');
+    this.links = db.collection<LinkDoc>('ledger_links');
+    this.resourceHeads = db.collection<ResourceHeadDoc>('ledger_resource_heads');
+    this.erasures = db.collection<ErasureDoc>('ledger_erasures');
+    this.format = db.collection<FormatDoc>('ledger_format');
   }
 
   /** The collections whose documents are tagged with a block and its hash. */
   get entryCollections(): Array<Collection<EntryDoc>> {
-    return [this.digests, this.patients, this.nonces, this.configs, this.envelopes] as unknown as Array<Collection<EntryDoc>>;
+    return [
+      this.digests, this.patients, this.nonces, this.configs, this.envelopes, this.linkSets, this.links, this.resourceHeads, this.erasures,
+    ] as unknown as Array<Collection<EntryDoc>>;
+  }
+
+  /**
+   * The visible documents whose `_id` starts with one of `prefixes` + '/': one query per chunk (an `$or` of `_id`
+   * ranges: the `_id` index on MongoDB, one decode of the collection on FerretDB).
+   */
+  async visibleUnder<T extends EntryDoc>(channel: string, collection: Collection<T>, prefixes: string[]): Promise<T[]> {
+    const unique = [...new Set(prefixes)];
+    const found: T[] = [];
+    for (const chunk of chunks(unique, RANGE_CHUNK)) {
+      found.push(...((await collection.find({ $or: chunk.map((prefix) => ({ _id: under(prefix) })) } as Filter<T>).toArray()) as T[]));
+    }
+    return this.visible(channel, found);
   }
 
   /** Documents with these `_id`s (see mongo-ledger-store.ts for why FerretDB gets exact queries for a few). */

@@ -3,17 +3,19 @@
  * thread (ledger-writer-thread.ts, the default) and the inline mode of SqliteLedgerStore. Also the file's
  * layout, its connection settings and the key encodings both sides use.
  *
- * Layout (schema 2): a channel name is stored once, in `channels`, and every other table keys on its
+ * Layout (schema 3): a channel name is stored once, in `channels`, and every other table keys on its
  * integer id. A digest is stored as its 32 raw bytes when it is 64 lowercase hex digits (every anchor and
  * audit digest: the envelope validator insists on it), and as the TEXT it was otherwise, so any string still
  * round-trips exactly; a block's digests are inserted in key order, so the B-tree insertions of one block
- * walk its pages once, left to right.
+ * walk its pages once, left to right. Schema 3 adds the federation indexes (docs/federation.md, "On the ledger"):
+ * each digest's locator tokens, the current link sets (replaced per creator and patient locator), the head of
+ * each resource locator per creator, and erased patient locators.
  */
 import Database from 'better-sqlite3';
 import { LedgerAppendError } from '../../ledger/ledger-store.ts';
 
 /** Bumped when the layout changes incompatibly; a ledger of another version is refused (rebuild it from the orderer). */
-export const LEDGER_SCHEMA_VERSION = 2;
+export const LEDGER_SCHEMA_VERSION = 3;
 
 export const LEDGER_SCHEMA = `
 CREATE TABLE IF NOT EXISTS channels (
@@ -27,11 +29,27 @@ CREATE TABLE IF NOT EXISTS block_envelopes (
   channel INTEGER NOT NULL, number INTEGER NOT NULL, position INTEGER NOT NULL, bytes BLOB NOT NULL,
   PRIMARY KEY (channel, number, position)
 );
--- digest: 32 raw bytes (a hex SHA-256), or the original TEXT for anything else; kind: 0 anchor, 1 audit.
+-- digest: 32 raw bytes (a hex SHA-256), or the original TEXT for anything else; kind: 0 anchor, 1 audit;
+-- patient, resource: the locator tokens of the entry, when it carried them.
 CREATE TABLE IF NOT EXISTS digests (
   channel INTEGER NOT NULL, digest BLOB NOT NULL, block INTEGER NOT NULL, envelope_index INTEGER NOT NULL,
-  entry_index INTEGER NOT NULL, creator TEXT NOT NULL, kind INTEGER NOT NULL,
+  entry_index INTEGER NOT NULL, creator TEXT NOT NULL, kind INTEGER NOT NULL, patient TEXT, resource TEXT,
   PRIMARY KEY (channel, digest)
+) WITHOUT ROWID;
+-- The current link set of each (creator, patient locator): one row per token, replaced as a whole.
+CREATE TABLE IF NOT EXISTS links (
+  channel INTEGER NOT NULL, creator TEXT NOT NULL, patient TEXT NOT NULL, token TEXT NOT NULL,
+  PRIMARY KEY (channel, creator, patient, token)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS links_by_token ON links (channel, token);
+-- digest: keyed as in digests; the latest entry of the creator that carried the resource locator.
+CREATE TABLE IF NOT EXISTS resource_heads (
+  channel INTEGER NOT NULL, creator TEXT NOT NULL, resource TEXT NOT NULL, digest BLOB NOT NULL,
+  PRIMARY KEY (channel, creator, resource)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS erasures (
+  channel INTEGER NOT NULL, creator TEXT NOT NULL, patient TEXT NOT NULL,
+  PRIMARY KEY (channel, creator, patient)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS patients (
   channel INTEGER NOT NULL, token TEXT NOT NULL, hospital TEXT NOT NULL,
@@ -99,6 +117,12 @@ export interface AppendRequest {
   /** Per digest: envelopeIndex, entryIndex, creator (an index into `creators`), kind (an index into KINDS). */
   locations: Int32Array;
   creators: string[];
+  /** Per digest: the patient and resource locator tokens its entry carried, or null. */
+  entryPatients: Array<string | null>;
+  entryResources: Array<string | null>;
+  linkSets: Array<[creator: string, patient: string, links: string[]]>;
+  resourceHeads: Array<[creator: string, resource: string, digest: string]>;
+  erasures: Array<[creator: string, patient: string]>;
   patients: Array<[token: string, hospital: string]>;
   nonces: Array<[creator: string, nonce: string]>;
   configChanges: string[];
@@ -132,8 +156,14 @@ export class LedgerWriter {
       insertBlock: db.prepare('INSERT INTO blocks (channel, number, header, validity) VALUES (?, ?, ?, ?)'),
       insertEnvelope: db.prepare('INSERT INTO block_envelopes (channel, number, position, bytes) VALUES (?, ?, ?, ?)'),
       insertDigest: db.prepare(
-        'INSERT OR IGNORE INTO digests (channel, digest, block, envelope_index, entry_index, creator, kind) VALUES (?, ?, ?, ?, ?, ?, ?)',
+        'INSERT OR IGNORE INTO digests (channel, digest, block, envelope_index, entry_index, creator, kind, patient, resource) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
       ),
+      deleteLinks: db.prepare('DELETE FROM links WHERE channel = ? AND creator = ? AND patient = ?'),
+      insertLink: db.prepare('INSERT OR IGNORE INTO links (channel, creator, patient, token) VALUES (?, ?, ?, ?)'),
+      setResourceHead: db.prepare(
+        'INSERT INTO resource_heads (channel, creator, resource, digest) VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET digest = excluded.digest',
+      ),
+      insertErasure: db.prepare('INSERT OR IGNORE INTO erasures (channel, creator, patient) VALUES (?, ?, ?)'),
       insertPatient: db.prepare('INSERT OR IGNORE INTO patients (channel, token, hospital) VALUES (?, ?, ?)'),
       insertNonce: db.prepare('INSERT OR IGNORE INTO nonces (channel, creator, nonce) VALUES (?, ?, ?)'),
       insertConfigChange: db.prepare('INSERT INTO config_changes (channel, block, position, change) VALUES (?, ?, ?, ?)'),
@@ -194,7 +224,15 @@ export class LedgerWriter {
     const keys = r.digests.map(digestKey);
     const order = Array.from(keys.keys()).sort((a, b) => compareKeys(keys[a], keys[b]));
     const loc = r.locations;
-    for (const i of order) s.insertDigest.run(channel, keys[i], r.number, loc[4 * i], loc[4 * i + 1], r.creators[loc[4 * i + 2]], loc[4 * i + 3]);
+    for (const i of order) {
+      s.insertDigest.run(channel, keys[i], r.number, loc[4 * i], loc[4 * i + 1], r.creators[loc[4 * i + 2]], loc[4 * i + 3], r.entryPatients[i], r.entryResources[i]);
+    }
+    for (const [creator, patient, links] of r.linkSets) {
+      s.deleteLinks.run(channel, creator, patient);
+      for (const token of links) s.insertLink.run(channel, creator, patient, token);
+    }
+    for (const [creator, resource, digest] of r.resourceHeads) s.setResourceHead.run(channel, creator, resource, digestKey(digest));
+    for (const [creator, patient] of r.erasures) s.insertErasure.run(channel, creator, patient);
     for (const [token, hospital] of r.patients) s.insertPatient.run(channel, token, hospital);
     for (const [creator, nonce] of r.nonces) s.insertNonce.run(channel, creator, nonce);
     r.configChanges.forEach((change, position) => s.insertConfigChange.run(channel, r.number, position, change));

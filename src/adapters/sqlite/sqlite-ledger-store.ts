@@ -17,7 +17,7 @@ import { startWorker } from '../../worker.ts';
 import type { Attestation, Checkpoint } from '../../ledger/attestation.ts';
 import type { Block, BlockHeader, EnvelopeValidity } from '../../ledger/block.ts';
 import type { ConfigChange } from '../../ledger/envelope.ts';
-import { LedgerAppendError, type BlockIndex, type DigestLocation, type LedgerStore } from '../../ledger/ledger-store.ts';
+import { LedgerAppendError, type AnchorFacts, type BlockIndex, type DigestLocation, type LedgerStore, type LinkHolder } from '../../ledger/ledger-store.ts';
 import {
   digestFromKey,
   digestKey,
@@ -81,6 +81,11 @@ function appendRequest(block: Block, index: BlockIndex): { request: AppendReques
       digests,
       locations,
       creators,
+      entryPatients: index.digests.map((d) => d.patient ?? null),
+      entryResources: index.digests.map((d) => d.resource ?? null),
+      linkSets: index.linkSets.map((l) => [l.creator, l.patient, l.links]),
+      resourceHeads: index.resourceHeads.map((h) => [h.creator, h.resource, h.digest]),
+      erasures: index.erasures.map((e) => [e.creator, e.patient]),
       patients: index.patients.map((p) => [p.token, p.hospital]),
       nonces: index.nonces.map((n) => [n.creator, n.nonce]),
       configChanges: index.configChanges.map((c) => JSON.stringify(c)),
@@ -195,6 +200,9 @@ export class SqliteLedgerStore implements LedgerStore {
       envelopes: db.prepare('SELECT bytes FROM block_envelopes WHERE channel = ? AND number = ? ORDER BY position').pluck(),
       headers: db.prepare('SELECT header FROM blocks WHERE channel = ? AND number BETWEEN ? AND ? ORDER BY number').pluck(),
       hospitals: db.prepare('SELECT hospital FROM patients WHERE channel = ? AND token = ? ORDER BY hospital').pluck(),
+      holders: db.prepare('SELECT creator AS hospital, patient AS locator FROM links WHERE channel = ? AND token = ? ORDER BY creator, patient'),
+      resourceHead: db.prepare('SELECT digest FROM resource_heads WHERE channel = ? AND creator = ? AND resource = ?').pluck(),
+      erased: db.prepare('SELECT 1 FROM erasures WHERE channel = ? AND creator = ? AND patient = ?').pluck(),
       nonce: db.prepare('SELECT 1 FROM nonces WHERE channel = ? AND creator = ? AND nonce = ?').pluck(),
       configChanges: db.prepare('SELECT block, change FROM config_changes WHERE channel = ? ORDER BY block, position'),
       attestations: db.prepare('SELECT attestation FROM attestations WHERE channel = ? AND block BETWEEN ? AND ? ORDER BY block, member').pluck(),
@@ -256,19 +264,51 @@ export class SqliteLedgerStore implements LedgerStore {
 
   async locate(channel: string, digests: string[]): Promise<Map<string, DigestLocation>> {
     const found = new Map<string, DigestLocation>();
+    for (const [digest, { location }] of this.digestRows(channel, digests)) found.set(digest, location);
+    return found;
+  }
+
+  /** The digests' rows: first location and the locator tokens of that entry. */
+  private digestRows(channel: string, digests: string[]): Map<string, { location: DigestLocation; patient: string | null; resource: string | null }> {
+    const found = new Map<string, { location: DigestLocation; patient: string | null; resource: string | null }>();
     const id = this.channelId(channel);
     if (id === undefined) return found;
     for (const chunk of chunks([...new Set(digests)], LOOKUP_CHUNK)) {
       const rows = this.db
         .prepare(
-          `SELECT digest, block, envelope_index, entry_index, creator, kind FROM digests WHERE channel = ? AND digest IN (${placeholders(chunk.length)})`,
+          'SELECT digest, block, envelope_index, entry_index, creator, kind, patient, resource FROM digests ' +
+            `WHERE channel = ? AND digest IN (${placeholders(chunk.length)})`,
         )
-        .all(id, ...chunk.map(digestKey)) as Array<{ digest: Buffer | string; block: number; envelope_index: number; entry_index: number; creator: string; kind: number }>;
+        .all(id, ...chunk.map(digestKey)) as Array<{
+        digest: Buffer | string; block: number; envelope_index: number; entry_index: number; creator: string; kind: number; patient: string | null; resource: string | null;
+      }>;
       for (const r of rows) {
-        found.set(digestFromKey(r.digest), { blockNumber: r.block, envelopeIndex: r.envelope_index, entryIndex: r.entry_index, creator: r.creator, kind: KINDS[r.kind] });
+        const location: DigestLocation = { blockNumber: r.block, envelopeIndex: r.envelope_index, entryIndex: r.entry_index, creator: r.creator, kind: KINDS[r.kind] };
+        found.set(digestFromKey(r.digest), { location, patient: r.patient, resource: r.resource });
       }
     }
     return found;
+  }
+
+  async holdersOfLink(channel: string, linkToken: string): Promise<LinkHolder[]> {
+    const id = this.channelId(channel);
+    return id === undefined ? [] : (this.statements.holders.all(id, linkToken) as LinkHolder[]);
+  }
+
+  async anchorFacts(channel: string, digests: string[]): Promise<Map<string, AnchorFacts>> {
+    const facts = new Map<string, AnchorFacts>();
+    const id = this.channelId(channel);
+    for (const [digest, { location, patient, resource }] of this.digestRows(channel, digests)) {
+      const head = resource === null ? undefined : (this.statements.resourceHead.get(id, location.creator, resource) as Buffer | string | undefined);
+      facts.set(digest, {
+        ...location,
+        ...(patient !== null && { patient }),
+        ...(resource !== null && { resource }),
+        superseded: head !== undefined && digestFromKey(head) !== digest,
+        erased: patient !== null && this.statements.erased.get(id, location.creator, patient) !== undefined,
+      });
+    }
+    return facts;
   }
 
   async hospitalsForPatient(channel: string, token: string): Promise<string[]> {
