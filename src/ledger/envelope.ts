@@ -27,6 +27,8 @@ export const DEFAULT_MAX_ENVELOPE_BYTES = 256 * 1024;
 export const MAX_ANCHOR_ENTRIES = 1000;
 export const MAX_AUDIT_ENTRIES = 1000;
 export const MAX_CONFIG_APPROVALS = 256;
+/** Link tokens on one anchor entry (AnchorEntry.links). */
+export const MAX_ANCHOR_LINKS = 16;
 export const MAX_CERTIFICATE_CHARS = 16 * 1024;
 
 const NONCE_BYTES = 16;
@@ -249,19 +251,37 @@ function entriesProblem(
   return undefined;
 }
 
+/** Sorted (by code unit), each once, at most MAX_ANCHOR_LINKS tokens of 32 bytes. */
+function linksProblem(links: unknown, path: string): Problem {
+  if (!Array.isArray(links) || links.length > MAX_ANCHOR_LINKS) return `${path} must be an array of at most ${MAX_ANCHOR_LINKS} link tokens`;
+  for (let i = 0; i < links.length; i++) {
+    const problem = base64urlProblem(links[i], `${path}/${i}`, PATIENT_TOKEN_BYTES);
+    if (problem !== undefined) return problem;
+    if (i > 0 && !(links[i - 1] < links[i])) return `${path} must be sorted, each token once`;
+  }
+  return undefined;
+}
+
 function anchorEntryProblem(entry: unknown, path: string): Problem {
+  const has = (name: string) => Object.hasOwn(entry as object, name);
   return (
-    shapeProblem(entry, path, ['digest'], ['type', 'patient']) ??
+    shapeProblem(entry, path, ['digest'], ['type', 'patient', 'resource', 'links']) ??
     patternProblem((entry as AnchorEntry).digest, `${path}/digest`, DIGEST_PATTERN) ??
-    (Object.hasOwn(entry as object, 'type') ? patternProblem((entry as AnchorEntry).type, `${path}/type`, RESOURCE_TYPE_PATTERN) : undefined) ??
-    (Object.hasOwn(entry as object, 'patient')
-      ? base64urlProblem((entry as AnchorEntry).patient, `${path}/patient`, PATIENT_TOKEN_BYTES)
-      : undefined)
+    (has('type') ? patternProblem((entry as AnchorEntry).type, `${path}/type`, RESOURCE_TYPE_PATTERN) : undefined) ??
+    (has('patient') ? base64urlProblem((entry as AnchorEntry).patient, `${path}/patient`, PATIENT_TOKEN_BYTES) : undefined) ??
+    // Resource and link tokens name something of a patient at its hospital: never without the patient's locator.
+    ((has('resource') || has('links')) && !has('patient') ? `${path}/resource and ${path}/links need ${path}/patient` : undefined) ??
+    (has('resource') ? base64urlProblem((entry as AnchorEntry).resource, `${path}/resource`, PATIENT_TOKEN_BYTES) : undefined) ??
+    (has('links') ? linksProblem((entry as AnchorEntry).links, `${path}/links`) : undefined)
   );
 }
 
 function auditEntryProblem(entry: unknown, path: string): Problem {
-  return shapeProblem(entry, path, ['digest']) ?? patternProblem((entry as { digest: unknown }).digest, `${path}/digest`, DIGEST_PATTERN);
+  return (
+    shapeProblem(entry, path, ['digest'], ['erased']) ??
+    patternProblem((entry as AuditEntry).digest, `${path}/digest`, DIGEST_PATTERN) ??
+    (Object.hasOwn(entry as object, 'erased') ? base64urlProblem((entry as AuditEntry).erased, `${path}/erased`, PATIENT_TOKEN_BYTES) : undefined)
+  );
 }
 
 function configChangeProblem(change: Record<string, unknown>, path: string): Problem {

@@ -14,6 +14,7 @@ import { DataKeys, KeyErasedError } from './data-keys.ts';
 import { IndexKeys, KEY_ID_KEY_ID } from './index-keys.ts';
 import { SealError } from './seal.ts';
 import { isPatientOwner, locatorTokens, openVersion, sealVersion } from './commitment.ts';
+import { MAX_ANCHOR_LINKS } from '../ledger/envelope.ts';
 import { resourceLocatorToken } from '../ledger/patient-token.ts';
 import { HEAD_KEY_ID, HEAD_STATE_FORMAT, HeadMac } from './head-mac.ts';
 import type { MasterKeyring } from './keyring.ts';
@@ -58,8 +59,6 @@ export class HeadStateError extends TamperedContentError {
  * the REST API cannot search it; patientsWithLinkToken() does.
  */
 export const LINK_PARAM = '_link';
-/** At most this many link tokens per Patient version reach the ledger (AnchorEntry.links). */
-export const MAX_LINK_TOKENS = 16;
 /** Patients read per page by patientsWithLinkToken (one person is rarely held twice at one hospital). */
 const LINK_PAGE = 100;
 
@@ -144,7 +143,8 @@ export class EncryptedStore implements ErasableStore {
   }
 
   private patientLinks(patient: unknown, lastUpdated: string): string[] {
-    return this.options.linkTokensOf!(patient, new Date(lastUpdated)).slice(0, MAX_LINK_TOKENS);
+    // An anchor entry holds at most MAX_ANCHOR_LINKS; a Patient with more linking identifiers is one to fix at the source.
+    return this.options.linkTokensOf!(patient, new Date(lastUpdated)).slice(0, MAX_ANCHOR_LINKS);
   }
 
   /**

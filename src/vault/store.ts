@@ -293,3 +293,13 @@ export interface ErasableStore extends ResourceStore {
 export function isErasable(store: ResourceStore): store is ErasableStore {
   return typeof (store as Partial<ErasableStore>).eraseOwner === 'function';
 }
+
+/** A vault that indexes Patients by their link tokens (federation: which local patient is this person). */
+export interface LinkIndexedStore extends ResourceStore {
+  /** Ids of the current, live (not deleted, not erased) Patients whose link tokens include `token`, sorted. */
+  patientsWithLinkToken(token: string): Promise<string[]>;
+}
+
+export function hasLinkIndex(store: ResourceStore): store is LinkIndexedStore {
+  return typeof (store as Partial<LinkIndexedStore>).patientsWithLinkToken === 'function';
+}
