@@ -62,13 +62,17 @@ export function openDatabaseStore(config: GatewayConfig): ResourceStore {
 }
 
 /**
- * The vault: the database adapter behind envelope encryption and blind indexes (not yet initialised). With the
- * consortium, it gives Patient versions their link tokens (federation): whatever writes or re-indexes the
- * vault passes it.
+ * The vault: the database adapter behind envelope encryption and blind indexes (not yet initialised). With a
+ * consortium, it gives Patient versions their link tokens (federation): whatever writes or re-indexes the vault
+ * passes it. Asked for at the first Patient write, so it may be loaded after the vault's init().
  */
-export function openVault(config: GatewayConfig, consortium?: Pick<MemberConsortium, 'patientTokenKey' | 'federation'>): EncryptedStore {
+export function openVault(config: GatewayConfig, consortium?: () => Pick<MemberConsortium, 'patientTokenKey' | 'federation'> | undefined): EncryptedStore {
   return new EncryptedStore(openDatabaseStore(config), MasterKeyring.open(config.masterKey), config.hospitalId, {
-    linkTokensOf: consortium && ((patient, at) => patientLinkTokens(consortium.patientTokenKey, patient, consortium.federation.linkIdentifierSystems, at)),
+    linkTokensOf: consortium && ((patient, at) => {
+      const loaded = consortium();
+      if (!loaded) throw new Error('the vault wrote a Patient before the consortium was loaded');
+      return patientLinkTokens(loaded.patientTokenKey, patient, loaded.federation.linkIdentifierSystems, at);
+    }),
   });
 }
 
@@ -195,11 +199,13 @@ function checkKeyPlacement(config: GatewayConfig): void {
 async function assembleGateway(config: GatewayConfig, options: GatewayOptions, opened: Opened): Promise<Gateway> {
   checkKeyPlacement(config);
   const baseline = options.plaintextVaultForBenchmark === true;
-  const consortium = baseline ? undefined : await loadConsortium(config);
-  const store = baseline ? openDatabaseStore(config) : openVault(config, consortium);
+  // The vault first, so that a vault of another hospital or master key is refused for that reason.
+  let consortium: MemberConsortium | undefined;
+  const store = baseline ? openDatabaseStore(config) : openVault(config, () => consortium);
   opened.push(() => store.close());
   await store.init();
   initValidation();
+  consortium = baseline ? undefined : await loadConsortium(config);
   const ledger = consortium ? await openLedger(config, store, consortium) : undefined;
   if (ledger) opened.push(() => closeLedger(ledger));
   const checker = createVersionChecker(config.workers);

@@ -89,7 +89,8 @@ function batchOf(entry: unknown[]): Pick<Job, 'type' | 'text'> {
 
 async function inProcessSender(config: GatewayConfig): Promise<{ send: Send; close: () => Promise<void> }> {
   // With the consortium: imported Patients get their link tokens like those written through the API.
-  const store = openVault(config, await loadConsortium(config));
+  const consortium = await loadConsortium(config);
+  const store = openVault(config, () => consortium);
   await store.init();
   initValidation();
   const checker = createVersionChecker(config.workers);

@@ -40,7 +40,8 @@ export async function runRotate(
 
 export async function runRotateIndex(config: GatewayConfig, opts: { batchSize: number; maxRate: number }): Promise<number> {
   // With the consortium: Patients' reserved link terms are re-derived too.
-  const vault = openVault(config, await loadConsortium(config));
+  const consortium = await loadConsortium(config);
+  const vault = openVault(config, () => consortium);
   await vault.init();
   try {
     const result = await rotateIndexKey(vault, {
