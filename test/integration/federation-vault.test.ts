@@ -18,7 +18,8 @@ import { parseEnvelope, type AnchorEntry, type AuditEntry } from '../../src/ledg
 import { resourceLocatorToken } from '../../src/ledger/patient-token.ts';
 import { tombstoneDigest } from '../../src/ledger/tombstone.ts';
 import { LINK_PARAM, type EncryptedStore } from '../../src/vault/encrypted-store.ts';
-import { body, FHIR_JSON, forEachStore, type TestGateway } from '../support/gateway.ts';
+import { mintToken } from '../../src/access/tokens.ts';
+import { body, FHIR_JSON, forEachStore, startTestGateway, type TestGateway } from '../support/gateway.ts';
 import { untilWithin } from '../support/until.ts';
 
 const until = untilWithin(30_000, 50);
@@ -182,5 +183,30 @@ forEachStore((start, kind) => {
       }
       assert.deepEqual(erased, [locator]);
     });
+  });
+});
+
+describe('federation tokens: an erasure request names no one (second approver, SQLite)', () => {
+  it('only the erasure record carries the erased locator token, not the request before it', async () => {
+    const t = await startTestGateway({ eraseApproval: 'second-approver' });
+    try {
+      const vault = t.gateway.store as EncryptedStore;
+      const created = await t.http.post('/fhir/Patient').set('Authorization', `Bearer ${t.admin}`).set('Content-Type', FHIR_JSON)
+        .send(JSON.stringify({ resourceType: 'Patient', identifier: [{ system: US_SSN_SYSTEM, value: SSN[3] }] }));
+      const id = body(created).id as string;
+      const locator = await vault.locatorTokenFor(`Patient/${id}`);
+      const erase = (token: string) => t.http.post(`/fhir/Patient/${id}/$erase`).set('Authorization', `Bearer ${token}`);
+      assert.equal((await erase(t.admin)).status, 202);
+      const approver = await mintToken(t.gateway.issuer, { subject: 'second-approver', scope: 'user/*.cruds user/AuditEvent.rs user/Patient.$erase' });
+      assert.equal((await erase(approver)).status, 200);
+      const records = async (code: string) => {
+        const found = body(await t.http.get(`/fhir/AuditEvent?entity=Patient/${id}&subtype=${encodeURIComponent(`${ERASURE_SYSTEM}|${code}`)}`).set('Authorization', `Bearer ${t.admin}`));
+        return Promise.all(found.entry.map((e: { resource: { id: string } }) => vault.inner.version('AuditEvent', e.resource.id, 1)));
+      };
+      assert.deepEqual((await records('request')).map((v) => v?.erasedPatientToken), [undefined]);
+      assert.deepEqual((await records('erasure')).map((v) => v?.erasedPatientToken), [locator]);
+    } finally {
+      await t.close();
+    }
   });
 });
