@@ -33,6 +33,7 @@ import { productionProblems, productionRefusal } from './production-checks.ts';
 import { LedgerService } from './ledger/service.ts';
 import type { ResourceStore } from './vault/store.ts';
 import { EncryptedStore } from './vault/encrypted-store.ts';
+import { patientLinkTokens } from './federation/link-token.ts';
 import { MasterKeyring } from './vault/keyring.ts';
 
 export interface Ledger {
@@ -66,9 +67,19 @@ export function openDatabaseStore(config: GatewayConfig): ResourceStore {
   return new SqliteStore(join(config.dataDir, 'vault.sqlite'));
 }
 
-/** The vault: the database adapter behind envelope encryption and blind indexes (not yet initialised). */
-export function openVault(config: GatewayConfig): EncryptedStore {
-  return new EncryptedStore(openDatabaseStore(config), MasterKeyring.open(config.masterKey), config.hospitalId);
+/**
+ * The vault: the database adapter behind envelope encryption and blind indexes (not yet initialised). With a
+ * consortium, it gives Patient versions their link tokens (federation): whatever writes or re-indexes the vault
+ * passes it. Asked for at the first Patient write, so it may be loaded after the vault's init().
+ */
+export function openVault(config: GatewayConfig, consortium?: () => Pick<MemberConsortium, 'patientTokenKey' | 'federation'> | undefined): EncryptedStore {
+  return new EncryptedStore(openDatabaseStore(config), MasterKeyring.open(config.masterKey), config.hospitalId, {
+    linkTokensOf: consortium && ((patient, at) => {
+      const loaded = consortium();
+      if (!loaded) throw new Error('the vault wrote a Patient before the consortium was loaded');
+      return patientLinkTokens(loaded.patientTokenKey, patient, loaded.federation.linkIdentifierSystems, at);
+    }),
+  });
 }
 
 /** This member's view of its consortium: MEDBLOCK_CONSORTIUM_DIR, or a consortium of one created in the data dir. */
@@ -153,7 +164,7 @@ async function startLedger(config: GatewayConfig, outbox: ResourceStore, consort
   opened.push(() => member.stop());
   await member.start();
   await member.caughtUp();
-  const publisher = new AnchorPublisher({ outbox, member, ledger: store, signer, log: (event, fields) => log('warn', event, fields) });
+  const publisher = new AnchorPublisher({ outbox, member, ledger: store, signer, maxEnvelopeBytes, log: (event, fields) => log('warn', event, fields) });
   publisher.start();
   const service = new LedgerService(store, member, consortium, publisher);
   return { consortium, store, orderer, member, publisher, service };
@@ -194,11 +205,13 @@ function checkKeyPlacement(config: GatewayConfig): void {
 async function assembleGateway(config: GatewayConfig, options: GatewayOptions, opened: Opened): Promise<Gateway> {
   checkKeyPlacement(config);
   const baseline = options.plaintextVaultForBenchmark === true;
-  const store = baseline ? openDatabaseStore(config) : openVault(config);
+  // The vault first, so that a vault of another hospital or master key is refused for that reason.
+  let consortium: MemberConsortium | undefined;
+  const store = baseline ? openDatabaseStore(config) : openVault(config, () => consortium);
   opened.push(() => store.close());
   await store.init();
   initValidation();
-  const consortium = baseline ? undefined : await loadConsortium(config);
+  consortium = baseline ? undefined : await loadConsortium(config);
   const ledger = consortium ? await openLedger(config, store, consortium) : undefined;
   if (ledger) opened.push(() => closeLedger(ledger));
   const checker = createVersionChecker(config.workers);

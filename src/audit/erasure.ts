@@ -10,6 +10,7 @@
  */
 import type { FhirRepository, ResourceVersion } from '../fhir/repository.ts';
 import type { StoredVersion } from '../vault/store.ts';
+import { compartmentTerm } from '../fhir/compartment.ts';
 
 export type EraseApproval = 'none' | 'second-approver';
 
@@ -82,9 +83,13 @@ async function requestsFor(repo: FhirRepository, patientId: string, keyId: strin
     .sort((a, b) => (a.version.lastUpdated < b.version.lastUpdated ? -1 : 1));
 }
 
-/** Writes an erasure record; its lastUpdated is the time a repeated request reports. */
-function writeRecord(repo: FhirRepository, event: Record<string, unknown>): Promise<ResourceVersion> {
-  return repo.write((session) => session.create(event as never));
+/**
+ * Writes an erasure record; its lastUpdated is the time a repeated request reports. `erases`: the compartment
+ * an `erasure` record (not a request) ends: the vault keeps that patient's locator token on the record's
+ * outbox row, computed while the key still exists, and the ledger gets it as the audit entry's `erased`.
+ */
+function writeRecord(repo: FhirRepository, event: Record<string, unknown>, erases?: string): Promise<ResourceVersion> {
+  return repo.write((session) => session.create(event as never, undefined, { erases }));
 }
 
 /**
@@ -109,7 +114,7 @@ export async function eraseByPolicy(repo: FhirRepository, policy: ErasurePolicy,
   // The record is durable before the key is destroyed: a crash in between leaves a record and a live key,
   // which the next $erase finishes; never a destroyed key without its record.
   const erasedAt = new Date().toISOString();
-  await writeRecord(repo, erasureEvent('erasure', patientId, target.keyId, actors, erasedAt, policy.hospitalId));
+  await writeRecord(repo, erasureEvent('erasure', patientId, target.keyId, actors, erasedAt, policy.hospitalId), compartmentTerm(patientId));
   return { state: 'erased', ...(await repo.erase(patientId, erasedAt)) };
 }
 

@@ -19,7 +19,7 @@ import { createVersionChecker } from '../fhir/checks/pool.ts';
 import { FhirRepository } from '../fhir/repository.ts';
 import { routeRequest } from '../fhir/routes.ts';
 import { initValidation } from '../fhir/validation/index.ts';
-import { openVault } from '../gateway.ts';
+import { loadConsortium, openVault } from '../gateway.ts';
 
 interface Job {
   label: string;
@@ -88,7 +88,9 @@ function batchOf(entry: unknown[]): Pick<Job, 'type' | 'text'> {
 }
 
 async function inProcessSender(config: GatewayConfig): Promise<{ send: Send; close: () => Promise<void> }> {
-  const store = openVault(config);
+  // With the consortium: imported Patients get their link tokens like those written through the API.
+  const consortium = await loadConsortium(config);
+  const store = openVault(config, () => consortium);
   await store.init();
   initValidation();
   const checker = createVersionChecker(config.workers);

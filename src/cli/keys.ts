@@ -4,7 +4,7 @@ import type { GatewayConfig } from '../config.ts';
 import { resourceIndexTerms } from '../fhir/write-session.ts';
 import { knownResourceTypes } from '../fhir/validation/index.ts';
 import type { FhirResource } from '../fhir/resource-version.ts';
-import { openDatabaseStore, openVault } from '../gateway.ts';
+import { loadConsortium, openDatabaseStore, openVault } from '../gateway.ts';
 import { rotateIndexKey } from '../vault/index-rotation.ts';
 import { MasterKeyring } from '../vault/keyring.ts';
 import { rotateMasterKey } from '../vault/rotation.ts';
@@ -39,7 +39,9 @@ export async function runRotate(
 }
 
 export async function runRotateIndex(config: GatewayConfig, opts: { batchSize: number; maxRate: number }): Promise<number> {
-  const vault = openVault(config);
+  // With the consortium: Patients' reserved link terms are re-derived too.
+  const consortium = await loadConsortium(config);
+  const vault = openVault(config, () => consortium);
   await vault.init();
   try {
     const result = await rotateIndexKey(vault, {

@@ -98,6 +98,6 @@ export class HeadCheck {
     } catch {
       return undefined;
     }
-    return vault.blindTerms(opened.type, resourceIndexTerms(opened.type, resource));
+    return vault.blindTerms(opened.type, [...resourceIndexTerms(opened.type, resource), ...vault.linkTerms(opened.type, resource, opened.lastUpdated)]);
   }
 }

@@ -88,7 +88,7 @@ export async function runVerify(config: GatewayConfig, options: VerifyOptions): 
 async function verifyGateway(config: GatewayConfig, json: boolean): Promise<number> {
   const consortium = await loadConsortium(config);
   const ledgerStore = openLedgerStore(config);
-  const vault = openVault(config);
+  const vault = openVault(config, () => consortium);
   await ledgerStore.init();
   await vault.init();
   try {

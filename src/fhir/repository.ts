@@ -3,7 +3,7 @@
  * writes through write sessions (write-session.ts). Handlers talk to this, never to a store directly.
  */
 import { createVersionChecker, type VersionChecker } from './checks/pool.ts';
-import { isErasable, type ErasableStore, type HistoryQuery, type ResourceStore, type StoreQuery, type StoredVersion } from '../vault/store.ts';
+import { hasLinkIndex, isErasable, type ErasableStore, type HistoryQuery, type ResourceStore, type StoreQuery, type StoredVersion } from '../vault/store.ts';
 import { errors } from './outcome.ts';
 import {
   assertId,
@@ -56,6 +56,9 @@ export interface TypeCursor {
   typeIndex: number;
   afterId: string;
 }
+
+/** A link token's shape (federation/link-token.ts): 32 bytes, base64url. */
+const LINK_TOKEN = /^[A-Za-z0-9_-]{43}$/;
 
 const TYPE_CURSOR = /^(\d{1,3}):([A-Za-z0-9\-.]{1,64})$/;
 
@@ -496,6 +499,15 @@ export class FhirRepository {
       if (!(await store.current('Patient', patientId))) throw unknownResource('Patient');
       return store.eraseOwner(compartmentTerm(patientId), erasedAt, termsNamingPatient(patientId));
     });
+  }
+
+  /**
+   * Federation, for the holder: ids of the current, live local Patients carrying this link token (a blind-index
+   * lookup in the vault; none for a malformed token). Never reachable as a search parameter.
+   */
+  async patientsWithLinkToken(token: string): Promise<string[]> {
+    if (!hasLinkIndex(this.store)) throw errors.notSupported('this vault keeps no link index');
+    return LINK_TOKEN.test(token) ? this.store.patientsWithLinkToken(token) : [];
   }
 
   private erasableStore(): ErasableStore {

@@ -126,7 +126,17 @@ export class WriteSession {
     return this.currentVersion(type, id);
   }
 
-  private stage(type: string, id: string, resource: FhirResource | null, previous: number): ResourceVersion {
+  /**
+   * `replaced`: the version a deletion replaces, whose compartment names the tombstone's owner (the vault
+   * gives a patient's tombstones its locator tokens). `erases`: see VersionWrite.erases.
+   */
+  private stage(
+    type: string,
+    id: string,
+    resource: FhirResource | null,
+    previous: number,
+    { replaced, erases }: { replaced?: ResourceVersion; erases?: string } = {},
+  ): ResourceVersion {
     const key = `${type}/${id}`;
     if (this.staged.has(key)) {
       throw errors.badRequest(`one ${type} is written more than once in one transaction`);
@@ -148,16 +158,21 @@ export class WriteSession {
       record = { type, id, versionId, lastUpdated: this.now, deleted: false, content: encoder.encode(json), digest: null, salt };
     } else {
       record = { type, id, versionId, lastUpdated: this.now, deleted: true, content: null, digest: null };
+      const patients = replaced?.json ? compartmentsOf(type, parseVersion(replaced) as FhirResource) : [];
+      owner = patients.length > 0 ? compartmentTerm(patients[0]) : undefined;
     }
     const version: ResourceVersion = { type, id, versionId, lastUpdated: this.now, deleted: !resource, json };
-    this.staged.set(key, { write: { record, terms, expectedVersion: previous, owner }, version, label: this.label });
+    this.staged.set(key, { write: { record, terms, expectedVersion: previous, owner, ...(erases && { erases }) }, version, label: this.label });
     return version;
   }
 
-  /** Creates a resource under a new server-assigned id (any id in the body is replaced). */
-  async create(resource: FhirResource, id: string = randomUUID()): Promise<ResourceVersion> {
+  /**
+   * Creates a resource under a new server-assigned id (any id in the body is replaced). `erases`: only for the
+   * erasure record (audit/erasure.ts), see VersionWrite.erases.
+   */
+  async create(resource: FhirResource, id: string = randomUUID(), { erases }: { erases?: string } = {}): Promise<ResourceVersion> {
     assertResourceType(resource.resourceType);
-    return this.stage(resource.resourceType, id, resource, 0);
+    return this.stage(resource.resourceType, id, resource, 0, { erases });
   }
 
   /** Updates (or creates with the client's id). `ifMatch` is the version the client expects to replace. */
@@ -185,7 +200,7 @@ export class WriteSession {
       throw errors.preconditionFailed('If-Match names another version than the current one');
     }
     if (!current || current.deleted) return current;
-    return this.stage(type, id, null, current.versionId);
+    return this.stage(type, id, null, current.versionId, { replaced: current });
   }
 
   /**

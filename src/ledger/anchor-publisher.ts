@@ -9,7 +9,16 @@
  * it into a block. Envelopes whose fate is unknown (a failed append, an invalid verdict) are released and
  * found again by the next pass; a digest anchored twice is harmless (the index keeps its first location).
  */
-import { createEnvelope, encodeEnvelope, MAX_ANCHOR_ENTRIES, parseEnvelope, type AnchorEntry, type EnvelopeSigner } from './envelope.ts';
+import {
+  createEnvelope,
+  DEFAULT_MAX_ENVELOPE_BYTES,
+  encodeEnvelope,
+  MAX_ANCHOR_ENTRIES,
+  parseEnvelope,
+  type AnchorEntry,
+  type AuditEntry,
+  type EnvelopeSigner,
+} from './envelope.ts';
 import type { LedgerStore } from './ledger-store.ts';
 import type { CommittedBlock, LedgerMember } from './member.ts';
 import { tombstoneDigest } from './tombstone.ts';
@@ -24,6 +33,8 @@ export interface AnchorPublisherOptions {
   signer: EnvelopeSigner;
   /** Entries per anchor envelope (≤ MAX_ANCHOR_ENTRIES). */
   entriesPerEnvelope?: number;
+  /** The channel's maxEnvelopeBytes: envelopes are also cut by size (link tokens make entries longer). */
+  maxEnvelopeBytes?: number;
   /** Digests ordered but not yet seen in a committed block; publishing pauses above it (default 10,000: beyond about that, more in flight only adds queueing, measured by the ledger benchmark). */
   maxInFlight?: number;
   /** How often the outbox is read when nothing wakes the publisher. */
@@ -43,6 +54,48 @@ interface InFlight {
 const OUTBOX_PAGE = 5000;
 /** Versions of this type are access-log records: anchored in audit envelopes. */
 export const ACCESS_LOG_TYPE = 'AuditEvent';
+
+/** Room left in an envelope for everything but its entries (header, signature, JSON framing). */
+const ENVELOPE_OVERHEAD_BYTES = 1024;
+
+/**
+ * A patient's version is anchored with its locator token, its resource token and, for a Patient, its link
+ * tokens (possibly none: that retracts the links published before). No resource type: it told every member
+ * what kind of record a patient had, and the ledger never needs it.
+ */
+function anchorEntry(digest: string, version: UnanchoredVersion): AnchorEntry {
+  if (!version.patientToken) return { digest };
+  return {
+    digest,
+    patient: version.patientToken,
+    ...(version.resourceToken !== undefined && { resource: version.resourceToken }),
+    ...(version.linkTokens !== undefined && { links: version.linkTokens }),
+  };
+}
+
+/** An access-log record: its digest, and on an erasure record the erased patient's locator token. */
+function auditEntry(digest: string, version: UnanchoredVersion): AuditEntry {
+  return version.erasedPatientToken !== undefined ? { digest, erased: version.erasedPatientToken } : { digest };
+}
+
+/** Consecutive groups of at most `maxCount` entries whose JSON stays within `maxBytes`. */
+function groups<T>(entries: T[], maxCount: number, maxBytes: number): T[][] {
+  const out: T[][] = [];
+  let current: T[] = [];
+  let bytes = 0;
+  for (const entry of entries) {
+    const size = JSON.stringify(entry).length + 1;
+    if (current.length > 0 && (current.length >= maxCount || bytes + size > maxBytes)) {
+      out.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(entry);
+    bytes += size;
+  }
+  if (current.length > 0) out.push(current);
+  return out;
+}
 
 /** What a version is anchored with: its commitment, or the tombstone digest of a deletion. */
 export function anchoredDigest(version: Pick<UnanchoredVersion, 'type' | 'id' | 'versionId' | 'lastUpdated' | 'digest'>): string {
@@ -172,23 +225,18 @@ export class AnchorPublisher {
 
   private async publish(items: Array<{ digest: string; version: UnanchoredVersion; refs: VersionRef[] }>): Promise<void> {
     if (items.length === 0) return;
-    const { member, signer, entriesPerEnvelope = MAX_ANCHOR_ENTRIES } = this.options;
+    const { member, signer, entriesPerEnvelope = MAX_ANCHOR_ENTRIES, maxEnvelopeBytes = DEFAULT_MAX_ENVELOPE_BYTES } = this.options;
     const size = Math.min(Math.max(1, entriesPerEnvelope), MAX_ANCHOR_ENTRIES);
+    const budget = Math.max(1, maxEnvelopeBytes - ENVELOPE_OVERHEAD_BYTES);
     const envelopes: Uint8Array[] = [];
     const now = Date.now();
     const accessLog = items.filter(({ version }) => version.type === ACCESS_LOG_TYPE);
     const resources = items.filter(({ version }) => version.type !== ACCESS_LOG_TYPE);
-    for (let i = 0; i < resources.length; i += size) {
-      // The commitment and, for a patient's version, the locator token: no resource type, which told every
-      // member what kind of record a patient had and the ledger never needs.
-      const entries: AnchorEntry[] = resources.slice(i, i + size).map(({ digest, version }) =>
-        version.patientToken ? { digest, patient: version.patientToken } : { digest },
-      );
+    for (const entries of groups(resources.map(({ digest, version }) => anchorEntry(digest, version)), size, budget)) {
       envelopes.push(encodeEnvelope(createEnvelope(signer, { channel: member.channel, type: 'anchor', payload: { entries } })));
     }
-    // Access-log records go in audit envelopes: digests only, not even the patient token.
-    for (let i = 0; i < accessLog.length; i += size) {
-      const entries = accessLog.slice(i, i + size).map(({ digest }) => ({ digest }));
+    // Access-log records go in audit envelopes: digests only (not even the patient token), and an erasure's `erased`.
+    for (const entries of groups(accessLog.map(({ digest, version }) => auditEntry(digest, version)), size, budget)) {
       envelopes.push(encodeEnvelope(createEnvelope(signer, { channel: member.channel, type: 'audit', payload: { entries } })));
     }
     for (const { digest, refs } of items) this.inFlight.set(digest, { versions: refs, since: now });

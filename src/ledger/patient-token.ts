@@ -17,9 +17,28 @@
 import { hkdfSync } from 'node:crypto';
 
 const INFO_PREFIX = 'medblock/patient-locator/v2\0';
+const RESOURCE_INFO_PREFIX = 'medblock/resource-locator/v1\0';
 const PATIENT_TOKEN_BYTES = 32;
 
-export function locatorToken(dataKey: Uint8Array, hospitalId: string, patientReference: string): string {
-  const info = Buffer.from(`${INFO_PREFIX}${hospitalId}\0${patientReference}`, 'utf8');
+function derive(dataKey: Uint8Array, prefix: string, hospitalId: string, reference: string): string {
+  const info = Buffer.from(`${prefix}${hospitalId}\0${reference}`, 'utf8');
   return Buffer.from(hkdfSync('sha256', dataKey, Buffer.alloc(0), info, PATIENT_TOKEN_BYTES)).toString('base64url');
+}
+
+export function locatorToken(dataKey: Uint8Array, hospitalId: string, patientReference: string): string {
+  return derive(dataKey, INFO_PREFIX, hospitalId, patientReference);
+}
+
+/**
+ * Resource locator token: names one resource (`Observation/abc`, all its versions) of a patient at this
+ * hospital, under the same key and with the same properties as the patient's locator token, so the ledger
+ * can tell the newest anchored version of a resource from a superseded one without naming it.
+ *
+ * token = base64url(HKDF-SHA256(ikm = the patient's data key, salt = none,
+ *                              info = "medblock/resource-locator/v1\0" ‖ hospital ‖ "\0" ‖ "Type/id", 32 bytes))
+ *
+ * docs/federation.md, "Resource locator tokens" (with test vectors).
+ */
+export function resourceLocatorToken(dataKey: Uint8Array, hospitalId: string, resourceReference: string): string {
+  return derive(dataKey, RESOURCE_INFO_PREFIX, hospitalId, resourceReference);
 }

@@ -3,15 +3,19 @@
  * compartment's data key, AAD binding hospital, type, id, version and key) and turns every index term into a
  * keyed blind index before anything reaches the adapter, and undoes both on the way out. The adapters below
  * only ever see ciphertext and blind-index tokens. Each version's commitment salt is sealed with its content
- * and the patient locator token is derived from the patient's data key (vault/commitment.ts), so erasing the
- * key leaves neither. The anchor outbox passes through in the clear (commitments, locator tokens, anchor
- * locations): the ledger publisher reads it without any key.
+ * and the patient and resource locator tokens are derived from the patient's data key (vault/commitment.ts),
+ * so erasing the key leaves neither. A Patient version's link tokens (federation, computed by the function the
+ * composition root passes in) go to the outbox and into the blind index as the reserved `_link` term. The
+ * anchor outbox passes through in the clear (commitments, locator and link tokens, anchor locations): the
+ * ledger publisher reads it without any key.
  */
 import type { BlindIndex } from './blind-index.ts';
 import { DataKeys, KeyErasedError } from './data-keys.ts';
 import { IndexKeys, KEY_ID_KEY_ID } from './index-keys.ts';
 import { SealError } from './seal.ts';
 import { isPatientOwner, locatorTokens, openVersion, sealVersion } from './commitment.ts';
+import { MAX_LINK_TOKENS } from '../ledger/envelope.ts';
+import { resourceLocatorToken } from '../ledger/patient-token.ts';
 import { HEAD_KEY_ID, HEAD_STATE_FORMAT, HeadMac } from './head-mac.ts';
 import type { MasterKeyring } from './keyring.ts';
 import type {
@@ -26,6 +30,7 @@ import type {
   StoredVersion,
   TypedTerm,
   UnanchoredVersion,
+  VersionRecord,
   VersionWrite,
 } from './store.ts';
 
@@ -49,6 +54,22 @@ export class HeadStateError extends TamperedContentError {
   }
 }
 
+/**
+ * The reserved index parameter of a Patient's link tokens (like `_compartment`): no FHIR search parameter, so
+ * the REST API cannot search it; patientsWithLinkToken() does.
+ */
+export const LINK_PARAM = '_link';
+/** Patients read per page by patientsWithLinkToken (one person is rarely held twice at one hospital). */
+const LINK_PAGE = 100;
+
+export interface EncryptedStoreOptions {
+  /**
+   * A Patient's link tokens as of `at` (federation/link-token.ts patientLinkTokens under the consortium's key
+   * and systems), sorted. Absent: no link tokens (no federation). The vault does not know the consortium.
+   */
+  linkTokensOf?: (patient: unknown, at: Date) => string[];
+}
+
 export function contentAad(hospitalId: string, type: string, id: string, versionId: number, keyId: string): string {
   return `medblock-resource/2\0${hospitalId}\0${type}\0${id}\0${versionId}\0${keyId}`;
 }
@@ -63,6 +84,7 @@ export class EncryptedStore implements ErasableStore {
     readonly inner: ResourceStore,
     ring: MasterKeyring,
     readonly hospitalId: string,
+    private readonly options: EncryptedStoreOptions = {},
   ) {
     this.keys = new DataKeys(inner, ring, hospitalId);
     this.indexKeys = new IndexKeys(inner, this.keys);
@@ -110,34 +132,99 @@ export class EncryptedStore implements ErasableStore {
     return key && locatorTokens(this.hospitalId)(owner, key);
   }
 
+  /**
+   * A Patient version's link tokens as of its lastUpdated (so verify and index rotation derive the same ones):
+   * [] for its deletion; undefined for other types, or without federation.
+   */
+  linkTokensOf(record: Pick<VersionRecord, 'type' | 'deleted' | 'content' | 'lastUpdated'>): string[] | undefined {
+    if (!this.options.linkTokensOf || record.type !== 'Patient') return undefined;
+    if (record.deleted || !record.content) return [];
+    return this.patientLinks(JSON.parse(new TextDecoder().decode(record.content)), record.lastUpdated);
+  }
+
+  private patientLinks(patient: unknown, lastUpdated: string): string[] {
+    // An anchor entry holds at most MAX_LINK_TOKENS; a Patient with more linking identifiers is one to fix at the source.
+    return this.options.linkTokensOf!(patient, new Date(lastUpdated)).slice(0, MAX_LINK_TOKENS);
+  }
+
+  /**
+   * The reserved `_link` index terms (plaintext) a version of this content gets besides its search terms
+   * (index rotation and verify add them to what they re-derive); [] for any resource but a Patient.
+   */
+  linkTerms(type: string, resource: unknown, lastUpdated: string): IndexTerm[] {
+    if (!this.options.linkTokensOf || type !== 'Patient') return [];
+    return this.patientLinks(resource, lastUpdated).map((value) => ({ param: LINK_PARAM, value }));
+  }
+
+  /** Live data keys of patient compartments, read (never created); an erased or unknown key is left out. */
+  private async liveKeys(owners: Iterable<string>): Promise<Map<string, Buffer>> {
+    const keys = new Map<string, Buffer>();
+    await Promise.all([...new Set(owners)].map(async (owner) => {
+      const key = await this.keys.forRead(this.keyIdFor(owner)).catch((e: unknown) => {
+        if (e instanceof KeyErasedError) return undefined;
+        throw e;
+      });
+      if (key) keys.set(owner, key);
+    }));
+    return keys;
+  }
+
   async commit(writes: VersionWrite[]): Promise<void> {
     await this.indexKeys.fresh();
     const generation = this.indexKeys.writer;
+    const links = writes.map((w) => this.linkTokensOf(w.record));
+    const plainTerms = writes.map((w, i) => (links[i]?.length ? [...w.terms, ...links[i]!.map((value) => ({ param: LINK_PARAM, value }))] : w.terms));
     // Every term token of the batch at once (equal terms computed once), then each write's marker term.
-    const tokens = generation.index.tokensOf(writes.flatMap((w) => w.terms.map((t) => ({ type: w.record.type, param: t.param, value: t.value }))));
+    const tokens = generation.index.tokensOf(writes.flatMap((w, i) => plainTerms[i].map((t) => ({ type: w.record.type, param: t.param, value: t.value }))));
     let next = 0;
     const keyIds = writes.map((w) => (w.record.content ? this.keyIdFor(w.owner ?? `${w.record.type}/${w.record.id}`) : undefined));
     const keys = await this.keys.forWrite(keyIds.filter((k): k is string => k !== undefined));
+    // A patient's tombstones carry its tokens too, and an erasure record the erased patient's locator: from the
+    // patient's key as it is now (read, never created; none once erased).
+    const live = await this.liveKeys(writes.flatMap((w) => [...(!w.record.content && isPatientOwner(w.owner) ? [w.owner] : []), ...(w.erases ? [w.erases] : [])]));
     const locator = locatorTokens(this.hospitalId);
     const sealed = writes.map((w, i): VersionWrite => {
       const r = w.record;
       const keyId = keyIds[i];
-      // The salt goes inside the ciphertext; the commitment (digest) and the locator token are what the ledger gets.
+      // The salt goes inside the ciphertext; the commitment (digest) and the tokens are what the ledger gets.
       const key = keyId && keys.get(keyId)!;
-      const record = key
-        ? {
-            ...r,
-            keyId,
-            content: sealVersion(key, r.content!, r.salt, contentAad(this.hospitalId, r.type, r.id, r.versionId, keyId)),
-            salt: undefined,
-            patientToken: isPatientOwner(w.owner) ? locator(w.owner, key) : undefined,
-          }
-        : { ...r };
-      const terms = w.terms.map((t) => ({ param: t.param, value: tokens[next++] }));
+      const patientKey = isPatientOwner(w.owner) ? key || live.get(w.owner) : undefined;
+      const erasedKey = w.erases && live.get(w.erases);
+      const record: VersionRecord = {
+        ...r,
+        ...(key && {
+          keyId,
+          content: sealVersion(key, r.content!, r.salt, contentAad(this.hospitalId, r.type, r.id, r.versionId, keyId)),
+          salt: undefined,
+        }),
+        ...(patientKey && {
+          patientToken: locator(w.owner!, patientKey),
+          resourceToken: resourceLocatorToken(patientKey, this.hospitalId, `${r.type}/${r.id}`),
+        }),
+        ...(links[i] && { linkTokens: links[i] }),
+        ...(erasedKey && { erasedPatientToken: locator(w.erases!, erasedKey) }),
+      };
+      const terms = plainTerms[i].map((t) => ({ param: t.param, value: tokens[next++] }));
       if (r.content) terms.push(this.indexKeys.marker(generation, r.type));
       return { record, terms, expectedVersion: w.expectedVersion, headMac: this.head.mac(r.type, r.id, r.versionId, r.deleted) };
     });
     await this.inner.commit(sealed);
+  }
+
+  /**
+   * Ids of the current, live Patients whose link tokens include `token` (federation: "which local patient is
+   * this"): a blind-index search on the reserved `_link` term, each match re-checked against its decrypted
+   * content, so a forged index row finds no one. Sorted.
+   */
+  async patientsWithLinkToken(token: string): Promise<string[]> {
+    const ids: string[] = [];
+    let afterId: string | undefined;
+    for (;;) {
+      const page = await this.search({ type: 'Patient', clauses: [{ param: LINK_PARAM, anyOf: [token] }], lastUpdated: [], afterId, limit: LINK_PAGE });
+      for (const v of page) if (!v.erased && v.content && this.linkTokensOf(v)?.includes(token)) ids.push(v.id);
+      if (page.length < LINK_PAGE) return ids;
+      afterId = page[page.length - 1].id;
+    }
   }
 
   /** Opens one raw version read from the adapter (verify reads raw rows, so one bad record is one problem). */

@@ -64,7 +64,9 @@ export async function rotateIndexKey(
         for (const stored of rows) {
           seen++;
           const row = await vault.unseal(stored);
-          const terms = row.content && vault.indexKeys.blind(target, type, options.termsOf(type, JSON.parse(decoder.decode(row.content))));
+          const resource = row.content && JSON.parse(decoder.decode(row.content));
+          // The vault's reserved `_link` terms are re-derived with the rest (termsOf gives the search terms only).
+          const terms = resource && vault.indexKeys.blind(target, type, [...options.termsOf(type, resource), ...vault.linkTerms(type, resource, row.lastUpdated)]);
           if (terms && (await vault.inner.replaceTerms(type, row.id, row.versionId, terms))) progress.reindexed++;
           else progress.skipped++;
           if (options.maxRate > 0) {

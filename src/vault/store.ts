@@ -38,6 +38,12 @@ export interface VersionRecord {
    * nobody can tell whose it was.
    */
   patientToken?: string;
+  /** The resource locator token (with patientToken, from the same key): AnchorEntry.resource. Set by the vault. */
+  resourceToken?: string;
+  /** A Patient version's link tokens, sorted (empty for its deletion): AnchorEntry.links. Set by the vault. */
+  linkTokens?: string[];
+  /** An erasure record's: the erased patient's locator token, computed before its key was destroyed. Set by the vault. */
+  erasedPatientToken?: string;
 }
 
 /** Where the consortium ledger anchored a version: entry `entryIndex` of envelope `envelopeIndex` of block `blockNumber`. */
@@ -123,6 +129,11 @@ export interface VersionWrite {
   owner?: string;
   /** Authenticates the pointer move to this version (set by the vault); the adapter stores it on the pointer. */
   headMac?: string;
+  /**
+   * This version is the record of erasing this patient compartment (`Patient/123`, audit/erasure.ts): the vault
+   * stores the patient's locator token on it (erasedPatientToken) while the key still exists.
+   */
+  erases?: string;
 }
 
 export interface TermClause {
@@ -281,4 +292,14 @@ export interface ErasableStore extends ResourceStore {
 
 export function isErasable(store: ResourceStore): store is ErasableStore {
   return typeof (store as Partial<ErasableStore>).eraseOwner === 'function';
+}
+
+/** A vault that indexes Patients by their link tokens (federation: which local patient is this person). */
+export interface LinkIndexedStore extends ResourceStore {
+  /** Ids of the current, live (not deleted, not erased) Patients whose link tokens include `token`, sorted. */
+  patientsWithLinkToken(token: string): Promise<string[]>;
+}
+
+export function hasLinkIndex(store: ResourceStore): store is LinkIndexedStore {
+  return typeof (store as Partial<LinkIndexedStore>).patientsWithLinkToken === 'function';
 }

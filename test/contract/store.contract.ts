@@ -347,6 +347,31 @@ export function storeContract(name: string, open: () => Promise<ResourceStore>):
         assert.equal((await store.current('Encounter', 'e2'))?.anchor, undefined);
         assert.deepEqual(await outbox(), ['Encounter/e2/2']);
       });
+
+      it('keeps the federation tokens on the outbox: resource token, link tokens (also empty), erased patient token', async () => {
+        const patient = write('Patient', 'pf', 1, T1);
+        Object.assign(patient.record, { patientToken: 'tok-p', resourceToken: 'res-p', linkTokens: ['link-a', 'link-b'] });
+        const observation = write('Observation', 'of', 1, T1);
+        Object.assign(observation.record, { patientToken: 'tok-p', resourceToken: 'res-o' });
+        await store.commit([patient, observation]);
+        const tombstone = write('Patient', 'pf', 2, T2, [], true);
+        Object.assign(tombstone.record, { patientToken: 'tok-p', resourceToken: 'res-p', linkTokens: [] });
+        const erasure = write('AuditEvent', 'af', 1, T2);
+        erasure.record.erasedPatientToken = 'tok-p';
+        await store.commit([tombstone, erasure]);
+        const mine = (await store.unanchored({ limit: 100 })).filter((v) => ['pf', 'of', 'af'].includes(v.id));
+        assert.deepEqual(mine.map(({ seq: _seq, lastUpdated: _at, digest: _digest, ...v }) => v), [
+          { type: 'Patient', id: 'pf', versionId: 1, deleted: false, patientToken: 'tok-p', resourceToken: 'res-p', linkTokens: ['link-a', 'link-b'] },
+          { type: 'Observation', id: 'of', versionId: 1, deleted: false, patientToken: 'tok-p', resourceToken: 'res-o' },
+          { type: 'Patient', id: 'pf', versionId: 2, deleted: true, patientToken: 'tok-p', resourceToken: 'res-p', linkTokens: [] },
+          { type: 'AuditEvent', id: 'af', versionId: 1, deleted: false, erasedPatientToken: 'tok-p' },
+        ]);
+        // Versions read back carry them too; anchoring takes them out of the outbox like any version.
+        assert.deepEqual((await store.version('Patient', 'pf', 1))?.linkTokens, ['link-a', 'link-b']);
+        assert.equal((await store.current('Observation', 'of'))?.resourceToken, 'res-o');
+        await store.markAnchored(mine.map((v, i) => mark(v, at(11, 0, i))));
+        assert.deepEqual((await store.unanchored({ limit: 100 })).filter((v) => ['pf', 'of', 'af'].includes(v.id)), []);
+      });
     });
   });
 }

@@ -14,6 +14,7 @@ import { rawVaultBytes } from '../support/raw-vault.ts';
 import { body, FHIR_DATA, FHIR_JSON, forEachStore, type TestGateway } from '../support/gateway.ts';
 import type { EncryptedStore } from '../../src/vault/encrypted-store.ts';
 import { rotateIndexKey } from '../../src/vault/index-rotation.ts';
+import { linkToken, US_SSN_SYSTEM } from '../../src/federation/link-token.ts';
 import { resourceIndexTerms } from '../../src/fhir/write-session.ts';
 import { termsNamingPatient } from '../../src/fhir/search/terms.ts';
 import { knownResourceTypes } from '../../src/fhir/validation/index.ts';
@@ -206,6 +207,10 @@ forEachStore((start, store) => {
       const keyIdBefore = vault.keyIdFor(`Patient/${synthea.id}`);
       const oldIndex = vault.indexKeys.writer.index;
       const sample = { type: 'Patient', param: 'identifier', value: `${synthea.identifier[0].system}|${synthea.identifier[0].value}` };
+      // The vault's reserved link term (federation) is re-derived too.
+      const ssn = synthea.identifier.find((i: Json) => i.system === US_SSN_SYSTEM).value;
+      const linked = linkToken(t.gateway.ledger!.consortium.patientTokenKey, US_SSN_SYSTEM, ssn);
+      assert.deepEqual(await vault.patientsWithLinkToken(linked), [synthea.id]);
 
       // Half-way: a new generation exists and only the Index patients are re-derived under it.
       const { target } = await vault.indexKeys.beginRotation();
@@ -237,6 +242,7 @@ forEachStore((start, store) => {
       assert.equal(vault.keyIdFor(`Patient/${synthea.id}`), keyIdBefore);
       await searchesAreExact();
       assert.deepEqual(await ids(`Patient?identifier=${encodeURIComponent(sample.value)}`), [synthea.id]);
+      assert.deepEqual(await vault.patientsWithLinkToken(linked), [synthea.id]);
       assert.equal((await request('get', `Patient/${synthea.id}`)).status, 200);
     });
   });

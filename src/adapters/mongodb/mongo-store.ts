@@ -29,7 +29,9 @@
  *              The commit point is the insert of 'committed'; a recoverer aborts by inserting 'aborted'.
  *              Whichever insert lands first wins, on FerretDB too.
  *   versions   `{_id: 'Type/id/v', seq, type, id, v, lastUpdated, deleted, content (binary), digest, salt, keyId,
- *              patientToken, terms, tx, anchored, anchor?}`. These documents are immutable, except that
+ *              patientToken, resourceToken?, linkTokens?, erasedPatientToken?, terms, tx, anchored, anchor?}`
+ *              (the three federation tokens are absent when unset, and on versions written before them).
+ *              These documents are immutable, except that
  *              erasing a data key empties the terms of the versions sealed under it, that index rewrites
  *              (mongo-index.ts) replace or pull terms, and that markAnchored sets `anchored: true` and
  *              `anchor` once. The `_id` is the version's slot, so it is unique, and

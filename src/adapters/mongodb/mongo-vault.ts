@@ -36,6 +36,10 @@ export interface VersionDoc {
   /** The data key the content is sealed under; null for deletions and plaintext. */
   keyId: string | null;
   patientToken: string | null;
+  /** Federation tokens of the outbox (vault/store.ts VersionRecord); absent when unset and on documents written before them. */
+  resourceToken?: string;
+  linkTokens?: string[];
+  erasedPatientToken?: string;
   terms: string[];
   /** The head MAC the pointer gets when it moves to this version (absent on versions staged without one). */
   headMac?: string | null;
@@ -117,7 +121,7 @@ export function bytesOf(binary: Binary | null): Uint8Array | null {
 }
 
 /** What unanchored() reads of a version: no content, no terms. */
-const OUTBOX_FIELDS = ['seq', 'type', 'id', 'v', 'lastUpdated', 'deleted', 'digest', 'patientToken', 'tx'] as const;
+const OUTBOX_FIELDS = ['seq', 'type', 'id', 'v', 'lastUpdated', 'deleted', 'digest', 'patientToken', 'resourceToken', 'linkTokens', 'erasedPatientToken', 'tx'] as const;
 export const OUTBOX_PROJECTION = Object.fromEntries(OUTBOX_FIELDS.map((field) => [field, 1]));
 export type OutboxDoc = Pick<VersionDoc, (typeof OUTBOX_FIELDS)[number]>;
 
@@ -131,6 +135,9 @@ export function toUnanchored(doc: OutboxDoc): UnanchoredVersion {
     deleted: doc.deleted,
     digest: doc.digest,
     ...(doc.patientToken !== null && { patientToken: doc.patientToken }),
+    ...(typeof doc.resourceToken === 'string' && { resourceToken: doc.resourceToken }),
+    ...(Array.isArray(doc.linkTokens) && { linkTokens: doc.linkTokens }),
+    ...(typeof doc.erasedPatientToken === 'string' && { erasedPatientToken: doc.erasedPatientToken }),
   };
 }
 

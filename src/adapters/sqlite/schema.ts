@@ -3,9 +3,9 @@ import Database from 'better-sqlite3';
 import { preparePrivateDatabaseFile } from './private-file.ts';
 
 /** Bumped when the layout changes incompatibly; a vault of another version is refused, never migrated blindly. */
-export const SCHEMA_VERSION = 4;
+export const SCHEMA_VERSION = 5;
 /** What the current schema holds, for the refusal message. */
-const SCHEMA_DESCRIPTION = 'encrypted, anchored with salted commitments, with authenticated head state';
+const SCHEMA_DESCRIPTION = 'encrypted, anchored with salted commitments, with authenticated head state and federation tokens';
 
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS versions (
@@ -15,6 +15,9 @@ CREATE TABLE IF NOT EXISTS versions (
   anchor_block INTEGER, anchor_envelope INTEGER, anchor_entry INTEGER,
   -- The commitment salt of a plaintext store's version; NULL in a vault, which seals it inside content.
   salt BLOB,
+  -- Federation (outbox, see vault/store.ts VersionRecord): resource locator token, a Patient version's link
+  -- tokens (JSON array), an erasure record's erased patient locator token.
+  resource_token TEXT, link_tokens TEXT, erased_patient_token TEXT,
   -- Last, so that reading the other columns (the outbox) never walks a large content's overflow pages.
   content BLOB,
   UNIQUE (type, id, version)

@@ -31,6 +31,9 @@ interface OutboxRow {
   deleted: number;
   digest: string | null;
   patient_token: string | null;
+  resource_token: string | null;
+  link_tokens: string | null;
+  erased_patient_token: string | null;
 }
 
 interface VersionRow extends OutboxRow {
@@ -61,7 +64,8 @@ function toKeyEntry(row: KeyRow): KeyEntry {
   return { keyId: row.key_id, createdAt: row.created_at, masterKeyId: row.master_key_id, wrapped: row.wrapped, erasedAt: row.erased_at };
 }
 
-const OUTBOX_COLUMNS = 'v.seq, v.type, v.id, v.version, v.last_updated, v.deleted, v.digest, v.patient_token';
+const OUTBOX_COLUMNS =
+  'v.seq, v.type, v.id, v.version, v.last_updated, v.deleted, v.digest, v.patient_token, v.resource_token, v.link_tokens, v.erased_patient_token';
 const VERSION_COLUMNS = `${OUTBOX_COLUMNS}, v.content, v.salt, v.key_id, v.anchor_block, v.anchor_envelope, v.anchor_entry`;
 
 function toUnanchored(row: OutboxRow): UnanchoredVersion {
@@ -74,6 +78,9 @@ function toUnanchored(row: OutboxRow): UnanchoredVersion {
     deleted: row.deleted === 1,
     digest: row.digest,
     ...(row.patient_token !== null && { patientToken: row.patient_token }),
+    ...(row.resource_token !== null && { resourceToken: row.resource_token }),
+    ...(row.link_tokens !== null && { linkTokens: JSON.parse(row.link_tokens) as string[] }),
+    ...(row.erased_patient_token !== null && { erasedPatientToken: row.erased_patient_token }),
   };
 }
 

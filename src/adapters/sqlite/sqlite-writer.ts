@@ -52,8 +52,9 @@ export class SqliteWriter {
     });
     this.statements = {
       insertVersion: db.prepare(
-        `INSERT INTO versions (type, id, version, last_updated, deleted, content, digest, key_id, patient_token, salt)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO versions (type, id, version, last_updated, deleted, content, digest, key_id, patient_token, salt,
+           resource_token, link_tokens, erased_patient_token)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
       insertCurrent: db.prepare(
         'INSERT INTO current (type, id, version, seq, last_updated, deleted, key_id, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
@@ -113,6 +114,7 @@ export class SqliteWriter {
     const keyId = r.keyId ?? null;
     const { lastInsertRowid: seq } = s.insertVersion.run(
       r.type, r.id, r.versionId, r.lastUpdated, deleted, r.content, r.digest, keyId, r.patientToken ?? null, r.salt ?? null,
+      r.resourceToken ?? null, r.linkTokens ? JSON.stringify(r.linkTokens) : null, r.erasedPatientToken ?? null,
     );
     // The current pointer moves only from the expected version: the optimistic concurrency check.
     if (expectedVersion === 0) {
