@@ -61,7 +61,8 @@ function certificate(subject, issuer, publicKey, signingKey, years, extensions) 
 // --- the consortium: created once, in the CA operator's volume
 const consortium = '/ca/medblock';
 if (!existsSync(join(consortium, 'consortium.json'))) {
-  execFileSync('node', ['/app/bin/medblock.js', 'consortium', 'init', '--members', hospitals.join(','), '--channel', 'consortium', '--out', consortium], { stdio: 'inherit' });
+  const addresses = hospitals.map((h) => `${h}=https://${h}:8443`).join(',');
+  execFileSync('node', ['/app/bin/medblock.js', 'consortium', 'init', '--members', hospitals.join(','), '--channel', 'consortium', '--federation-addresses', addresses, '--out', consortium], { stdio: 'inherit' });
 }
 
 // --- the brokers' TLS: a CA of their own (its key stays in /kafka-tls/ca, read by no service)

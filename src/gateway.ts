@@ -15,7 +15,7 @@ import { createVersionChecker } from './fhir/checks/pool.ts';
 import { FhirRepository } from './fhir/repository.ts';
 import { initValidation } from './fhir/validation/index.ts';
 import { createApp } from './http/app.ts';
-import { ledgerView, openFederation, type Federation } from './federation-channel.ts';
+import { openFederatedRecord, type Federation } from './federation-channel.ts';
 import { Metrics } from './http/metrics.ts';
 import { log } from './log.ts';
 import {
@@ -222,9 +222,15 @@ async function assembleGateway(config: GatewayConfig, options: GatewayOptions, o
   });
   const issuer = await loadDevIssuer(config.dataDir);
   const accessLog = baseline ? undefined : new AccessLog(repo, config.hospitalId, (e) => log('error', 'access_log_write_failed', { error: e.name }));
-  const federation = ledger ? await openFederation({ consortium: ledger.consortium, ledger: ledgerView(ledger.member), listen: config.federation }) : undefined;
-  if (federation) opened.push(() => federation.close());
   const metrics = new Metrics();
+  const federated = ledger
+    ? await openFederatedRecord({
+      consortium: ledger.consortium, ledger, repo, linkedPatients: repo, accessLog, metrics,
+      listen: config.federation, timeoutMs: config.federationTimeoutMs,
+    })
+    : undefined;
+  const federation = federated?.federation;
+  if (federation) opened.push(() => federation.close());
   const app = createApp({
     metrics,
     repo,
@@ -236,6 +242,7 @@ async function assembleGateway(config: GatewayConfig, options: GatewayOptions, o
     accessLog,
     ledger: ledger?.service,
     consent: consortium && { member: consortium.self.memberId, defaultPolicy: consortium.federation.defaultConsent },
+    federation: federated?.record,
   });
   const close = async () => {
     await federation?.close();

@@ -66,6 +66,9 @@ export const BREAK_THE_GLASS_LABEL = { system: ACT_REASON_SYSTEM, code: 'BTG', d
 /** The consent entity's identifier when no Consent decided. */
 export const DEFAULT_CONSENT_IDENTIFIER = { system: 'urn:medblock:consent', value: 'default' } as const;
 
+/** Subtype of the records at either end of a federated request: `federated-request` (asker), `federated-disclosure` (holder). */
+export const FEDERATION_SUBTYPE_SYSTEM = 'urn:medblock:federation';
+const FEDERATION_INTERACTIONS = new Set(['federated-request', 'federated-disclosure']);
 const RESTFUL_INTERACTIONS = new Set(['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'history-type', 'history-system', 'create', 'search-type', 'search-system', 'capabilities', 'batch', 'transaction', 'operation']);
 const ACTIONS: Record<string, string> = { GET: 'R', HEAD: 'R', POST: 'C', PUT: 'U', PATCH: 'U', DELETE: 'D' };
 
@@ -82,7 +85,10 @@ export function auditEvent(record: AccessRecord, hospitalId: string): Record<str
     resourceType: 'AuditEvent',
     ...(record.breakTheGlass ? { meta: { security: [BREAK_THE_GLASS_LABEL] } } : {}),
     type: { system: 'http://terminology.hl7.org/CodeSystem/audit-event-type', code: 'rest', display: 'RESTful Operation' },
-    subtype: [{ system: 'http://hl7.org/fhir/restful-interaction', code: subtype }],
+    subtype: [
+      { system: 'http://hl7.org/fhir/restful-interaction', code: subtype },
+      ...(FEDERATION_INTERACTIONS.has(record.interaction) ? [{ system: FEDERATION_SUBTYPE_SYSTEM, code: record.interaction }] : []),
+    ],
     action: ACTIONS[record.method] ?? 'E',
     recorded: record.recorded,
     outcome: record.status < 400 ? '0' : record.status < 500 ? '4' : '8',

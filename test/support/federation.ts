@@ -73,14 +73,22 @@ export async function startFederation(opts: FederationOptions): Promise<TestFede
       mongodb: database ? { uri: opts.mongodb!.uri, database } : undefined,
       kafkaBrokers: opts.brokers.split(','), kafkaReplication: { replicationFactor: 1, minInsyncReplicas: 1 },
       federation: { host: '127.0.0.1', port: ports[i] },
+      // Generous: FerretDB scans for every query and CI machines are busy; a timeout is tested on its own.
+      federationTimeoutMs: 30_000,
       mode: 'dev' as const,
     };
     const hospital = { id, dataDir, federationPort: ports[i] } as Hospital;
+    let running = false;
     hospital.start = async () => {
       hospital.gateway = await createGateway(config);
       hospital.http = supertest.agent(hospital.gateway.app);
+      running = true;
     };
-    hospital.stop = () => hospital.gateway.close();
+    hospital.stop = async () => {
+      if (!running) return;
+      running = false;
+      await hospital.gateway.close();
+    };
     await hospital.start();
     hospital.clinician = await mintToken(hospital.gateway.issuer, { subject: `${id}-clinician`, scope: 'user/*.cruds' });
     hospital.auditor = await mintToken(hospital.gateway.issuer, { subject: `${id}-auditor`, scope: 'user/*.cruds user/AuditEvent.rs' });
@@ -90,7 +98,7 @@ export async function startFederation(opts: FederationOptions): Promise<TestFede
     consortiumDir,
     hospitals,
     close: async () => {
-      for (const h of Object.values(hospitals)) await h.gateway.close().catch(() => {});
+      for (const h of Object.values(hospitals)) await h.stop();
       if (databases.length) {
         const client = await MongoClient.connect(opts.mongodb!.uri);
         for (const database of databases) await client.db(database).dropDatabase();

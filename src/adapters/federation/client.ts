@@ -5,10 +5,14 @@
  * ledger replica (federation/peers.ts); anything else fails the handshake. Every request carries a fresh
  * requester assertion signed with this member's ledger key. Failures are FederationCallErrors naming the
  * member and what went wrong, never the request's content.
+ *
+ * `requestText` also hands back the answer's exact bytes: fhir-kit-client parses bodies with JSON.parse,
+ * which turns the decimal `72.50` into 72.5, and a holder's commitments are over the exact lexemes. The
+ * bytes are taken from the wire by an undici interceptor on this one request's dispatcher.
  */
 import { Client, type FhirResource } from 'fhir-kit-client';
 import type { PeerCertificate } from 'node:tls';
-import { Agent } from 'undici';
+import { Agent, DecoratorHandler, type Dispatcher } from 'undici';
 import { ASSERTION_HEADER, createAssertion, type AssertionClaims, type AssertionSigner } from '../../federation/assertion.ts';
 import { checkPeer, type LedgerView } from '../../federation/peers.ts';
 
@@ -82,6 +86,40 @@ export class FederationClient {
     claims: AssertionClaims,
     call: FederationCallOptions = {},
   ): Promise<FhirResource> {
+    return this.#call(memberId, path, query, claims, call, this.#agent.bind(this));
+  }
+
+  /**
+   * Like request, but resolves with the status and the body exactly as sent, for any status the member
+   * answered with; rejects (FederationCallError) only when no answer came.
+   */
+  async requestText(
+    memberId: string,
+    path: string,
+    query: Array<[string, string]> | Record<string, string>,
+    claims: AssertionClaims,
+    call: FederationCallOptions = {},
+  ): Promise<{ status: number; text: string }> {
+    const chunks: Buffer[] = [];
+    const capture = (memberId: string, address: string) =>
+      this.#agent(memberId, address).compose((dispatch) => (opts, handler) => dispatch(opts, capturing(handler, chunks)));
+    try {
+      const body = await this.#call(memberId, path, query, claims, call, capture);
+      return { status: Client.httpFor(body).response?.status ?? 200, text: Buffer.concat(chunks).toString('utf8') };
+    } catch (e) {
+      if (e instanceof FederationCallError && e.status !== undefined) return { status: e.status, text: Buffer.concat(chunks).toString('utf8') };
+      throw e;
+    }
+  }
+
+  async #call(
+    memberId: string,
+    path: string,
+    query: Array<[string, string]> | Record<string, string>,
+    claims: AssertionClaims,
+    call: FederationCallOptions,
+    dispatcherFor: (memberId: string, address: string) => Dispatcher,
+  ): Promise<FhirResource> {
     const address = this.options.addressOf(memberId);
     if (!address) throw new FederationCallError(memberId, 'no-address', 'no federation address is known for this member');
     if (!this.options.ledger.membership().isActiveAt(memberId, this.options.ledger.height() + 1)) {
@@ -90,14 +128,20 @@ export class FederationClient {
     const assertion = await createAssertion(this.options.signer, memberId, claims);
     const timeout = AbortSignal.timeout(call.timeoutMs ?? this.options.defaultTimeoutMs ?? DEFAULT_FEDERATION_TIMEOUT_MS);
     const signal = call.signal ? AbortSignal.any([timeout, call.signal]) : timeout;
-    const client = new Client({ baseUrl: `${address}${FEDERATION_PATH}`, requestOptions: { dispatcher: this.#agent(memberId, address) } });
+    const client = new Client({ baseUrl: `${address}${FEDERATION_PATH}`, requestOptions: { dispatcher: dispatcherFor(memberId, address) } });
     const search = new URLSearchParams(query).toString();
     const url = path.split('/').map((segment) => encodeURIComponent(segment).replace(/^%24/, '$')).join('/') + (search ? `?${search}` : '');
     try {
-      return await client.request(url, { options: { headers: { [ASSERTION_HEADER]: assertion }, signal } });
+      // identity: the bytes the interceptor sees are the body itself, not a compressed form of it.
+      return await client.request(url, { options: { headers: { [ASSERTION_HEADER]: assertion, 'accept-encoding': 'identity' }, signal } });
     } catch (e) {
       throw this.#failure(memberId, e, timeout, call.signal);
     }
+  }
+
+  /** The member's federation address, if known. */
+  addressOf(memberId: string): string | undefined {
+    return this.options.addressOf(memberId);
   }
 
   async close(): Promise<void> {
@@ -148,4 +192,15 @@ export class FederationClient {
     const code = (e as { cause?: { code?: string } }).cause?.code;
     return new FederationCallError(memberId, 'unreachable', `the member cannot be reached${code ? ` (${code})` : ''}`);
   }
+}
+
+/** Passes every body chunk of one response on, keeping a copy. */
+function capturing(handler: Dispatcher.DispatchHandlers, chunks: Buffer[]): Dispatcher.DispatchHandlers {
+  const decorated = new DecoratorHandler(handler) as Dispatcher.DispatchHandlers;
+  const onData = decorated.onData!.bind(decorated);
+  decorated.onData = (chunk: Buffer) => {
+    chunks.push(Buffer.from(chunk));
+    return onData(chunk);
+  };
+  return decorated;
 }
