@@ -13,7 +13,10 @@
  *     goal (open loop: each member submits on a timer whatever the ledger does) and at light load, on
  *     Kafka (started by test/engines unless MEDBLOCK_KAFKA_BROKERS is set) and on the solo orderer; the
  *     three members run in this one process, and must end with the same head hash, else the bench exits
- *     non-zero after the table (bench/ledger.ts).
+ *     non-zero after the table (bench/ledger.ts);
+ *  6. the federated summarized record: `$everything?federated=true` of the 750-entry Synthea patient split
+ *     over three gateways (one Kafka channel, mutual TLS between them), beside the local `$everything` of the
+ *     same patient held whole, and what verifying a remote resource costs (bench/federation.ts).
  * Prints one markdown table and writes bench/results.json. Figures are for comparison within one run:
  * the machine is shared and noisy, so nothing here is a pass/fail test.
  *
@@ -40,6 +43,7 @@
  *   BENCH_LEDGER_OPEN_SECONDS=20    length of the open-loop run at a fixed offered load (0 skips it)
  *   BENCH_LEDGER_OPEN_PERIOD_MS=300 each member submits one 1000-digest envelope every this many ms in the
  *                                   open-loop run (300: 3 × 1000 / 0.3 s = 10,000 digests/s, the goal)
+ *   BENCH_FEDERATION_CALLS=30       timed federated (and local) $everything calls; 0 skips the federation part
  *   BENCH_RESULTS=bench/results.json  where to write the results (relative to the project root)
  *   BENCH_PROFILE=<dir>             V8 CPU profiles of every gateway process, under <dir>/<store>-<vault>/
  *   MEDBLOCK_MONGODB_URI            use this MongoDB-wire server instead of starting FerretDB
@@ -59,6 +63,7 @@ import { ROOT } from './harness.ts';
 import { securityTax, type TaxResult } from './ingest.ts';
 import { LedgerBenchFailure, ledgerBench, type LedgerBenchResult, type LedgerOrdererKind } from './ledger.ts';
 import { vaultSearch, type VaultSearchResult } from './search.ts';
+import { federationBench, type FederationBenchResult } from './federation.ts';
 import { measureValidation } from './validation.ts';
 import { loadWorkload } from './workload.ts';
 
@@ -83,6 +88,7 @@ const KNOBS = {
   ledgerLightEnvelopes: num('BENCH_LEDGER_LIGHT', 20),
   ledgerOpenSeconds: num('BENCH_LEDGER_OPEN_SECONDS', 20),
   ledgerOpenPeriodMs: num('BENCH_LEDGER_OPEN_PERIOD_MS', 300),
+  federationCalls: num('BENCH_FEDERATION_CALLS', 30),
 };
 
 const GOALS = {
@@ -95,6 +101,7 @@ const GOALS = {
   /** Fabric on Kafka published ~3,500 tx/s. */
   ledgerDigestsPerSecond: 10_000,
   ledgerFinalityP99Ms: 1_000,
+  federatedEverythingP95Ms: 400,
 };
 
 const progress = (line: string) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${line}\n`);
@@ -179,6 +186,16 @@ async function main() {
       await kafka?.stop();
     }
   }
+  let federation: FederationBenchResult | undefined;
+  if (KNOBS.federationCalls > 0) {
+    const kafka = await kafkaEngine();
+    try {
+      progress('federation: three gateways on one Kafka channel');
+      federation = await federationBench({ brokers: kafka.brokers.join(','), calls: KNOBS.federationCalls, progress });
+    } finally {
+      await kafka.stop();
+    }
+  }
 
   const ratios = Object.fromEntries(
     tax.map((t) => [
@@ -203,6 +220,7 @@ async function main() {
     validation,
     ledger,
     ledgerFailures,
+    federation,
     totalSeconds: Math.round((performance.now() - started) / 1000),
   };
   const out = process.env.BENCH_RESULTS ?? join('bench', 'results.json');
@@ -285,6 +303,16 @@ async function main() {
       ['  ledger store appendBlock ms per block and member (awaited; on a writer thread since ledger schema 2): mean / p99 (first → last tenth)', ...each((r) => `${r.storeAppendMs.mean} / ${r.storeAppendMs.p99} (${r.storeAppendMs.firstTenthMean} → ${r.storeAppendMs.lastTenthMean})`), ''],
       ['  process CPU µs/digest (3 members + signers) / cores busy', ...each((r) => `${r.cpuUsPerDigest} / ${r.cpuCoresBusy}`), ''],
       ['  same head on all 3 members: height, header hash', ...each((r) => `${r.sameHead ? 'yes' : '**NO**'}: ${r.height}, ${r.headHash.slice(0, 12)}…`), 'equal'],
+    );
+  }
+  if (federation) {
+    const f = federation;
+    rows.push(
+      [`**federated record**: ${f.resources} resources of one patient over ${f.holders} gateways in one process (SQLite, Kafka, mTLS), ${f.calls} calls`, '', '', ''],
+      ['  **federated $everything p50 / p95 ms** (all pages, verified, merged)', `${f.federated.p50} / ${f.federated.p95} (${f.federated.entries} entries)`, '—', `p95 ≤ ${GOALS.federatedEverythingP95Ms}`],
+      ['  local $everything of the same patient held whole, p50 / p95 ms', `${f.local.p50} / ${f.local.p95} (${f.local.entries} entries)`, '—', ''],
+      ['  federated / local p95', x(f.p95Ratio), '—', ''],
+      ['  verification µs per remote resource: commitment (parse + recompute) + own-ledger lookup', `${f.verifyUsPerResource.commitment} + ${f.verifyUsPerResource.ledger} = ${f.verifyUsPerResource.total}`, '—', ''],
     );
   }
   rows.push(['bench wall time (s)', String(results.totalSeconds), '', '≤ 1500']);

@@ -17,6 +17,8 @@ import { writeConsortiumDir } from '../../src/identity/consortium-dir.ts';
 import { keySource } from '../../src/vault/keyring.ts';
 import { freePorts } from '../engines/index.ts';
 
+process.env.MEDBLOCK_LOG ??= 'off';
+
 export interface Hospital {
   id: string;
   gateway: Gateway;
