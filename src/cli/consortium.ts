@@ -4,7 +4,9 @@ import { resolve } from 'node:path';
 import type { GatewayConfig } from '../config.ts';
 import { loadConsortium, openOrderer } from '../gateway.ts';
 import { createConsortium, issueMemberCertificate, type MemberRequest } from '../identity/ca.ts';
-import { federationAddressProblem, memberCertificateCheck, writeConsortiumDir, writeMemberRequestDir } from '../identity/consortium-dir.ts';
+import {
+  DEFAULT_CONSENTS, federationAddressProblem, memberCertificateCheck, writeConsortiumDir, writeMemberRequestDir, type DefaultConsent,
+} from '../identity/consortium-dir.ts';
 import { approveConfigChange, createEnvelope, encodeEnvelope, newNonce, type ConfigApproval, type ConfigChange } from '../ledger/envelope.ts';
 import { encodeChannelMessage } from '../ledger/orderer.ts';
 
@@ -14,21 +16,42 @@ export interface ConsortiumInitOptions {
   out: string;
   channel?: string;
   quorum?: number;
+  /** Comma-separated `<member id>=https://host:port`: the members' federation listeners at genesis. */
+  federationAddresses?: string;
+  /** What a holder does when no Consent applies (default opt-in). */
+  defaultConsent?: string;
+}
+
+/** `--federation-addresses h1=https://h1:8443,…` as member id → address; anything unusable refused by name. */
+function parseFederationAddresses(spec: string, members: readonly string[]): Record<string, string> {
+  const option = '--federation-addresses';
+  const addresses: Record<string, string> = {};
+  for (const [i, item] of spec.split(',').entries()) {
+    const at = item.indexOf('=');
+    if (at < 0) throw new Error(`${option} entry ${i + 1} must be <member id>=https://host:port`);
+    const [id, address] = [item.slice(0, at).trim(), item.slice(at + 1).trim()];
+    if (!members.includes(id)) throw new Error(`${option} names ${JSON.stringify(id)}, which is not one of --members`);
+    if (Object.hasOwn(addresses, id)) throw new Error(`${option} gives ${id} twice`);
+    addresses[id] = checkedAddress(address, `${option} ${id}:`);
+  }
+  return addresses;
 }
 
 export async function runConsortiumInit(opts: ConsortiumInitOptions): Promise<void> {
   const out = resolve(opts.out);
   // Checked before key generation to fail fast; the non-recursive mkdir below is the real guard.
   if (existsSync(out)) throw new Error(`${out} already exists; refusing to overwrite it (choose a new --out directory)`);
-  const consortium = await createConsortium({
-    members: opts.members.split(',').map((id) => id.trim()),
-    channel: opts.channel,
-    quorum: opts.quorum,
-  });
-  writeConsortiumDir(out, consortium);
+  const members = opts.members.split(',').map((id) => id.trim());
+  const defaultConsent = (opts.defaultConsent ?? 'opt-in') as DefaultConsent;
+  if (!DEFAULT_CONSENTS.includes(defaultConsent)) throw new Error(`--default-consent must be one of ${DEFAULT_CONSENTS.join(', ')}`);
+  const addresses = opts.federationAddresses === undefined ? {} : parseFederationAddresses(opts.federationAddresses, members);
+  const consortium = await createConsortium({ members, channel: opts.channel, quorum: opts.quorum });
+  writeConsortiumDir(out, consortium, { addresses, defaultConsent });
+  const listening = Object.keys(addresses).length;
   process.stdout.write(
     `created consortium "${consortium.channel}" in ${out}: CA and ${consortium.members.length} members ` +
-      `(${consortium.members.map((m) => m.id).join(', ')}), quorum ${consortium.quorum}\n` +
+      `(${consortium.members.map((m) => m.id).join(', ')}), quorum ${consortium.quorum}; ` +
+      `federation: ${listening} address(es), default consent ${defaultConsent}\n` +
       `each member directory holds private keys: hand it to that member only, over a secure channel\n`,
   );
 }

@@ -10,6 +10,7 @@ import {
   runConsortiumPropose,
   runConsortiumRequest,
   runConsortiumSubmit,
+  type ConsortiumInitOptions,
   type ProposeOptions,
 } from './consortium.ts';
 import { runImport } from './import.ts';
@@ -110,7 +111,9 @@ consortium
   .requiredOption('--out <dir>', 'directory to create; an existing one is never overwritten')
   .option('--channel <name>', 'ledger channel name', 'consortium')
   .addOption(new Option('--quorum <n>', 'attestations that make a block final (default: a majority of members)').argParser(Number))
-  .action(async (opts: { members: string; out: string; channel: string; quorum?: number }) => runConsortiumInit(opts));
+  .option('--federation-addresses <list>', 'each member\'s federation listener, comma-separated <id>=https://host:port (docs/federation.md)')
+  .addOption(new Option('--default-consent <policy>', 'what a holder does when no Consent of the patient applies').choices(['opt-in', 'opt-out']).default('opt-in'))
+  .action(async (opts: ConsortiumInitOptions) => runConsortiumInit(opts));
 
 consortium
   .command('request')

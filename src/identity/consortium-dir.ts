@@ -95,7 +95,7 @@ const PATIENT_TOKEN_KEY_FILE = 'patient-token.key';
  * Writes a new consortium directory; refuses an existing one. Every file is 0600 and every directory 0700
  * whatever the umask: the public files too, so that nobody else can swap a certificate or consortium.json.
  */
-export function writeConsortiumDir(out: string, consortium: Consortium): void {
+export function writeConsortiumDir(out: string, consortium: Consortium, federation: GenesisFederation = {}): void {
   mkdirSync(dirname(out), { recursive: true, mode: 0o700 });
   try {
     mkdirSync(out, { mode: 0o700 });
@@ -114,7 +114,7 @@ export function writeConsortiumDir(out: string, consortium: Consortium): void {
       },
     );
   }
-  writeFileSync(join(out, 'consortium.json'), `${JSON.stringify(manifest(consortium), null, 2)}\n`, { mode: 0o600, flag: 'wx' });
+  writeFileSync(join(out, 'consortium.json'), `${JSON.stringify(manifest(consortium, federation), null, 2)}\n`, { mode: 0o600, flag: 'wx' });
 }
 
 /** A directory (0700) of files (0600), public ones and private keys; never overwrites a file. */
@@ -123,13 +123,24 @@ function writePrivateDir(dir: string, files: Record<string, string>): void {
   for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text, { mode: 0o600, flag: 'wx' });
 }
 
+/** What `consortium init` may set in consortium.json `federation` (checked by the caller). */
+export interface GenesisFederation {
+  /** Member id → https://host:port. */
+  addresses?: Record<string, string>;
+  defaultConsent?: DefaultConsent;
+}
+
 /** consortium.json: the public description every member loads (no private material). */
-function manifest(consortium: Consortium) {
+function manifest(consortium: Consortium, { addresses = {}, defaultConsent = 'opt-in' }: GenesisFederation) {
   return {
     channel: consortium.channel,
     quorum: consortium.quorum,
     ledger: { ...DEFAULT_LEDGER_SETTINGS, maxClockSkewMs: DEFAULT_MAX_CLOCK_SKEW_MS },
-    federation: { linkIdentifierSystems: DEFAULT_LINK_IDENTIFIER_SYSTEMS, defaultConsent: 'opt-in', members: {} },
+    federation: {
+      linkIdentifierSystems: DEFAULT_LINK_IDENTIFIER_SYSTEMS,
+      defaultConsent,
+      members: Object.fromEntries(Object.entries(addresses).map(([id, address]) => [id, { address }])),
+    },
     signatureSchemes: {
       certificates: `RSA-${RSA_BITS} sha256WithRSAEncryption (X.509)`,
       envelopes: `ECDSA ${SIGNING_KEY_CURVE} SHA-256, key named in the member certificate's subjectAltName`,

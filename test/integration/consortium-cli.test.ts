@@ -6,6 +6,7 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { runConsortiumInit } from '../../src/cli/consortium.ts';
 import { certificateFingerprint, verifyMemberCertificate } from '../../src/identity/ca.ts';
 import { ConsortiumConfigError, loadMemberConsortium } from '../../src/identity/consortium-dir.ts';
 import { signingKeyUri } from '../../src/identity/signing-key.ts';
@@ -171,5 +172,70 @@ describe('medblock consortium init', () => {
     ] as const) {
       assert.throws(withFederation(federation), (e: Error) => e instanceof ConsortiumConfigError && error.test(e.message), JSON.stringify(federation));
     }
+  });
+
+  it('writes --federation-addresses and --default-consent into consortium.json, which the gateway loads back', () => {
+    const target = join(work, 'federated');
+    const res = medblock(
+      'consortium', 'init', '--members', 'h1,h2,h3', '--out', target,
+      '--federation-addresses', 'h1=https://127.0.0.1:9441, h3=https://h3.example.org:8443', '--default-consent', 'opt-out',
+    );
+    assert.equal(res.status, 0, res.stderr);
+    assert.match(res.stdout, /federation: 2 address\(es\), default consent opt-out/);
+    assert.deepEqual(JSON.parse(readFileSync(join(target, 'consortium.json'), 'utf8')).federation, {
+      linkIdentifierSystems: ['http://hl7.org/fhir/sid/us-ssn'],
+      defaultConsent: 'opt-out',
+      members: { h1: { address: 'https://127.0.0.1:9441' }, h3: { address: 'https://h3.example.org:8443' } },
+    });
+    const loaded = loadMemberConsortium(target, 'h2');
+    assert.deepEqual(loaded.federation.addresses, { h1: 'https://127.0.0.1:9441', h3: 'https://h3.example.org:8443' });
+    assert.equal(loaded.federation.defaultConsent, 'opt-out');
+  });
+
+  it('takes the address list docker/init-secrets.mjs passes', () => {
+    const script = readFileSync(join(import.meta.dirname, '..', '..', 'docker', 'init-secrets.mjs'), 'utf8');
+    assert.match(script, /'--federation-addresses', addresses/, 'init-secrets passes --federation-addresses');
+    assert.match(script, /`\$\{h\}=https:\/\/\$\{h\}:8443`/, 'as <id>=https://<id>:8443');
+    const hospitals = ['hospital-a', 'hospital-b', 'hospital-c'];
+    const target = join(work, 'compose');
+    const res = medblock(
+      'consortium', 'init', '--members', hospitals.join(','), '--channel', 'consortium',
+      '--federation-addresses', hospitals.map((h) => `${h}=https://${h}:8443`).join(','), '--out', target,
+    );
+    assert.equal(res.status, 0, res.stderr);
+    assert.deepEqual(loadMemberConsortium(target, 'hospital-b').federation.addresses, Object.fromEntries(hospitals.map((h) => [h, `https://${h}:8443`])));
+    assert.equal(loadMemberConsortium(target, 'hospital-b').federation.defaultConsent, 'opt-in');
+  });
+
+  it('refuses a bad federation address, an unknown or repeated member, and a bad default consent, naming them, without creating anything', async () => {
+    const target = join(work, 'refused-federation');
+    // Through the command line: commander's choice check, and the message an operator sees.
+    for (const [extra, error] of [
+      [['--default-consent', 'ask'], /--default-consent .*ask.* invalid\. Allowed choices are opt-in, opt-out/],
+      [['--federation-addresses', 'h1=http://127.0.0.1:9441'], /^medblock: --federation-addresses h1: must use https\n$/],
+    ] as const) {
+      const res = medblock('consortium', 'init', '--members', 'h1,h2', '--out', target, ...extra);
+      assert.notEqual(res.status, 0, extra.join(' '));
+      assert.match(res.stderr, error, extra.join(' '));
+      assert.equal(existsSync(target), false, extra.join(' '));
+    }
+    // In process (each refusal comes before any key is generated): every shape of a bad list.
+    for (const [federationAddresses, error] of [
+      ['h1=https://127.0.0.1:9441/fhir', /^Error: --federation-addresses h1: must be only https:\/\/host:port$/],
+      ['h1=https://user@127.0.0.1:9441', /^Error: --federation-addresses h1: must be only https:\/\/host:port$/],
+      ['h1=https://H1.example:443', /^Error: --federation-addresses h1: must be written as https:\/\/h1\.example$/],
+      ['h1=not a url', /^Error: --federation-addresses h1: is not a URL$/],
+      ['h1=', /^Error: --federation-addresses h1: is not a URL$/],
+      [`h1=https://${'a'.repeat(250)}.org`, /^Error: --federation-addresses h1: must be an https URL of at most 256 characters$/],
+      ['h1=https://a.org,h9=https://b.org', /^Error: --federation-addresses names "h9", which is not one of --members$/],
+      ['h1=https://a.org,h1=https://b.org', /^Error: --federation-addresses gives h1 twice$/],
+      ['https://a.org', /^Error: --federation-addresses entry 1 must be <member id>=https:\/\/host:port$/],
+      ['h1=https://a.org,', /^Error: --federation-addresses entry 2 must be/],
+    ] as const) {
+      await assert.rejects(runConsortiumInit({ members: 'h1,h2', out: target, federationAddresses }), error, federationAddresses);
+      assert.equal(existsSync(target), false, federationAddresses);
+    }
+    await assert.rejects(runConsortiumInit({ members: 'h1,h2', out: target, defaultConsent: 'opt-maybe' }), /^Error: --default-consent must be one of opt-in, opt-out$/);
+    assert.equal(existsSync(target), false);
   });
 });
