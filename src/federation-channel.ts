@@ -9,7 +9,7 @@ import { FederationClient } from './adapters/federation/client.ts';
 import { startFederationListener, type FederationListener } from './adapters/federation/listener.ts';
 import { FederationGate } from './federation/gate.ts';
 import type { LedgerView } from './federation/peers.ts';
-import { federationRoutes, type FederationRoute } from './federation/routes.ts';
+import { federationBase, federationRoutes, type FederationRoute } from './federation/routes.ts';
 import { createFederationApp } from './http/federation-app.ts';
 import type { MemberConsortium } from './identity/consortium-dir.ts';
 import type { LedgerMember } from './ledger/member.ts';
@@ -98,7 +98,7 @@ export interface FederatedRecordWiring {
 export async function openFederatedRecord(w: FederatedRecordWiring): Promise<{ federation: Federation; record: FederatedRecord }> {
   const accessLog = w.accessLog && federationAccessLog(w.accessLog, w.metrics);
   const consent = consentPort(w.repo, w.consortium);
-  const listenBase = w.listen && `https://${w.listen.host}:${w.listen.port}/federation/fhir`;
+  const listenBase = w.listen && federationBase(`https://${w.listen.host}:${w.listen.port}`);
   const federation = await openFederation({
     consortium: w.consortium,
     ledger: ledgerView(w.ledger.member),
@@ -146,13 +146,7 @@ function linkOf(assertion: Assertion): string {
 function consentPort(repo: FhirRepository, consortium: MemberConsortium): ConsentPort {
   return {
     async decide(patientId, request) {
-      const decision = decideConsent(await activeConsents(repo, patientId), {
-        actor: { member: request.actor.member, practitioner: request.actor.practitioner },
-        purpose: request.purpose,
-        at: request.at,
-        resourceTypes: request.resourceTypes,
-        btgReason: request.btgReason,
-      }, consortium.federation.defaultConsent);
+      const decision = decideConsent(await activeConsents(repo, patientId), request, consortium.federation.defaultConsent);
       return {
         permits: (type) => decision.permit[type] === true,
         ...(decision.consent !== 'default' && { consent: decision.consent }),

@@ -4,6 +4,7 @@
  * Interfaces only; the composition root connects them to LedgerService, FederationClient, the vault and the
  * consent module. Nothing here names a driver or express.
  */
+import type { ConsentRequest as DecisionRequest } from '../access/consent.ts';
 import type { AnchorLocation } from '../vault/store.ts';
 
 /** Where the ledger anchored a digest, and what it says about it now (LedgerStore.anchorFacts). */
@@ -77,13 +78,9 @@ export interface ConsentVerdict {
   breakTheGlass: boolean;
 }
 
-export interface ConsentRequest {
-  /** The asking member, and its user as the assertion names them. */
+/** access/consent.ts's request, with the asking member and its user (as the assertion names them) always known. */
+export interface ConsentRequest extends Omit<DecisionRequest, 'actor'> {
   actor: { member: string; practitioner: string; role: string };
-  purpose: string;
-  btgReason?: string;
-  resourceTypes: readonly string[];
-  at: Date;
 }
 
 export interface ConsentPort {

@@ -14,10 +14,10 @@ import { Client, type FhirResource } from 'fhir-kit-client';
 import type { PeerCertificate } from 'node:tls';
 import { Agent, DecoratorHandler, type Dispatcher } from 'undici';
 import { ASSERTION_HEADER, createAssertion, type AssertionClaims, type AssertionSigner } from '../../federation/assertion.ts';
+import { DEFAULT_FEDERATION_TIMEOUT_MS } from '../../federation/federated-everything.ts';
 import { checkPeer, type LedgerView } from '../../federation/peers.ts';
+import { federationBase } from '../../federation/routes.ts';
 
-export const DEFAULT_FEDERATION_TIMEOUT_MS = 5000;
-const FEDERATION_PATH = '/federation/fhir';
 
 export type FederationFailure =
   /** No federation address is known for the member. */
@@ -128,7 +128,7 @@ export class FederationClient {
     const assertion = await createAssertion(this.options.signer, memberId, claims);
     const timeout = AbortSignal.timeout(call.timeoutMs ?? this.options.defaultTimeoutMs ?? DEFAULT_FEDERATION_TIMEOUT_MS);
     const signal = call.signal ? AbortSignal.any([timeout, call.signal]) : timeout;
-    const client = new Client({ baseUrl: `${address}${FEDERATION_PATH}`, requestOptions: { dispatcher: dispatcherFor(memberId, address) } });
+    const client = new Client({ baseUrl: federationBase(address), requestOptions: { dispatcher: dispatcherFor(memberId, address) } });
     const search = new URLSearchParams(query).toString();
     const url = path.split('/').map((segment) => encodeURIComponent(segment).replace(/^%24/, '$')).join('/') + (search ? `?${search}` : '');
     try {

@@ -179,6 +179,6 @@ function notYetAnchoredOutcome(count: number): object {
 /** No answer leaves before its access record is durable. */
 async function logged(recording: Promise<void> | undefined): Promise<void> {
   await recording?.catch(() => {
-    throw new FhirError(503, [{ severity: 'error', code: 'transient', diagnostics: 'the access log cannot be written; nothing was returned' }], { 'Retry-After': '5' });
+    throw errors.accessLogUnavailable();
   });
 }
