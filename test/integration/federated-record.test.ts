@@ -175,10 +175,12 @@ describe('federated record on a real gateway', () => {
     const get = (agent: supertest.Agent, url: string, token: string) => agent.get(url).set('Authorization', `Bearer ${token}`);
 
     it('federated=true on a gateway without federation: 400 saying so', async () => {
-      const res = await get(gw.http, `/fhir/Patient/${patients[0]}/$everything?federated=true`, gw.admin);
+      // The gateway federates whenever it has a ledger: an app without the port stands for one that does not.
+      const unfederated = supertest.agent(createApp({ repo: gw.gateway.repo, issuer: gw.gateway.issuer, maxBodyBytes: 1 << 20, ledger: gw.gateway.ledger!.service, baseUrl: gw.baseUrl }));
+      const res = await get(unfederated, `/fhir/Patient/${patients[0]}/$everything?federated=true`, gw.admin);
       assert.equal(res.status, 400);
       assert.match(body(res).issue[0].diagnostics, /federation is not configured/);
-      assert.equal((await get(gw.http, `/fhir/Patient/$everything?identifier=${encodeURIComponent(`${US_SSN_SYSTEM}|${SSN}`)}`, gw.admin)).status, 400);
+      assert.equal((await get(unfederated, `/fhir/Patient/$everything?identifier=${encodeURIComponent(`${US_SSN_SYSTEM}|${SSN}`)}`, gw.admin)).status, 400);
     });
 
     it('merges the local record with the holder\'s, linked and attributed', async () => {
