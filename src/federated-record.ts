@@ -6,10 +6,12 @@
 import { decideConsent } from './access/consent.ts';
 import { activeConsents } from './access/consent-source.ts';
 import type { AccessLog } from './audit/access-log.ts';
+import { FederationCallError } from './adapters/federation/client.ts';
 import { ledgerView, openFederation, type Federation } from './federation-channel.ts';
 import type { Assertion } from './federation/assertion.ts';
 import { FederatedRecord, HOLDER_EVERYTHING_PATH } from './federation/federated-everything.ts';
 import { holderEverything } from './federation/operations/everything.ts';
+import { MalformedHolderPageError } from './federation/remote-check.ts';
 import type { ConsentPort, FederationAccessLogPort, LinkedPatientsPort } from './federation/ports.ts';
 import { federationBase } from './federation/routes.ts';
 import { errors } from './fhir/outcome.ts';
@@ -63,7 +65,11 @@ export async function openFederatedRecord(w: FederatedRecordWiring): Promise<{ f
     linkSystems: w.consortium.federation.linkIdentifierSystems,
     ledger: { holdersOfLink: (token) => w.ledger.service.holdersOfLink(token), anchorFacts: (digests) => w.ledger.service.anchorFacts(digests) },
     client: {
-      request: (member, path, query, claims, options) => client.requestText(member, path, query, claims, options),
+      // An answer too large to take is a malformed one, not a holder that could not be reached.
+      request: (member, path, query, claims, options) => client.requestText(member, path, query, claims, options).catch((e: unknown) => {
+        if (e instanceof FederationCallError && e.failure === 'too-large') throw new MalformedHolderPageError('larger than this gateway takes');
+        throw e;
+      }),
       addressOf: (member) => client.addressOf(member),
     },
     linkedPatients: w.linkedPatients,

@@ -48,7 +48,8 @@ export interface HolderResponse {
 
 /**
  * The federation channel (FederationClient over mTLS, a fresh assertion per call). Resolves with any HTTP
- * status; rejects only when no answer came (unreachable, TLS refused, aborted by `signal`).
+ * status; rejects when no answer came (unreachable, TLS refused, aborted by `signal`), or with a
+ * MalformedHolderPageError when the answer is larger than the client takes.
  */
 export interface HolderClientPort {
   request(

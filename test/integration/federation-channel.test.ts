@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { FederationCallError } from '../../src/adapters/federation/client.ts';
+import { FederationCallError, FederationClient } from '../../src/adapters/federation/client.ts';
 import { loadConfig } from '../../src/config.ts';
 import { ASSERTION_HEADER, createAssertion, type AssertionClaims } from '../../src/federation/assertion.ts';
 import { ledgerView, openFederation, type Federation } from '../../src/federation-channel.ts';
@@ -88,6 +88,23 @@ describe('federation channel (mutual TLS + requester assertion)', () => {
     // The table lists only served operations: on the gateway's, the holder's Patient/$everything.
     const resources = (capabilities.rest as Array<{ resource: Array<{ type: string; operation: Array<{ name: string }> }> }>)[0].resource;
     assert.deepEqual(resources.map((r) => [r.type, r.operation.map((o) => o.name)]), [['Patient', ['everything']]]);
+  });
+
+  it('cuts off an answer larger than the client takes, instead of buffering it without end', async () => {
+    const h2 = members.h2;
+    const options = {
+      signer: h2.self, tls: h2.tls, caCertificatePem: h2.caCertificatePem, ledger: { membership: () => genesisMembership(h2), height: () => -1 },
+      addressOf: () => holderAddress,
+    };
+    const small = new FederationClient({ ...options, maxResponseBytes: 256 });
+    const roomy = new FederationClient(options);
+    try {
+      await assert.rejects(small.requestText('h1', 'metadata', [], CLAIMS), (e: unknown) => e instanceof FederationCallError && e.failure === 'too-large');
+      assert.equal((await roomy.requestText('h1', 'metadata', [], CLAIMS)).status, 200, 'the same answer within the default limit');
+    } finally {
+      await small.close();
+      await roomy.close();
+    }
   });
 
   it('refuses a connection without a client certificate during the TLS handshake', async () => {
