@@ -15,7 +15,8 @@ import { createVersionChecker } from './fhir/checks/pool.ts';
 import { FhirRepository } from './fhir/repository.ts';
 import { initValidation } from './fhir/validation/index.ts';
 import { createApp } from './http/app.ts';
-import { openFederatedRecord, type Federation } from './federation-channel.ts';
+import type { Federation } from './federation-channel.ts';
+import { openFederatedRecord } from './federated-record.ts';
 import { Metrics } from './http/metrics.ts';
 import { log } from './log.ts';
 import {

@@ -17,10 +17,13 @@ const LOCATION_FIELDS = ['blockNumber', 'envelopeIndex', 'entryIndex'] as const;
 const SALT_HEX = /^[0-9a-f]{64}$/;
 
 export function anchorExtension(saltHex: string, anchor: AnchorLocation): Record<string, unknown> {
-  return {
-    url: ANCHOR_EXTENSION_URL,
-    extension: [{ url: 'salt', valueString: saltHex }, ...LOCATION_FIELDS.map((f) => ({ url: f, valueUnsignedInt: anchor[f] }))],
-  };
+  const { url, extension } = anchorLocationExtension(anchor);
+  return { url, extension: [{ url: 'salt', valueString: saltHex }, ...extension] };
+}
+
+/** The anchor location alone (no salt): what the merged record's Provenance says of each remote entry. */
+export function anchorLocationExtension(anchor: AnchorLocation): { url: string; extension: Array<Record<string, unknown>> } {
+  return { url: ANCHOR_EXTENSION_URL, extension: LOCATION_FIELDS.map((f) => ({ url: f, valueUnsignedInt: anchor[f] })) };
 }
 
 export type ReadAnchor = { ok: true; salt: Buffer; anchor: AnchorLocation } | { ok: false; reason: 'bad-salt' | 'malformed' };

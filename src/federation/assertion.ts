@@ -4,7 +4,7 @@
  * asks (the end user, their role), why (the purpose of use), about whom (the link token) and carries a
  * nonce the holder refuses to see twice. Pure apart from the clock and the replay cache's memory.
  */
-import { EMERGENCY_TREATMENT, isPurposeOfUse, PURPOSES_OF_USE } from '../access/consent.ts';
+import { EMERGENCY_TREATMENT, isPurposeOfUse, MAX_BREAK_GLASS_REASON, PURPOSES_OF_USE } from '../access/consent.ts';
 import { randomBytes, type KeyObject } from 'node:crypto';
 import { decodeJwt, decodeProtectedHeader, errors as joseErrors, jwtVerify, SignJWT, type JWTPayload } from 'jose';
 import type { Membership } from '../ledger/membership.ts';
@@ -17,7 +17,6 @@ export const DEFAULT_ASSERTION_LIFETIME_SECONDS = 60;
 export const MAX_ASSERTION_LIFETIME_SECONDS = 300;
 /** Clock difference tolerated between members, on iat, nbf and exp. */
 export const ASSERTION_CLOCK_SKEW_SECONDS = 30;
-export const MAX_BREAK_GLASS_REASON_CHARS = 500;
 /** A whole assertion: far above a real one (~700 characters), far below a header limit. */
 const MAX_ASSERTION_CHARS = 4096;
 
@@ -66,8 +65,8 @@ function claimsProblem(claims: Partial<AssertionClaims>): string | undefined {
   if (!isPurposeOfUse(claims.pou)) return `pou must be one of the purpose-of-use codes ${PURPOSES_OF_USE.join(', ')}`;
   if (claims.btg !== undefined) {
     if (claims.pou !== EMERGENCY_TREATMENT) return `btg (break-the-glass) is allowed only with pou ${EMERGENCY_TREATMENT}`;
-    if (typeof claims.btg !== 'string' || claims.btg.trim() === '' || claims.btg.length > MAX_BREAK_GLASS_REASON_CHARS) {
-      return `btg must be a reason of 1-${MAX_BREAK_GLASS_REASON_CHARS} characters`;
+    if (typeof claims.btg !== 'string' || claims.btg.trim() === '' || claims.btg.length > MAX_BREAK_GLASS_REASON) {
+      return `btg must be a reason of 1-${MAX_BREAK_GLASS_REASON} characters`;
     }
   }
   if (claims.link !== undefined && (typeof claims.link !== 'string' || !LINK_TOKEN_PATTERN.test(claims.link))) return 'link must be a link token (43 base64url characters)';

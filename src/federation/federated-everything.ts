@@ -8,10 +8,12 @@
 import type { KeyObject } from 'node:crypto';
 import { linkToken, normalizeSystem, patientLinkTokens, UnlinkableIdentifierError } from './link-token.ts';
 import { checkRemoteEntries, MalformedHolderPageError, readHolderPage, type CheckResult } from './remote-check.ts';
-import { mergeRecord, MEMBER_SYSTEM, type HolderReport, type LocalEntry, type MergedRecord } from './merge.ts';
+import { mergeRecord, type HolderReport, type LocalEntry, type MergedRecord } from './merge.ts';
 import { RecordSnapshots } from './snapshots.ts';
+import { federationBase } from './routes.ts';
 import type { FederationAccessLogPort, HolderClientPort, LedgerIndexPort, LinkedPatientsPort, Requester } from './ports.ts';
-import { errors, FhirError, type OutcomeIssue } from '../fhir/outcome.ts';
+import { errors, type OutcomeIssue } from '../fhir/outcome.ts';
+import { MEMBER_SYSTEM } from '../access/consent.ts';
 
 export const DEFAULT_FEDERATION_TIMEOUT_MS = 5000;
 /** Entries asked of a holder per page, and the most the caller takes from one holder. */
@@ -127,7 +129,7 @@ export class FederatedRecord implements FederatedRecordPort {
       breakTheGlass: request.requester.btg !== undefined,
       holders: reports.map((r) => ({ member: r.member, result: r.result })),
     }).catch(() => {
-      throw new FhirError(503, [{ severity: 'error', code: 'transient', diagnostics: 'the access log cannot be written; nothing was returned' }], { 'Retry-After': '5' });
+      throw errors.accessLogUnavailable();
     });
     const record = mergeRecord({ baseUrl: request.baseUrl, local, localPatients, holders: reports, notes, recorded });
     return { record, localPatients };
@@ -155,7 +157,7 @@ export class FederatedRecord implements FederatedRecordPort {
     const address = this.deps.client.addressOf(member);
     const report: HolderReport = {
       member,
-      base: address ? `${address.replace(/\/+$/, '')}/federation/fhir` : `${MEMBER_SYSTEM}:${member}`,
+      base: address ? federationBase(address) : `${MEMBER_SYSTEM}:${member}`,
       result: 'ok',
       accepted: [],
       rejected: {},

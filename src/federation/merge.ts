@@ -14,11 +14,11 @@ import { createHash } from 'node:crypto';
 import { serializeBundle, type BundleEntryParts } from '../fhir/bundle-json.ts';
 import { cloneFhirJson, parseFhirJson, stringifyFhirJson } from '../fhir/json.ts';
 import { operationOutcome, type OperationOutcome, type OutcomeIssue } from '../fhir/outcome.ts';
+import { MEMBER_SYSTEM } from '../access/consent.ts';
 import type { AnchorLocation } from '../vault/store.ts';
-import { ANCHOR_EXTENSION_URL } from './anchor-extension.ts';
+import { anchorLocationExtension } from './anchor-extension.ts';
 import { REJECT_REASONS, rejectedCount, type AcceptedEntry, type CheckResult } from './remote-check.ts';
 
-export const MEMBER_SYSTEM = 'urn:medblock:member';
 export const LEDGER_BLOCK_SYSTEM = 'urn:medblock:ledger-block';
 /** Provenance.policy of a remote holder's part: what the caller checked before serving it. */
 export const VERIFICATION_POLICY = 'https://medblock.dev/fhir/federation/verified-commitment-v1';
@@ -139,7 +139,7 @@ function provenanceOf(member: string, served: Array<{ fullUrl: string; anchor: A
     resourceType: 'Provenance',
     target: served.map((s) => ({
       reference: s.fullUrl,
-      extension: [{ url: ANCHOR_EXTENSION_URL, extension: (['blockNumber', 'envelopeIndex', 'entryIndex'] as const).map((f) => ({ url: f, valueUnsignedInt: s.anchor[f] })) }],
+      extension: [anchorLocationExtension(s.anchor)],
     })),
     recorded,
     policy: [VERIFICATION_POLICY],

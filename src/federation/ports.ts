@@ -4,6 +4,7 @@
  * Interfaces only; the composition root connects them to LedgerService, FederationClient, the vault and the
  * consent module. Nothing here names a driver or express.
  */
+import type { ConsentRequest as DecisionRequest } from '../access/consent.ts';
 import type { AnchorLocation } from '../vault/store.ts';
 
 /** Where the ledger anchored a digest, and what it says about it now (LedgerStore.anchorFacts). */
@@ -47,7 +48,8 @@ export interface HolderResponse {
 
 /**
  * The federation channel (FederationClient over mTLS, a fresh assertion per call). Resolves with any HTTP
- * status; rejects only when no answer came (unreachable, TLS refused, aborted by `signal`).
+ * status; rejects when no answer came (unreachable, TLS refused, aborted by `signal`), or with a
+ * MalformedHolderPageError when the answer is larger than the client takes.
  */
 export interface HolderClientPort {
   request(
@@ -77,13 +79,9 @@ export interface ConsentVerdict {
   breakTheGlass: boolean;
 }
 
-export interface ConsentRequest {
-  /** The asking member, and its user as the assertion names them. */
+/** access/consent.ts's request, with the asking member and its user (as the assertion names them) always known. */
+export interface ConsentRequest extends Omit<DecisionRequest, 'actor'> {
   actor: { member: string; practitioner: string; role: string };
-  purpose: string;
-  btgReason?: string;
-  resourceTypes: readonly string[];
-  at: Date;
 }
 
 export interface ConsentPort {

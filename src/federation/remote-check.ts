@@ -115,7 +115,8 @@ function notYetAnchoredCount(outcome: unknown): number {
   for (const issue of issues) {
     const codings = (issue as { details?: { coding?: unknown } } | null)?.details?.coding;
     const coded = Array.isArray(codings) && codings.some((c) => c?.system === FEDERATION_CODES && c?.code === NOT_YET_ANCHORED);
-    const n = /^(\d{1,9}) /.exec(String((issue as { diagnostics?: unknown }).diagnostics ?? ''));
+    const diagnostics = (issue as { diagnostics?: unknown } | null)?.diagnostics;
+    const n = typeof diagnostics === 'string' ? /^(\d{1,9}) /.exec(diagnostics) : null;
     if (coded && n) count += Number(n[1]);
   }
   return count;

@@ -12,6 +12,14 @@ import { matchPattern } from '../fhir/route-pattern.ts';
 import type { Assertion } from './assertion.ts';
 import { federationCapabilities } from './operations/metadata.ts';
 
+/** Where the listener serves the federation API. */
+export const FEDERATION_BASE_PATH = '/federation/fhir';
+
+/** A member's federation FHIR base, from its federation address (`https://host:port`). */
+export function federationBase(address: string): string {
+  return `${address.replace(/\/+$/, '')}${FEDERATION_BASE_PATH}`;
+}
+
 /** A request an admitted member sent over the channel. */
 export interface FederationRequest {
   method: string;

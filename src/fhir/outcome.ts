@@ -86,4 +86,7 @@ export const errors = {
   unsupportedMediaType: (msg: string) => fail(415, 'not-supported', msg),
   unprocessable: (issues: OutcomeIssue[]) => new FhirError(422, issues),
   notSupported: (msg: string) => fail(400, 'not-supported', msg),
+  /** An answer whose access record could not be made durable never leaves: an access that is not logged never happened. */
+  accessLogUnavailable: () =>
+    new FhirError(503, [{ severity: 'error', code: 'transient', diagnostics: 'the access log cannot be written; nothing was returned' }], { 'Retry-After': '5' }),
 };

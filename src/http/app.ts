@@ -279,7 +279,7 @@ export function createApp(opts: AppOptions): express.Express {
         await opts.accessLog.record(accessRecord(auth, req.method, path, interaction, response)).then(() => {
           if (response.disclosure?.breakTheGlass) metrics.breakGlass.inc({ side: 'holder' });
         }, () => {
-          const error = new FhirError(503, [{ severity: 'error', code: 'transient', diagnostics: 'the access log cannot be written; nothing was returned' }], { 'Retry-After': '5' });
+          const error = errors.accessLogUnavailable();
           response = { status: error.status, headers: error.headers, body: error.outcome };
         });
       }

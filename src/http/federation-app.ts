@@ -9,12 +9,10 @@ import type { TLSSocket } from 'node:tls';
 import express, { type Request, type Response } from 'express';
 import { ASSERTION_HEADER } from '../federation/assertion.ts';
 import type { Certification, FederationGate } from '../federation/gate.ts';
-import { matchFederationRoute, type FederationRoute } from '../federation/routes.ts';
+import { FEDERATION_BASE_PATH, matchFederationRoute, type FederationRoute } from '../federation/routes.ts';
 import { stringifyFhirJson } from '../fhir/json.ts';
 import { errors, FhirError, operationOutcome } from '../fhir/outcome.ts';
 import { log } from '../log.ts';
-
-export const FEDERATION_BASE_PATH = '/federation/fhir';
 
 export interface FederationAppOptions {
   /** This holder's member id. */

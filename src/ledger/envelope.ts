@@ -10,24 +10,42 @@
  * Validation is a pure function of the bytes and a context the caller derives from the ledger (block
  * number, membership, committed nonces): no clock, no I/O, and no exception for any input.
  */
-import { createPublicKey, randomBytes, type KeyObject } from 'node:crypto';
+import { randomBytes, type KeyObject } from 'node:crypto';
 import { canonicalize } from './canonical-json.ts';
-import { decodeBase64url, SIGNATURE_BYTES, signedBytes, signLowS, verifyLowS } from './signature.ts';
-import { federationAddressProblem, isP256Key, MEMBER_ID_PATTERN, type Membership } from './membership.ts';
+import { SIGNATURE_BYTES, signedBytes, signLowS, verifyLowS } from './signature.ts';
+import { isP256Key, MEMBER_ID_PATTERN, type Membership } from './membership.ts';
+import { base64urlProblem, patternProblem, shapeProblem, type Problem } from './schema-checks.ts';
+import {
+  approvalSignedBytes,
+  CONFIG_CHANGE_OPTIONAL,
+  configChangeProblem,
+  configChangeRejection,
+  configPayloadProblem,
+  type ConfigApproval,
+  type ConfigChange,
+  type ConfigPayload,
+} from './config-change.ts';
+
+export {
+  CONFIG_APPROVAL_PREFIX,
+  MAX_CERTIFICATE_CHARS,
+  MAX_CONFIG_APPROVALS,
+  type ConfigAction,
+  type ConfigApproval,
+  type ConfigChange,
+  type ConfigPayload,
+} from './config-change.ts';
 
 export const ENVELOPE_TYPES = ['anchor', 'audit', 'consent', 'config'] as const;
 export type EnvelopeType = (typeof ENVELOPE_TYPES)[number];
 
-/** Domain separation: an envelope signature can never be replayed as an approval, or the reverse. */
+/** Domain separation: an envelope signature can never be replayed as an approval (CONFIG_APPROVAL_PREFIX), or the reverse. */
 export const ENVELOPE_SIGNING_PREFIX = 'medblock/envelope/v1\n';
-export const CONFIG_APPROVAL_PREFIX = 'medblock/config-approval/v1\n';
 
 /** Fits an anchor of MAX_ANCHOR_ENTRIES entries (~170 bytes each). The channel's absoluteMaxBytes must be at least this. */
 export const DEFAULT_MAX_ENVELOPE_BYTES = 256 * 1024;
 export const MAX_ANCHOR_ENTRIES = 1000;
 export const MAX_AUDIT_ENTRIES = 1000;
-export const MAX_CONFIG_APPROVALS = 256;
-export const MAX_CERTIFICATE_CHARS = 16 * 1024;
 
 const NONCE_BYTES = 16;
 /** Patient locator, resource locator and link tokens alike: 32 bytes, so a token can be told from PHI by its shape. */
@@ -41,10 +59,6 @@ const DIGEST_PATTERN = /^[0-9a-f]{64}$/;
 const RESOURCE_TYPE_PATTERN = /^[A-Z][A-Za-z]{0,63}$/;
 /** Exactly what Date.prototype.toISOString writes for years 0–9999, so string order is time order. */
 const TIMESTAMP_PATTERN = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
-/** Shape only: the CA work replaces this with X.509 parsing and a chain check. */
-const PUBLIC_KEY_PEM_PATTERN = /^-----BEGIN PUBLIC KEY-----\r?\n[A-Za-z0-9+/=\r\n]+-----END PUBLIC KEY-----(?:\r?\n)?$/;
-const MAX_SIGNING_KEY_CHARS = 1024;
-const CERTIFICATE_PEM_PATTERN = /^-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----(?:\r?\n)?$/;
 
 
 // ---------------------------------------------------------------------------------------------
@@ -92,28 +106,6 @@ export interface ConsentPayload {
   digest: string;
   status: 'active' | 'inactive';
 }
-export type ConfigAction = 'addMember' | 'revokeMember' | 'setFederationAddress';
-export interface ConfigChange {
-  action: ConfigAction;
-  member: string;
-  /** PEM certificate of the member to add; required for addMember, absent otherwise. */
-  certificate?: string;
-  /** SPKI PEM of the added member's P-256 envelope-signing key (named by its certificate); addMember only. */
-  signingKey?: string;
-  /** The added member's federation listener (`https://host:port`); optional, addMember only. */
-  federationAddress?: string;
-  /** The member's new federation listener (`https://host:port`); required for setFederationAddress, absent otherwise. */
-  address?: string;
-}
-export interface ConfigApproval {
-  member: string;
-  signature: string;
-}
-export interface ConfigPayload extends ConfigChange {
-  /** Signatures of current members over the change, bound to this envelope's channel and nonce. */
-  approvals: ConfigApproval[];
-}
-
 export interface PayloadByType {
   anchor: AnchorPayload;
   audit: AuditPayload;
@@ -204,30 +196,6 @@ export class EnvelopeError extends TypeError {
 // Field checks. Each returns a problem (a path and what is wrong) or undefined.
 // ---------------------------------------------------------------------------------------------
 
-type Problem = string | undefined;
-
-function isPlainObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
-/** An object with every required member, and no member outside required ∪ optional. */
-function shapeProblem(value: unknown, path: string, required: readonly string[], optional: readonly string[] = []): Problem {
-  if (!isPlainObject(value)) return `${path} must be an object`;
-  for (const name of required) if (!Object.hasOwn(value, name)) return `${path}/${name} is missing`;
-  for (const name of Object.keys(value)) {
-    if (!required.includes(name) && !optional.includes(name)) return `${path} has an unknown member`;
-  }
-  return undefined;
-}
-
-function patternProblem(value: unknown, path: string, pattern: RegExp): Problem {
-  return typeof value === 'string' && pattern.test(value) ? undefined : `${path} must match ${pattern}`;
-}
-
-function base64urlProblem(value: unknown, path: string, byteLength: number): Problem {
-  return decodeBase64url(value, byteLength) === undefined ? `${path} must be ${byteLength} bytes in base64url` : undefined;
-}
-
 function timestampProblem(value: unknown, path: string): Problem {
   // Date.parse is NaN for impossible instants (month 13); the round trip rejects those it rolls over (Feb 30).
   const instant = typeof value === 'string' && TIMESTAMP_PATTERN.test(value) ? Date.parse(value) : NaN;
@@ -290,72 +258,6 @@ function auditEntryProblem(entry: unknown, path: string): Problem {
   );
 }
 
-/** The optional members of a config change, and the actions each one belongs to. */
-const CONFIG_CHANGE_FIELDS: Readonly<Record<string, readonly ConfigAction[]>> = {
-  certificate: ['addMember'],
-  signingKey: ['addMember'],
-  federationAddress: ['addMember'],
-  address: ['setFederationAddress'],
-};
-const CONFIG_CHANGE_OPTIONAL = Object.keys(CONFIG_CHANGE_FIELDS);
-
-function configChangeProblem(change: Record<string, unknown>, path: string): Problem {
-  const { action, member, certificate, signingKey } = change;
-  if (action !== 'addMember' && action !== 'revokeMember' && action !== 'setFederationAddress') {
-    return `${path}/action must be addMember, revokeMember or setFederationAddress`;
-  }
-  const memberProblem = patternProblem(member, `${path}/member`, MEMBER_ID_PATTERN);
-  if (memberProblem !== undefined) return memberProblem;
-  for (const [field, actions] of Object.entries(CONFIG_CHANGE_FIELDS)) {
-    if (Object.hasOwn(change, field) && !actions.includes(action)) return `${path}/${field} is not allowed for ${action}`;
-  }
-  if (action === 'revokeMember') return undefined;
-  if (action === 'setFederationAddress') return addressProblem(change.address, `${path}/address`);
-  if (Object.hasOwn(change, 'federationAddress')) {
-    const problem = addressProblem(change.federationAddress, `${path}/federationAddress`);
-    if (problem !== undefined) return problem;
-  }
-  const wellFormed =
-    typeof certificate === 'string' && certificate.length <= MAX_CERTIFICATE_CHARS && CERTIFICATE_PEM_PATTERN.test(certificate);
-  if (!wellFormed) return `${path}/certificate must be a PEM certificate for addMember`;
-  return isP256PublicKeyPem(signingKey) ? undefined : `${path}/signingKey must be the SPKI PEM of a P-256 public key for addMember`;
-}
-
-function addressProblem(address: unknown, path: string): Problem {
-  const problem = federationAddressProblem(address);
-  return problem === undefined ? undefined : `${path} ${problem}`;
-}
-
-function isP256PublicKeyPem(value: unknown): boolean {
-  if (typeof value !== 'string' || value.length > MAX_SIGNING_KEY_CHARS || !PUBLIC_KEY_PEM_PATTERN.test(value)) return false;
-  try {
-    return isP256Key(createPublicKey(value), 'public');
-  } catch {
-    return false;
-  }
-}
-
-function configPayloadProblem(payload: Record<string, unknown>): Problem {
-  const changeProblem = configChangeProblem(payload, '/payload');
-  if (changeProblem !== undefined) return changeProblem;
-  const { approvals } = payload;
-  if (!Array.isArray(approvals) || approvals.length === 0 || approvals.length > MAX_CONFIG_APPROVALS) {
-    return `/payload/approvals must be an array of 1 to ${MAX_CONFIG_APPROVALS} approvals`;
-  }
-  const approvers = new Set<unknown>();
-  for (let i = 0; i < approvals.length; i++) {
-    const path = `/payload/approvals/${i}`;
-    const problem =
-      shapeProblem(approvals[i], path, ['member', 'signature']) ??
-      patternProblem(approvals[i].member, `${path}/member`, MEMBER_ID_PATTERN) ??
-      base64urlProblem(approvals[i].signature, `${path}/signature`, SIGNATURE_BYTES);
-    if (problem !== undefined) return problem;
-    if (approvers.has(approvals[i].member)) return `${path}/member approved twice`;
-    approvers.add(approvals[i].member);
-  }
-  return undefined;
-}
-
 /** Strict schema of each payload type: every member known, every value in its format. */
 function payloadProblem(type: EnvelopeType, payload: unknown): Problem {
   switch (type) {
@@ -405,14 +307,6 @@ function envelopeShapeProblem(value: unknown): Problem {
 function envelopeSignedBytes(envelope: Omit<Envelope, 'signature'> & { signature?: string }): Buffer {
   const { signature: _excluded, ...unsigned } = envelope;
   return signedBytes(ENVELOPE_SIGNING_PREFIX, unsigned);
-}
-
-/**
- * What an approver signs: the change, bound to one envelope (channel and nonce) so it cannot be reused. An
- * absent field is absent from the canonical JSON, so approvals of changes without the later fields keep their bytes.
- */
-function approvalSignedBytes(channel: string, nonce: string, { action, member, certificate, signingKey, federationAddress, address }: ConfigChange): Buffer {
-  return signedBytes(CONFIG_APPROVAL_PREFIX, { channel, nonce, action, member, certificate, signingKey, federationAddress, address });
 }
 
 function assertSigner(signer: EnvelopeSigner): void {
@@ -514,32 +408,6 @@ export function parseEnvelope(bytes: unknown, maxEnvelopeBytes = DEFAULT_MAX_ENV
   return { valid: true, envelope };
 }
 
-/** Config changes must fit the membership and carry approvals of a quorum of active members. */
-function configRejection(envelope: EnvelopeOf<'config'>, { members, blockNumber, checkMemberCertificate }: ValidationContext): Rejection | undefined {
-  const { payload } = envelope;
-  if (payload.action === 'addMember' && members.get(payload.member) !== undefined) {
-    return reject('bad-payload', '/payload/member is already a member id (ids are never reused)');
-  }
-  if (payload.action === 'addMember' && checkMemberCertificate !== undefined) {
-    const problem = checkMemberCertificate(payload.certificate!, payload.member, payload.signingKey!, envelope.timestamp);
-    if (problem !== undefined) return reject('bad-payload', `/payload/certificate ${problem}`);
-  }
-  if (payload.action !== 'addMember' && !members.isActiveAt(payload.member, blockNumber)) {
-    return reject('bad-payload', '/payload/member is not an active member');
-  }
-  const message = approvalSignedBytes(envelope.channel, envelope.nonce, payload);
-  for (let i = 0; i < payload.approvals.length; i++) {
-    const { member, signature } = payload.approvals[i];
-    if (!members.isActiveAt(member, blockNumber)) return reject('no-quorum', `/payload/approvals/${i} is not from an active member`);
-    if (!verifyLowS(members.get(member)!.publicKey, message, signature)) {
-      return reject('no-quorum', `/payload/approvals/${i} has a bad signature`);
-    }
-  }
-  const quorum = members.quorumAt(blockNumber);
-  if (payload.approvals.length < quorum) return reject('no-quorum', `${payload.approvals.length} approvals < quorum ${quorum}`);
-  return undefined;
-}
-
 /**
  * The verdict every member reaches for these bytes in this context. Checks, in this order (the first
  * failure is the reason): oversize, malformed, bad-payload (schema), wrong-channel, unknown-creator,
@@ -565,7 +433,10 @@ export function validateEnvelope(bytes: unknown, context: ValidationContext): En
     return reject('replayed-nonce', '/timestamp is outside the replay window');
   }
   if (context.committedNonces.has(envelope.creator, envelope.nonce)) return reject('replayed-nonce', '/nonce was already committed');
-  if (envelope.type === 'config') return configRejection(envelope, context) ?? parsed;
+  if (envelope.type === 'config') {
+    const refused = configChangeRejection(envelope, context);
+    if (refused !== undefined) return reject(refused.reason, refused.detail);
+  }
   return parsed;
 }
 

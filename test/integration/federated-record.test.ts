@@ -135,6 +135,22 @@ describe('federated record on a real gateway', () => {
       await assert.rejects(holderEverything(holderRequest([['_cursor', '0:zz']]), holderDeps()), (e: unknown) => e instanceof FhirError && e.status === 400);
     });
 
+    it('answers a peer\'s hostile parameters with a 4xx or an empty page, never a 5xx, and never echoes them', async () => {
+      const name = '123-45-6789';
+      await assert.rejects(holderEverything(holderRequest([[name, 'x']]), holderDeps()), (e: unknown) => {
+        assert.ok(e instanceof FhirError && e.status === 400);
+        assert.doesNotMatch(JSON.stringify(e.outcome), new RegExp(name));
+        return true;
+      });
+      for (const cursor of ['9999', '0:9999:a', '1:0:zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz', `0:0:${'9'.repeat(64)}`]) {
+        const outcome = await holderEverything(holderRequest([['_cursor', cursor]]), holderDeps()).then(
+          (r) => r.status,
+          (e: unknown) => (e instanceof FhirError ? e.status : 500),
+        );
+        assert.ok(outcome === 200 || (outcome >= 400 && outcome < 500), `${cursor}: ${outcome}`);
+      }
+    });
+
     it('leaves out versions not anchored yet, and counts them', async () => {
       await gw.gateway.ledger!.publisher.stop();
       try {
@@ -175,10 +191,12 @@ describe('federated record on a real gateway', () => {
     const get = (agent: supertest.Agent, url: string, token: string) => agent.get(url).set('Authorization', `Bearer ${token}`);
 
     it('federated=true on a gateway without federation: 400 saying so', async () => {
-      const res = await get(gw.http, `/fhir/Patient/${patients[0]}/$everything?federated=true`, gw.admin);
+      // The gateway federates whenever it has a ledger: an app without the port stands for one that does not.
+      const unfederated = supertest.agent(createApp({ repo: gw.gateway.repo, issuer: gw.gateway.issuer, maxBodyBytes: 1 << 20, ledger: gw.gateway.ledger!.service, baseUrl: gw.baseUrl }));
+      const res = await get(unfederated, `/fhir/Patient/${patients[0]}/$everything?federated=true`, gw.admin);
       assert.equal(res.status, 400);
       assert.match(body(res).issue[0].diagnostics, /federation is not configured/);
-      assert.equal((await get(gw.http, `/fhir/Patient/$everything?identifier=${encodeURIComponent(`${US_SSN_SYSTEM}|${SSN}`)}`, gw.admin)).status, 400);
+      assert.equal((await get(unfederated, `/fhir/Patient/$everything?identifier=${encodeURIComponent(`${US_SSN_SYSTEM}|${SSN}`)}`, gw.admin)).status, 400);
     });
 
     it('merges the local record with the holder\'s, linked and attributed', async () => {

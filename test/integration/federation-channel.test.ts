@@ -10,8 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Agent } from 'undici';
-import { FederationCallError } from '../../src/adapters/federation/client.ts';
+import { FederationCallError, FederationClient } from '../../src/adapters/federation/client.ts';
 import { loadConfig } from '../../src/config.ts';
 import { ASSERTION_HEADER, createAssertion, type AssertionClaims } from '../../src/federation/assertion.ts';
 import { ledgerView, openFederation, type Federation } from '../../src/federation-channel.ts';
@@ -19,9 +18,9 @@ import type { FederationRoute } from '../../src/federation/routes.ts';
 import { createGateway, type Gateway } from '../../src/gateway.ts';
 import { createConsortium } from '../../src/identity/ca.ts';
 import { genesisMembership, loadMemberConsortium, type MemberConsortium } from '../../src/identity/consortium-dir.ts';
-import { approveConfigChange, createEnvelope, encodeEnvelope, newNonce, type ConfigChange } from '../../src/ledger/envelope.ts';
 import { keySource } from '../../src/vault/keyring.ts';
 import { testConsortium } from '../support/consortium.ts';
+import { quorumConfigEnvelope, rawMtlsFetch } from '../support/federation-peers.ts';
 import { untilWithin } from '../support/until.ts';
 
 process.env.MEDBLOCK_LOG ??= 'off';
@@ -50,11 +49,6 @@ describe('federation channel (mutual TLS + requester assertion)', () => {
     return federation;
   }
 
-  /** A raw mutual-TLS fetch with chosen credentials and headers, for what the client would never send. */
-  function rawFetch(url: string, tls: { cert?: string; key?: string; ca: string }, headers: Record<string, string> = {}) {
-    const dispatcher = new Agent({ connect: { ...tls, minVersion: 'TLSv1.3', maxCachedSessions: 0, checkServerIdentity: () => undefined } });
-    return fetch(url, { headers, dispatcher } as RequestInit).finally(() => dispatcher.close());
-  }
   const asH2 = () => ({ cert: members.h2.tls.certificatePem, key: members.h2.tls.keyPem, ca: members.h2.caCertificatePem });
 
   before(async () => {
@@ -91,14 +85,32 @@ describe('federation channel (mutual TLS + requester assertion)', () => {
     const capabilities = await h2.client.request('h1', 'metadata', [], CLAIMS);
     assert.equal(capabilities.resourceType, 'CapabilityStatement');
     assert.match(String((capabilities.implementation as { description: string }).description), /Holder h1/);
-    // The spy listener's table lists only served operations: none but metadata on the gateway's.
-    assert.deepEqual((capabilities.rest as Array<{ resource: unknown[] }>)[0].resource, []);
+    // The table lists only served operations: on the gateway's, the holder's Patient/$everything.
+    const resources = (capabilities.rest as Array<{ resource: Array<{ type: string; operation: Array<{ name: string }> }> }>)[0].resource;
+    assert.deepEqual(resources.map((r) => [r.type, r.operation.map((o) => o.name)]), [['Patient', ['everything']]]);
+  });
+
+  it('cuts off an answer larger than the client takes, instead of buffering it without end', async () => {
+    const h2 = members.h2;
+    const options = {
+      signer: h2.self, tls: h2.tls, caCertificatePem: h2.caCertificatePem, ledger: { membership: () => genesisMembership(h2), height: () => -1 },
+      addressOf: () => holderAddress,
+    };
+    const small = new FederationClient({ ...options, maxResponseBytes: 256 });
+    const roomy = new FederationClient(options);
+    try {
+      await assert.rejects(small.requestText('h1', 'metadata', [], CLAIMS), (e: unknown) => e instanceof FederationCallError && e.failure === 'too-large');
+      assert.equal((await roomy.requestText('h1', 'metadata', [], CLAIMS)).status, 200, 'the same answer within the default limit');
+    } finally {
+      await small.close();
+      await roomy.close();
+    }
   });
 
   it('refuses a connection without a client certificate during the TLS handshake', async () => {
     const before = spyCalls;
     const assertion = await createAssertion(members.h2.self, 'h1', CLAIMS);
-    await assert.rejects(rawFetch(`${spyAddress}/federation/fhir/spy`, { ca: members.h2.caCertificatePem }, { [ASSERTION_HEADER]: assertion }), (e: Error) => {
+    await assert.rejects(rawMtlsFetch(`${spyAddress}/federation/fhir/spy`, { ca: members.h2.caCertificatePem }, { [ASSERTION_HEADER]: assertion }), (e: Error) => {
       assert.match(String((e.cause as { code?: string })?.code ?? e.cause), /CERTIFICATE_REQUIRED|ECONNRESET|EPIPE|UND_ERR_SOCKET/);
       return true;
     });
@@ -110,7 +122,7 @@ describe('federation channel (mutual TLS + requester assertion)', () => {
     const before = spyCalls;
     const assertion = await createAssertion(members.h2.self, 'h1', CLAIMS);
     const tls = { cert: rogue.members[0].certPem, key: rogue.members[0].keyPem, ca: members.h2.caCertificatePem };
-    await assert.rejects(rawFetch(`${spyAddress}/federation/fhir/spy`, tls, { [ASSERTION_HEADER]: assertion }), (e: Error) => {
+    await assert.rejects(rawMtlsFetch(`${spyAddress}/federation/fhir/spy`, tls, { [ASSERTION_HEADER]: assertion }), (e: Error) => {
       assert.match(String((e.cause as { code?: string })?.code ?? e.cause), /UNKNOWN_CA|ECONNRESET|EPIPE|UND_ERR_SOCKET/);
       return true;
     });
@@ -118,7 +130,7 @@ describe('federation channel (mutual TLS + requester assertion)', () => {
   });
 
   it('admits a member with a fresh assertion to a holder operation (the spy sees the peer)', async () => {
-    const res = await rawFetch(`${spyAddress}/federation/fhir/spy`, asH2(), { [ASSERTION_HEADER]: await createAssertion(members.h2.self, 'h1', CLAIMS) });
+    const res = await rawMtlsFetch(`${spyAddress}/federation/fhir/spy`, asH2(), { [ASSERTION_HEADER]: await createAssertion(members.h2.self, 'h1', CLAIMS) });
     assert.equal(res.status, 200);
     assert.equal((await res.json()).parameter[0].valueString, 'h2');
   });
@@ -126,12 +138,12 @@ describe('federation channel (mutual TLS + requester assertion)', () => {
   it('refuses a request without an assertion, an expired one, and a replayed one with 401 before any handler', async () => {
     const before = spyCalls;
     const url = `${spyAddress}/federation/fhir/spy`;
-    const none = await rawFetch(url, asH2());
+    const none = await rawMtlsFetch(url, asH2());
     assert.equal(none.status, 401);
     assert.match((await none.json()).issue[0].diagnostics, /requester assertion .* is required/);
 
     const expired = await createAssertion(members.h2.self, 'h1', CLAIMS, { now: new Date(Date.now() - 10 * 60_000) });
-    const old = await rawFetch(url, asH2(), { [ASSERTION_HEADER]: expired });
+    const old = await rawMtlsFetch(url, asH2(), { [ASSERTION_HEADER]: expired });
     assert.equal(old.status, 401);
     const outcome = await old.json();
     assert.equal(outcome.resourceType, 'OperationOutcome');
@@ -139,8 +151,8 @@ describe('federation channel (mutual TLS + requester assertion)', () => {
     assert.equal(spyCalls, before, 'no handler ran');
 
     const once = await createAssertion(members.h2.self, 'h1', CLAIMS);
-    assert.equal((await rawFetch(url, asH2(), { [ASSERTION_HEADER]: once })).status, 200);
-    const replay = await rawFetch(url, asH2(), { [ASSERTION_HEADER]: once });
+    assert.equal((await rawMtlsFetch(url, asH2(), { [ASSERTION_HEADER]: once })).status, 200);
+    const replay = await rawMtlsFetch(url, asH2(), { [ASSERTION_HEADER]: once });
     assert.equal(replay.status, 401);
     assert.match((await replay.json()).issue[0].diagnostics, /replayed/);
     assert.equal(spyCalls, before + 1, 'only the first use reached the handler');
@@ -148,17 +160,17 @@ describe('federation channel (mutual TLS + requester assertion)', () => {
 
   it('refuses an assertion whose issuer is not the member of the TLS certificate (h3 signs, h2 connects)', async () => {
     const before = spyCalls;
-    const res = await rawFetch(`${spyAddress}/federation/fhir/spy`, asH2(), { [ASSERTION_HEADER]: await createAssertion(members.h3.self, 'h1', CLAIMS) });
+    const res = await rawMtlsFetch(`${spyAddress}/federation/fhir/spy`, asH2(), { [ASSERTION_HEADER]: await createAssertion(members.h3.self, 'h1', CLAIMS) });
     assert.equal(res.status, 401);
     assert.match((await res.json()).issue[0].diagnostics, /issuer is not the member whose certificate made this connection/);
     assert.equal(spyCalls, before);
   });
 
   it('answers an unknown route with a 404 OperationOutcome (after admission)', async () => {
-    const res = await rawFetch(`${spyAddress}/federation/fhir/Patient/123/secret`, asH2(), { [ASSERTION_HEADER]: await createAssertion(members.h2.self, 'h1', CLAIMS) });
+    const res = await rawMtlsFetch(`${spyAddress}/federation/fhir/Patient/123/secret`, asH2(), { [ASSERTION_HEADER]: await createAssertion(members.h2.self, 'h1', CLAIMS) });
     assert.equal(res.status, 404);
     assert.equal((await res.json()).resourceType, 'OperationOutcome');
-    const outside = await rawFetch(`${spyAddress}/fhir/metadata`, asH2());
+    const outside = await rawMtlsFetch(`${spyAddress}/fhir/metadata`, asH2());
     assert.equal(outside.status, 404);
     assert.equal((await outside.json()).resourceType, 'OperationOutcome');
   });
@@ -186,13 +198,8 @@ describe('federation channel (mutual TLS + requester assertion)', () => {
     assert.equal(spyCalls, before + 1);
 
     // h1 and h2 (a quorum of 3) revoke h3; h1 submits the config envelope to its orderer.
-    const channel = members.h1.channel;
-    const nonce = newNonce();
-    const change: ConfigChange = { action: 'revokeMember', member: 'h3' };
-    const approvals = [approveConfigChange(members.h1.self, channel, nonce, change), approveConfigChange(members.h2.self, channel, nonce, change)];
-    const envelope = createEnvelope(members.h1.self, { channel, type: 'config', nonce, payload: { ...change, approvals } });
     const member = holder.ledger!.member;
-    await member.submit([encodeEnvelope(envelope)]);
+    await member.submit([quorumConfigEnvelope([members.h1, members.h2], { action: 'revokeMember', member: 'h3' })]);
     await until('h3 revoked on h1\'s ledger', () => !member.currentMembership().isActiveAt('h3', (member.headHeader()?.number ?? -1) + 1));
 
     await assert.rejects(h3.client.request('h1', 'spy', [], CLAIMS), (e: unknown) => {

@@ -26,9 +26,10 @@ import { mintToken } from '../../src/access/tokens.ts';
 import { ASSERTION_HEADER, createAssertion } from '../../src/federation/assertion.ts';
 import { patientLinkTokens } from '../../src/federation/link-token.ts';
 import { createConsortium } from '../../src/identity/ca.ts';
-import { loadMemberConsortium, type MemberConsortium } from '../../src/identity/consortium-dir.ts';
-import { approveConfigChange, createEnvelope, encodeEnvelope, newNonce, type ConfigChange } from '../../src/ledger/envelope.ts';
+import { loadMemberConsortium } from '../../src/identity/consortium-dir.ts';
+import type { ConfigChange } from '../../src/ledger/envelope.ts';
 import { describeWithEngine } from '../support/engines.ts';
+import { quorumConfigEnvelope, rawMtlsFetch } from '../support/federation-peers.ts';
 import { startFederation, type Hospital, type TestFederation } from '../support/federation.ts';
 import { body, FHIR_DATA, FHIR_JSON } from '../support/gateway.ts';
 import { splitPatientBundle, type TransactionBundle } from '../support/split-patient.ts';
@@ -294,14 +295,14 @@ describeWithEngine('kafka', 'the federated record across three hospitals', (brok
       const asH1 = { cert: h1.tls.certificatePem, key: h1.tls.keyPem, ca: h1.caCertificatePem };
       const claims = { sub: 'h1-clinician', role: 'clinician', pou: 'TREAT' };
       const assertion = await createAssertion(h1.self, 'h2', claims);
-      assert.equal((await rawFetch(url, asH1, { [ASSERTION_HEADER]: assertion })).status, 200);
-      assert.equal((await rawFetch(url, asH1, { [ASSERTION_HEADER]: assertion })).status, 401, 'the same nonce again');
+      assert.equal((await rawMtlsFetch(url, asH1, { [ASSERTION_HEADER]: assertion })).status, 200);
+      assert.equal((await rawMtlsFetch(url, asH1, { [ASSERTION_HEADER]: assertion })).status, 401, 'the same nonce again');
       const expired = await createAssertion(h1.self, 'h2', claims, { now: new Date(Date.now() - 10 * 60_000) });
-      assert.equal((await rawFetch(url, asH1, { [ASSERTION_HEADER]: expired })).status, 401, 'expired');
+      assert.equal((await rawMtlsFetch(url, asH1, { [ASSERTION_HEADER]: expired })).status, 401, 'expired');
       const stranger = await createConsortium({ members: ['h1'], channel: 'elsewhere' });
       const foreign = { cert: stranger.members[0].certPem, key: stranger.members[0].keyPem, ca: h1.caCertificatePem };
-      await assert.rejects(rawFetch(url, foreign, { [ASSERTION_HEADER]: await createAssertion(h1.self, 'h2', claims) }), 'a certificate of another CA fails the handshake');
-      await assert.rejects(rawFetch(url, { ca: h1.caCertificatePem }, {}), 'no client certificate fails the handshake');
+      await assert.rejects(rawMtlsFetch(url, foreign, { [ASSERTION_HEADER]: await createAssertion(h1.self, 'h2', claims) }), 'a certificate of another CA fails the handshake');
+      await assert.rejects(rawMtlsFetch(url, { ca: h1.caCertificatePem }, {}), 'no client certificate fails the handshake');
     });
 
     it('gives a partial result naming a stopped member, never a 5xx', async () => {
@@ -363,21 +364,11 @@ describeWithEngine('kafka', 'the federated record across three hospitals', (brok
   });
 });
 
-/** A raw mutual-TLS GET with chosen credentials and headers, for what the client would never send. */
-function rawFetch(url: string, tls: { cert?: string; key?: string; ca: string }, headers: Record<string, string>): Promise<Response> {
-  const dispatcher = new Agent({ connect: { ...tls, minVersion: 'TLSv1.3', maxCachedSessions: 0, checkServerIdentity: () => undefined } });
-  return fetch(url, { headers, dispatcher } as RequestInit).finally(() => dispatcher.close());
-}
-
 /** Orders a config change approved by h1 and h2 (the quorum of three) through h1, and waits for all three to apply it. */
 async function submitConfig(h: Record<string, Hospital>, consortiumDir: string, change: ConfigChange): Promise<void> {
-  const members: Record<string, MemberConsortium> = { h1: loadMemberConsortium(consortiumDir, 'h1'), h2: loadMemberConsortium(consortiumDir, 'h2') };
-  const channel = members.h1.channel;
-  const nonce = newNonce();
-  const approvals = [approveConfigChange(members.h1.self, channel, nonce, change), approveConfigChange(members.h2.self, channel, nonce, change)];
-  const envelope = createEnvelope(members.h1.self, { channel, type: 'config', nonce, payload: { ...change, approvals } });
+  const approvers = [loadMemberConsortium(consortiumDir, 'h1'), loadMemberConsortium(consortiumDir, 'h2')];
   const before = h.h1.gateway.ledger!.member.headHeader()?.number ?? -1;
-  await h.h1.gateway.ledger!.member.submit([encodeEnvelope(envelope)]);
+  await h.h1.gateway.ledger!.member.submit([quorumConfigEnvelope(approvers, change)]);
   await untilWithin(60_000, 100)('the config change committed everywhere', () =>
     ['h1', 'h2', 'h3'].every((id) => (h[id].gateway.ledger!.member.headHeader()?.number ?? -1) > before));
 }

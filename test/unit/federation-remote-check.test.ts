@@ -104,6 +104,14 @@ describe('remote check: what the caller accepts of a holder', () => {
     assert.throws(() => readHolderPage('{"resourceType":"Bundle","type":"searchset","entry":{}}'), MalformedHolderPageError);
   });
 
+  it('reads a holder outcome whose diagnostics is not a string as no count (no TypeError from String())', () => {
+    const coding = [{ system: 'https://medblock.dev/fhir/CodeSystem/federation', code: 'not-yet-anchored' }];
+    for (const diagnostics of [{ toString: 1 }, { valueOf: 'x' }, ['7 versions'], 7]) {
+      const text = JSON.stringify({ resourceType: 'Bundle', type: 'searchset', entry: [{ search: { mode: 'outcome' }, resource: { issue: [{ details: { coding }, diagnostics }, null] } }] });
+      assert.equal(readHolderPage(text).notYetAnchored, 0);
+    }
+  });
+
   it('takes only the _cursor of the next link, and the not-yet-anchored count of the outcome', () => {
     const outcome = `{"resource":{"resourceType":"OperationOutcome","issue":[{"severity":"information","code":"incomplete","details":{"coding":[{"system":"https://medblock.dev/fhir/CodeSystem/federation","code":"not-yet-anchored"}]},"diagnostics":"3 versions not yet anchored are left out"}]},"search":{"mode":"outcome"}}`;
     const page = readHolderPage(bundleText([], '0:1:abc', [outcome]));

@@ -14,10 +14,10 @@ import { Client, type FhirResource } from 'fhir-kit-client';
 import type { PeerCertificate } from 'node:tls';
 import { Agent, DecoratorHandler, type Dispatcher } from 'undici';
 import { ASSERTION_HEADER, createAssertion, type AssertionClaims, type AssertionSigner } from '../../federation/assertion.ts';
+import { DEFAULT_FEDERATION_TIMEOUT_MS } from '../../federation/federated-everything.ts';
 import { checkPeer, type LedgerView } from '../../federation/peers.ts';
+import { federationBase } from '../../federation/routes.ts';
 
-export const DEFAULT_FEDERATION_TIMEOUT_MS = 5000;
-const FEDERATION_PATH = '/federation/fhir';
 
 export type FederationFailure =
   /** No federation address is known for the member. */
@@ -33,7 +33,9 @@ export type FederationFailure =
   /** The server answered with an error status (its OperationOutcome is kept). */
   | 'http-error'
   /** The server answered something that is not FHIR JSON. */
-  | 'bad-response';
+  | 'bad-response'
+  /** The answer grew past the client's limit (requestText); it was cut off. */
+  | 'too-large';
 
 export class FederationCallError extends Error {
   constructor(
@@ -62,7 +64,12 @@ export interface FederationClientOptions {
   /** A member's federation address (`https://host:port`), if known. */
   addressOf(memberId: string): string | undefined;
   defaultTimeoutMs?: number;
+  /** The most bytes requestText takes of one answer; default DEFAULT_MAX_RESPONSE_BYTES. */
+  maxResponseBytes?: number;
 }
+
+/** Far above a holder's page of 1000 entries, far below what would exhaust the asking gateway's memory. */
+export const DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
 
 export interface FederationCallOptions {
   timeoutMs?: number;
@@ -101,12 +108,23 @@ export class FederationClient {
     call: FederationCallOptions = {},
   ): Promise<{ status: number; text: string }> {
     const chunks: Buffer[] = [];
+    const limit = this.options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
+    // A member that streams without end is cut off at the limit, not buffered until memory runs out.
+    const overflow = new AbortController();
+    let received = 0;
+    const keep = (chunk: Buffer) => {
+      received += chunk.length;
+      if (received > limit) overflow.abort();
+      else chunks.push(Buffer.from(chunk));
+    };
     const capture = (memberId: string, address: string) =>
-      this.#agent(memberId, address).compose((dispatch) => (opts, handler) => dispatch(opts, capturing(handler, chunks)));
+      this.#agent(memberId, address).compose((dispatch) => (opts, handler) => dispatch(opts, capturing(handler, keep)));
+    const signal = call.signal ? AbortSignal.any([call.signal, overflow.signal]) : overflow.signal;
     try {
-      const body = await this.#call(memberId, path, query, claims, call, capture);
+      const body = await this.#call(memberId, path, query, claims, { ...call, signal }, capture);
       return { status: Client.httpFor(body).response?.status ?? 200, text: Buffer.concat(chunks).toString('utf8') };
     } catch (e) {
+      if (overflow.signal.aborted) throw new FederationCallError(memberId, 'too-large', `the answer is larger than ${limit} bytes`);
       if (e instanceof FederationCallError && e.status !== undefined) return { status: e.status, text: Buffer.concat(chunks).toString('utf8') };
       throw e;
     }
@@ -128,7 +146,7 @@ export class FederationClient {
     const assertion = await createAssertion(this.options.signer, memberId, claims);
     const timeout = AbortSignal.timeout(call.timeoutMs ?? this.options.defaultTimeoutMs ?? DEFAULT_FEDERATION_TIMEOUT_MS);
     const signal = call.signal ? AbortSignal.any([timeout, call.signal]) : timeout;
-    const client = new Client({ baseUrl: `${address}${FEDERATION_PATH}`, requestOptions: { dispatcher: dispatcherFor(memberId, address) } });
+    const client = new Client({ baseUrl: federationBase(address), requestOptions: { dispatcher: dispatcherFor(memberId, address) } });
     const search = new URLSearchParams(query).toString();
     const url = path.split('/').map((segment) => encodeURIComponent(segment).replace(/^%24/, '$')).join('/') + (search ? `?${search}` : '');
     try {
@@ -194,12 +212,12 @@ export class FederationClient {
   }
 }
 
-/** Passes every body chunk of one response on, keeping a copy. */
-function capturing(handler: Dispatcher.DispatchHandlers, chunks: Buffer[]): Dispatcher.DispatchHandlers {
+/** Passes every body chunk of one response on, showing each to `keep` first. */
+function capturing(handler: Dispatcher.DispatchHandlers, keep: (chunk: Buffer) => void): Dispatcher.DispatchHandlers {
   const decorated = new DecoratorHandler(handler) as Dispatcher.DispatchHandlers;
   const onData = decorated.onData!.bind(decorated);
   decorated.onData = (chunk: Buffer) => {
-    chunks.push(Buffer.from(chunk));
+    keep(chunk);
     return onData(chunk);
   };
   return decorated;

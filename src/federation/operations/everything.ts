@@ -63,7 +63,8 @@ function parseParams(query: Array<[string, string]>): { limit: number; cursor?: 
   for (const [key, value] of query) {
     if (key === '_count') limit = parseCount(value, false);
     else if (key === '_cursor') cursor = parseCursor(value);
-    else throw errors.notSupported(`parameter '${key.slice(0, 64)}' is not supported here (supported: _count, _cursor)`);
+    // The name is the peer's text, not echoed: it may hold anything.
+    else throw errors.notSupported('only _count and _cursor are supported here');
   }
   return { limit, cursor };
 }
@@ -179,6 +180,6 @@ function notYetAnchoredOutcome(count: number): object {
 /** No answer leaves before its access record is durable. */
 async function logged(recording: Promise<void> | undefined): Promise<void> {
   await recording?.catch(() => {
-    throw new FhirError(503, [{ severity: 'error', code: 'transient', diagnostics: 'the access log cannot be written; nothing was returned' }], { 'Retry-After': '5' });
+    throw errors.accessLogUnavailable();
   });
 }
