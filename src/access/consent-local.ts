@@ -32,9 +32,17 @@ export interface DisclosureFacts {
   purpose: string;
   /** True when break-the-glass turned a deny into a permit. */
   breakTheGlass: boolean;
-  /** The deciding Consent version, `Consent/<id>/_history/<v>`, or `default`. */
-  consent: string;
+  /** The deciding Consent version, `Consent/<id>/_history/<v>`, or `default` (a request on one patient's record). */
+  consent?: string;
   /** Resource types the decision withheld. */
+  withheld?: string[];
+  /** Reads, searches and histories, which may span several patients' records: each deciding version and what it withheld. */
+  consents?: ConsentVerdict[];
+}
+
+/** One deciding Consent version (or `default`) of a request, and the resource types it withheld. */
+export interface ConsentVerdict {
+  consent: string;
   withheld: string[];
 }
 
@@ -75,7 +83,7 @@ export class ConsentFilter {
 
   /** The OperationOutcome entry telling the client what was withheld or opened by break-the-glass (type names only). */
   outcome(types: readonly string[]): BundleEntryParts[] {
-    const by = this.decision.consent === 'default' ? `the consortium default (${this.defaultPolicy})` : this.decision.consent;
+    const by = decidedBy(this.decision.consent, this.defaultPolicy);
     const issues: OutcomeIssue[] = [];
     const withheld = this.withheld(types);
     if (withheld.length > 0) {
@@ -105,12 +113,30 @@ export class ConsentFilter {
 export async function consentFilter(req: FhirRequest, ctx: FhirContext, patientId: string): Promise<ConsentFilter | undefined> {
   const stated = statedPurpose(req);
   if (!stated) return undefined;
-  const settings = ctx.consent ?? { defaultPolicy: 'opt-in' };
+  const settings = consentSettings(ctx);
+  return new ConsentFilter(await decideLocally(ctx, req.auth.subject, stated, patientId), stated, settings.defaultPolicy);
+}
+
+export function consentSettings(ctx: FhirContext): ConsentSettings {
+  return ctx.consent ?? { defaultPolicy: 'opt-in' };
+}
+
+/** How the outcome and errors name what decided: the Consent version, or the default and its policy. */
+export function decidedBy(consent: string, defaultPolicy: DefaultConsent): string {
+  return consent === 'default' ? `the consortium default (${defaultPolicy})` : consent;
+}
+
+/**
+ * The decision of a patient's Consents on a local request by `subject` (this hospital and the caller as
+ * actor), for every resource type. `stated.btgReason` is passed on as given: leave it out to learn what
+ * the patient's directive alone decides.
+ */
+export async function decideLocally(ctx: FhirContext, subject: string, stated: StatedPurpose, patientId: string): Promise<ConsentDecision> {
+  const settings = consentSettings(ctx);
   const consents = await activeConsents(ctx.repo, patientId);
-  const decision = decideConsent(
+  return decideConsent(
     consents,
-    { actor: { member: settings.member, practitioner: req.auth.subject }, purpose: stated.purpose, at: new Date(), resourceTypes: knownResourceTypes(), btgReason: stated.btgReason },
+    { actor: { member: settings.member, practitioner: subject }, purpose: stated.purpose, at: new Date(), resourceTypes: knownResourceTypes(), btgReason: stated.btgReason },
     settings.defaultPolicy,
   );
-  return new ConsentFilter(decision, stated, settings.defaultPolicy);
 }

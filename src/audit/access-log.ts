@@ -36,6 +36,8 @@ export interface AccessRecord {
   consent?: string;
   /** Resource types the consent decision withheld. */
   withheld?: string[];
+  /** A local read, search or history under Consent (possibly over several patients' records): each deciding version and what it withheld. */
+  consents?: Array<{ consent: string; withheld: string[] }>;
   /** Members asked (the requesting side of a federated request). */
   members?: string[];
   /** Versions that left this hospital (`Type/id/_history/v`, the holding side of a federated request). */
@@ -103,11 +105,12 @@ export function auditEvent(record: AccessRecord, hospitalId: string): Record<str
 /** The consent decision (its deciding Consent version, what it withheld), the members asked, the versions that left. */
 function consentEntities(record: AccessRecord): Array<Record<string, unknown>> {
   const entities: Array<Record<string, unknown>> = [];
-  if (record.consent) {
+  const decisions = record.consents ?? (record.consent ? [{ consent: record.consent, withheld: record.withheld ?? [] }] : []);
+  for (const { consent, withheld } of decisions) {
     entities.push({
-      what: record.consent === 'default' ? { identifier: DEFAULT_CONSENT_IDENTIFIER } : { reference: record.consent },
+      what: consent === 'default' ? { identifier: DEFAULT_CONSENT_IDENTIFIER } : { reference: consent },
       type: { system: RESOURCE_TYPES_SYSTEM, code: 'Consent' },
-      ...(record.withheld?.length ? { detail: [{ type: 'withheld', valueString: record.withheld.join(',') }] } : {}),
+      ...(withheld.length ? { detail: [{ type: 'withheld', valueString: withheld.join(',') }] } : {}),
     });
   }
   for (const member of record.members ?? []) {

@@ -214,3 +214,196 @@ describe('consent on local $everything', () => {
     assert.equal(requester.meta.security, undefined);
   });
 });
+
+/**
+ * Consent on the other local reads (access/consent-filter.ts): read and vread of a denied type answer 403
+ * naming the deciding Consent version; searches and histories leave out what the patients' Consents
+ * withhold and say how many and by which versions; resources in no compartment are untouched.
+ */
+describe('consent on local reads, searches and histories', () => {
+  let t: TestGateway;
+  let permitted: string; // patient whose Consent permits this hospital everything but Observations
+  let unconsented: string; // patient with no Consent: the opt-in default denies
+  let consentRef: string;
+  const ids: Record<string, string> = {};
+  const SECRET = /Zyxwvut|Mnbvcxy/;
+  const PURPOSE = { 'X-Purpose-Of-Use': 'TREAT' };
+  const GLASS = { 'X-Purpose-Of-Use': 'ETREAT', 'X-Break-Glass-Reason': 'Mnbvcxy collapsed in the ward' };
+
+  const create = async (resource: Record<string, unknown>) => {
+    const res = await t.http.post(`/fhir/${resource.resourceType}`).set('Authorization', `Bearer ${t.admin}`).set('Content-Type', FHIR_JSON).send(JSON.stringify(resource));
+    assert.equal(res.status, 201, res.text);
+    return (body(res) as { id: string }).id;
+  };
+  const get = (path: string, headers: Record<string, string> = {}) => {
+    let req = t.http.get(`/fhir/${path}`).set('Authorization', `Bearer ${t.admin}`);
+    for (const [k, v] of Object.entries(headers)) req = req.set(k, v);
+    return req;
+  };
+  const resources = (bundle: any) => (bundle.entry ?? []).filter((e: any) => e.search?.mode !== 'outcome' && e.resource?.resourceType !== 'OperationOutcome').map((e: any) => `${e.resource.resourceType}/${e.resource.id}`).sort();
+  const outcomeOf = (bundle: any) => (bundle.entry ?? []).find((e: any) => e.resource?.resourceType === 'OperationOutcome')?.resource;
+  /** The newest access record of an interaction (the RESTful subtype code). */
+  const lastRecord = async (interaction: string) => {
+    const res = await t.http.get('/fhir/AuditEvent?_count=1000').set('Authorization', `Bearer ${t.admin}`);
+    const records = (body(res).entry ?? []).map((e: any) => e.resource).filter((r: any) => r.subtype?.[0]?.code === interaction);
+    return records.sort((a: any, b: any) => (a.recorded < b.recorded ? -1 : a.recorded > b.recorded ? 1 : 0)).at(-1);
+  };
+  const consentEntities = (record: any) => (record.entity ?? []).filter((e: any) => e.type?.code === 'Consent');
+  const breakGlassCount = async () => {
+    const m = /^medblock_break_glass_total\{side="holder"\} (\d+)$/m.exec((await t.http.get('/metrics')).text);
+    return m ? Number(m[1]) : 0;
+  };
+
+  before(async () => {
+    t = await startTestGateway();
+    ids.Practitioner = await create({ resourceType: 'Practitioner', name: [{ family: 'Careful' }] });
+    permitted = await create({ resourceType: 'Patient', name: [{ family: 'Zyxwvut' }] });
+    unconsented = await create({ resourceType: 'Patient', name: [{ family: 'Mnbvcxy' }] });
+    const observation = (patient: string) => ({ resourceType: 'Observation', status: 'final', code: { text: 'Zyxwvut marker' }, subject: { reference: `Patient/${patient}` } });
+    ids.permittedObservation = await create(observation(permitted));
+    ids.unconsentedObservation = await create(observation(unconsented));
+    ids.permittedCondition = await create({ resourceType: 'Condition', subject: { reference: `Patient/${permitted}` }, code: { text: 'Zyxwvut' } });
+    ids.unconsentedCondition = await create({ resourceType: 'Condition', subject: { reference: `Patient/${unconsented}` }, code: { text: 'Mnbvcxy' } });
+    // A second version, for history.
+    const updated = await t.http.put(`/fhir/Observation/${ids.permittedObservation}`).set('Authorization', `Bearer ${t.admin}`).set('Content-Type', FHIR_JSON)
+      .send(JSON.stringify({ ...observation(permitted), id: ids.permittedObservation, status: 'amended' }));
+    assert.equal(updated.status, 200, updated.text);
+    const consentId = await create({
+      resourceType: 'Consent', status: 'active',
+      scope: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }] },
+      category: [{ coding: [{ system: 'http://loinc.org', code: '59284-0' }] }],
+      patient: { reference: `Patient/${permitted}` }, dateTime: '2024-01-01',
+      policyRule: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'OPTIN' }] },
+      provision: {
+        type: 'permit',
+        actor: [{ role: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ParticipationType', code: 'IRCP' }] }, reference: { identifier: { system: MEMBER, value: 'test-hospital' } } }],
+        provision: [{ type: 'deny', class: [{ system: 'http://hl7.org/fhir/resource-types', code: 'Observation' }] }],
+      },
+    });
+    consentRef = `Consent/${consentId}/_history/1`;
+  });
+  after(async () => t.close());
+
+  it('without X-Purpose-Of-Use nothing changes: reads, searches and histories answer as before, no purpose on record', async () => {
+    assert.equal((await get(`Observation/${ids.permittedObservation}`)).status, 200);
+    assert.equal((await get(`Observation/${ids.permittedObservation}/_history/1`)).status, 200);
+    const search = body(await get('Observation'));
+    assert.deepEqual(resources(search), [`Observation/${ids.permittedObservation}`, `Observation/${ids.unconsentedObservation}`].sort());
+    assert.equal(outcomeOf(search), undefined);
+    assert.equal(resources(body(await get(`Observation/${ids.permittedObservation}/_history`))).length, 2);
+    const record = await lastRecord('history-instance');
+    assert.equal(record.purposeOfEvent, undefined);
+    assert.deepEqual(consentEntities(record), []);
+  });
+
+  it('read and vread of a denied type: 403 naming the deciding Consent version, no content; the record names it too', async () => {
+    for (const path of [`Observation/${ids.permittedObservation}`, `Observation/${ids.permittedObservation}/_history/1`]) {
+      const res = await get(path, PURPOSE);
+      assert.equal(res.status, 403, path);
+      assert.equal(body(res).resourceType, 'OperationOutcome');
+      assert.match(body(res).issue[0].diagnostics, new RegExp(`\\(${consentRef}\\) does not permit disclosing this Observation for purpose TREAT`));
+      assert.doesNotMatch(res.text, SECRET);
+    }
+    const record = await lastRecord('vread');
+    assert.equal(record.outcome, '4');
+    assert.deepEqual(record.purposeOfEvent, [{ coding: [{ system: ACT_REASON, code: 'TREAT' }] }]);
+    assert.deepEqual(consentEntities(record).map((e: any) => [e.what.reference, e.detail?.[0].valueString]), [[consentRef, 'Observation']]);
+    // The opt-in default denies the patient without a Consent: named as such.
+    const byDefault = await get(`Condition/${ids.unconsentedCondition}`, PURPOSE);
+    assert.equal(byDefault.status, 403);
+    assert.match(body(byDefault).issue[0].diagnostics, /consortium default \(opt-in\)/);
+  });
+
+  it('read of a permitted type is served, its record naming the permitting Consent', async () => {
+    const res = await get(`Condition/${ids.permittedCondition}`, PURPOSE);
+    assert.equal(res.status, 200);
+    assert.equal(body(res).id, ids.permittedCondition);
+    const record = await lastRecord('read');
+    assert.deepEqual(consentEntities(record).map((e: any) => [e.what.reference, e.detail]), [[consentRef, undefined]]);
+  });
+
+  it('a resource in no patient compartment is untouched by a stated purpose', async () => {
+    const res = await get(`Practitioner/${ids.Practitioner}`, PURPOSE);
+    assert.equal(res.status, 200);
+    assert.equal(body(res).name[0].family, 'Careful');
+    const search = body(await get('Practitioner', PURPOSE));
+    assert.deepEqual(resources(search), [`Practitioner/${ids.Practitioner}`]);
+    assert.equal(outcomeOf(search), undefined);
+  });
+
+  it('refuses a bad purpose on a read or a search before anything is read (400, no echo)', async () => {
+    for (const path of [`Observation/${ids.permittedObservation}`, 'Observation', `Patient/${permitted}/Observation`, '_history']) {
+      const res = await get(path, { 'X-Purpose-Of-Use': 'TREAT', 'X-Break-Glass-Reason': 'Mnbvcxy is unconscious' });
+      assert.equal(res.status, 400, path);
+      assert.doesNotMatch(res.text, SECRET);
+    }
+  });
+
+  it('a type search leaves out what each patient\'s Consent withholds, saying how many and by which versions', async () => {
+    const observations = body(await get('Observation', PURPOSE));
+    assert.deepEqual(resources(observations), []);
+    const issue = outcomeOf(observations).issue[0];
+    assert.equal(issue.code, 'suppressed');
+    assert.equal(issue.diagnostics, `2 resources withheld by consent (${consentRef}: Observation; the consortium default (opt-in): Observation)`);
+    assert.doesNotMatch(JSON.stringify(observations), SECRET);
+
+    const conditions = body(await get('Condition', PURPOSE));
+    assert.deepEqual(resources(conditions), [`Condition/${ids.permittedCondition}`]);
+    assert.equal(outcomeOf(conditions).issue[0].diagnostics, '1 resource withheld by consent (the consortium default (opt-in): Condition)');
+    const record = await lastRecord('search-type');
+    assert.deepEqual(consentEntities(record).map((e: any) => [e.what.reference ?? e.what.identifier.value, e.detail?.[0].valueString]).sort(), [[consentRef, undefined], ['default', 'Condition']]);
+  });
+
+  it('a compartment search, a search across types and _include are filtered the same way', async () => {
+    const denied = body(await get(`Patient/${permitted}/Observation`, PURPOSE));
+    assert.deepEqual(resources(denied), []);
+    assert.match(outcomeOf(denied).issue[0].diagnostics, new RegExp(`^1 resource withheld by consent \\(${consentRef}: Observation\\)$`));
+    const allowed = body(await get(`Patient/${permitted}/Condition`, PURPOSE));
+    assert.deepEqual(resources(allowed), [`Condition/${ids.permittedCondition}`]);
+    assert.equal(outcomeOf(allowed), undefined);
+
+    const across = body(await get('?_type=Observation,Condition,Practitioner', PURPOSE));
+    assert.deepEqual(resources(across), [`Condition/${ids.permittedCondition}`, `Practitioner/${ids.Practitioner}`].sort());
+    assert.match(outcomeOf(across).issue[0].diagnostics, /^3 resources withheld by consent/);
+
+    // The Patient is permitted, its Observations are not: an _revinclude brings none of them.
+    const included = body(await get(`Patient?_id=${permitted}&_revinclude=Observation:subject`, PURPOSE));
+    assert.deepEqual(resources(included), [`Patient/${permitted}`]);
+    assert.match(outcomeOf(included).issue[0].diagnostics, /^1 resource withheld/);
+  });
+
+  it('histories leave out the withheld versions, each decided by its own content', async () => {
+    const instance = body(await get(`Observation/${ids.permittedObservation}/_history`, PURPOSE));
+    assert.deepEqual(resources(instance), []);
+    assert.match(outcomeOf(instance).issue[0].diagnostics, new RegExp(`^2 resources withheld by consent \\(${consentRef}: Observation\\)$`));
+    const type = body(await get('Condition/_history', PURPOSE));
+    assert.deepEqual(resources(type), [`Condition/${ids.permittedCondition}`]);
+    const system = body(await get('_history?_count=100', PURPOSE));
+    const served = resources(system);
+    assert.ok(served.includes(`Practitioner/${ids.Practitioner}`) && served.includes(`Condition/${ids.permittedCondition}`));
+    assert.ok(!served.some((r: string) => r.startsWith('Observation/') || r === `Condition/${ids.unconsentedCondition}` || r === `Patient/${unconsented}`));
+    assert.doesNotMatch(JSON.stringify(system), /Mnbvcxy|Zyxwvut marker/);
+  });
+
+  it('break-the-glass on a read: served, counted once, flagged, the record naming the Consent; a search over two denials counts once', async () => {
+    const before = await breakGlassCount();
+    const res = await get(`Observation/${ids.permittedObservation}`, GLASS);
+    assert.equal(res.status, 200);
+    assert.equal(body(res).id, ids.permittedObservation);
+    assert.equal(await breakGlassCount(), before + 1);
+    const record = await lastRecord('read');
+    assert.deepEqual(record.meta.security, [{ system: ACT_REASON, code: 'BTG', display: 'break the glass' }]);
+    assert.deepEqual(consentEntities(record).map((e: any) => e.what.reference), [consentRef]);
+    assert.doesNotMatch(JSON.stringify(record), /collapsed|Mnbvcxy/, 'the reason is not stored');
+
+    const search = body(await get('Observation', GLASS));
+    assert.equal(resources(search).length, 2);
+    assert.match(outcomeOf(search).issue[0].diagnostics, /^break-the-glass/);
+    assert.equal(await breakGlassCount(), before + 2, 'one request, one count');
+
+    // Nothing denied, nothing broken: a permitted read with ETREAT and a reason is neither counted nor flagged.
+    assert.equal((await get(`Condition/${ids.permittedCondition}`, GLASS)).status, 200);
+    assert.equal(await breakGlassCount(), before + 2);
+    assert.equal((await lastRecord('read')).meta?.security, undefined);
+  });
+});

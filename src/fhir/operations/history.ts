@@ -1,3 +1,4 @@
+import { requestConsent, type RequestConsent } from '../../access/consent-filter.ts';
 import { authorize, type Access } from '../../access/policy.ts';
 import { ACCESS_LOG_TYPE } from '../../access/reserved.ts';
 import type { FhirContext, FhirRequest, Handler } from '../context.ts';
@@ -39,6 +40,7 @@ async function historyBundle(
   path: string,
   type?: string,
   id?: string,
+  consent?: RequestConsent,
 ): Promise<string> {
   const params = parseHistoryParams(req);
   const page = await ctx.repo.history({
@@ -47,7 +49,9 @@ async function historyBundle(
   const { nextCursor } = page;
   // A resource may have moved into the token's compartment: its versions from before are someone else's.
   // System history spans every type, the access log included, which a wildcard scope does not cover.
-  const versions = page.versions.filter((v) => versionVisible(access, v) && (type !== undefined || accessIfAny(req, v.type, 'r') !== undefined));
+  const visible = page.versions.filter((v) => versionVisible(access, v) && (type !== undefined || accessIfAny(req, v.type, 'r') !== undefined));
+  // Under a stated purpose, each version as its own content places it: the Consents of its patients decide.
+  const versions = consent ? await consent.filter(visible) : visible;
   // The count of all versions would tell how many were left out.
   const total = access.kind === 'patient' || (type === undefined && accessIfAny(req, ACCESS_LOG_TYPE, 'r') === undefined) ? undefined : page.total;
   const self = (extra: Array<[string, string]>) => {
@@ -71,29 +75,33 @@ async function historyBundle(
       },
     };
   });
-  return serializeBundle({ resourceType: 'Bundle', type: 'history', total, link }, entries);
+  return serializeBundle({ resourceType: 'Bundle', type: 'history', total, link }, [...entries, ...(consent?.outcome() ?? [])]);
 }
 
 /** GET [base]/[type]/[id]/_history */
 export const instanceHistory: Handler = async (req, ctx, { type, id }) => {
   const access = requireAccess(req, type, 'r');
   assertId(id);
+  const consent = requestConsent(req, ctx);
   const current = await ctx.repo.store.current(type, id);
   if (!current) throw unknownResource(type);
   if (access.kind === 'patient') await readAccessible(ctx, access, type, id);
-  return { status: 200, body: await historyBundle(req, ctx, access, `/${type}/${id}/_history`, type, id) };
+  const body = await historyBundle(req, ctx, access, `/${type}/${id}/_history`, type, id, consent);
+  return { status: 200, body, disclosure: consent?.facts() };
 };
 
 /** GET [base]/[type]/_history */
 export const typeHistory: Handler = async (req, ctx, { type }) => {
   const access = requireAccess(req, type, 'r');
   if (access.kind === 'patient') throw errors.forbidden('type history needs a user/ or system/ scope');
-  return { status: 200, body: await historyBundle(req, ctx, access, `/${type}/_history`, type) };
+  const consent = requestConsent(req, ctx);
+  return { status: 200, body: await historyBundle(req, ctx, access, `/${type}/_history`, type, undefined, consent), disclosure: consent?.facts() };
 };
 
 /** GET [base]/_history */
 export const systemHistory: Handler = async (req, ctx) => {
   const access = authorize(req.auth, '*', 'r');
   if (access.kind === 'patient') throw errors.forbidden('system history needs a user/ or system/ scope');
-  return { status: 200, body: await historyBundle(req, ctx, access, '/_history') };
+  const consent = requestConsent(req, ctx);
+  return { status: 200, body: await historyBundle(req, ctx, access, '/_history', undefined, undefined, consent), disclosure: consent?.facts() };
 };

@@ -1,3 +1,4 @@
+import { requestConsent } from '../../access/consent-filter.ts';
 import type { Handler } from '../context.ts';
 import { subsetted } from '../repository.ts';
 import { parseElements } from '../search/query.ts';
@@ -14,7 +15,11 @@ export function readShaping(req: Parameters<Handler>[0], type: string, interacti
 export const read: Handler = async (req, ctx, { type, id }) => {
   const access = requireAccess(req, type, 'r');
   const { elements } = readShaping(req, type, 'read');
+  const consent = requestConsent(req, ctx);
   const v = await readAccessible(ctx, access, type, id);
   await assertAnchorIntact(v, ctx);
-  return { status: 200, headers: versionHeaders(v, ctx), body: elements ? subsetted(v, elements).json : v.json };
+  // A request that states a purpose of use gets what the patient's Consent allows (access/consent-filter.ts).
+  const refusal = await consent?.refusal(v);
+  if (refusal) return refusal;
+  return { status: 200, headers: versionHeaders(v, ctx), body: elements ? subsetted(v, elements).json : v.json, disclosure: consent?.facts() };
 };

@@ -1,4 +1,5 @@
 import { inPatientCompartment, reportOutsideCompartment, restrictToPatient } from '../../access/compartment.ts';
+import { requestConsent, type RequestConsent } from '../../access/consent-filter.ts';
 import type { Access } from '../../access/policy.ts';
 import type { StoreQuery } from '../../vault/store.ts';
 import type { FhirContext, FhirRequest, Handler } from '../context.ts';
@@ -29,8 +30,13 @@ function linkUrl(base: string, path: string, params: Array<[string, string]>): s
   return `${base}${path ? `/${path}` : ''}${qs ? `?${qs}` : ''}`;
 }
 
-/** A type search (at `path`, under `restrict`, its matches re-checked by `canSee`) as a searchset Bundle. */
-async function typeSearch(req: FhirRequest, ctx: FhirContext, type: string, path: string, restrict: Restriction, canSee: MatchCheck): Promise<string> {
+/**
+ * A type search (at `path`, under `restrict`, its matches re-checked by `canSee`) as a searchset Bundle;
+ * under a stated purpose, what the patients' Consents withhold is left out and counted in an outcome entry.
+ */
+async function typeSearch(
+  req: FhirRequest, ctx: FhirContext, type: string, path: string, restrict: Restriction, canSee: MatchCheck, consent?: RequestConsent,
+): Promise<string> {
   const page: SearchPage = await ctx.repo.search(type, req.query, restrict, {
     baseUrl: ctx.baseUrl,
     canSee,
@@ -46,7 +52,9 @@ async function typeSearch(req: FhirRequest, ctx: FhirContext, type: string, path
   if (page.nextCursor !== undefined) {
     link.push({ relation: 'next', url: linkUrl(ctx.baseUrl, path, [...page.applied, ['_cursor', page.nextCursor]]) });
   }
-  const entries = [...page.versions.map((v) => searchEntry(ctx, v, 'match')), ...page.included.map((v) => searchEntry(ctx, v, 'include'))];
+  const [matches, included] = consent ? [await consent.filter(page.versions), await consent.filter(page.included)] : [page.versions, page.included];
+  const entries = [...matches.map((v) => searchEntry(ctx, v, 'match')), ...included.map((v) => searchEntry(ctx, v, 'include'))];
+  if (consent) entries.push(...consent.outcome());
   if (page.warnings.length > 0) {
     entries.push({
       resource: operationOutcome(page.warnings.map((w) => ({ severity: 'warning', code: 'incomplete', diagnostics: w }))),
@@ -63,7 +71,9 @@ async function typeSearch(req: FhirRequest, ctx: FhirContext, type: string, path
  */
 export const search: Handler = async (req, ctx, { type }) => {
   const access = requireAccess(req, type, 's');
-  return { status: 200, body: await typeSearch(req, ctx, type, type, accessRestriction(access), compartmentCheck(access, 'search')) };
+  const consent = requestConsent(req, ctx);
+  const body = await typeSearch(req, ctx, type, type, accessRestriction(access), compartmentCheck(access, 'search'), consent);
+  return { status: 200, body, disclosure: consent?.facts() };
 };
 
 /**
@@ -78,7 +88,9 @@ export const compartmentSearch: Handler = async (req, ctx, { id, type }) => {
   if (!compartmentParams().has(type)) throw errors.badRequest(`${type} resources are never in a patient compartment`);
   const restrict = (q: StoreQuery) => restrictToPatient(tokenRestriction ? tokenRestriction(q) : q, id);
   const canSee = compartmentCheck(access, 'compartment search', id);
-  return { status: 200, body: await typeSearch(req, ctx, type, `Patient/${id}/${type}`, restrict, canSee) };
+  const consent = requestConsent(req, ctx);
+  const body = await typeSearch(req, ctx, type, `Patient/${id}/${type}`, restrict, canSee, consent);
+  return { status: 200, body, disclosure: consent?.facts() };
 };
 
 /** What a search across types accepts: store-native criteria and the paging and counting parameters. */
@@ -115,6 +127,7 @@ function systemTypes(req: FhirRequest, typeParams: string[]): Array<{ type: stri
  */
 export const systemSearch: Handler = async (req, ctx) => {
   const params = supportedParams(req, SYSTEM_PARAMS, 'a search across types');
+  const consent = requestConsent(req, ctx);
   const types = systemTypes(req, params.filter(([k]) => k === '_type').map(([, v]) => v));
   const cursorValue = params.find(([k]) => k === '_cursor')?.[1];
   const cursor = cursorValue === undefined ? undefined : parseTypeCursor(cursorValue);
@@ -136,6 +149,8 @@ export const systemSearch: Handler = async (req, ctx) => {
   }
   const accessOf = new Map(types.map(({ type, access }) => [type, access]));
   const visible = page.versions.filter((v) => withinAccess(accessOf.get(v.type)!, v, 'system search'));
-  const entries = visible.map((v) => searchEntry(ctx, v, 'match'));
-  return { status: 200, body: serializeBundle({ resourceType: 'Bundle', type: 'searchset', total: page.total, link }, entries) };
+  const entries = (consent ? await consent.filter(visible) : visible).map((v) => searchEntry(ctx, v, 'match'));
+  if (consent) entries.push(...consent.outcome());
+  const body = serializeBundle({ resourceType: 'Bundle', type: 'searchset', total: page.total, link }, entries);
+  return { status: 200, body, disclosure: consent?.facts() };
 };
