@@ -249,6 +249,29 @@ describeWithEngine('kafka', 'the federated record across three hospitals', (brok
       });
     });
 
+    it("applies the caller's own Consents to its local part when the user states a purpose", async () => {
+      const consent = {
+        resourceType: 'Consent', status: 'active',
+        scope: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }] },
+        category: [{ coding: [{ system: 'http://loinc.org', code: '59284-0' }] }],
+        patient: { reference: `Patient/${patientId.h1}` },
+        dateTime: new Date().toISOString(),
+        policyRule: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'OPTOUT' }] },
+        provision: { type: 'permit', provision: [{ type: 'deny', purpose: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActReason', code: 'HPAYMT' }], class: [{ system: 'http://hl7.org/fhir/resource-types', code: 'Observation' }] }] },
+      };
+      const res = await h.h1.http.post('/fhir/Consent').set('Authorization', `Bearer ${h.h1.clinician}`).set('Content-Type', FHIR_JSON).send(JSON.stringify(consent));
+      assert.equal(res.status, 201, res.text);
+      held.h1.set(`Consent/${body(res).id}`, body(res));
+      const { entries } = await federated(h.h1, { 'X-Purpose-Of-Use': 'HPAYMT' });
+      const local = compartmentKeys('h1', entries).filter((k) => k.startsWith('h1 '));
+      const expected = expectedKeys(['h1']).filter((k) => !k.startsWith('h1 Observation/'));
+      assert.deepEqual(local.sort(), expected, "h1's part without its Observations");
+      assert.ok(expected.length < held.h1.size);
+      assert.ok(outcomes(entries).some((i) => /withheld by consent/.test(i.diagnostics ?? '')), JSON.stringify(outcomes(entries)));
+      const treat = await federated(h.h1);
+      assert.equal(compartmentKeys('h1', treat.entries).filter((k) => k.startsWith('h1 ')).length, held.h1.size, 'another purpose: all of it');
+    });
+
     it('rejects and reports a resource a holder edits in flight; serves the rest of its part', async () => {
       // A holder that edits what it sends: a proxy presenting h2's certificate in front of h2's listener,
       // moved to by a quorum-approved address change on the ledger.

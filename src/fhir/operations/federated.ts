@@ -13,10 +13,11 @@ import { inPatientCompartment, reportOutsideCompartment } from '../../access/com
 import type { FederatedRecordPort, FederatedTarget } from '../../federation/federated-everything.ts';
 import { recordPage, type LocalEntry, type MergedRecord } from '../../federation/merge.ts';
 import { statedPurpose } from '../../access/consent-local.ts';
+import { requestConsent, type RequestConsent } from '../../access/consent-filter.ts';
 import { formatRecordCursor, parseRecordCursor } from '../../federation/snapshots.ts';
 import { compartmentTypes } from '../compartment.ts';
 import type { FhirContext, FhirRequest, FhirResponse } from '../context.ts';
-import { errors } from '../outcome.ts';
+import { errors, type OperationOutcome } from '../outcome.ts';
 import { assertId, unknownResource, type EverythingCursor } from '../repository.ts';
 import { parseVersion } from '../resource-version.ts';
 import { MAX_PAGE_SIZE, parseCount } from '../search/query.ts';
@@ -42,8 +43,12 @@ function parseIdentifier(value: string): { system: string; value: string } {
   return { system: value.slice(0, bar), value: value.slice(bar + 1) };
 }
 
-/** The caller's own part: every page of local $everything for these patients, as the user may see it. */
-async function localRecord(req: FhirRequest, ctx: FhirContext, patientIds: string[]): Promise<LocalEntry[]> {
+/**
+ * The caller's own part: every page of local $everything for these patients, as the user may see it, and,
+ * when the user states a purpose, as the patients' Consents here let them see it (a local request that states
+ * a purpose is under Consent, docs/federation.md "Local requests").
+ */
+async function localRecord(req: FhirRequest, ctx: FhirContext, patientIds: string[], consent: RequestConsent | undefined): Promise<LocalEntry[]> {
   const types = compartmentTypes().filter((t) => accessIfAny(req, t, 'r') !== undefined);
   const canInclude = (type: string) => accessIfAny(req, type, 'r')?.kind === 'all';
   const entries: LocalEntry[] = [];
@@ -51,6 +56,7 @@ async function localRecord(req: FhirRequest, ctx: FhirContext, patientIds: strin
     let cursor: EverythingCursor | undefined;
     do {
       const page = await ctx.repo.everything(patientId, { types, limit: MAX_PAGE_SIZE, cursor, canInclude });
+      if (consent) [page.versions, page.included] = await Promise.all([consent.filter(page.versions), consent.filter(page.included)]);
       for (const v of page.versions) {
         if (!v.json) continue;
         if (!inPatientCompartment(v.type, parseVersion(v), patientId)) {
@@ -74,7 +80,9 @@ export async function federatedEverything(req: FhirRequest, ctx: FhirContext, id
   const value = (name: string) => params.filter(([k]) => k === name).map(([, v]) => v);
   if (value('_count').length > 1 || value('_cursor').length > 1 || value('identifier').length > 1) throw errors.badRequest('_count, _cursor and identifier may each be given once');
   const count = value('_count').length ? parseCount(value('_count')[0], false) : MAX_PAGE_SIZE;
-  // A federated request always has a purpose: treatment unless the user states another.
+  // A federated request always has a purpose: treatment unless the user states another. Only a stated one puts
+  // the local part under the Consents here too (as any local request stating a purpose).
+  const consent = requestConsent(req, ctx);
   const stated = statedPurpose(req) ?? { purpose: 'TREAT' };
   if (id !== undefined) {
     assertId(id);
@@ -115,10 +123,18 @@ export async function federatedEverything(req: FhirRequest, ctx: FhirContext, id
     // Tokens carry no role claim yet: every user asks as a clinician (the assertion's default role).
     requester: { sub: req.auth.subject, role: 'clinician', pou: stated.purpose, ...(stated.btgReason ? { btg: stated.btgReason } : {}) },
     baseUrl: ctx.baseUrl,
-    readLocal: (patientIds) => localRecord(req, ctx, patientIds),
+    readLocal: (patientIds) => localRecord(req, ctx, patientIds, consent),
     canRead: (type) => accessIfAny(req, type, 'r') !== undefined,
   });
+  if (consent) withLocalConsent(record, consent);
   const snapshot = record.entries.length > count ? federation.keep(binding, record) : undefined;
   const self = id === undefined ? `${ctx.baseUrl}/Patient/$everything?${new URLSearchParams(params)}` : url();
-  return page(record, snapshot, 0, self);
+  return { ...page(record, snapshot, 0, self), ...(consent && { disclosure: consent.facts() }) };
+}
+
+/** Adds what the local Consents withheld (or break-the-glass opened) to the record's outcome. */
+function withLocalConsent(record: MergedRecord, consent: RequestConsent): void {
+  const issues = consent.outcome().flatMap((e) => (e.resource as OperationOutcome).issue);
+  if (issues.length === 0) return;
+  record.outcome = { resourceType: 'OperationOutcome', issue: [...issues, ...(record.outcome?.issue ?? [])] };
 }
