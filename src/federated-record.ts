@@ -105,7 +105,7 @@ function federationAccessLog(accessLog: AccessLog, metrics: Metrics): Federation
     async recordDisclosure(r) {
       await accessLog.recordDisclosure({
         side: 'holder', actor: r.user, requester: r.peer, purpose: r.purpose, breakTheGlass: r.breakTheGlass,
-        consent: r.consents[0] ?? 'default', disclosed: r.disclosed, status: r.status,
+        consents: (r.consents.length ? r.consents : ['default']).map((consent) => ({ consent, withheld: [] })), disclosed: r.disclosed, status: r.status,
       });
       if (r.breakTheGlass) metrics.breakGlass.inc({ side: 'holder' });
     },

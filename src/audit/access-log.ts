@@ -59,6 +59,8 @@ export interface DisclosureRecord {
   breakTheGlass: boolean;
   consent?: string;
   withheld?: string[];
+  /** Several deciding versions (a holder whose link token names several local patients): one entity each. */
+  consents?: Array<{ consent: string; withheld: string[] }>;
   disclosed?: string[];
   status: number;
 }
@@ -161,6 +163,7 @@ export class AccessLog {
       breakTheGlass: d.breakTheGlass,
       consent: d.consent,
       withheld: d.withheld,
+      consents: d.consents,
       members: d.holders,
       disclosed: d.disclosed,
     });

@@ -191,6 +191,15 @@ describeWithEngine('kafka', 'the federated record across three hospitals', (brok
         const disclosed = body(await get(h.h1, '/fhir/AuditEvent?subtype=urn:medblock:federation|federated-disclosure', {}, h.h1.auditor)).entry ?? [];
         return asked.length > 0 && disclosed.length > 0;
       });
+      const [asked] = body(await get(h.h3, '/fhir/AuditEvent?subtype=urn:medblock:federation|federated-request', {}, h.h3.auditor)).entry;
+      const members = asked.resource.entity.flatMap((e: any) => (e.what?.identifier?.system === 'urn:medblock:member' ? [e.what.identifier.value] : []));
+      assert.deepEqual(members.sort(), ['h1', 'h2'], 'the asker names the members it asked');
+      const disclosures = body(await get(h.h1, '/fhir/AuditEvent?subtype=urn:medblock:federation|federated-disclosure', {}, h.h1.auditor)).entry;
+      const toH3 = disclosures.map((e: any) => e.resource).find((r: any) => r.agent[0].who.identifier.assigner?.identifier.value === 'h3');
+      assert.ok(toH3, 'the holder names the asking member');
+      assert.ok(toH3.entity.some((e: any) => e.what?.identifier?.value === 'default'), 'and the decision: the consortium default, no Consent');
+      assert.ok(toH3.entity.filter((e: any) => /^[A-Z][A-Za-z]+\/[^/]+\/_history\/\d+$/.test(e.what?.reference ?? '')).length >= held.h1.size, 'and every version that left');
+      assert.deepEqual(toH3.purposeOfEvent[0].coding[0].code, 'TREAT');
     });
 
     it('does not link a patient with no shared identifier', async () => {
