@@ -140,3 +140,21 @@ export async function decideLocally(ctx: FhirContext, subject: string, stated: S
     settings.defaultPolicy,
   );
 }
+
+/**
+ * One request's decisions when it ran several reads under Consent (a batch's GET entries): every deciding
+ * version once, with every type it withheld, and break-the-glass if any of them broke it.
+ */
+export function mergedDisclosure(purpose: string, parts: readonly DisclosureFacts[]): DisclosureFacts {
+  const withheld = new Map<string, Set<string>>();
+  for (const part of parts) {
+    const verdicts = part.consents ?? (part.consent ? [{ consent: part.consent, withheld: part.withheld ?? [] }] : []);
+    for (const v of verdicts) {
+      const types = withheld.get(v.consent) ?? new Set<string>();
+      for (const t of v.withheld) types.add(t);
+      withheld.set(v.consent, types);
+    }
+  }
+  const consents = [...withheld].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([consent, types]) => ({ consent, withheld: [...types].sort() }));
+  return { purpose, breakTheGlass: parts.some((p) => p.breakTheGlass), consents };
+}

@@ -406,4 +406,48 @@ describe('consent on local reads, searches and histories', () => {
     assert.equal(await breakGlassCount(), before + 2);
     assert.equal((await lastRecord('read')).meta?.security, undefined);
   });
+
+  it("a batch's GET entries are decided under the batch's purpose; its record names the decisions and break-the-glass counts once", async () => {
+    const send = (headers: Record<string, string>) => {
+      let req = t.http.post('/fhir').set('Authorization', `Bearer ${t.admin}`).set('Content-Type', FHIR_JSON);
+      for (const [k, v] of Object.entries(headers)) req = req.set(k, v);
+      return req.send(JSON.stringify({
+        resourceType: 'Bundle', type: 'batch',
+        entry: [
+          { request: { method: 'GET', url: `Observation/${ids.permittedObservation}` } },
+          { request: { method: 'GET', url: `Condition/${ids.permittedCondition}` } },
+          { request: { method: 'GET', url: 'Observation' } },
+        ],
+      }));
+    };
+    const plain = body(await send({}));
+    assert.deepEqual(plain.entry.map((e: any) => e.response.status), ['200 OK', '200 OK', '200 OK'], 'no purpose: as before');
+
+    const decided = await send(PURPOSE);
+    assert.equal(decided.status, 200);
+    const [denied, permittedRead, search] = body(decided).entry;
+    assert.match(denied.response.status, /^403/);
+    assert.doesNotMatch(JSON.stringify(denied), SECRET);
+    assert.equal(permittedRead.resource.id, ids.permittedCondition);
+    assert.deepEqual(resources(search.resource), [], 'both Observations withheld from the search entry');
+    // A bundle's record has the RESTful subtype `operation`, its outcome description names batch/transaction.
+    const lastBatchRecord = async () => {
+      const res = await t.http.get('/fhir/AuditEvent?_count=1000').set('Authorization', `Bearer ${t.admin}`);
+      const records = (body(res).entry ?? []).map((e: any) => e.resource).filter((r: any) => / batch\/transaction$/.test(r.outcomeDesc ?? ''));
+      return records.sort((a: any, b: any) => (a.recorded < b.recorded ? -1 : a.recorded > b.recorded ? 1 : 0)).at(-1);
+    };
+    const record = await lastBatchRecord();
+    assert.deepEqual(record.purposeOfEvent, [{ coding: [{ system: ACT_REASON, code: 'TREAT' }] }]);
+    assert.ok(consentEntities(record).some((e: any) => e.what.reference === consentRef), 'the batch record names the deciding Consent');
+
+    const before = await breakGlassCount();
+    const glass = body(await send(GLASS));
+    assert.equal(glass.entry[0].resource.id, ids.permittedObservation, 'break-the-glass opens the denied read');
+    assert.equal(await breakGlassCount(), before + 1, 'one batch, one count');
+    assert.deepEqual((await lastBatchRecord()).meta.security, [{ system: ACT_REASON, code: 'BTG', display: 'break the glass' }]);
+
+    const bad = await t.http.post('/fhir').set('Authorization', `Bearer ${t.admin}`).set('Content-Type', FHIR_JSON).set('X-Purpose-Of-Use', 'SHOPPING')
+      .send(JSON.stringify({ resourceType: 'Bundle', type: 'batch', entry: [{ request: { method: 'GET', url: 'Observation' } }] }));
+    assert.equal(bad.status, 400, 'a bad purpose is refused before any entry runs');
+  });
 });

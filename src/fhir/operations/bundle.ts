@@ -13,6 +13,7 @@
  * Handlers never change the request they were given: entry resources are copied before their references
  * are rewritten, so the same Bundle object can be sent again (`medblock import` retries transactions).
  */
+import { mergedDisclosure, statedPurpose, type DisclosureFacts } from '../../access/consent-local.ts';
 import { randomUUID } from 'node:crypto';
 import type { FhirContext, FhirRequest, FhirResponse, Handler } from '../context.ts';
 import { serializeBundle, type BundleEntryParts } from '../bundle-json.ts';
@@ -220,22 +221,28 @@ async function executeWrite(session: WriteSession, p: PlannedEntry, req: FhirReq
 }
 
 /** A batch's GET/HEAD entry, after its writes are committed: a failed read is reported in its own entry. */
-async function executeRead(p: PlannedEntry, req: FhirRequest, ctx: FhirContext): Promise<BundleEntryParts> {
+async function executeRead(p: PlannedEntry, req: FhirRequest, ctx: FhirContext, disclosures: DisclosureFacts[]): Promise<BundleEntryParts> {
   try {
-    return await dispatchRead(p, req, ctx);
+    return await dispatchRead(p, req, ctx, disclosures);
   } catch (e) {
     return failedEntry(entryError(p.index, e));
   }
 }
 
-/** GET/HEAD entries go through the same route table as top-level requests (which throw on failure). */
-async function dispatchRead(p: PlannedEntry, req: FhirRequest, ctx: FhirContext): Promise<BundleEntryParts> {
+/**
+ * GET/HEAD entries go through the same route table as top-level requests (which throw on failure), under the
+ * bundle's stated purpose: what Consent decided for each is collected for the bundle's access record.
+ */
+async function dispatchRead(p: PlannedEntry, req: FhirRequest, ctx: FhirContext, disclosures: DisclosureFacts[]): Promise<BundleEntryParts> {
   const res = await ctx.dispatch!({
     method: 'GET',
     path: p.path,
     query: [...new URLSearchParams(p.query ?? '')],
     auth: req.auth,
+    purposeOfUse: req.purposeOfUse,
+    breakGlassReason: req.breakGlassReason,
   });
+  if (res.disclosure) disclosures.push(res.disclosure);
   const body = typeof res.body === 'string' ? res.body : res.body ? stringifyFhirJson(res.body) : undefined;
   return {
     resourceJson: p.method === 'HEAD' ? undefined : body,
@@ -247,7 +254,7 @@ function failedEntry(e: FhirError): BundleEntryParts {
   return { response: { status: String(e.status), outcome: e.outcome } };
 }
 
-async function transaction(req: FhirRequest, ctx: FhirContext, planned: PlannedEntry[], entries: BundleEntry[]) {
+async function transaction(req: FhirRequest, ctx: FhirContext, planned: PlannedEntry[], entries: BundleEntry[], disclosures: DisclosureFacts[]) {
   const results: BundleEntryParts[] = new Array(planned.length);
   const scope = matchScope(req, 'transaction');
   await ctx.repo.write(async (session) => {
@@ -285,7 +292,7 @@ async function transaction(req: FhirRequest, ctx: FhirContext, planned: PlannedE
         if (p.id && written.has(`${p.type}/${p.id}`)) {
           throw errors.badRequest(`${p.method} of a resource this transaction writes: its new state is not readable before the commit; read it after the transaction`);
         }
-        results[p.index] = await dispatchRead(p, req, ctx);
+        results[p.index] = await dispatchRead(p, req, ctx, disclosures);
       } catch (e) {
         throw entryError(p.index, e);
       }
@@ -294,7 +301,7 @@ async function transaction(req: FhirRequest, ctx: FhirContext, planned: PlannedE
   return results;
 }
 
-async function batch(req: FhirRequest, ctx: FhirContext, entries: BundleEntry[]) {
+async function batch(req: FhirRequest, ctx: FhirContext, entries: BundleEntry[], disclosures: DisclosureFacts[]) {
   const results: BundleEntryParts[] = new Array(entries.length);
   const reads: PlannedEntry[] = [];
   const scope = matchScope(req, 'batch');
@@ -333,7 +340,7 @@ async function batch(req: FhirRequest, ctx: FhirContext, entries: BundleEntry[])
       results[entryOfLabel.get(label!)!] = failedEntry(error);
     }
   });
-  for (const p of reads) results[p.index] = await executeRead(p, req, ctx);
+  for (const p of reads) results[p.index] = await executeRead(p, req, ctx, disclosures);
   return results;
 }
 
@@ -347,11 +354,14 @@ export const processBundle: Handler = async (req, ctx): Promise<FhirResponse> =>
   const entries: unknown = bundle.entry ?? [];
   if (!Array.isArray(entries)) throw errors.badRequest('Bundle.entry must be an array', ['Bundle.entry']);
   entries.forEach(assertEntryShape);
+  // A stated purpose is checked before anything is written or read (its reads are decided under Consent).
+  const stated = statedPurpose(req);
+  const disclosures: DisclosureFacts[] = [];
   const results =
     bundle.type === 'transaction'
-      ? await transaction(req, ctx, entries.map((e, i) => planEntry(e, i, req, ctx.baseUrl)), entries)
-      : await batch(req, ctx, entries);
+      ? await transaction(req, ctx, entries.map((e, i) => planEntry(e, i, req, ctx.baseUrl)), entries, disclosures)
+      : await batch(req, ctx, entries, disclosures);
   const body = serializeBundle({ resourceType: 'Bundle', type: `${bundle.type}-response` }, results);
-  return { status: 200, body };
+  return { status: 200, body, ...(stated && { disclosure: mergedDisclosure(stated.purpose, disclosures) }) };
 };
 
