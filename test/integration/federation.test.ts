@@ -214,15 +214,10 @@ describeWithEngine('kafka', 'the federated record across three hospitals', (brok
 
     describe('consent at the holder', () => {
       it("a Consent at h2 denying h1 removes exactly h2's part for h1, and nothing for h3", async () => {
-        const consent = {
-          resourceType: 'Consent', status: 'active',
-          scope: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }] },
-          category: [{ coding: [{ system: 'http://loinc.org', code: '59284-0' }] }],
-          patient: { reference: `Patient/${patientId.h2}` },
-          dateTime: new Date().toISOString(),
-          policyRule: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'OPTOUT' }] },
-          provision: { type: 'permit', provision: [{ type: 'deny', actor: [{ role: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ParticipationType', code: 'IRCP' }] }, reference: { identifier: { system: 'urn:medblock:member', value: 'h1' } } }] }] },
-        };
+        const consent = privacyConsent(patientId.h2, {
+          type: 'deny',
+          actor: [{ role: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ParticipationType', code: 'IRCP' }] }, reference: { identifier: { system: 'urn:medblock:member', value: 'h1' } } }],
+        });
         const res = await h.h2.http.post('/fhir/Consent').set('Authorization', `Bearer ${h.h2.clinician}`).set('Content-Type', FHIR_JSON).send(JSON.stringify(consent));
         assert.equal(res.status, 201, res.text);
         held.h2.set(`Consent/${body(res).id}`, body(res));
@@ -259,15 +254,11 @@ describeWithEngine('kafka', 'the federated record across three hospitals', (brok
     });
 
     it("applies the caller's own Consents to its local part when the user states a purpose", async () => {
-      const consent = {
-        resourceType: 'Consent', status: 'active',
-        scope: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }] },
-        category: [{ coding: [{ system: 'http://loinc.org', code: '59284-0' }] }],
-        patient: { reference: `Patient/${patientId.h1}` },
-        dateTime: new Date().toISOString(),
-        policyRule: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'OPTOUT' }] },
-        provision: { type: 'permit', provision: [{ type: 'deny', purpose: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActReason', code: 'HPAYMT' }], class: [{ system: 'http://hl7.org/fhir/resource-types', code: 'Observation' }] }] },
-      };
+      const consent = privacyConsent(patientId.h1, {
+        type: 'deny',
+        purpose: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActReason', code: 'HPAYMT' }],
+        class: [{ system: 'http://hl7.org/fhir/resource-types', code: 'Observation' }],
+      });
       const res = await h.h1.http.post('/fhir/Consent').set('Authorization', `Bearer ${h.h1.clinician}`).set('Content-Type', FHIR_JSON).send(JSON.stringify(consent));
       assert.equal(res.status, 201, res.text);
       held.h1.set(`Consent/${body(res).id}`, body(res));
@@ -395,6 +386,19 @@ describeWithEngine('kafka', 'the federated record across three hospitals', (brok
     });
   });
 });
+
+/** An active patient-privacy Consent of `patientId`: permit (opt-out), except what `exception` says. */
+function privacyConsent(patientId: string, exception: Record<string, unknown>): Record<string, unknown> {
+  return {
+    resourceType: 'Consent', status: 'active',
+    scope: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }] },
+    category: [{ coding: [{ system: 'http://loinc.org', code: '59284-0' }] }],
+    patient: { reference: `Patient/${patientId}` },
+    dateTime: new Date().toISOString(),
+    policyRule: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'OPTOUT' }] },
+    provision: { type: 'permit', provision: [exception] },
+  };
+}
 
 /** Orders a config change approved by h1 and h2 (the quorum of three) through h1, and waits for all three to apply it. */
 async function submitConfig(h: Record<string, Hospital>, consortiumDir: string, change: ConfigChange): Promise<void> {
