@@ -3,6 +3,7 @@ import { COMPARTMENT_PARAM, compartmentParams, compartmentTerm, patientCompartme
 import type { StoreQuery, TermClause } from '../vault/store.ts';
 import { errors } from '../fhir/outcome.ts';
 import { log } from '../log.ts';
+import { parseVersion, type ResourceVersion } from '../fhir/resource-version.ts';
 
 export function inPatientCompartment(type: string, resource: unknown, patientId: string): boolean {
   return patientCompartments(type, resource as { id?: unknown }).includes(patientId);
@@ -25,6 +26,18 @@ export function onlyInPatientCompartment(type: string, resource: unknown, patien
  */
 export function reportOutsideCompartment(interaction: string, v: { type: string; id: string; versionId: number }): void {
   log('error', 'vault_integrity_alarm', { interaction, reason: 'outside-compartment', type: v.type, id: v.id, version: v.versionId });
+}
+
+/**
+ * The versions the index routed to `patientId`'s compartment whose decrypted content agrees (deletions, with
+ * no content, too); each of the others is reported (reportOutsideCompartment) and left out.
+ */
+export function keepInCompartment<V extends ResourceVersion>(interaction: string, versions: readonly V[], patientId: string): V[] {
+  return versions.filter((v) => {
+    if (!v.json || inPatientCompartment(v.type, parseVersion(v), patientId)) return true;
+    reportOutsideCompartment(interaction, v);
+    return false;
+  });
 }
 
 /** Narrows a search to one patient's compartment (403 for types outside the Patient compartment). */

@@ -8,14 +8,13 @@
  * each with its commitment salt and anchor location (anchor-extension.ts). Versions not anchored yet are
  * left out and counted: the caller could not verify them. No type permitted for any patient: 403.
  */
-import { inPatientCompartment, reportOutsideCompartment } from '../../access/compartment.ts';
+import { keepInCompartment } from '../../access/compartment.ts';
 import type { BundleEntryParts } from '../../fhir/bundle-json.ts';
 import { serializeBundle } from '../../fhir/bundle-json.ts';
 import { compartmentTypes } from '../../fhir/compartment.ts';
 import type { FhirResponse } from '../../fhir/context.ts';
 import { errors, FhirError } from '../../fhir/outcome.ts';
 import { parseTypeCursor, type FhirRepository, type ResourceVersion, type TypeCursor } from '../../fhir/repository.ts';
-import { parseVersion } from '../../fhir/resource-version.ts';
 import { MAX_PAGE_SIZE, parseCount } from '../../fhir/search/query.ts';
 import { anchorExtension } from '../anchor-extension.ts';
 import { FEDERATION_CODES, NOT_YET_ANCHORED } from '../remote-check.ts';
@@ -154,11 +153,7 @@ async function compartmentPage(
     throw e;
   }
   // The index chose the compartment; the decrypted content must agree (else: forged index terms).
-  const versions = page.versions.filter((v) => {
-    if (!v.json || inPatientCompartment(v.type, parseVersion(v), patientId)) return true;
-    reportOutsideCompartment('federation-everything', v);
-    return false;
-  });
+  const versions = keepInCompartment('federation-everything', page.versions, patientId);
   const nextCursor = page.nextCursor?.phase === 'compartment' ? { typeIndex: page.nextCursor.typeIndex, afterId: page.nextCursor.afterId } : undefined;
   return { versions, nextCursor };
 }

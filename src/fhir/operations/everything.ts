@@ -1,4 +1,4 @@
-import { inPatientCompartment, reportOutsideCompartment } from '../../access/compartment.ts';
+import { keepInCompartment } from '../../access/compartment.ts';
 import type { FhirRequest, Handler } from '../context.ts';
 import { serializeBundle } from '../bundle-json.ts';
 import { compartmentTypes } from '../compartment.ts';
@@ -7,7 +7,6 @@ import { assertId, formatTypeCursor, parseTypeCursor, unknownResource, type Ever
 import { MAX_PAGE_SIZE, parseCount, sinceInstant } from '../search/query.ts';
 import { requireAccess, searchEntry } from './common.ts';
 import { accessIfAny } from './authorization.ts';
-import { parseVersion } from '../resource-version.ts';
 import { consentFilter } from '../../access/consent-local.ts';
 import { federatedEverything, isFederated } from './federated.ts';
 
@@ -117,11 +116,7 @@ export const everything: Handler = async (req, ctx, { id }) => {
   const link = [{ relation: 'self', url: url(params.cursor) }];
   if (page.nextCursor) link.push({ relation: 'next', url: url(page.nextCursor) });
   // The index chose the compartment's resources; the decrypted content must agree (else: forged index terms).
-  const matches = page.versions.filter((v) => {
-    if (!v.json || inPatientCompartment(v.type, parseVersion(v), id)) return true;
-    reportOutsideCompartment('everything', v);
-    return false;
-  });
+  const matches = keepInCompartment('everything', page.versions, id);
   const entries = [...matches.map((v) => searchEntry(ctx, v, 'match')), ...page.included.map((v) => searchEntry(ctx, v, 'include'))];
   if (consent) entries.push(...consent.outcome(readable));
   const body = serializeBundle({ resourceType: 'Bundle', type: 'searchset', total: page.total, link }, entries);

@@ -9,7 +9,7 @@
  * (federation/federated-everything.ts) and kept for its later pages (federation/snapshots.ts): a `_cursor`
  * is bound to the user, the request and the purpose.
  */
-import { inPatientCompartment, reportOutsideCompartment } from '../../access/compartment.ts';
+import { keepInCompartment } from '../../access/compartment.ts';
 import type { FederatedRecordPort, FederatedTarget } from '../../federation/federated-everything.ts';
 import { recordPage, type LocalEntry, type MergedRecord } from '../../federation/merge.ts';
 import { statedPurpose } from '../../access/consent-local.ts';
@@ -57,13 +57,8 @@ async function localRecord(req: FhirRequest, ctx: FhirContext, patientIds: strin
     do {
       const page = await ctx.repo.everything(patientId, { types, limit: MAX_PAGE_SIZE, cursor, canInclude });
       if (consent) [page.versions, page.included] = await Promise.all([consent.filter(page.versions), consent.filter(page.included)]);
-      for (const v of page.versions) {
-        if (!v.json) continue;
-        if (!inPatientCompartment(v.type, parseVersion(v), patientId)) {
-          reportOutsideCompartment('everything', v);
-          continue;
-        }
-        entries.push({ type: v.type, id: v.id, json: v.json, commitment: v.digest, mode: 'match' });
+      for (const v of keepInCompartment('everything', page.versions, patientId)) {
+        if (v.json) entries.push({ type: v.type, id: v.id, json: v.json, commitment: v.digest, mode: 'match' });
       }
       for (const v of page.included) if (v.json) entries.push({ type: v.type, id: v.id, json: v.json, commitment: v.digest, mode: 'include' });
       cursor = page.nextCursor;
